@@ -1,0 +1,105 @@
+"""Train and eval transforms (albumentations on numpy HWC uint8 -> normalised CHW float tensor).
+
+The eval transform is the single preprocessing function shared by validation, predict, TTA and export
+(DESIGN.md contract 6): resize the short side to input_size / crop_pct, centre-crop input_size, normalise —
+the same recipe as timm's eval preprocessing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # never phone home at import
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from tlkit.backbones import Preprocessing  # noqa: E402
+
+CV2_INTERPOLATION = {
+    "bicubic": cv2.INTER_CUBIC,
+    "bilinear": cv2.INTER_LINEAR,
+    "nearest": cv2.INTER_NEAREST,
+    "area": cv2.INTER_AREA,
+}
+
+
+@dataclass(frozen=True)
+class TrainAugment:
+    """Basic train-time augmentation; the augmentation issue extends this with presets, jitter and Cutout."""
+
+    hflip: float = 0.5
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    @property
+    def is_deterministic(self) -> bool:
+        """True when the training input never varies between epochs (feature caching may then reuse it)."""
+        return False  # random-resized crop is always on
+
+
+def _to_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+class _AlbumentationsToTensor:
+    """Callable: uint8 HWC numpy -> float CHW tensor through an albumentations pipeline."""
+
+    def __init__(self, pipeline: A.Compose):
+        self.pipeline = pipeline
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        return _to_tensor(self.pipeline(image=image)["image"])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.pipeline!r})"
+
+
+def _normalize(pre: Preprocessing) -> A.Normalize:
+    return A.Normalize(mean=pre.mean, std=pre.std, max_pixel_value=255.0)
+
+
+def eval_resize_size(pre: Preprocessing) -> int:
+    """Short-side length before the centre crop, as timm computes it."""
+    return math.floor(pre.input_size / pre.crop_pct)
+
+
+def build_eval_transform(pre: Preprocessing) -> _AlbumentationsToTensor:
+    """Resize short side to input_size/crop_pct, centre-crop input_size, normalise. Deterministic."""
+    size = pre.input_size
+    return _AlbumentationsToTensor(
+        A.Compose(
+            [
+                A.SmallestMaxSize(
+                    max_size=eval_resize_size(pre),
+                    interpolation=CV2_INTERPOLATION[pre.interpolation],
+                    area_for_downscale="image",  # antialiased downscale, closer to PIL's resize than plain cubic
+                ),
+                A.CenterCrop(height=size, width=size),
+                _normalize(pre),
+            ],
+            strict=True,
+        )
+    )
+
+
+def build_train_transform(pre: Preprocessing, aug: TrainAugment) -> _AlbumentationsToTensor:
+    """Random-resized crop to input_size, horizontal flip, normalise."""
+    size = pre.input_size
+    steps: list[A.BasicTransform] = [
+        A.RandomResizedCrop(
+            size=(size, size),
+            scale=tuple(aug.crop_scale),
+            ratio=tuple(aug.crop_ratio),
+            interpolation=CV2_INTERPOLATION[pre.interpolation],
+            area_for_downscale="image",
+        )
+    ]
+    if aug.hflip > 0:
+        steps.append(A.HorizontalFlip(p=aug.hflip))
+    steps.append(_normalize(pre))
+    return _AlbumentationsToTensor(A.Compose(steps, strict=True))

@@ -1,0 +1,164 @@
+"""create_backbone(name, weights): a pooled-feature timm model plus the preprocessing it was trained with."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import timm
+import torch
+from timm.data import resolve_data_config
+
+from tlkit import weights as W
+from tlkit.errors import BackboneError, did_you_mean
+
+log = logging.getLogger(__name__)
+
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "area")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The eval-time input contract of a backbone; travels into checkpoints and exports (DESIGN.md contract 5)."""
+
+    input_size: int
+    crop_pct: float
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        return cls(
+            input_size=int(d["input_size"]),
+            crop_pct=float(d["crop_pct"]),
+            interpolation=str(d["interpolation"]),
+            mean=tuple(float(x) for x in d["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(x) for x in d["std"]),  # type: ignore[arg-type]
+        )
+
+    def replace(self, **overrides) -> Preprocessing:
+        """Copy with the non-None overrides applied (recipe values win over the model's pretrained config)."""
+        d = asdict(self)
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        return Preprocessing.from_dict(d)
+
+
+def check_backbone_name(name: str) -> None:
+    """Raise a BackboneError with a did-you-mean when timm has no architecture called `name`."""
+    if not timm.is_model(name):
+        hint = did_you_mean(name, timm.list_models())
+        raise BackboneError(f"Unknown backbone {name!r}.{hint} List names with `timm.list_models('*pattern*')`.")
+
+
+def model_preprocessing(model: torch.nn.Module) -> Preprocessing:
+    cfg = resolve_data_config({}, model=model)
+    interpolation = cfg.get("interpolation", "bicubic")
+    if interpolation not in INTERPOLATIONS:
+        interpolation = "bicubic"
+    return Preprocessing(
+        input_size=int(cfg["input_size"][-1]),
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+        interpolation=interpolation,
+        mean=tuple(float(x) for x in cfg["mean"]),  # type: ignore[arg-type]
+        std=tuple(float(x) for x in cfg["std"]),  # type: ignore[arg-type]
+    )
+
+
+def create_backbone(
+    name: str, weights: str = "auto", *, drop_path_rate: float = 0.0
+) -> tuple[torch.nn.Module, Preprocessing, str]:
+    """Build timm model `name` with `num_classes=0` (pooled features, `num_features` wide).
+
+    Args:
+        weights: auto | hub | bundled | none | a local file path (see DESIGN.md contract 3).
+
+    Returns:
+        (model, preprocessing from its pretrained config, a short description of where the weights came from).
+    """
+    check_backbone_name(name)
+    kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+    if weights == "hub":
+        return _from_hub(name, kwargs)
+    # Build with timm's ImageNet classifier so full checkpoints load strictly, then drop it.
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    source = "random init"
+    if weights == "none":
+        pass
+    elif weights == "bundled":
+        model.load_state_dict(W.load_bundled_state_dict(name, model), strict=True)
+        source = f"bundled ({W.BUNDLED[name][0]})"
+    elif weights == "auto":
+        if W.has_bundled(name):
+            try:
+                model.load_state_dict(W.load_bundled_state_dict(name, model), strict=True)
+                source = f"bundled ({W.BUNDLED[name][0]})"
+            except BackboneError as exc:
+                log.info("bundled weights unavailable (%s); trying local caches", exc)
+        if source == "random init":
+            local = _local_cache_file(model)
+            if local is not None:
+                _load_into(model, W.load_file_state_dict(local))
+                source = f"local cache ({local})"
+            else:
+                return _from_hub(name, kwargs)
+    else:
+        path = Path(weights).expanduser()
+        _load_into(model, W.load_file_state_dict(path))
+        source = f"file ({path})"
+    preprocessing = model_preprocessing(model)
+    model.reset_classifier(0)
+    return model, preprocessing, source
+
+
+def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Strict load of everything but the classifier, whose size may differ (or be absent) in a user's file."""
+    classifier = model.pretrained_cfg.get("classifier", "classifier")
+    classifier_keys = {k for k in model.state_dict() if k.startswith(f"{classifier}.")}
+    state = {k: v for k, v in state.items() if k not in classifier_keys}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in classifier_keys]
+    if missing or unexpected:
+        raise BackboneError(
+            f"Weights do not match {model.pretrained_cfg.get('architecture')}: {len(missing)} missing keys "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}). Check the backbone name."
+        )
+
+
+def _local_cache_file(model: torch.nn.Module) -> Path | None:
+    """A previously downloaded checkpoint for this model in the HF or torch-hub cache, without touching the network."""
+    cfg = model.pretrained_cfg
+    hf_id = cfg.get("hf_hub_id")
+    if hf_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            for filename in ("model.safetensors", "pytorch_model.bin"):
+                hit = try_to_load_from_cache(hf_id, filename)
+                if isinstance(hit, str):
+                    return Path(hit)
+        except ImportError:
+            pass
+    url = cfg.get("url")
+    if url:
+        candidate = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _from_hub(name: str, kwargs: dict) -> tuple[torch.nn.Module, Preprocessing, str]:
+    try:
+        model = timm.create_model(name, pretrained=True, num_classes=0, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any hub failure gets the same actionable message
+        bundled = ", ".join(W.BUNDLED)
+        raise BackboneError(
+            f"Could not fetch pretrained weights for {name!r} from the hub ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:120] if str(exc) else ''}). Offline? Use weights: bundled ({bundled}), "
+            "a local file (weights: /path/to/model.safetensors), or weights: none."
+        ) from exc
+    return model, model_preprocessing(model), "hub"

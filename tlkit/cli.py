@@ -1,0 +1,97 @@
+"""`tlkit` command line: thin argument parsing around tlkit.run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tlkit.errors import RecipeError, TlkitError
+
+EXIT_RECIPE_ERROR = 2
+
+
+def _add_recipe_args(parser: argparse.ArgumentParser, *, positional: bool = False) -> None:
+    if positional:
+        parser.add_argument("recipe", help="recipe YAML file")
+    else:
+        parser.add_argument("--recipe", required=True, help="recipe YAML file (see recipes/)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set optim.lr=0.001 (repeatable; relative data.root is from the cwd)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tlkit", description="Transfer learning for image classification.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a recipe and print a summary")
+    _add_recipe_args(train)
+    train.add_argument("--run-dir", help="write the run exactly here (default runs/<recipe>/<timestamp>/)")
+
+    recipe = sub.add_parser("recipe", help="inspect recipes")
+    recipe_sub = recipe.add_subparsers(dest="recipe_command", required=True)
+    show = recipe_sub.add_parser("show", help="print the fully resolved recipe with every default and its reason")
+    _add_recipe_args(show, positional=True)
+    return parser
+
+
+def format_summary(metrics: dict) -> str:
+    """A small two-column table of the numbers a user looks at first."""
+    acc = metrics.get("val_acc")
+    best = metrics.get("best_val_acc")
+    rows = [
+        ("val accuracy", f"{acc:.2%}" if acc is not None else "n/a"),
+        ("best val accuracy", f"{best:.2%}" if best is not None else "n/a"),
+        ("val loss", f"{metrics['val_loss']:.4f}" if metrics.get("val_loss") is not None else "n/a"),
+        ("epochs", str(metrics.get("epochs"))),
+        ("wall time", f"{metrics.get('wall_s', 0):.1f} s"),
+        ("images train / val", f"{metrics.get('num_train')} / {metrics.get('num_val')}"),
+        ("backbone", f"{metrics.get('backbone')} [{metrics.get('weights')}]"),
+        ("strategy", str(metrics.get("strategy"))),
+        ("run directory", str(metrics.get("run_dir"))),
+    ]
+    width = max(len(k) for k, _ in rows)
+    value_width = max(len(v) for _, v in rows)
+    rule = f"+-{'-' * width}-+-{'-' * value_width}-+"
+    body = [f"| {k.ljust(width)} | {v.ljust(value_width)} |" for k, v in rows]
+    return "\n".join([rule, *body, rule])
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tlkit.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)  # fails fast, before any data scan or model build
+    from tlkit.run import fit
+
+    metrics = fit(recipe, run_dir=args.run_dir)
+    print(format_summary(metrics))
+    return 0
+
+
+def _recipe_show(args: argparse.Namespace) -> int:
+    from tlkit.recipe import load_recipe, render_recipe
+
+    sys.stdout.write(render_recipe(load_recipe(args.recipe, args.overrides)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    handler = {"train": _train, "recipe": _recipe_show}[args.command]
+    try:
+        return handler(args)
+    except RecipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RECIPE_ERROR
+    except TlkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Image-folder data: scan, split, decode, and the Lightning DataModule.
+
+Layouts: root/{train,val|valid|validation|test}/<class>/* or root/<class>/* (then a seeded, stratified val split).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+from tlkit.augment import TrainAugment, build_eval_transform, build_train_transform
+from tlkit.backbones import Preprocessing
+from tlkit.errors import DataError, DataNotFoundError, did_you_mean
+from tlkit.images import is_image_name, load_rgb
+
+log = logging.getLogger(__name__)
+
+VAL_SPLIT_NAMES = ("val", "valid", "validation", "test")
+
+
+@dataclass
+class FolderScan:
+    """What a data root holds: class names and (path, label) samples per split, plus files that were skipped."""
+
+    classes: list[str]
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+    layout: str  # "split" (train/ + val/) or "single" (one folder, split by val_fraction)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _list_images(class_dir: Path, skipped: list[tuple[str, str]]) -> list[str]:
+    """Image files below class_dir (recursive, sorted). Non-images and unreadable headers are skipped and listed."""
+    files = []
+    for path in sorted(class_dir.rglob("*")):
+        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(class_dir).parts):
+            continue
+        if not is_image_name(path):
+            skipped.append((str(path), "not an image file extension"))
+            continue
+        try:
+            with Image.open(path) as im:  # reads the header only: cheap, catches empty and non-image files
+                im.size  # noqa: B018
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+            skipped.append((str(path), f"unreadable: {type(exc).__name__}"))
+            continue
+        files.append(str(path))
+    return files
+
+
+def _collect(folder: Path, classes: list[str], skipped: list[tuple[str, str]]) -> list[tuple[str, int]]:
+    samples = []
+    for label, name in enumerate(classes):
+        class_dir = folder / name
+        if class_dir.is_dir():
+            samples += [(p, label) for p in _list_images(class_dir, skipped)]
+    return samples
+
+
+def scan_folder(root: str | Path, *, val_fraction: float = 0.2, seed: int = 42) -> FolderScan:
+    """Find classes and samples under root; raises DataNotFoundError / DataError with the fix in one line."""
+    root = Path(root)
+    if not root.is_dir():
+        parent = root.parent
+        hint = did_you_mean(root.name, [p.name for p in parent.iterdir()]) if parent.is_dir() else ""
+        raise DataNotFoundError(
+            f"Data folder {str(root)!r} does not exist.{hint} Point data.root at a folder of class subfolders "
+            "(e.g. --set data.root=/path/to/images)."
+        )
+    skipped: list[tuple[str, str]] = []
+    train_dir = root / "train"
+    val_dir = next((root / n for n in VAL_SPLIT_NAMES if (root / n).is_dir()), None)
+    if train_dir.is_dir() and val_dir is not None:
+        classes = [p.name for p in _class_dirs(train_dir)]
+        _check_classes(classes, train_dir)
+        extra = sorted({p.name for p in _class_dirs(val_dir)} - set(classes))
+        if extra:
+            raise DataError(
+                f"{val_dir} has classes missing from {train_dir}: {', '.join(extra)}. "
+                "Add training images for them or remove them from the validation folder."
+            )
+        train = _collect(train_dir, classes, skipped)
+        val = _collect(val_dir, classes, skipped)
+        layout = "split"
+    else:
+        if train_dir.is_dir():
+            raise DataError(
+                f"{root} has train/ but no validation folder ({'/, '.join(VAL_SPLIT_NAMES)}/). "
+                "Add one, or point data.root at train/ to split it by data.val_fraction."
+            )
+        classes = [p.name for p in _class_dirs(root)]
+        _check_classes(classes, root)
+        samples = _collect(root, classes, skipped)
+        train, val = stratified_split(samples, val_fraction=val_fraction, seed=seed)
+        layout = "single"
+    empty = [c for i, c in enumerate(classes) if not any(label == i for _, label in train)]
+    if empty:
+        raise DataError(f"No training images for class(es) {', '.join(empty)} under {root}; add images or remove the folders.")
+    if not val:
+        raise DataError(f"No validation images found under {root}; add images to the validation folder.")
+    for path, reason in skipped:
+        log.warning("skipped %s (%s)", path, reason)
+    return FolderScan(classes=classes, train=train, val=val, layout=layout, skipped=skipped)
+
+
+def _check_classes(classes: list[str], folder: Path) -> None:
+    if len(classes) < 2:
+        found = f"only {classes[0]!r}" if classes else "none"
+        raise DataError(
+            f"{folder} needs at least 2 class subfolders (found {found}); put each class's images in its own folder."
+        )
+
+
+def stratified_split(
+    samples: Sequence[tuple[str, int]], *, val_fraction: float, seed: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Seeded split keeping every class's proportion; each class keeps at least one image on each side."""
+    from sklearn.model_selection import train_test_split
+
+    labels = [label for _, label in samples]
+    counts = {label: labels.count(label) for label in set(labels)}
+    small = sorted(label for label, n in counts.items() if n < 2)
+    if small:
+        raise DataError(
+            f"Cannot split a class with fewer than 2 images into train and val (class indices {small}); "
+            "add images or provide train/ and val/ folders."
+        )
+    n_val = max(len(counts), round(len(samples) * val_fraction))
+    if len(samples) - n_val < len(counts):
+        raise DataError(f"Too few images ({len(samples)}) for a val_fraction of {val_fraction}; lower it or add images.")
+    train, val = train_test_split(list(samples), test_size=n_val, stratify=labels, random_state=seed)
+    return sorted(train), sorted(val)
+
+
+class ImageDataset(Dataset):
+    """(path, label) samples decoded to RGB and passed through `transform`."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable):
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        try:
+            image = load_rgb(path)
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as exc:
+            # Never substitute another sample: a silent swap changes the data the user thinks they trained on.
+            raise DataError(f"Cannot decode {path} ({type(exc).__name__}: {exc}); remove or repair the file.") from exc
+        return self.transform(image), label
+
+
+def resolve_num_workers(num_workers: int | str) -> int:
+    if num_workers == "auto":
+        return min(4, os.cpu_count() or 1)
+    return int(num_workers)
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    """Image folder -> train/val DataLoaders with the backbone's preprocessing.
+
+    Class names are available right after construction (`dm.classes`), so a model can be built from them.
+    When `preprocessing` is None it is taken from the LightningModule being fitted (its `preprocessing` attribute).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        preprocessing: Preprocessing | None = None,
+        augment: TrainAugment = TrainAugment(),
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int | str = "auto",
+        val_fraction: float = 0.2,
+        seed: int = 42,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+        self.root = Path(root)
+        self.preprocessing = preprocessing
+        self.augment = augment
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or 2 * batch_size
+        self.num_workers = resolve_num_workers(num_workers)
+        self.scan = scan_folder(self.root, val_fraction=val_fraction, seed=seed)
+        self.train_set: ImageDataset | None = None
+        self.val_set: ImageDataset | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.scan.classes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.scan.classes)
+
+    def setup(self, stage: str | None = None) -> None:
+        pre = self.preprocessing
+        if pre is None:
+            module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+            pre = getattr(module, "preprocessing", None)
+            if pre is None:
+                raise ValueError(
+                    "ImageFolderDataModule needs preprocessing: pass preprocessing=model.preprocessing, "
+                    "or fit a model that has a `preprocessing` attribute (TransferModule does)."
+                )
+            self.preprocessing = pre
+        self.train_set = ImageDataset(self.scan.train, build_train_transform(pre, self.augment))
+        self.val_set = ImageDataset(self.scan.val, build_eval_transform(pre))
+
+    def _loader(self, dataset: Dataset, *, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            # A trailing batch of 1 breaks BatchNorm in train mode; reshuffling each epoch keeps every image in play.
+            drop_last=shuffle and len(dataset) > batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, batch_size=self.eval_batch_size, shuffle=False)

@@ -1,0 +1,150 @@
+"""Classifier heads on pooled backbone features, with the seeds' initialisation schemes.
+
+Init matched to activation (000_… seed): keep each layer's activation variance constant. He (Kaiming) for the ReLU
+family, LeCun for SELU (self-normalising needs Var(w) = 1/fan_in), Xavier (Glorot) for tanh. The final linear layer
+feeds a softmax, not an activation; it defaults to zeros: the linear-probe objective is convex so init does not
+change its optimum, every class starts with equal logits so the initial loss is exactly ln(C) (the seeds' first
+sanity check), and distinct per-class gradients break symmetry at the first step. Zeros are refused for hidden
+layers: their neurons would receive identical gradients forever.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import nn
+
+from tlkit.errors import RecipeError, did_you_mean
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "selu": nn.SELU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+}
+INITS = (
+    "lecun_normal",
+    "lecun_uniform",
+    "xavier_normal",
+    "xavier_uniform",
+    "he_normal",
+    "he_uniform",
+    "orthogonal",
+    "normal",
+    "zeros",
+)
+DEFAULT_INIT = {
+    "relu": "he_normal",
+    "leaky_relu": "he_normal",
+    "elu": "he_normal",
+    "gelu": "he_normal",
+    "selu": "lecun_normal",
+    "tanh": "xavier_normal",
+}
+FINAL_LAYER_INIT = "zeros"
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What the head is; stored in checkpoints so a head can be rebuilt without the recipe."""
+
+    hidden: tuple[int, ...] = ()
+    activation: str = "relu"
+    dropout: float = 0.0
+    init: str | None = None  # hidden layers; None = the default for the activation
+    final_init: str = FINAL_LAYER_INIT
+
+    def to_dict(self) -> dict:
+        return {
+            "hidden": list(self.hidden),
+            "activation": self.activation,
+            "dropout": self.dropout,
+            "init": self.init,
+            "final_init": self.final_init,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HeadSpec:
+        return cls(
+            hidden=tuple(int(h) for h in d.get("hidden", ())),
+            activation=d.get("activation", "relu"),
+            dropout=float(d.get("dropout", 0.0)),
+            init=d.get("init"),
+            final_init=d.get("final_init", FINAL_LAYER_INIT),
+        )
+
+
+def init_linear(layer: nn.Linear, scheme: str, activation: str = "relu") -> None:
+    """Initialise `layer` in place with one of INITS; biases start at zero."""
+    w = layer.weight
+    fan_in = w.shape[1]
+    if scheme == "lecun_normal":
+        nn.init.normal_(w, 0.0, 1.0 / math.sqrt(fan_in))
+    elif scheme == "lecun_uniform":
+        bound = math.sqrt(3.0 / fan_in)
+        nn.init.uniform_(w, -bound, bound)
+    elif scheme == "xavier_normal":
+        nn.init.xavier_normal_(w, gain=_gain(activation))
+    elif scheme == "xavier_uniform":
+        nn.init.xavier_uniform_(w, gain=_gain(activation))
+    elif scheme in ("he_normal", "he_uniform"):
+        nonlinearity = "leaky_relu" if activation == "leaky_relu" else "relu"
+        fill = nn.init.kaiming_normal_ if scheme == "he_normal" else nn.init.kaiming_uniform_
+        fill(w, a=0.01 if activation == "leaky_relu" else 0.0, mode="fan_in", nonlinearity=nonlinearity)
+    elif scheme == "orthogonal":
+        nn.init.orthogonal_(w, gain=_gain(activation))
+    elif scheme == "normal":
+        nn.init.normal_(w, 0.0, 0.02)
+    elif scheme == "zeros":
+        nn.init.zeros_(w)
+    else:
+        raise RecipeError(f"Unknown init {scheme!r}; expected one of {', '.join(INITS)}.{did_you_mean(scheme, INITS)}")
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+def _gain(activation: str) -> float:
+    if activation == "tanh":
+        return nn.init.calculate_gain("tanh")
+    if activation in ("relu", "elu", "gelu"):
+        return nn.init.calculate_gain("relu")
+    if activation == "leaky_relu":
+        return nn.init.calculate_gain("leaky_relu", 0.01)
+    return 1.0
+
+
+def build_head(in_features: int, num_classes: int, spec: HeadSpec = HeadSpec()) -> nn.Sequential:
+    """Linear head (spec.hidden empty) or MLP: [Linear -> activation -> Dropout] per hidden size, then Linear."""
+    if spec.activation not in ACTIVATIONS:
+        raise RecipeError(
+            f"Unknown head activation {spec.activation!r}; expected one of {', '.join(ACTIVATIONS)}."
+            + did_you_mean(spec.activation, ACTIVATIONS)
+        )
+    hidden_init = spec.init or DEFAULT_INIT[spec.activation]
+    if spec.hidden and hidden_init == "zeros":
+        raise RecipeError(
+            "head.init: zeros is refused for hidden layers: every neuron would get the same gradient and never "
+            f"diverge. Use {DEFAULT_INIT[spec.activation]} (the default for {spec.activation})."
+        )
+    layers: list[nn.Module] = []
+    width = in_features
+    for size in spec.hidden:
+        linear = nn.Linear(width, size)
+        init_linear(linear, hidden_init, spec.activation)
+        layers += [linear, ACTIVATIONS[spec.activation]()]
+        if spec.dropout > 0:
+            layers.append(nn.Dropout(spec.dropout))
+        width = size
+    if not spec.hidden and spec.dropout > 0:
+        layers.append(nn.Dropout(spec.dropout))
+    final = nn.Linear(width, num_classes)
+    init_linear(final, spec.final_init, "linear")
+    layers.append(final)
+    return nn.Sequential(*layers)
+
+
+
+__all__ = ["ACTIVATIONS", "DEFAULT_INIT", "INITS", "HeadSpec", "build_head", "init_linear"]

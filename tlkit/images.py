@@ -1,0 +1,40 @@
+"""Decode one image file to RGB uint8 numpy: EXIF orientation applied, every mode converted, alpha composited."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+BACKGROUND = (255, 255, 255)  # transparent pixels become white, as most viewers show them
+
+
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """Any PIL mode -> RGB. Transparency (RGBA, LA, P with a transparent index) is composited onto `background`."""
+    if image.mode == "RGB":
+        return image
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, background)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale to 8 bits instead of clipping everything above 255 to white.
+        array = np.asarray(image, dtype=np.float64)
+        peak = array.max() or 1.0
+        return Image.fromarray((array * (255.0 / peak)).astype(np.uint8), mode="L").convert("RGB")
+    return image.convert("RGB")
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Read `path` as an HxWx3 uint8 array in display orientation (EXIF transpose applied)."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        return np.asarray(to_rgb(image), dtype=np.uint8)

@@ -1,0 +1,209 @@
+"""TransferModule: a pretrained timm backbone + a new head, trained as a linear probe or a low-LR fine-tune."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from tlkit.backbones import Preprocessing, create_backbone
+from tlkit.errors import did_you_mean
+from tlkit.heads import HeadSpec, build_head
+from tlkit.schedules import SCHEDULES, LRMultiplier
+from tlkit.strategies import STRATEGIES, build_param_groups, freeze
+
+from typing_extensions import override
+
+CHECKPOINT_FORMAT = 1
+OPTIMIZERS = ("sgd", "adamw")
+
+
+class TransferModule(L.LightningModule):
+    """Backbone (timm, `num_classes=0`) -> head, with the seeds' transfer rule built in.
+
+    Args:
+        backbone: timm architecture name.
+        classes: class names in label order (e.g. `datamodule.classes`).
+        weights: auto | hub | bundled | none | path (DESIGN.md contract 3).
+        strategy: "linear_probe" (backbone frozen and in eval mode) or "finetune" (backbone LR = lr x backbone_lr_mult).
+        head: HeadSpec or its dict form; default a single linear layer.
+        preprocessing: overrides of the model's pretrained preprocessing (input_size, crop_pct, interpolation, mean, std).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_lite0",
+        classes: list[str] | None = None,
+        *,
+        weights: str = "auto",
+        strategy: str = "linear_probe",
+        head: HeadSpec | dict | None = None,
+        optimizer: str = "sgd",
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        backbone_lr_mult: float = 0.1,
+        l1: float = 0.0,
+        label_smoothing: float = 0.0,
+        schedule: str = "cosine",
+        warmup_epochs: float = 0.0,
+        step_epochs: int = 10,
+        gamma: float = 0.1,
+        drop_path_rate: float = 0.0,
+        preprocessing: dict | None = None,
+    ):
+        super().__init__()
+        _check_choice("strategy", strategy, STRATEGIES)
+        _check_choice("optimizer", optimizer, OPTIMIZERS)
+        _check_choice("schedule", schedule, SCHEDULES)
+        if not classes or len(classes) < 2:
+            raise ValueError(f"TransferModule needs at least 2 class names; got {classes!r}.")
+        head_spec = head if isinstance(head, HeadSpec) else HeadSpec.from_dict(head or {})
+        # Plain types only: checkpoints must load with torch.load(weights_only=True).
+        self.save_hyperparameters(
+            {
+                "backbone": backbone,
+                "classes": list(classes),
+                "weights": weights,
+                "strategy": strategy,
+                "head": head_spec.to_dict(),
+                "optimizer": optimizer,
+                "lr": lr,
+                "momentum": momentum,
+                "weight_decay": weight_decay,
+                "backbone_lr_mult": backbone_lr_mult,
+                "l1": l1,
+                "label_smoothing": label_smoothing,
+                "schedule": schedule,
+                "warmup_epochs": warmup_epochs,
+                "step_epochs": step_epochs,
+                "gamma": gamma,
+                "drop_path_rate": drop_path_rate,
+                "preprocessing": dict(preprocessing or {}),
+            }
+        )
+        self.classes = list(classes)
+        self.backbone, pretrained_pre, self.weights_source = create_backbone(
+            backbone, weights, drop_path_rate=drop_path_rate
+        )
+        self.preprocessing: Preprocessing = pretrained_pre.replace(**(preprocessing or {}))
+        self.head_spec = head_spec
+        self.head = build_head(self.backbone.num_features, len(classes), head_spec)
+        self.backbone_frozen = strategy == "linear_probe"
+        if self.backbone_frozen:
+            freeze(self.backbone)
+        self.train_acc = MulticlassAccuracy(num_classes=len(classes), average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=len(classes), average="micro")
+
+    # -- model ---------------------------------------------------------------------------------------------------
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features; no autograd graph through a frozen backbone (it would never be used)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
+            return self.backbone(x)
+
+    @override
+    def train(self, mode: bool = True) -> TransferModule:
+        """Frozen means frozen: Lightning calls train() on the whole module; the frozen backbone stays in eval()."""
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
+
+    # -- steps ---------------------------------------------------------------------------------------------------
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor, *, smoothing: float) -> torch.Tensor:
+        return F.cross_entropy(logits, targets, label_smoothing=smoothing)
+
+    def _l1_penalty(self) -> torch.Tensor | float:
+        if self.hparams.l1 <= 0:
+            return 0.0
+        weights = [p.abs().sum() for p in self.parameters() if p.requires_grad and p.ndim > 1]
+        return self.hparams.l1 * torch.stack(weights).sum()
+
+    @override
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        logits = self(images)
+        loss = self._loss(logits, targets, smoothing=self.hparams.label_smoothing)
+        self.train_acc(logits, targets)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(targets))
+        return loss + self._l1_penalty()
+
+    @override
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, targets = batch
+        logits = self(images)
+        # Validation loss is plain cross-entropy (no smoothing) so runs with different smoothing compare fairly.
+        loss = self._loss(logits, targets, smoothing=0.0)
+        self.val_acc(logits, targets)
+        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.log("val_acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+
+    @override
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(images).softmax(dim=-1)
+
+    # -- optimisation --------------------------------------------------------------------------------------------
+
+    @override
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        groups = build_param_groups(
+            self.backbone,
+            self.head,
+            strategy=hp.strategy,
+            lr=hp.lr,
+            weight_decay=hp.weight_decay,
+            backbone_lr_mult=hp.backbone_lr_mult,
+        )
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.momentum > 0)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = max(1, self.trainer.max_epochs or 1)
+        per_epoch = max(1, math.ceil(total / epochs))
+        multiplier = LRMultiplier(
+            hp.schedule,
+            total_steps=total,
+            warmup_steps=round(hp.warmup_epochs * per_epoch),
+            step_size=hp.step_epochs * per_epoch,
+            gamma=hp.gamma,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoint contract -------------------------------------------------------------------------------------
+
+    def describe(self) -> dict:
+        """Everything evaluate/predict/export need besides the weights (DESIGN.md contract 5)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "classes": list(self.classes),
+            "backbone": self.hparams.backbone,
+            "head": self.head_spec.to_dict(),
+            "strategy": self.hparams.strategy,
+            "preprocessing": self.preprocessing.to_dict(),
+            "tta": "none",
+        }
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tlkit"] = self.describe()
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"Unknown {what} {value!r}; expected one of {', '.join(choices)}.{did_you_mean(value, choices)}")

@@ -1,0 +1,397 @@
+"""Recipes: YAML files validated by pydantic. load_recipe(path, overrides) -> Recipe.
+
+Every default lives here with a one-line reason (its field docstring), printed by `tlkit recipe show`.
+Unknown keys are errors; all errors of a file are reported together with dotted paths and did-you-mean hints.
+
+Path rule: a relative `data.root` written in a recipe file resolves against the recipe file's folder (so a recipe
+works from any working directory); a relative path given with `--set` resolves against the current directory
+(where the user typed it).
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tlkit.errors import RecipeError, did_you_mean
+from tlkit.heads import INITS
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class BackboneSection(Section):
+    name: str = "tf_efficientnet_lite0"
+    """timm architecture; any name from timm.list_models(). lite0 has real ImageNet weights bundled offline."""
+    weights: str = "auto"
+    """auto | hub | bundled | none | a local file. auto prefers what loads offline: bundled, then the local cache."""
+    input_size: int | None = Field(default=None, ge=16)
+    """Square input side in pixels; null = the model's pretrained input size (224 for lite0)."""
+    crop_pct: float | None = Field(default=None, gt=0, le=1)
+    """Eval centre-crop fraction (resize short side to input_size/crop_pct); null = the pretrained config's."""
+    interpolation: Literal["bicubic", "bilinear", "nearest", "area"] | None = None
+    """Resize interpolation; null = the pretrained config's (bicubic for lite0)."""
+    mean: tuple[float, float, float] | None = None
+    """Normalisation mean (RGB, 0..1); null = the values the weights were trained with."""
+    std: tuple[float, float, float] | None = None
+    """Normalisation std (RGB, 0..1); null = the values the weights were trained with."""
+    drop_path_rate: float = Field(default=0.0, ge=0, lt=1)
+    """Stochastic depth in the backbone; 0 for probes, 0.1-0.2 can help long fine-tunes."""
+
+    @field_validator("name")
+    @classmethod
+    def _known_architecture(cls, name: str) -> str:
+        import timm
+
+        if not timm.is_model(name):
+            raise ValueError(f"unknown timm architecture {name!r}.{did_you_mean(name, timm.list_models())}")
+        return name
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_choice(cls, value: str) -> str:
+        if value in ("auto", "hub", "bundled", "none"):
+            return value
+        if not any(sep in value for sep in ("/", "\\", ".")):
+            raise ValueError(
+                f"expected auto, hub, bundled, none or a file path; got {value!r}."
+                + did_you_mean(value, ("auto", "hub", "bundled", "none"))
+            )
+        return value
+
+
+class LinearProbe(Section):
+    kind: Literal["linear_probe"] = "linear_probe"
+    """Freeze the backbone (no grads, BatchNorm in eval) and train only the head: the rule for small data."""
+
+
+class Finetune(Section):
+    kind: Literal["finetune"] = "finetune"
+    """Train everything, backbone at a lower LR: the rule when there is more data."""
+    backbone_lr_mult: float = Field(default=0.1, gt=0, le=1)
+    """Backbone LR = head LR x this; the seeds' rule of thumb is about 1/10."""
+
+
+Strategy = Annotated[Union[LinearProbe, Finetune], Field(discriminator="kind")]
+
+
+class HeadSection(Section):
+    hidden: list[Annotated[int, Field(gt=0)]] = []
+    """Hidden layer widths of an MLP head; [] = a single linear layer (a linear probe)."""
+    activation: Literal["relu", "leaky_relu", "elu", "selu", "gelu", "tanh"] = "relu"
+    """Activation between hidden layers; ReLU first, as the seeds advise."""
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    """Dropout before each hidden activation's successor (and before a linear head); 0 = off."""
+    init: Literal[INITS] | None = None  # type: ignore[valid-type]
+    """Hidden-layer init; null = matched to the activation (He for ReLU family, LeCun for SELU, Xavier for tanh)."""
+    final_init: Literal[INITS] = "zeros"  # type: ignore[valid-type]
+    """Final linear layer init; zeros = equal logits, so the initial loss is exactly ln(C) (see heads.py)."""
+
+
+class DataSection(Section):
+    root: str
+    """Image folder: root/{train,val}/<class>/ or root/<class>/. Relative paths resolve against the recipe's folder."""
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    """Held-out fraction (stratified, seeded) when root has no val/valid/test split."""
+    batch_size: int = Field(default=32, gt=0)
+    """Training batch size; 32 fits a 2-core CPU at 224 px."""
+    eval_batch_size: int | None = Field(default=None, gt=0)
+    """Validation batch size; null = 2 x batch_size (no gradients to store)."""
+    num_workers: int | Literal["auto"] = "auto"
+    """DataLoader worker processes; auto = min(4, CPU count)."""
+    generate: Literal["digits"] | None = None
+    """Built-in dataset written to root when root is missing (digits = scikit-learn's 8x8 digits as PNGs)."""
+
+
+class AugmentSection(Section):
+    hflip: float = Field(default=0.5, ge=0, le=1)
+    """Horizontal flip probability; set 0 for data where mirroring changes the label (digits, text)."""
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    """Random-resized-crop area range (fraction of the image); Inception-style default."""
+    crop_ratio: tuple[float, float] = (0.75, 1.3333333333333333)
+    """Random-resized-crop aspect-ratio range."""
+
+
+class OptimSection(Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    """SGD with Nesterov momentum is the classic for transfer; AdamW is less LR-sensitive."""
+    lr: float = Field(default=0.01, gt=0)
+    """Head learning rate (the backbone's is lr x backbone_lr_mult when fine-tuning)."""
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    """SGD momentum (ignored by AdamW)."""
+    weight_decay: float = Field(default=1e-4, ge=0)
+    """L2 penalty on weights (never on norm parameters or biases)."""
+    l1: float = Field(default=0.0, ge=0)
+    """L1 penalty on trainable weights, added to the loss; 0 = off."""
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    """Cross-entropy label smoothing; 0.1 is common for fine-tuning."""
+
+
+class ScheduleSection(Section):
+    kind: Literal["cosine", "step", "constant"] = "cosine"
+    """LR schedule per step: cosine decay to 0 after warmup, step decay, or constant."""
+    warmup_epochs: float = Field(default=0.0, ge=0)
+    """Linear warmup from 0 over this many epochs (fractions allowed)."""
+    step_epochs: int = Field(default=10, gt=0)
+    """step: multiply the LR by gamma every this many epochs."""
+    gamma: float = Field(default=0.1, gt=0, le=1)
+    """step: decay factor."""
+
+
+class TrainerSection(Section):
+    epochs: int = Field(default=10, gt=0)
+    """Passes over the training set."""
+    precision: Literal["32", "bf16-mixed"] = "32"
+    """32 is exact everywhere; bf16-mixed saves memory/time on recent GPUs and CPUs with AMX."""
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value  # --set trainer.precision=32 parses as an int
+    accelerator: str = "auto"
+    """Passed to lightning.Trainer (auto, cpu, gpu, ...)."""
+    devices: int | str = "auto"
+    """Passed to lightning.Trainer."""
+    progress_bar: bool = True
+    """Show Lightning's progress bar."""
+
+
+class OutputSection(Section):
+    runs_dir: str = "runs"
+    """Runs go to <runs_dir>/<recipe name>/<timestamp>/ unless --run-dir is given; relative to the current dir."""
+
+
+class Recipe(Section):
+    version: Literal[1] = 1
+    """Recipe format version."""
+    name: str = "recipe"
+    """Run name (defaults to the file name); runs are grouped under it."""
+    seed: int = 42
+    """Seeds Python, NumPy, torch and loader workers: same seed on CPU gives the same metrics."""
+    backbone: BackboneSection = BackboneSection()
+    strategy: Strategy = LinearProbe()
+    head: HeadSection = HeadSection()
+    data: DataSection
+    augment: AugmentSection = AugmentSection()
+    optim: OptimSection = OptimSection()
+    schedule: ScheduleSection = ScheduleSection()
+    trainer: TrainerSection = TrainerSection()
+    output: OutputSection = OutputSection()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b=value' -> (['a', 'b'], YAML-parsed value)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set {text!r}: expected section.key=value, e.g. --set optim.lr=0.001.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return a copy of raw with each 'a.b=value' override merged in (the caller's dict is not modified)."""
+    merged = _deep_copy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = merged
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RecipeError(f"--set {text!r}: {'.'.join(path[: i + 1])} is a value, not a section.")
+            node = child
+        node[path[-1]] = value
+    return merged
+
+
+def _deep_copy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deep_copy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deep_copy(v) for v in d]
+    return d
+
+
+def read_recipe_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        hint = ""
+        if path.parent.is_dir():
+            hint = did_you_mean(path.name, [p.name for p in path.parent.glob("*.y*ml")])
+        raise RecipeError(f"Recipe file {str(path)!r} not found.{hint}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise RecipeError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}.") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{path}: cannot read the recipe ({exc}).") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections (backbone:, strategy:, ...); got {type(raw).__name__}.")
+    return raw
+
+
+def validate_recipe(raw: dict, source: str = "recipe") -> Recipe:
+    """Validate a recipe mapping; raises RecipeError listing every problem with its dotted path."""
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(err) for err in exc.errors()]
+        raise RecipeError(f"{source}: {len(lines)} problem(s):\n" + "\n".join(f"  - {l}" for l in lines)) from None
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Read, merge `--set` overrides, validate, and resolve data.root (see the module docstring for the path rule)."""
+    overrides = overrides or []
+    raw = read_recipe_file(path) if path is not None else {}
+    merged = apply_overrides(raw, overrides)
+    if path is not None:
+        merged.setdefault("name", Path(path).stem)
+    recipe = validate_recipe(merged, str(path) if path is not None else "recipe")
+    root_from_cli = any(o.split("=", 1)[0].strip() == "data.root" for o in overrides)
+    base = Path.cwd() if (root_from_cli or path is None) else Path(path).resolve().parent
+    recipe.data.root = str(resolve_path(recipe.data.root, base))
+    return recipe
+
+
+def resolve_path(value: str, base: Path) -> Path:
+    p = Path(os.path.expandvars(value)).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Error messages
+
+
+def _describe(err: dict) -> str:
+    loc = [str(x) for x in err["loc"]]
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    dotted = ".".join(_drop_union_tags(err["loc"])) or "(top level)"
+    if kind == "extra_forbidden":
+        allowed = _field_names(err["loc"][:-1])
+        hint = did_you_mean(loc[-1], allowed) if allowed else ""
+        known = f" Known keys here: {', '.join(allowed)}." if allowed and not hint else ""
+        return f"{dotted}: unknown key.{hint}{known}"
+    if kind == "literal_error":
+        expected = ctx.get("expected", "")
+        choices = [c.strip().strip("'") for c in str(expected).replace(" or ", ",").split(",") if c.strip()]
+        return f"{dotted}: got {err.get('input')!r}; expected {expected}.{did_you_mean(str(err.get('input')), choices)}"
+    if kind == "union_tag_invalid":
+        tags = [t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(",")]
+        return (f"{dotted}.kind: got {ctx.get('tag')!r}; expected one of {', '.join(tags)}."
+                f"{did_you_mean(str(ctx.get('tag')), tags)}")
+    if kind == "union_tag_not_found":
+        return f"{dotted}.kind: missing; say which strategy, e.g. kind: linear_probe or kind: finetune."
+    message = err["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    return f"{dotted}: {message} (got {err.get('input')!r})" if kind != "value_error" else f"{dotted}: {message}"
+
+
+def _walk(loc: tuple) -> tuple[list[str], Any]:
+    """Follow `loc` through the recipe models: (the path as the user wrote it, the model found there or None).
+
+    Pydantic puts a union member's tag into locations (strategy.finetune.x); users wrote strategy.x, so tags are
+    dropped from the path and used to pick the member.
+    """
+    path: list[str] = []
+    model: Any = Recipe
+    for part in loc:
+        if isinstance(model, _UnionOf) and part in model.members:
+            model = model.members[part]
+            continue
+        path.append(str(part))
+        field = model.model_fields.get(part) if isinstance(model, type) and isinstance(part, str) else None
+        model = _field_model(field.annotation) if field is not None else None
+    return path, model
+
+
+def _drop_union_tags(loc: tuple) -> list[str]:
+    return _walk(loc)[0]
+
+
+def _field_model(annotation: Any) -> Any:
+    """The BaseModel class (or _UnionOf them) a field holds, or None for plain values."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) is Annotated:
+        return _field_model(typing.get_args(annotation)[0])
+    models = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    if len(models) == 1:
+        return models[0]
+    return _UnionOf(models) if models else None
+
+
+class _UnionOf:
+    """The members of a discriminated union, keyed by their `kind` tag."""
+
+    def __init__(self, members: list[type[BaseModel]]):
+        self.members = {m.model_fields["kind"].default: m for m in members}
+
+    @property
+    def model_fields(self) -> dict:
+        return {k: f for m in self.members.values() for k, f in m.model_fields.items()}
+
+
+def _field_names(loc: tuple) -> list[str]:
+    """Field names of the section at `loc` (for did-you-mean on unknown keys)."""
+    model = _walk(loc)[1]
+    return list(model.model_fields) if model is not None else []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Showing
+
+
+def render_recipe(recipe: Recipe) -> str:
+    """The fully resolved recipe as YAML, every field with its one-line reason as a comment."""
+    lines: list[str] = []
+    _render(recipe, lines, indent=0)
+    return "\n".join(lines) + "\n"
+
+
+def _render(model: BaseModel, lines: list[str], indent: int) -> None:
+    pad = "  " * indent
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            lines.append(f"{pad}{name}:")
+            _render(value, lines, indent + 1)
+            continue
+        text = yaml.safe_dump(_plain(value), default_flow_style=True, width=10_000).strip()
+        if text.endswith("\n..."):
+            text = text[: -len("\n...")]
+        text = text.removesuffix("...").strip()
+        doc = (field.description or "").strip()
+        lines.append(f"{pad}{name}: {text}" + (f"  # {doc}" if doc else ""))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return recipe.model_dump(mode="json")
+
+
+__all__ = ["Recipe", "apply_overrides", "load_recipe", "recipe_to_dict", "render_recipe", "validate_recipe"]

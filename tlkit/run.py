@@ -1,0 +1,151 @@
+"""The only code that turns a Recipe into objects: fit(recipe) -> metrics dict."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import lightning as L
+import yaml
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from tlkit.augment import TrainAugment
+from tlkit.data import ImageFolderDataModule
+from tlkit.datasets import generate
+from tlkit.module import TransferModule
+from tlkit.recipe import Recipe, recipe_to_dict
+
+log = logging.getLogger(__name__)
+
+
+def default_run_dir(recipe: Recipe) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(recipe.output.runs_dir) / recipe.name / stamp
+    run_dir, n = base, 1
+    while run_dir.exists():  # two runs in the same second never share a folder
+        run_dir, n = base.with_name(f"{stamp}-{n}"), n + 1
+    return run_dir
+
+
+def build_datamodule(recipe: Recipe) -> ImageFolderDataModule:
+    d = recipe.data
+    if not Path(d.root).exists() and d.generate is not None:
+        log.info("writing built-in dataset %r to %s", d.generate, d.root)
+        generate(d.generate, d.root)
+    a = recipe.augment
+    return ImageFolderDataModule(
+        d.root,
+        augment=TrainAugment(hflip=a.hflip, crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio)),
+        batch_size=d.batch_size,
+        eval_batch_size=d.eval_batch_size,
+        num_workers=d.num_workers,
+        val_fraction=d.val_fraction,
+        seed=recipe.seed,
+    )
+
+
+def build_module(recipe: Recipe, classes: list[str]) -> TransferModule:
+    b, o, s = recipe.backbone, recipe.optim, recipe.schedule
+    return TransferModule(
+        b.name,
+        classes,
+        weights=b.weights,
+        strategy=recipe.strategy.kind,
+        head=recipe.head.model_dump(),
+        optimizer=o.name,
+        lr=o.lr,
+        momentum=o.momentum,
+        weight_decay=o.weight_decay,
+        backbone_lr_mult=getattr(recipe.strategy, "backbone_lr_mult", 0.1),
+        l1=o.l1,
+        label_smoothing=o.label_smoothing,
+        schedule=s.kind,
+        warmup_epochs=s.warmup_epochs,
+        step_epochs=s.step_epochs,
+        gamma=s.gamma,
+        drop_path_rate=b.drop_path_rate,
+        preprocessing={
+            k: v
+            for k, v in {
+                "input_size": b.input_size,
+                "crop_pct": b.crop_pct,
+                "interpolation": b.interpolation,
+                "mean": b.mean,
+                "std": b.std,
+            }.items()
+            if v is not None
+        },
+    )
+
+
+def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
+    """Train `recipe`; write the run directory; return the final metrics (also written to metrics.json)."""
+    started = time.perf_counter()
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(recipe)
+    module = build_module(recipe, datamodule.classes)
+    datamodule.preprocessing = module.preprocessing
+
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    _write_text(run_dir / "classes.json", json.dumps(datamodule.classes, indent=2) + "\n")
+    if datamodule.scan.skipped:
+        _write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))
+
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor="val_acc", mode="max", save_last=True
+    )
+    steps_per_epoch = max(1, len(datamodule.scan.train) // recipe.data.batch_size)
+    trainer = L.Trainer(
+        max_epochs=recipe.trainer.epochs,
+        accelerator=recipe.trainer.accelerator,
+        devices=recipe.trainer.devices,
+        precision=recipe.trainer.precision,
+        logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch")],
+        enable_progress_bar=recipe.trainer.progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=min(50, steps_per_epoch),
+        num_sanity_val_steps=0,
+    )
+    with warnings.catch_warnings():
+        # Lightning suggests more workers than a 2-core machine has; the recipe's num_workers is deliberate.
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(module, datamodule=datamodule)
+
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics = {
+        "val_acc": logged.get("val_acc"),
+        "val_loss": logged.get("val_loss"),
+        "train_acc": logged.get("train_acc"),
+        "train_loss": logged.get("train_loss"),
+        "best_val_acc": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "epochs": int(trainer.current_epoch),
+        "wall_s": round(time.perf_counter() - started, 2),
+        "num_classes": len(datamodule.classes),
+        "num_train": len(datamodule.scan.train),
+        "num_val": len(datamodule.scan.val),
+        "skipped_files": len(datamodule.scan.skipped),
+        "backbone": recipe.backbone.name,
+        "weights": module.weights_source,
+        "strategy": recipe.strategy.kind,
+        "run_dir": str(run_dir),
+        "best_checkpoint": checkpoint.best_model_path,
+        "last_checkpoint": checkpoint.last_model_path,
+    }
+    _write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Atomic write: a killed run never leaves a half-written file behind."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
