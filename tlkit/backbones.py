@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -151,14 +156,41 @@ def _local_cache_file(model: torch.nn.Module) -> Path | None:
     return None
 
 
+def hub_reachable(host: str | None = None, timeout: float = 3.0) -> bool:
+    """True when the weights hub answers a TCP connect within `timeout` s (DNS included); False when offline.
+
+    Checked before any download so that an offline machine gets an answer in seconds, not after the HF client's
+    minute of retries.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = host or urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(lambda: socket.create_connection((host, 443), timeout=timeout).close())
+    try:
+        future.result(timeout=timeout + 0.5)
+        return True
+    except (OSError, FutureTimeout):
+        return False
+    finally:
+        pool.shutdown(wait=False)  # a stuck DNS lookup must not hold the caller
+
+
+def _hub_error(name: str, cause: str) -> BackboneError:
+    return BackboneError(
+        f"Could not fetch pretrained weights for {name!r} from the hub ({cause}). Offline? Use weights: bundled "
+        f"({', '.join(W.BUNDLED)}), a local file (weights: /path/to/model.safetensors), or weights: none."
+    )
+
+
 def _from_hub(name: str, kwargs: dict) -> tuple[torch.nn.Module, Preprocessing, str]:
+    cfg = timm.models.get_pretrained_cfg(name)
+    host = None if (cfg is None or cfg.hf_hub_id) else urlparse(cfg.url or "").hostname
+    if not hub_reachable(host):
+        raise _hub_error(name, "no network connection to the hub")
     try:
         model = timm.create_model(name, pretrained=True, num_classes=0, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any hub failure gets the same actionable message
-        bundled = ", ".join(W.BUNDLED)
-        raise BackboneError(
-            f"Could not fetch pretrained weights for {name!r} from the hub ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:120] if str(exc) else ''}). Offline? Use weights: bundled ({bundled}), "
-            "a local file (weights: /path/to/model.safetensors), or weights: none."
-        ) from exc
+        detail = str(exc).splitlines()[0][:120] if str(exc) else ""
+        raise _hub_error(name, f"{type(exc).__name__}: {detail}") from exc
     return model, model_preprocessing(model), "hub"

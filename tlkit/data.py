@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,11 @@ def scan_folder(root: str | Path, *, val_fraction: float = 0.2, seed: int = 42) 
         val = _collect(val_dir, classes, skipped)
         layout = "split"
     else:
+        if val_dir is not None and not train_dir.is_dir():
+            raise DataError(
+                f"{root} has {val_dir.name}/ but no train/ folder; add train/<class>/ images beside it, "
+                "or point data.root at a folder of class subfolders."
+            )
         if train_dir.is_dir():
             raise DataError(
                 f"{root} has train/ but no validation folder ({'/, '.join(VAL_SPLIT_NAMES)}/). "
@@ -126,21 +132,26 @@ def _check_classes(classes: list[str], folder: Path) -> None:
 def stratified_split(
     samples: Sequence[tuple[str, int]], *, val_fraction: float, seed: int
 ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    """Seeded split keeping every class's proportion; each class keeps at least one image on each side."""
-    from sklearn.model_selection import train_test_split
-
-    labels = [label for _, label in samples]
-    counts = {label: labels.count(label) for label in set(labels)}
-    small = sorted(label for label, n in counts.items() if n < 2)
+    """Seeded per-class split: round(n * val_fraction) of each class to val, clamped so that every class keeps at
+    least one image on each side."""
+    by_class: dict[int, list[tuple[str, int]]] = {}
+    for sample in sorted(samples):
+        by_class.setdefault(sample[1], []).append(sample)
+    small = sorted(label for label, items in by_class.items() if len(items) < 2)
     if small:
         raise DataError(
             f"Cannot split a class with fewer than 2 images into train and val (class indices {small}); "
             "add images or provide train/ and val/ folders."
         )
-    n_val = max(len(counts), round(len(samples) * val_fraction))
-    if len(samples) - n_val < len(counts):
-        raise DataError(f"Too few images ({len(samples)}) for a val_fraction of {val_fraction}; lower it or add images.")
-    train, val = train_test_split(list(samples), test_size=n_val, stratify=labels, random_state=seed)
+    rng = random.Random(seed)
+    train: list[tuple[str, int]] = []
+    val: list[tuple[str, int]] = []
+    for label in sorted(by_class):
+        items = by_class[label][:]
+        rng.shuffle(items)
+        n_val = min(len(items) - 1, max(1, round(len(items) * val_fraction)))
+        val += items[:n_val]
+        train += items[n_val:]
     return sorted(train), sorted(val)
 
 

@@ -26,10 +26,12 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) ->
         canvas.paste(rgba, mask=rgba.getchannel("A"))
         return canvas
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit greyscale: scale to 8 bits instead of clipping everything above 255 to white.
+        # 16/32-bit greyscale: stretch [min(0, low), high] to 8 bits instead of clipping everything above 255 to white.
         array = np.asarray(image, dtype=np.float64)
-        peak = array.max() or 1.0
-        return Image.fromarray((array * (255.0 / peak)).astype(np.uint8), mode="L").convert("RGB")
+        low = min(0.0, float(array.min()))
+        span = (float(array.max()) - low) or 1.0
+        scaled = np.rint((array - low) * (255.0 / span)).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L").convert("RGB")
     return image.convert("RGB")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from tlkit.errors import RecipeError, did_you_mean
 from tlkit.heads import INITS
@@ -92,6 +92,16 @@ class HeadSection(Section):
     """Hidden-layer init; null = matched to the activation (He for ReLU family, LeCun for SELU, Xavier for tanh)."""
     final_init: Literal[INITS] = "zeros"  # type: ignore[valid-type]
     """Final linear layer init; zeros = equal logits, so the initial loss is exactly ln(C) (see heads.py)."""
+
+    @field_validator("init")
+    @classmethod
+    def _no_zero_hidden_init(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value == "zeros" and info.data.get("hidden"):
+            raise ValueError(
+                "zeros is refused for hidden layers: every neuron would get the same gradient and never diverge; "
+                "leave init null for the activation's default"
+            )
+        return value
 
 
 class DataSection(Section):
@@ -198,6 +208,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):
+        try:
+            value = float(value)  # YAML 1.1 reads 1e-3 as a string; users mean the number
+        except ValueError:
+            pass
     return key.strip().split("."), value
 
 

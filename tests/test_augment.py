@@ -1,0 +1,99 @@
+"""Eval and train transforms: shapes, determinism, normalisation, the crop_pct resize, horizontal flip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tlkit.augment import TrainAugment, build_eval_transform, build_train_transform, eval_resize_size
+from tlkit.backbones import Preprocessing
+
+MEAN = (0.5, 0.4, 0.3)
+STD = (0.2, 0.25, 0.3)
+FULL_CROP = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+
+
+def pre(input_size: int = 32, crop_pct: float = 0.875) -> Preprocessing:
+    return Preprocessing(input_size=input_size, crop_pct=crop_pct, interpolation="bicubic", mean=MEAN, std=STD)
+
+
+def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def normalised(image: np.ndarray) -> torch.Tensor:
+    """What the transforms should output for `image` when no resize or crop happens."""
+    x = torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)
+    return (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Eval
+
+
+@pytest.mark.parametrize(("height", "width"), [(40, 60), (60, 40), (20, 24), (32, 32)])
+def test_eval_transform_output_is_three_by_input_size_square(height, width):
+    out = build_eval_transform(pre(32))(random_image(height, width))
+    assert out.shape == (3, 32, 32)
+    assert out.dtype == torch.float32
+
+
+def test_eval_transform_is_deterministic():
+    transform = build_eval_transform(pre(32))
+    image = random_image(45, 37)
+    assert torch.equal(transform(image), transform(image))
+
+
+@pytest.mark.parametrize("value", [0, 100, 255])
+def test_eval_transform_normalises_with_mean_and_std(value):
+    out = build_eval_transform(pre(32))(np.full((40, 50, 3), value, dtype=np.uint8))
+    expected = torch.tensor([(value / 255 - m) / s for m, s in zip(MEAN, STD)]).view(3, 1, 1).expand(3, 32, 32)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("input_size", "crop_pct", "expected"),
+    [(224, 0.875, 256), (224, 0.95, 235), (32, 0.875, 36), (96, 1.0, 96), (64, 0.8, 80)],
+)
+def test_eval_resize_size_is_floor_of_input_size_over_crop_pct(input_size, crop_pct, expected):
+    assert eval_resize_size(pre(input_size, crop_pct)) == expected
+
+
+def test_eval_centre_crop_removes_the_border_that_crop_pct_excludes():
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    image[8:-8, 8:-8] = 255  # an 8 px black frame = the 12.5% that crop_pct 0.75 cuts off each side
+    white = normalised(np.full((48, 48, 3), 255, dtype=np.uint8))
+    cropped = build_eval_transform(pre(48, crop_pct=0.75))(image)  # resize to 64 (no-op), crop the middle 48
+    torch.testing.assert_close(cropped, white, atol=1e-5, rtol=0)
+
+
+def test_eval_with_crop_pct_one_keeps_the_whole_image():
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    image[8:-8, 8:-8] = 255
+    whole = build_eval_transform(pre(64, crop_pct=1.0))(image)
+    torch.testing.assert_close(whole, normalised(image), atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Train
+
+
+@pytest.mark.parametrize(("height", "width"), [(40, 60), (24, 20)])
+def test_train_transform_output_is_three_by_input_size_square(height, width):
+    out = build_train_transform(pre(32), TrainAugment())(random_image(height, width))
+    assert out.shape == (3, 32, 32)
+    assert out.dtype == torch.float32
+
+
+def test_train_full_crop_without_flip_is_just_normalisation():
+    image = random_image(32, 32)
+    out = build_train_transform(pre(32), TrainAugment(hflip=0.0, **FULL_CROP))(image)
+    torch.testing.assert_close(out, normalised(image), atol=1e-5, rtol=0)
+
+
+def test_hflip_one_mirrors_the_image():
+    image = random_image(32, 32)  # random pixels: not mirror-symmetric
+    out = build_train_transform(pre(32), TrainAugment(hflip=1.0, **FULL_CROP))(image)
+    torch.testing.assert_close(out, normalised(image[:, ::-1]), atol=1e-5, rtol=0)
+    assert not torch.allclose(out, normalised(image))
