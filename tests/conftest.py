@@ -44,3 +44,40 @@ def make_class_folders():
 @pytest.fixture
 def preprocessing() -> Preprocessing:
     return Preprocessing(input_size=32, crop_pct=0.875, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def write_colour_classes(root: Path, *, per_class: int = 12, split: bool = True, size: int = 36) -> Path:
+    """Learnable tiny dataset: each class is a distinct base colour plus noise (root/{train,val}/<class>/ or flat)."""
+    colours = {"blue": (40, 60, 200), "green": (40, 190, 60), "red": (210, 50, 40)}
+    rng = np.random.default_rng(0)
+    for name, rgb in colours.items():
+        for i in range(per_class):
+            side = "train" if (not split or i < per_class * 2 // 3) else "val"
+            folder = root / side / name if split else root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            noise = rng.integers(-40, 41, (size, size + (i % 3) * 4, 3))
+            pixels = np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{name}_{i:02d}.png")
+    return root
+
+
+@pytest.fixture
+def colour_folder(tmp_path: Path) -> Path:
+    return write_colour_classes(tmp_path / "colours")
+
+
+def tiny_recipe_dict(root: Path, **sections) -> dict:
+    """A recipe dict for a fast run: timm's tiny random test_efficientnet at 32 px, no workers, no progress bar."""
+    recipe = {
+        "version": 1,
+        "name": "tiny",
+        "seed": 0,
+        "backbone": {"name": "test_efficientnet", "weights": "none", "input_size": 32},
+        "strategy": {"kind": "linear_probe"},
+        "data": {"root": str(root), "batch_size": 8, "num_workers": 0},
+        "optim": {"lr": 0.05},
+        "trainer": {"epochs": 2, "progress_bar": False, "accelerator": "cpu", "devices": 1},
+    }
+    for key, value in sections.items():
+        recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
+    return recipe

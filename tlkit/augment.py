@@ -47,12 +47,23 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 class _AlbumentationsToTensor:
-    """Callable: uint8 HWC numpy -> float CHW tensor through an albumentations pipeline."""
+    """Callable: uint8 HWC numpy -> float CHW tensor through an albumentations pipeline.
+
+    albumentations keeps its own RNG, untouched by global seeding. We seed it from torch's initial seed in the
+    process that runs it: in the main process that is the run's seed, in a DataLoader worker it is torch's per-worker
+    seed (base_seed + worker_id, drawn from the seeded main RNG). So the same seed gives the same augmentations, and
+    workers never repeat each other's.
+    """
 
     def __init__(self, pipeline: A.Compose):
         self.pipeline = pipeline
+        self._seeded_for: tuple[int, int] | None = None
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
+        key = (os.getpid(), torch.initial_seed())
+        if key != self._seeded_for:
+            self.pipeline.set_random_seed(torch.initial_seed() % 2**32)
+            self._seeded_for = key
         return _to_tensor(self.pipeline(image=image)["image"])
 
     def __repr__(self) -> str:

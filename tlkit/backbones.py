@@ -125,13 +125,22 @@ def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     classifier = model.pretrained_cfg.get("classifier", "classifier")
     classifier_keys = {k for k in model.state_dict() if k.startswith(f"{classifier}.")}
     state = {k: v for k, v in state.items() if k not in classifier_keys}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in classifier_keys]
+    own = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in state and k not in classifier_keys]
+    unexpected = [k for k in state if k not in own]
+    if mismatched:
+        raise BackboneError(
+            f"Weights do not match {model.pretrained_cfg.get('architecture')}: {len(mismatched)} tensors have other "
+            f"shapes (e.g. {mismatched[0]}: {tuple(state[mismatched[0]].shape)} vs {tuple(own[mismatched[0]].shape)}). "
+            "Check the backbone name."
+        )
     if missing or unexpected:
         raise BackboneError(
             f"Weights do not match {model.pretrained_cfg.get('architecture')}: {len(missing)} missing keys "
             f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}). Check the backbone name."
         )
+    model.load_state_dict(state, strict=False)  # strict in effect: everything but the classifier was checked above
 
 
 def _local_cache_file(model: torch.nn.Module) -> Path | None:

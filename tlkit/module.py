@@ -33,6 +33,7 @@ class TransferModule(L.LightningModule):
         strategy: "linear_probe" (backbone frozen and in eval mode) or "finetune" (backbone LR = lr x backbone_lr_mult).
         head: HeadSpec or its dict form; default a single linear layer.
         preprocessing: overrides of the model's pretrained preprocessing (input_size, crop_pct, interpolation, mean, std).
+        channels_last: NHWC memory layout; on this 2-core CPU lite0 trains ~1.5x faster (10 -> 16 images/s at 224 px).
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class TransferModule(L.LightningModule):
         gamma: float = 0.1,
         drop_path_rate: float = 0.0,
         preprocessing: dict | None = None,
+        channels_last: bool = True,
     ):
         super().__init__()
         _check_choice("strategy", strategy, STRATEGIES)
@@ -85,6 +87,7 @@ class TransferModule(L.LightningModule):
                 "gamma": gamma,
                 "drop_path_rate": drop_path_rate,
                 "preprocessing": dict(preprocessing or {}),
+                "channels_last": channels_last,
             }
         )
         self.classes = list(classes)
@@ -94,6 +97,9 @@ class TransferModule(L.LightningModule):
         self.preprocessing: Preprocessing = pretrained_pre.replace(**(preprocessing or {}))
         self.head_spec = head_spec
         self.head = build_head(self.backbone.num_features, len(classes), head_spec)
+        self.channels_last = channels_last
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
         self.backbone_frozen = strategy == "linear_probe"
         if self.backbone_frozen:
             freeze(self.backbone)
@@ -108,6 +114,8 @@ class TransferModule(L.LightningModule):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features; no autograd graph through a frozen backbone (it would never be used)."""
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
             return self.backbone(x)
 

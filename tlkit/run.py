@@ -118,6 +118,8 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
     with warnings.catch_warnings():
         # Lightning suggests more workers than a 2-core machine has; the recipe's num_workers is deliberate.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # A frozen backbone is in eval mode on purpose (DESIGN.md contract 4).
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
         trainer.fit(module, datamodule=datamodule)
 
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
