@@ -154,3 +154,19 @@ def test_warmup_then_cosine_reaches_zero():
 def test_step_schedule_decays_by_gamma_every_step_size():
     f = LRMultiplier("step", total_steps=100, step_size=10, gamma=0.5)
     assert [f(s) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+
+
+def test_own_lightning_trainer_without_a_recipe(colour_folder):
+    """The library path: datamodule gives class names; it takes preprocessing from the model being fitted."""
+    from tlkit import ImageFolderDataModule as DM
+    from tlkit import TransferModule as TM
+
+    dm = DM(colour_folder, batch_size=8, num_workers=0)
+    model = TM("test_resnet", dm.classes, weights="none", preprocessing={"input_size": 32}, optimizer="adamw", lr=0.3)
+    trainer = L.Trainer(
+        max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=dm)
+    assert dm.preprocessing == model.preprocessing
+    assert trainer.callback_metrics["val_acc"] >= 0.9
