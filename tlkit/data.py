@@ -193,7 +193,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         root: str | Path,
         *,
         preprocessing: Preprocessing | None = None,
-        augment: TrainAugment = TrainAugment(),
+        augment: TrainAugment | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int | str = "auto",
@@ -205,7 +205,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
         self.root = Path(root)
         self.preprocessing = preprocessing
-        self.augment = augment
+        self.augment = augment if augment is not None else TrainAugment()
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.num_workers = resolve_num_workers(num_workers)

@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
+from tlkit.augment import TrainAugment
+from tlkit.config import Section
 from tlkit.errors import RecipeError, did_you_mean
 from tlkit.heads import INITS
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+from tlkit.mixing import MixingConfig
 
 
 class BackboneSection(Section):
@@ -119,15 +118,6 @@ class DataSection(Section):
     """Built-in dataset written to root when root is missing (digits = scikit-learn's 8x8 digits as PNGs)."""
 
 
-class AugmentSection(Section):
-    hflip: float = Field(default=0.5, ge=0, le=1)
-    """Horizontal flip probability; set 0 for data where mirroring changes the label (digits, text)."""
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    """Random-resized-crop area range (fraction of the image); Inception-style default."""
-    crop_ratio: tuple[float, float] = (0.75, 1.3333333333333333)
-    """Random-resized-crop aspect-ratio range."""
-
-
 class OptimSection(Section):
     name: Literal["sgd", "adamw"] = "sgd"
     """SGD with Nesterov momentum is the classic for transfer; AdamW is less LR-sensitive."""
@@ -188,11 +178,17 @@ class Recipe(Section):
     strategy: Strategy = LinearProbe()
     head: HeadSection = HeadSection()
     data: DataSection
-    augment: AugmentSection = AugmentSection()
+    augment: TrainAugment = TrainAugment()
+    mixing: MixingConfig = MixingConfig()
     optim: OptimSection = OptimSection()
     schedule: ScheduleSection = ScheduleSection()
     trainer: TrainerSection = TrainerSection()
     output: OutputSection = OutputSection()
+
+    @property
+    def deterministic_training_input(self) -> bool:
+        """No random augmentation and no mixing: every epoch sees the same inputs (a feature cache can reuse them)."""
+        return self.augment.is_deterministic and not self.mixing.enabled
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -393,7 +389,7 @@ def _render(model: BaseModel, lines: list[str], indent: int) -> None:
         if text.endswith("\n..."):
             text = text[: -len("\n...")]
         text = text.removesuffix("...").strip()
-        doc = (field.description or "").strip()
+        doc = " ".join((field.description or "").split())
         lines.append(f"{pad}{name}: {text}" + (f"  # {doc}" if doc else ""))
 
 

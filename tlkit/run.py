@@ -15,7 +15,6 @@ import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from tlkit.augment import TrainAugment
 from tlkit.data import ImageFolderDataModule
 from tlkit.datasets import generate
 from tlkit.module import TransferModule
@@ -38,10 +37,9 @@ def build_datamodule(recipe: Recipe) -> ImageFolderDataModule:
     if not Path(d.root).exists() and d.generate is not None:
         log.info("writing built-in dataset %r to %s", d.generate, d.root)
         generate(d.generate, d.root)
-    a = recipe.augment
     return ImageFolderDataModule(
         d.root,
-        augment=TrainAugment(hflip=a.hflip, crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio)),
+        augment=recipe.augment,
         batch_size=d.batch_size,
         eval_batch_size=d.eval_batch_size,
         num_workers=d.num_workers,
@@ -70,6 +68,7 @@ def build_module(recipe: Recipe, classes: list[str]) -> TransferModule:
         step_epochs=s.step_epochs,
         gamma=s.gamma,
         drop_path_rate=b.drop_path_rate,
+        mixing=recipe.mixing.model_dump(),
         preprocessing={
             k: v
             for k, v in {
@@ -118,6 +117,8 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
     with warnings.catch_warnings():
         # Lightning suggests more workers than a 2-core machine has; the recipe's num_workers is deliberate.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # The run dir already holds recipe.yaml and classes.json; the CSV logger only manages metrics.csv.
+        warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
         # A frozen backbone is in eval mode on purpose (DESIGN.md contract 4).
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
         trainer.fit(module, datamodule=datamodule)
