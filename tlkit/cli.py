@@ -30,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_args(train)
     train.add_argument("--run-dir", help="write the run exactly here (default runs/<recipe>/<timestamp>/)")
 
+    preview = sub.add_parser("preview", help="PNG grid of training samples after augmentation and mixing")
+    _add_recipe_args(preview)
+    preview.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
+    preview.add_argument("--out", help="PNG path (default runs/<recipe>/augment_preview.png)")
+
     recipe = sub.add_parser("recipe", help="inspect recipes")
     recipe_sub = recipe.add_subparsers(dest="recipe_command", required=True)
     show = recipe_sub.add_parser("show", help="print the fully resolved recipe with every default and its reason")
@@ -70,6 +75,16 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preview(args: argparse.Namespace) -> int:
+    from tlkit.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    from tlkit.run import preview_augment
+
+    print(f"wrote {preview_augment(recipe, n=args.n, out=args.out)}")
+    return 0
+
+
 def _recipe_show(args: argparse.Namespace) -> int:
     from tlkit.recipe import load_recipe, render_recipe
 
@@ -82,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    handler = {"train": _train, "recipe": _recipe_show}[args.command]
+    handler = {"train": _train, "preview": _preview, "recipe": _recipe_show}[args.command]
     try:
         return handler(args)
     except RecipeError as exc:

@@ -15,6 +15,7 @@ import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from tlkit.backbones import Preprocessing, create_backbone
 from tlkit.data import ImageFolderDataModule
 from tlkit.datasets import generate
 from tlkit.module import TransferModule
@@ -69,18 +70,67 @@ def build_module(recipe: Recipe, classes: list[str]) -> TransferModule:
         gamma=s.gamma,
         drop_path_rate=b.drop_path_rate,
         mixing=recipe.mixing.model_dump(),
-        preprocessing={
-            k: v
-            for k, v in {
-                "input_size": b.input_size,
-                "crop_pct": b.crop_pct,
-                "interpolation": b.interpolation,
-                "mean": b.mean,
-                "std": b.std,
-            }.items()
-            if v is not None
-        },
+        preprocessing=preprocessing_overrides(recipe),
     )
+
+
+def preprocessing_overrides(recipe: Recipe) -> dict:
+    """The recipe's backbone.* preprocessing fields that are set (they win over the pretrained config)."""
+    b = recipe.backbone
+    values = {"input_size": b.input_size, "crop_pct": b.crop_pct, "interpolation": b.interpolation,
+              "mean": b.mean, "std": b.std}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def resolve_preprocessing(recipe: Recipe) -> Preprocessing:
+    """The preprocessing a run of `recipe` will use, without loading any weights."""
+    model, pretrained, _ = create_backbone(recipe.backbone.name, "none")
+    del model
+    return pretrained.replace(**preprocessing_overrides(recipe))
+
+
+def preview_augment(recipe: Recipe, *, n: int = 16, out: str | Path | None = None) -> Path:
+    """PNG grid of `n` training samples exactly as the model sees them: after augmentation and batch mixing."""
+    import numpy as np
+    import torch
+
+    from tlkit.mixing import BatchMixer
+    from tlkit.plots import save_image_grid
+
+    if n < 1:
+        raise ValueError(f"--n must be at least 1; got {n}.")
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(recipe)
+    pre = resolve_preprocessing(recipe)
+    datamodule.preprocessing = pre
+    datamodule.setup("fit")
+    dataset = datamodule.train_set
+    order = torch.randperm(len(dataset))[:n].tolist()
+    images, labels = zip(*(dataset[i] for i in order))
+    batch, targets = torch.stack(images), torch.tensor(labels)
+    if recipe.mixing.enabled:
+        mixer = BatchMixer(recipe.mixing, datamodule.num_classes, recipe.optim.label_smoothing)
+        batch, soft = mixer(batch, targets)
+    else:
+        soft = torch.nn.functional.one_hot(targets, datamodule.num_classes).float()
+    mean, std = torch.tensor(pre.mean).view(3, 1, 1), torch.tensor(pre.std).view(3, 1, 1)
+    pixels = ((batch * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    titles = [_soft_label_title(row, datamodule.classes) for row in soft]
+    out = Path(out) if out is not None else Path(recipe.output.runs_dir) / recipe.name / "augment_preview.png"
+    note = f"{recipe.name}: augment={recipe.augment.preset}"
+    if recipe.mixing.enabled:
+        note += f", mixup={recipe.mixing.mixup_alpha}, cutmix={recipe.mixing.cutmix_alpha}"
+    if recipe.optim.label_smoothing:
+        note += f", label smoothing={recipe.optim.label_smoothing}"
+    return save_image_grid(list(np.asarray(pixels)), titles, out, suptitle=note)
+
+
+def _soft_label_title(weights, classes: list[str]) -> str:
+    """'ants 0.62 / bees 0.38' for a mixed target; just 'ants' for a clean one."""
+    ranked = sorted(((float(w), c) for w, c in zip(weights, classes)), reverse=True)
+    if ranked[0][0] >= 0.995:
+        return ranked[0][1]
+    return " / ".join(f"{c} {w:.2f}" for w, c in ranked[:2] if w >= 0.01)
 
 
 def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
