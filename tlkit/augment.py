@@ -192,6 +192,11 @@ class _AlbumentationsToTensor:
         self.pipeline = pipeline
         self._seeded_for: tuple[int, int] | None = None
 
+    def reseed(self, seed: int) -> None:
+        """Fix the RNG to `seed` now (e.g. per image and view, so a cached augmented view is reproducible)."""
+        self.pipeline.set_random_seed(seed % 2**32)
+        self._seeded_for = (os.getpid(), torch.initial_seed())
+
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         key = (os.getpid(), torch.initial_seed())
         if key != self._seeded_for:

@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a recipe and print a summary")
     _add_recipe_args(train)
     train.add_argument("--run-dir", help="write the run exactly here (default runs/<recipe>/<timestamp>/)")
+    train.add_argument("--no-cache", action="store_true",
+                       help="linear probes: neither read nor write the on-disk feature cache (same as --set cache.disk=false)")
 
     preview = sub.add_parser("preview", help="PNG grid of training samples after augmentation and mixing")
     _add_recipe_args(preview)
@@ -67,7 +69,8 @@ def format_summary(metrics: dict) -> str:
 def _train(args: argparse.Namespace) -> int:
     from tlkit.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)  # fails fast, before any data scan or model build
+    overrides = [*args.overrides, *(["cache.disk=false"] if args.no_cache else [])]
+    recipe = load_recipe(args.recipe, overrides)  # fails fast, before any data scan or model build
     from tlkit.run import fit
 
     metrics = fit(recipe, run_dir=args.run_dir)

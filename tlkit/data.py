@@ -235,20 +235,37 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.train_set = ImageDataset(self.scan.train, build_train_transform(pre, self.augment))
         self.val_set = ImageDataset(self.scan.val, build_eval_transform(pre))
 
-    def _loader(self, dataset: Dataset, *, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            # A trailing batch of 1 breaks BatchNorm in train mode; reshuffling each epoch keeps every image in play.
-            drop_last=shuffle and len(dataset) > batch_size,
-        )
-
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, batch_size=self.batch_size, shuffle=True)
+        return make_loader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, batch_size=self.eval_batch_size, shuffle=False)
+        return make_loader(self.val_set, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers)
+
+
+def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
+    """The one DataLoader policy for images and cached features, so both paths see the same batches."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        # A trailing batch of 1 breaks BatchNorm in train mode; reshuffling each epoch keeps every image in play.
+        drop_last=shuffle and len(dataset) > batch_size,
+    )
+
+
+class FeatureDataModule(L.LightningDataModule):
+    """Train/val loaders over in-memory tensors (cached backbone features) with the image path's batching."""
+
+    def __init__(self, train: Dataset, val: Dataset, *, batch_size: int, eval_batch_size: int):
+        super().__init__()
+        self.train_set, self.val_set = train, val
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        return make_loader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        return make_loader(self.val_set, batch_size=self.eval_batch_size, shuffle=False, num_workers=0)

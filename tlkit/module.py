@@ -116,6 +116,9 @@ class TransferModule(L.LightningModule):
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, C, H, W) -> logits; already-pooled features (N, num_features), e.g. from the cache -> logits."""
+        if x.ndim == 2:
+            return self.head(x)
         return self.head(self.features(x))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

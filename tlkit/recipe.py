@@ -162,6 +162,19 @@ class TrainerSection(Section):
     """Show Lightning's progress bar."""
 
 
+class CacheSection(Section):
+    features: bool = True
+    """linear_probe: extract the frozen backbone's features once and train the head on them (same loss, optimizer,
+    schedule); false = run the backbone over every image every epoch."""
+    views: int = Field(default=1, ge=1, le=64)
+    """Augmented views cached per training image when augmentation is random; each epoch draws one per image.
+    Each view costs one backbone forward per image. Deterministic input (augment: none) always uses 1."""
+    disk: bool = True
+    """Keep features on disk between runs, keyed by backbone, weights, preprocessing, view and file identity."""
+    dir: str | None = None
+    """Cache folder; null = $TLKIT_CACHE/features, else ~/.cache/tlkit/features."""
+
+
 class OutputSection(Section):
     runs_dir: str = "runs"
     """Runs go to <runs_dir>/<recipe name>/<timestamp>/ unless --run-dir is given; relative to the current dir."""
@@ -183,6 +196,7 @@ class Recipe(Section):
     optim: OptimSection = OptimSection()
     schedule: ScheduleSection = ScheduleSection()
     trainer: TrainerSection = TrainerSection()
+    cache: CacheSection = CacheSection()
     output: OutputSection = OutputSection()
 
     @property

@@ -11,12 +11,15 @@ from datetime import datetime
 from pathlib import Path
 
 import lightning as L
+import torch
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from tlkit.augment import build_eval_transform, build_train_transform
 from tlkit.backbones import Preprocessing, create_backbone
-from tlkit.data import ImageFolderDataModule
+from tlkit.cache import CachedFeatures, FeatureCache, default_feature_dir, extract, view_seed, weights_fingerprint
+from tlkit.data import FeatureDataModule, ImageFolderDataModule
 from tlkit.datasets import generate
 from tlkit.module import TransferModule
 from tlkit.recipe import Recipe, recipe_to_dict
@@ -74,6 +77,51 @@ def build_module(recipe: Recipe, classes: list[str]) -> TransferModule:
     )
 
 
+def build_feature_datamodule(
+    recipe: Recipe, datamodule: ImageFolderDataModule, module: TransferModule
+) -> tuple[FeatureDataModule, dict]:
+    """Cached backbone features for the train (K views) and val splits, as a datamodule of tensors."""
+    started = time.perf_counter()
+    pre = module.preprocessing
+    directory = (recipe.cache.dir or default_feature_dir()) if recipe.cache.disk else None
+    cache = FeatureCache(directory)
+    base_key = {"format": 1, "backbone": recipe.backbone.name, "weights": weights_fingerprint(module.backbone),
+                "preprocessing": pre.to_dict()}
+
+    def compute(transform, desc: str, view: int | None = None):
+        def run(paths: list[str]) -> torch.Tensor:
+            seeds = None if view is None else [view_seed(recipe.seed, view, p) for p in paths]
+            return extract(module.backbone, paths, transform, seeds=seeds, batch_size=datamodule.eval_batch_size,
+                           num_workers=datamodule.num_workers, desc=desc, channels_last=module.channels_last)
+        return run
+
+    train_paths = [p for p, _ in datamodule.scan.train]
+    val_paths = [p for p, _ in datamodule.scan.val]
+    eval_transform = build_eval_transform(pre)
+    eval_key = {**base_key, "transform": "eval"}
+    if recipe.augment.is_deterministic:  # the train transform is then the eval transform (a test proves it)
+        views = [cache.features(eval_key, train_paths, compute(eval_transform, "features: train"))]
+    else:
+        train_transform = build_train_transform(pre, recipe.augment)
+        augment_key = {**base_key, "transform": recipe.augment.model_dump(mode="json"), "seed": recipe.seed}
+        views = [
+            cache.features({**augment_key, "view": v}, train_paths,
+                           compute(train_transform, f"features: train view {v + 1}/{recipe.cache.views}", v))
+            for v in range(recipe.cache.views)
+        ]
+    val = cache.features(eval_key, val_paths, compute(eval_transform, "features: val"))
+    info = {"used": True, "views": len(views), "disk": directory is not None, "from_disk": cache.stats.hits,
+            "extracted": cache.stats.misses, "seconds": round(time.perf_counter() - started, 2)}
+    log.info("feature cache: %d train x %d view(s) + %d val; %d rows from disk, %d extracted, %.1f s",
+             len(train_paths), len(views), len(val_paths), info["from_disk"], info["extracted"], info["seconds"])
+    feature_dm = FeatureDataModule(
+        CachedFeatures(torch.stack(views), [label for _, label in datamodule.scan.train]),
+        CachedFeatures(val, [label for _, label in datamodule.scan.val]),
+        batch_size=datamodule.batch_size, eval_batch_size=datamodule.eval_batch_size,
+    )
+    return feature_dm, info
+
+
 def preprocessing_overrides(recipe: Recipe) -> dict:
     """The recipe's backbone.* preprocessing fields that are set (they win over the pretrained config)."""
     b = recipe.backbone
@@ -92,7 +140,6 @@ def resolve_preprocessing(recipe: Recipe) -> Preprocessing:
 def preview_augment(recipe: Recipe, *, n: int = 16, out: str | Path | None = None) -> Path:
     """PNG grid of `n` training samples exactly as the model sees them: after augmentation and batch mixing."""
     import numpy as np
-    import torch
 
     from tlkit.mixing import BatchMixer
     from tlkit.plots import save_image_grid
@@ -164,6 +211,16 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
         log_every_n_steps=min(50, steps_per_epoch),
         num_sanity_val_steps=0,
     )
+    fit_datamodule: L.LightningDataModule = datamodule
+    cache_info: dict = {"used": False}
+    if recipe.strategy.kind == "linear_probe" and recipe.cache.features:
+        if recipe.mixing.enabled:
+            log.warning("feature cache: Mixup/CutMix mix images, not features, so this linear probe trains on images "
+                        "(uncached); set mixing alphas to 0 to use the cache.")
+            cache_info["reason"] = "image-space mixing requested"
+        else:
+            fit_datamodule, cache_info = build_feature_datamodule(recipe, datamodule, module)
+    L.seed_everything(recipe.seed, workers=True, verbose=False)  # both paths start training from the same RNG state
     with warnings.catch_warnings():
         # Lightning suggests more workers than a 2-core machine has; the recipe's num_workers is deliberate.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -171,7 +228,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
         warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
         # A frozen backbone is in eval mode on purpose (DESIGN.md contract 4).
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(module, datamodule=fit_datamodule)
 
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics = {
@@ -186,6 +243,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
         "num_train": len(datamodule.scan.train),
         "num_val": len(datamodule.scan.val),
         "skipped_files": len(datamodule.scan.skipped),
+        "feature_cache": cache_info,
         "backbone": recipe.backbone.name,
         "weights": module.weights_source,
         "strategy": recipe.strategy.kind,
