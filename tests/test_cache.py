@@ -131,3 +131,23 @@ def test_a_cached_probe_checkpoint_predicts_images(tmp_path):
     module = load_checkpoint(metrics["best_checkpoint"])
     with torch.no_grad():
         assert module(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_lbfgs_solver_fits_the_head_in_closed_form_and_saves_a_normal_checkpoint(tmp_path):
+    root = write_colour_classes(tmp_path / "c", per_class=12)
+    metrics = fit(probe_recipe(root, tmp_path / "cache", strategy={"kind": "linear_probe", "solver": "lbfgs"}),
+                  run_dir=tmp_path / "a")
+    assert metrics["feature_cache"]["solver"]["solver"] == "lbfgs"
+    assert metrics["val_acc"] >= 0.9
+    module = load_checkpoint(metrics["best_checkpoint"])
+    assert module.head[-1].weight.abs().max() > 0
+
+
+def test_lbfgs_with_an_mlp_head_is_a_recipe_error():
+    import pytest
+
+    from tlkit.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="lbfgs needs head.hidden must be"):
+        validate_recipe({"data": {"root": "x"}, "strategy": {"kind": "linear_probe", "solver": "lbfgs"},
+                         "head": {"hidden": [8]}})

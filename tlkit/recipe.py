@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tlkit.augment import TrainAugment
 from tlkit.config import Section
@@ -68,6 +68,9 @@ class BackboneSection(Section):
 class LinearProbe(Section):
     kind: Literal["linear_probe"] = "linear_probe"
     """Freeze the backbone (no grads, BatchNorm in eval) and train only the head: the rule for small data."""
+    solver: Literal["sgd", "lbfgs"] = "sgd"
+    """sgd = the optim section's optimizer for trainer.epochs; lbfgs = closed-form multinomial logistic regression
+    on cached features, L2 strength chosen on a held-out 20% of train (linear head and feature cache required)."""
 
 
 class Finetune(Section):
@@ -198,6 +201,20 @@ class Recipe(Section):
     trainer: TrainerSection = TrainerSection()
     cache: CacheSection = CacheSection()
     output: OutputSection = OutputSection()
+
+    @model_validator(mode="after")
+    def _lbfgs_needs_cache_and_linear_head(self) -> Recipe:
+        if getattr(self.strategy, "solver", "sgd") == "lbfgs":
+            problems = []
+            if self.head.hidden:
+                problems.append("head.hidden must be [] (a logistic regression is one linear layer)")
+            if not self.cache.features:
+                problems.append("cache.features must be true (the solver fits cached features)")
+            if self.mixing.enabled:
+                problems.append("mixing must be off (features cannot be mixed)")
+            if problems:
+                raise ValueError("strategy.solver: lbfgs needs " + "; ".join(problems))
+        return self
 
     @property
     def deterministic_training_input(self) -> bool:

@@ -77,6 +77,19 @@ def build_module(recipe: Recipe, classes: list[str]) -> TransferModule:
     )
 
 
+def choose_training_inputs(
+    recipe: Recipe, datamodule: ImageFolderDataModule, module: TransferModule
+) -> tuple[L.LightningDataModule, dict]:
+    """Images, or cached features when the strategy is a linear probe and the cache can honour the recipe."""
+    if recipe.strategy.kind != "linear_probe" or not recipe.cache.features:
+        return datamodule, {"used": False}
+    if recipe.mixing.enabled:
+        log.warning("feature cache: Mixup/CutMix mix images, not features, so this linear probe trains on images "
+                    "(uncached); set mixing alphas to 0 to use the cache.")
+        return datamodule, {"used": False, "reason": "image-space mixing requested"}
+    return build_feature_datamodule(recipe, datamodule, module)
+
+
 def build_feature_datamodule(
     recipe: Recipe, datamodule: ImageFolderDataModule, module: TransferModule
 ) -> tuple[FeatureDataModule, dict]:
@@ -120,6 +133,33 @@ def build_feature_datamodule(
         batch_size=datamodule.batch_size, eval_batch_size=datamodule.eval_batch_size,
     )
     return feature_dm, info
+
+
+def fit_head_closed_form(module: TransferModule, features: FeatureDataModule, seed: int) -> dict:
+    """Fit the linear head by L-BFGS logistic regression on the cached training features (all views)."""
+    from tlkit.probe import fit_logistic_head
+
+    train = features.train_set
+    views, labels = train.views, train.labels
+    x = views.reshape(-1, views.shape[-1])
+    y = labels.repeat(views.shape[0])
+    weight, bias, info = fit_logistic_head(x, y, num_classes=len(module.classes), seed=seed)
+    final = module.head[-1]
+    with torch.no_grad():
+        final.weight.copy_(weight)
+        final.bias.copy_(bias)
+    return info
+
+
+def _save_closed_form_checkpoints(trainer: L.Trainer, checkpoint: ModelCheckpoint, run_dir: Path) -> None:
+    directory = run_dir / "checkpoints"
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("best.ckpt", "last.ckpt"):
+        trainer.save_checkpoint(directory / name)
+    checkpoint.best_model_path = str(directory / "best.ckpt")
+    checkpoint.last_model_path = str(directory / "last.ckpt")
+    score = trainer.callback_metrics.get("val_acc")
+    checkpoint.best_model_score = score.detach().clone() if score is not None else None
 
 
 def preprocessing_overrides(recipe: Recipe) -> dict:
@@ -195,12 +235,18 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
     if datamodule.scan.skipped:
         _write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))
 
+    fit_datamodule, cache_info = choose_training_inputs(recipe, datamodule, module)
+    epochs = recipe.trainer.epochs
+    if getattr(recipe.strategy, "solver", "sgd") == "lbfgs" and cache_info.get("used"):
+        cache_info["solver"] = fit_head_closed_form(module, fit_datamodule, recipe.seed)
+        epochs = 0  # the head is already optimal; the trainer only validates and saves the checkpoints
+
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor="val_acc", mode="max", save_last=True
     )
     steps_per_epoch = max(1, len(datamodule.scan.train) // recipe.data.batch_size)
     trainer = L.Trainer(
-        max_epochs=recipe.trainer.epochs,
+        max_epochs=epochs,
         accelerator=recipe.trainer.accelerator,
         devices=recipe.trainer.devices,
         precision=recipe.trainer.precision,
@@ -211,15 +257,6 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
         log_every_n_steps=min(50, steps_per_epoch),
         num_sanity_val_steps=0,
     )
-    fit_datamodule: L.LightningDataModule = datamodule
-    cache_info: dict = {"used": False}
-    if recipe.strategy.kind == "linear_probe" and recipe.cache.features:
-        if recipe.mixing.enabled:
-            log.warning("feature cache: Mixup/CutMix mix images, not features, so this linear probe trains on images "
-                        "(uncached); set mixing alphas to 0 to use the cache.")
-            cache_info["reason"] = "image-space mixing requested"
-        else:
-            fit_datamodule, cache_info = build_feature_datamodule(recipe, datamodule, module)
     L.seed_everything(recipe.seed, workers=True, verbose=False)  # both paths start training from the same RNG state
     with warnings.catch_warnings():
         # Lightning suggests more workers than a 2-core machine has; the recipe's num_workers is deliberate.
@@ -228,7 +265,11 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
         warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
         # A frozen backbone is in eval mode on purpose (DESIGN.md contract 4).
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
-        trainer.fit(module, datamodule=fit_datamodule)
+        if epochs == 0:
+            trainer.validate(module, datamodule=fit_datamodule, verbose=False)
+            _save_closed_form_checkpoints(trainer, checkpoint, run_dir)
+        else:
+            trainer.fit(module, datamodule=fit_datamodule)
 
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics = {
