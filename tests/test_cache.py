@@ -84,7 +84,8 @@ def test_cache_entry_rows_follow_file_identity(tmp_path):
     cache.features({"k": 1}, [str(image)], compute)
     assert len(calls) == 1
     os.utime(image, ns=(time.time_ns(), time.time_ns() + 10**9))
-    assert file_identity(image) not in (tmp_path / "cache").rglob("index.json").__next__().read_text()
+    stored = next((tmp_path / "cache").rglob("features.safetensors"))
+    assert file_identity(image) not in stored.read_bytes().decode("utf-8", "ignore")
     cache.features({"k": 1}, [str(image)], compute)
     assert len(calls) == 2
 

@@ -29,3 +29,10 @@ def test_regularisation_is_chosen_on_held_out_training_data():
     weight, bias, info = fit_logistic_head(features, labels, num_classes=3, seed=0)
     assert weight.shape == (3, 8) and bias.shape == (3,)
     assert info["C"] in info["holdout_acc"] and info["holdout_acc"][info["C"]] == max(info["holdout_acc"].values())
+
+
+def test_too_few_images_per_class_falls_back_to_default_c_instead_of_crashing():
+    labels = torch.tensor([0, 1, 2, 2])  # classes 0 and 1 have one image each
+    weight, _, info = fit_logistic_head(torch.randn(2, 4, 6), labels, num_classes=3, seed=0)
+    assert info["C"] == 1.0 and info["holdout_acc"] == {}
+    assert weight.shape == (3, 6)

@@ -22,7 +22,6 @@ from pydantic import Field, model_validator  # noqa: E402
 
 from tlkit.backbones import Preprocessing  # noqa: E402
 from tlkit.config import Section  # noqa: E402
-from tlkit.errors import RecipeError, did_you_mean  # noqa: E402
 
 CV2_INTERPOLATION = {
     "bicubic": cv2.INTER_CUBIC,
@@ -148,6 +147,11 @@ class TrainAugment(Section):
             value = getattr(self, name)
             if value is not None and value[0] > value[1]:
                 raise ValueError(f"{name} must be [min, max] with min <= max; got {list(value)}")
+        holes, size = self.cutout.holes, self.cutout.size
+        if holes[0] < 1 or holes[0] > holes[1]:
+            raise ValueError(f"cutout.holes must be [min, max] with 1 <= min <= max; got {list(holes)}")
+        if not 0 < size[0] <= size[1] <= 1:
+            raise ValueError(f"cutout.size must be [min, max] fractions with 0 < min <= max <= 1; got {list(size)}")
         if not 0 < self.crop_scale[0] <= 1 or self.crop_scale[1] > 1:
             raise ValueError(f"crop_scale values must lie in (0, 1]; got {list(self.crop_scale)}")
         return self
@@ -165,14 +169,6 @@ def _merge(base: dict, override: dict) -> dict:
     for key, value in override.items():
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
-
-
-def preset(name: str, **overrides: Any) -> TrainAugment:
-    """TrainAugment from a named preset with optional overrides, e.g. preset("medium", hflip=0.0)."""
-    if name not in PRESETS:
-        raise RecipeError(f"Unknown augment preset {name!r}; expected one of {', '.join(PRESET_NAMES)}."
-                          + did_you_mean(name, PRESET_NAMES))
-    return TrainAugment(preset=name, **overrides)
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:

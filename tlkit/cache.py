@@ -12,20 +12,30 @@ import hashlib
 import json
 import logging
 import os
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from tlkit.images import load_rgb
+from tlkit.data import decode
 from tlkit.weights import cache_dir
 
 log = logging.getLogger(__name__)
+
+
+def code_versions() -> dict[str, str]:
+    """Library versions that shape the features: an upgrade must not reuse features computed by older code."""
+    import albumentations
+    import cv2
+    import timm
+
+    return {"torch": torch.__version__, "timm": timm.__version__, "albumentations": albumentations.__version__,
+            "opencv": cv2.__version__}
 
 
 def default_feature_dir() -> Path:
@@ -66,7 +76,7 @@ class _ViewDataset(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         if self.seeds is not None:
             self.transform.reseed(self.seeds[index])
-        return self.transform(load_rgb(self.paths[index]))
+        return self.transform(decode(self.paths[index]))
 
 
 @torch.no_grad()
@@ -87,8 +97,6 @@ def extract(backbone: torch.nn.Module, paths: Sequence[str], transform: Callable
 class CacheStats:
     hits: int = 0
     misses: int = 0
-    seconds: float = 0.0
-    entries: list[str] = field(default_factory=list)
 
 
 class FeatureCache:
@@ -105,12 +113,14 @@ class FeatureCache:
         return self.directory / digest
 
     def _read(self, entry: Path | None) -> dict[str, torch.Tensor]:
-        if entry is None or not (entry / "index.json").is_file():
+        path = entry / "features.safetensors" if entry is not None else None
+        if path is None or not path.is_file():
             return {}
         try:
-            identities = json.loads((entry / "index.json").read_text())
-            features = load_file(str(entry / "features.safetensors"))["features"]
-        except (OSError, ValueError, KeyError) as exc:  # a damaged entry is recomputed, never trusted
+            with safe_open(str(path), framework="pt") as f:
+                identities = json.loads(f.metadata()["identities"])
+                features = f.get_tensor("features")
+        except Exception as exc:  # noqa: BLE001 - a damaged entry of any kind is recomputed, never trusted
             log.warning("ignoring unreadable feature cache entry %s (%s)", entry, exc)
             return {}
         if len(identities) != len(features):
@@ -118,19 +128,16 @@ class FeatureCache:
         return dict(zip(identities, features))
 
     def _write(self, entry: Path, key: dict, rows: dict[str, torch.Tensor]) -> None:
+        """One file holds the features and their row identities, so one atomic rename commits both."""
         entry.mkdir(parents=True, exist_ok=True)
         identities = list(rows)
         tmp = entry / f".tmp{os.getpid()}"
-        save_file({"features": torch.stack([rows[i] for i in identities]).contiguous()}, str(tmp))
+        save_file({"features": torch.stack([rows[i] for i in identities]).contiguous()}, str(tmp),
+                  metadata={"identities": json.dumps(identities), "key": json.dumps(key, sort_keys=True)})
         os.replace(tmp, entry / "features.safetensors")
-        for name, text in (("index.json", json.dumps(identities)), ("key.json", json.dumps(key, indent=1))):
-            tmp_text = entry / f".{name}.tmp{os.getpid()}"
-            tmp_text.write_text(text)
-            os.replace(tmp_text, entry / name)
 
     def features(self, key: dict, paths: Sequence[str], compute: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
         """Features for `paths` in order: cached rows whose file identity still matches, `compute` for the rest."""
-        started = time.perf_counter()
         entry = self._entry(key)
         rows = self._read(entry)
         identities = [file_identity(p) for p in paths]
@@ -142,9 +149,6 @@ class FeatureCache:
                 rows[ident] = row
             if entry is not None:
                 self._write(entry, key, rows)
-        if entry is not None:
-            self.stats.entries.append(str(entry))
-        self.stats.seconds += time.perf_counter() - started
         return torch.stack([rows[i] for i in identities])
 
 

@@ -22,6 +22,22 @@ def _add_recipe_args(parser: argparse.ArgumentParser, *, positional: bool = Fals
     )
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
+    return value
+
+
+def _one_line(exc: Exception) -> str:
+    """The cause in one line; an error re-raised from a DataLoader worker carries the worker's traceback first."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    if len(lines) > 1 and ": " in last and last.split(": ", 1)[0].rsplit(".", 1)[-1] == type(exc).__name__:
+        return last.split(": ", 1)[1]
+    return str(exc) if len(lines) <= 1 else last
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlkit", description="Transfer learning for image classification.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -34,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     preview = sub.add_parser("preview", help="PNG grid of training samples after augmentation and mixing")
     _add_recipe_args(preview)
-    preview.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
+    preview.add_argument("--n", type=_positive_int, default=16, help="number of samples (default 16)")
     preview.add_argument("--out", help="PNG path (default runs/<recipe>/augment_preview.png)")
 
     recipe = sub.add_parser("recipe", help="inspect recipes")
@@ -104,10 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except RecipeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)  # may list several problems, one per line
         return EXIT_RECIPE_ERROR
     except TlkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 1
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
@@ -155,6 +156,15 @@ def stratified_split(
     return sorted(train), sorted(val)
 
 
+def decode(path: str) -> np.ndarray:
+    """load_rgb with a one-line DataError naming the file; never substitutes another sample (that would silently
+    change the data the user thinks they trained on)."""
+    try:
+        return load_rgb(path)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
+        raise DataError(f"Cannot decode {path} ({type(exc).__name__}: {exc}); remove or repair the file.") from exc
+
+
 class ImageDataset(Dataset):
     """(path, label) samples decoded to RGB and passed through `transform`."""
 
@@ -167,12 +177,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        try:
-            image = load_rgb(path)
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as exc:
-            # Never substitute another sample: a silent swap changes the data the user thinks they trained on.
-            raise DataError(f"Cannot decode {path} ({type(exc).__name__}: {exc}); remove or repair the file.") from exc
-        return self.transform(image), label
+        return self.transform(decode(path)), label
 
 
 def resolve_num_workers(num_workers: int | str) -> int:

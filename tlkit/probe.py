@@ -16,25 +16,45 @@ log = logging.getLogger(__name__)
 C_GRID = tuple(10.0**k for k in range(-4, 3))  # inverse L2 strength, 1e-4 .. 1e2
 
 
-def fit_logistic_head(features: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int,
+def fit_logistic_head(views: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int,
                       holdout: float = 0.2) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """(weight (C, D), bias (C,), info) of an L-BFGS logistic regression; C chosen on a held-out split."""
+    """(weight (C, D), bias (C,), info) of an L-BFGS logistic regression; C chosen on a held-out split.
+
+    Args:
+        views: (K, N, D) cached features, K augmented views of N images (or (N, D)).
+        labels: (N,) class indices.
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
 
-    x = features.double().numpy()
+    if views.ndim == 2:
+        views = views[None]
     y = labels.numpy()
-    fit_x, held_x, fit_y, held_y = train_test_split(x, y, test_size=holdout, stratify=y, random_state=seed)
-    scores = {}
-    for c in C_GRID:
-        model = LogisticRegression(C=c, max_iter=2000).fit(fit_x, fit_y)
-        scores[c] = float((model.predict(held_x) == held_y).mean())
-    best_c = max(C_GRID, key=lambda c: (scores[c], -abs(np.log10(c))))  # ties: the milder regularisation change
-    model = LogisticRegression(C=best_c, max_iter=2000).fit(x, y)
+    counts = np.bincount(y, minlength=num_classes)
+    n_held = round(len(y) * holdout)
+    scores: dict[float, float] = {}
+    if counts.min() >= 2 and len(counts) <= n_held <= len(y) - len(counts):
+        # Split images, not rows: the K views of one image stay on the same side, so C is scored on unseen images.
+        fit_idx, held_idx = train_test_split(np.arange(len(y)), test_size=n_held, stratify=y, random_state=seed)
+        fit_x, fit_y = _rows(views, fit_idx), np.tile(y[fit_idx], len(views))
+        held_x, held_y = _rows(views, held_idx), np.tile(y[held_idx], len(views))
+        for c in C_GRID:
+            model = LogisticRegression(C=c, max_iter=2000).fit(fit_x, fit_y)
+            scores[c] = float((model.predict(held_x) == held_y).mean())
+        best_c = max(C_GRID, key=lambda c: (scores[c], -abs(np.log10(c))))  # ties: closest to sklearn's default 1
+    else:
+        best_c = 1.0
+        log.warning("lbfgs probe: too few images per class to hold out %.0f%% for choosing C; using C=1", 100 * holdout)
+    model = LogisticRegression(C=best_c, max_iter=2000).fit(_rows(views, np.arange(len(y))), np.tile(y, len(views)))
     weight, bias = _as_softmax_layer(model, num_classes)
     info = {"solver": "lbfgs", "C": best_c, "holdout_acc": scores}
-    log.info("lbfgs probe: C=%g (held-out accuracy %.3f)", best_c, scores[best_c])
+    if scores:
+        log.info("lbfgs probe: C=%g (held-out accuracy %.3f)", best_c, scores[best_c])
     return weight, bias, info
+
+
+def _rows(views: torch.Tensor, index: np.ndarray) -> np.ndarray:
+    return views[:, torch.as_tensor(index)].reshape(-1, views.shape[-1]).double().numpy()
 
 
 def _as_softmax_layer(model, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

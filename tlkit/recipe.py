@@ -115,7 +115,7 @@ class DataSection(Section):
     """Training batch size; 32 fits a 2-core CPU at 224 px."""
     eval_batch_size: int | None = Field(default=None, gt=0)
     """Validation batch size; null = 2 x batch_size (no gradients to store)."""
-    num_workers: int | Literal["auto"] = "auto"
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     """DataLoader worker processes; auto = min(4, CPU count)."""
     generate: Literal["digits"] | None = None
     """Built-in dataset written to root when root is missing (digits = scikit-learn's 8x8 digits as PNGs)."""
@@ -201,6 +201,22 @@ class Recipe(Section):
     trainer: TrainerSection = TrainerSection()
     cache: CacheSection = CacheSection()
     output: OutputSection = OutputSection()
+
+    @model_validator(mode="after")
+    def _bundled_exists_for_backbone(self) -> Recipe:
+        from tlkit.weights import BUNDLED
+
+        if self.backbone.weights == "bundled" and self.backbone.name not in BUNDLED:
+            raise ValueError(f"backbone.weights: bundled weights exist only for {', '.join(BUNDLED)}; "
+                             f"use auto, hub or a local file for {self.backbone.name}")
+        return self
+
+    @model_validator(mode="after")
+    def _warmup_shorter_than_training(self) -> Recipe:
+        if self.schedule.warmup_epochs >= self.trainer.epochs:
+            raise ValueError(f"schedule.warmup_epochs ({self.schedule.warmup_epochs}) must be less than trainer.epochs "
+                             f"({self.trainer.epochs}), or the LR never reaches optim.lr")
+        return self
 
     @model_validator(mode="after")
     def _lbfgs_needs_cache_and_linear_head(self) -> Recipe:
@@ -305,9 +321,20 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         merged.setdefault("name", Path(path).stem)
     recipe = validate_recipe(merged, str(path) if path is not None else "recipe")
-    root_from_cli = any(o.split("=", 1)[0].strip() == "data.root" for o in overrides)
-    base = Path.cwd() if (root_from_cli or path is None) else Path(path).resolve().parent
-    recipe.data.root = str(resolve_path(recipe.data.root, base))
+    recipe_dir = Path.cwd() if path is None else Path(path).resolve().parent
+
+    def base_for(key: str) -> Path:
+        from_cli = any(o.split("=", 1)[0].strip() == key for o in overrides)
+        return Path.cwd() if from_cli else recipe_dir
+
+    recipe.data.root = str(resolve_path(recipe.data.root, base_for("data.root")))
+    weights = recipe.backbone.weights
+    if weights not in ("auto", "hub", "bundled", "none"):
+        weights_file = resolve_path(weights, base_for("backbone.weights"))
+        if not weights_file.is_file():
+            raise RecipeError(f"{path or 'recipe'}: backbone.weights: file {str(weights_file)!r} does not exist; "
+                              "give a .safetensors/.pth state dict, or auto, bundled, hub, none.")
+        recipe.backbone.weights = str(weights_file)
     return recipe
 
 

@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from tlkit.augment import build_eval_transform, build_train_transform
 from tlkit.backbones import Preprocessing, create_backbone
-from tlkit.cache import CachedFeatures, FeatureCache, default_feature_dir, extract, view_seed, weights_fingerprint
+from tlkit.cache import CachedFeatures, FeatureCache, code_versions, default_feature_dir, extract, view_seed, weights_fingerprint
 from tlkit.data import FeatureDataModule, ImageFolderDataModule
 from tlkit.datasets import generate
 from tlkit.module import TransferModule
@@ -98,8 +98,8 @@ def build_feature_datamodule(
     pre = module.preprocessing
     directory = (recipe.cache.dir or default_feature_dir()) if recipe.cache.disk else None
     cache = FeatureCache(directory)
-    base_key = {"format": 1, "backbone": recipe.backbone.name, "weights": weights_fingerprint(module.backbone),
-                "preprocessing": pre.to_dict()}
+    base_key = {"format": 2, "backbone": recipe.backbone.name, "weights": weights_fingerprint(module.backbone),
+                "preprocessing": pre.to_dict(), "versions": code_versions()}
 
     def compute(transform, desc: str, view: int | None = None):
         def run(paths: list[str]) -> torch.Tensor:
@@ -140,10 +140,7 @@ def fit_head_closed_form(module: TransferModule, features: FeatureDataModule, se
     from tlkit.probe import fit_logistic_head
 
     train = features.train_set
-    views, labels = train.views, train.labels
-    x = views.reshape(-1, views.shape[-1])
-    y = labels.repeat(views.shape[0])
-    weight, bias, info = fit_logistic_head(x, y, num_classes=len(module.classes), seed=seed)
+    weight, bias, info = fit_logistic_head(train.views, train.labels, num_classes=len(module.classes), seed=seed)
     final = module.head[-1]
     with torch.no_grad():
         final.weight.copy_(weight)
