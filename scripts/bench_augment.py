@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=2, help="passes over the train split per preset")
     parser.add_argument("--accuracy", action="store_true", help="also train each preset with Mixup off/on")
     parser.add_argument("--mixup-alpha", type=float, default=0.2)
+    parser.add_argument("--presets", nargs="+", default=list(PRESET_NAMES), choices=PRESET_NAMES)
+    parser.add_argument("--skip-loader", action="store_true", help="only the accuracy table")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", default="bench_augment.json")
     args = parser.parse_args()
@@ -80,14 +82,14 @@ def main() -> None:
     print(f"\n{len(samples)} training images at {pre.input_size} px, {args.workers} workers, batch {batch}")
     print(f"fine-tune step consumes {consumption:.1f} images/s\n")
     print("| preset | loader images/s | x step consumption |\n|---|---|---|")
-    for name in PRESET_NAMES:
+    for name in [] if args.skip_loader else args.presets:
         rate = loader_throughput(samples, pre, name, args.workers, batch, args.passes)
         results["loader"][name] = round(rate, 1)
         print(f"| {name} | {rate:.1f} | {rate / consumption:.1f}x |", flush=True)
 
     if args.accuracy:
         print("\n| preset | mixup | val acc (final) | best val acc | val loss | wall s |\n|---|---|---|---|---|---|")
-        for name in PRESET_NAMES:
+        for name in args.presets:
             for alpha in (0.0, args.mixup_alpha):
                 run = load_recipe(args.recipe, [*args.overrides, "trainer.progress_bar=false", f"augment={name}",
                                                 f"mixing.mixup_alpha={alpha}"])
