@@ -63,7 +63,7 @@ def test_checkpoint_is_self_describing_and_loads_with_weights_only(tiny_run):
     assert meta["preprocessing"]["input_size"] == 32
     assert set(meta["preprocessing"]) == {"input_size", "crop_pct", "interpolation", "mean", "std"}
     assert meta["head"]["hidden"] == []
-    assert meta["tta"] == "none"
+    assert meta["tta"] == {"policy": "none", "aggregate": "mean_prob"}
 
 
 def test_checkpoint_round_trip_gives_identical_predictions(tiny_run):

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
 
 from tlkit.augment import TrainAugment, build_eval_transform, build_train_transform
 from tlkit.backbones import Preprocessing
@@ -209,6 +210,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.num_workers = resolve_num_workers(num_workers)
+        self.val_fraction = val_fraction
+        self.seed = seed
         self.scan = scan_folder(self.root, val_fraction=val_fraction, seed=seed)
         self.train_set: ImageDataset | None = None
         self.val_set: ImageDataset | None = None
@@ -220,6 +223,15 @@ class ImageFolderDataModule(L.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.scan.classes)
+
+    @override
+    def state_dict(self) -> dict:
+        """Saved in checkpoints by Lightning: lets evaluation re-create the same val split of a one-folder layout."""
+        return {"root": str(self.root), "layout": self.scan.layout, "val_fraction": self.val_fraction, "seed": self.seed}
+
+    @override
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass  # the split is recomputed from the constructor's arguments; nothing to restore
 
     def setup(self, stage: str | None = None) -> None:
         pre = self.preprocessing

@@ -1,0 +1,86 @@
+"""PNG figures for reports (matplotlib, headless Agg backend): confusion matrix and top-loss gallery."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: never needs a display, never opens a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tlkit.images import load_rgb  # noqa: E402
+
+MAX_ANNOTATED_CLASSES = 30  # beyond this the counts overlap; colours still show the structure
+THUMBNAIL = 256
+
+
+def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path, *, title: str) -> Path:
+    """Counts coloured by row share (recall), so small classes are as visible as big ones; rows = true labels."""
+    matrix = np.asarray(matrix)
+    n = len(classes)
+    row_share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    side = min(24.0, max(4.5, 0.45 * n + 2.5))
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    image = ax.imshow(row_share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_xticks(range(n), labels=[_short(c) for c in classes], rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_yticks(range(n), labels=[_short(c) for c in classes])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    if n <= MAX_ANNOTATED_CLASSES:
+        font = 10 if n <= 10 else 7
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j] or i == j:
+                    colour = "white" if row_share[i, j] > 0.5 else "black"
+                    ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", color=colour, fontsize=font)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_top_losses(rows: Sequence[dict], path: Path, *, title: str, columns: int = 4) -> Path:
+    """A grid of the highest-loss images with true / predicted label and probabilities under each."""
+    count = max(1, len(rows))
+    columns = min(columns, count)
+    lines = (count + columns - 1) // columns
+    fig, axes = plt.subplots(lines, columns, figsize=(3.2 * columns, 3.6 * lines + 0.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, rows):
+        ax.imshow(_thumbnail(row["path"]))
+        wrong = row["predicted"] != row["true"]
+        caption = (
+            f"true {_short(row['true'], 18)} ({row['p_true']:.2f})\n"
+            f"pred {_short(row['predicted'], 18)} ({row['p_predicted']:.2f})\n"
+            f"loss {row['loss']:.2f} · {_short(Path(row['path']).name, 24)}"
+        )
+        ax.set_title(caption, fontsize=8, color="#b00020" if wrong else "black", loc="left")
+    if not rows:
+        axes.flat[0].text(0.5, 0.5, "no images", ha="center", va="center")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _thumbnail(path: str) -> np.ndarray:
+    try:
+        image = Image.fromarray(load_rgb(path))
+    except (OSError, ValueError):
+        return np.full((THUMBNAIL, THUMBNAIL, 3), 200, dtype=np.uint8)  # the file changed since it was evaluated
+    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    return np.asarray(image)
+
+
+def _short(text: str, width: int = 22) -> str:
+    text = str(text)
+    return text if len(text) <= width else text[: width - 1] + "…"
