@@ -280,3 +280,32 @@ def test_recipe_requires_data_root():
 def test_zeros_init_for_hidden_layers_is_reported_at_load_time():
     with pytest.raises(RecipeError, match=r"head\.init"):
         load_recipe(None, ["data.root=x", "head.hidden=[64]", "head.init=zeros"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tta
+
+
+def test_tta_defaults_to_the_single_view():
+    recipe = load_recipe(None, ["data.root=/data"])
+    assert recipe.tta.policy == "none" and recipe.tta.aggregate == "mean_prob"
+
+
+def test_custom_tta_fields_are_accepted_for_policy_custom():
+    recipe = load_recipe(None, ["data.root=/data", "tta.policy=custom", "tta.crops=five", "tta.scales=[256, 320]"])
+    assert recipe.tta.crops == "five" and recipe.tta.scales == [256, 320]
+
+
+def test_tta_errors_are_reported_with_dotted_paths():
+    with pytest.raises(RecipeError) as info:
+        load_recipe(None, ["data.root=/data", "tta.policy=ten_crop", "tta.flip=true", "tta.aggregate=mean",
+                           "tta.scale=[1]"])
+    message = str(info.value)
+    assert "tta.flip: only applies to policy: custom" in message
+    assert "tta.aggregate: got 'mean'" in message
+    assert "tta.scale: unknown key. Did you mean 'scales'?" in message
+
+
+def test_misspelt_tta_policy_gets_did_you_mean():
+    with pytest.raises(RecipeError, match="Did you mean 'multi_scale'"):
+        load_recipe(None, ["data.root=/data", "tta.policy=multiscale"])

@@ -107,8 +107,11 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
     if datamodule.scan.skipped:
         _write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))
 
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor="val_acc", mode="max", save_last=True
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_acc", mode="max")
+    # Not save_last=True: Lightning then writes last.ckpt only in epochs that also improve best, so last.ckpt would
+    # hold the best epoch's weights, not the final ones. A monitor-less top-1 checkpoint is rewritten every epoch.
+    last = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False
     )
     steps_per_epoch = max(1, len(datamodule.scan.train) // recipe.data.batch_size)
     trainer = L.Trainer(
@@ -117,7 +120,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
         devices=recipe.trainer.devices,
         precision=recipe.trainer.precision,
         logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch")],
+        callbacks=[checkpoint, last, LearningRateMonitor(logging_interval="epoch")],
         enable_progress_bar=recipe.trainer.progress_bar,
         enable_model_summary=False,
         log_every_n_steps=min(50, steps_per_epoch),
@@ -148,7 +151,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
         "strategy": recipe.strategy.kind,
         "run_dir": str(run_dir),
         "best_checkpoint": checkpoint.best_model_path,
-        "last_checkpoint": checkpoint.last_model_path,
+        "last_checkpoint": last.best_model_path,
     }
     _write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
