@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only: never needs a display, never opens a window
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
 
 from tlkit.images import load_rgb  # noqa: E402
 
@@ -57,15 +57,16 @@ def plot_top_losses(rows: Sequence[dict], path: Path, *, title: str, columns: in
     for ax, row in zip(axes.flat, rows):
         ax.imshow(_thumbnail(row["path"]))
         wrong = row["predicted"] != row["true"]
-        caption = (
-            f"true {_short(row['true'], 18)} ({row['p_true']:.2f})\n"
-            f"pred {_short(row['predicted'], 18)} ({row['p_predicted']:.2f})\n"
-            f"loss {row['loss']:.2f} · {_short(Path(row['path']).name, 24)}"
-        )
-        ax.set_title(caption, fontsize=8, color="#b00020" if wrong else "black", loc="left")
+        name = _short(Path(row["path"]).name, 30)
+        if wrong:  # three lines either way, so the tiles stay aligned
+            caption = (f"✗ predicted {_short(row['predicted'], 16)} {row['p_predicted']:.2f}\n"
+                       f"true {_short(row['true'], 16)} {row['p_true']:.2f} · loss {row['loss']:.2f}\n{name}")
+        else:
+            caption = f"✓ {_short(row['true'], 20)} {row['p_true']:.2f}\nloss {row['loss']:.2f}\n{name}"
+        ax.set_title(caption, fontsize=8, color="#b00020" if wrong else "#1b5e20", loc="left")
     if not rows:
         axes.flat[0].text(0.5, 0.5, "no images", ha="center", va="center")
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(f"{title}  (red: misclassified, green: right but unsure)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -77,8 +78,13 @@ def _thumbnail(path: str) -> np.ndarray:
         image = Image.fromarray(load_rgb(path))
     except (OSError, ValueError):
         return np.full((THUMBNAIL, THUMBNAIL, 3), 200, dtype=np.uint8)  # the file changed since it was evaluated
-    image.thumbnail((THUMBNAIL, THUMBNAIL))
-    return np.asarray(image)
+    # Fit the square either way: tiny images are enlarged with nearest-neighbour so their real pixels show.
+    upscale = max(image.size) < THUMBNAIL
+    image = ImageOps.contain(image, (THUMBNAIL, THUMBNAIL), method=Image.NEAREST if upscale else Image.BICUBIC)
+    # Centred on a fixed square so every tile (and its caption) lines up whatever the aspect ratio.
+    canvas = Image.new("RGB", (THUMBNAIL, THUMBNAIL), (240, 240, 240))
+    canvas.paste(image, ((THUMBNAIL - image.width) // 2, (THUMBNAIL - image.height) // 2))
+    return np.asarray(canvas)
 
 
 def _short(text: str, width: int = 22) -> str:
