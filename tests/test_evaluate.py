@@ -135,3 +135,14 @@ def test_top_losses_are_worst_first():
     rows = top_losses(probs, np.array([0, 0, 1]), ["x", "y", "z"], ["p", "q"], n=2)
     assert [r["path"] for r in rows] == ["y", "z"]
     assert rows[0]["predicted"] == "q" and rows[0]["loss"] == pytest.approx(-np.log(0.2))
+
+
+def test_unreadable_images_are_skipped_and_listed_in_the_report(trained_run, tmp_path):
+    root, run_dir, _ = trained_run
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    (data / "val" / "red" / "zz_broken.png").write_bytes(b"\x89PNG but not really")
+    result = evaluate_checkpoint(run_dir / "checkpoints" / "last.ckpt", data, tta=["none"], out=tmp_path / "e")
+    assert result["num_images"] == 12
+    assert [Path(s["path"]).name for s in result["skipped"]] == ["zz_broken.png"]
+    assert "1 file(s) skipped" in (tmp_path / "e" / "summary.txt").read_text()

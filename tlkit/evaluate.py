@@ -19,6 +19,7 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 
 from tlkit.backbones import Preprocessing
+from tlkit.errors import DataError
 from tlkit.inference import InferenceResult, predict_files
 from tlkit.plots import plot_confusion_matrix, plot_top_losses
 from tlkit.tta import DEFAULT_MAX_VIEWS_PER_FORWARD, TTAPolicy
@@ -120,6 +121,9 @@ def evaluate_policies(
             num_workers=num_workers, warmup=True, progress=progress, desc=f"evaluate {policy.label}",
         )
         failed.update(result.failed)
+        if not result.indices:
+            path, why = result.failed[0] if result.failed else ("", "no images")
+            raise DataError(f"None of the {len(paths)} images could be decoded (e.g. {path}: {why}); check the folder.")
         if policy.num_views == 1 and baseline is None:
             baseline = result
         idx = np.array(result.indices, dtype=np.int64)
