@@ -247,3 +247,13 @@ def test_named_policy_may_restate_its_own_fields():
     assert normalize_spec({"policy": "ten_crop", "crops": "five", "flip": True}) == {
         "policy": "ten_crop", "aggregate": "mean_prob"
     }
+
+
+def test_command_line_takes_a_custom_policy_as_inline_yaml():
+    from tlkit.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["evaluate", "--checkpoint", "c", "--data", "d", "--tta", "ten_crop", "{policy: custom, crops: five, scales: [40]}"]
+    )
+    assert args.tta == ["ten_crop", {"policy": "custom", "crops": "five", "scales": [40]}]
+    assert resolve_policy(args.tta[1], bicubic_pre()).num_views == 5

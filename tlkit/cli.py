@@ -43,6 +43,21 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_tta(text: str) -> str | dict:
+    """A policy name, or an inline YAML mapping for a custom policy: '{policy: custom, crops: five, scales: [256]}'."""
+    if not text.strip().startswith("{"):
+        return text
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid YAML mapping ({getattr(exc, 'problem', exc)}).") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a mapping like '{{policy: custom, crops: five}}'.")
+    return value
+
+
 def _workers(text: str) -> int | str:
     return text if text == "auto" else int(text)
 
@@ -61,9 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint_arg(evaluate)
     evaluate.add_argument("--data", required=True, help="image folder: root/{train,val}/<class>/ or root/<class>/")
     evaluate.add_argument(
-        "--tta", nargs="+", metavar="POLICY",
+        "--tta", nargs="+", metavar="POLICY", type=parse_tta,
         help="policies to compare with the single view: none, hflip, ten_crop, multi_scale, checkpoint "
-             "(default: the checkpoint's own policy)",
+             "(default: the checkpoint's own policy), or a custom one as YAML: '{policy: custom, crops: five, "
+             "flip: true, scales: [256, 320]}'",
     )
     evaluate.add_argument("--aggregate", choices=AGGREGATES, help="how views combine (default: mean_prob)")
     evaluate.add_argument("--out", help="report folder (default: <run dir>/eval/<checkpoint name>/)")
@@ -80,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default="predictions.csv", help="CSV file to write (default: predictions.csv)")
     predict.add_argument("--json", dest="json_out", help="also write predictions and skipped files as JSON here")
     predict.add_argument("--top-k", type=int, default=5, help="labels per image (default: 5, at most the classes)")
-    predict.add_argument("--tta", help="policy: none, hflip, ten_crop, multi_scale (default: the checkpoint's)")
+    predict.add_argument(
+        "--tta", type=parse_tta,
+        help="policy: none, hflip, ten_crop, multi_scale or a YAML mapping (default: the checkpoint's own policy)",
+    )
     predict.add_argument("--aggregate", choices=AGGREGATES, help="how views combine (default: mean_prob)")
     _add_inference_args(predict)
 
