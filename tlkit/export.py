@@ -78,6 +78,9 @@ def export_safetensors(module: TransferModule, out_dir: str | Path) -> tuple[Pat
     weights = out_dir / WEIGHTS_NAME
     tmp = weights.with_name(f".{weights.name}.tmp{os.getpid()}")
     save_file(state, str(tmp), metadata={"tlkit": json.dumps(meta)})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600; an export is meant to be shared like any other file
     os.replace(tmp, weights)
     sidecar = write_sidecar(meta, out_dir)
     return weights, sidecar, meta
@@ -178,7 +181,10 @@ def parity_inputs(module: TransferModule, images: Sequence[str | Path], *, limit
     """Real images through the eval transform (the one preprocessing, contract 6); unreadable files are skipped."""
     transform = build_eval_transform(module.preprocessing)
     tensors, used = [], []
-    for path in images:
+    # Evenly spaced through the list, so a sorted folder contributes every class, not just the first one.
+    picks = set(np.linspace(0, len(images) - 1, num=min(limit, len(images))).round().astype(int).tolist()) if images else set()
+    ordered = [images[i] for i in sorted(picks)] + [p for i, p in enumerate(images) if i not in picks]
+    for path in ordered:
         if len(tensors) >= limit:
             break
         try:

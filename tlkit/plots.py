@@ -28,7 +28,8 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path
     fig, ax = plt.subplots(figsize=(side + 1.2, side))
     image = ax.imshow(row_share, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    ax.set_xticks(range(n), labels=[_short(c) for c in classes], rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_xticks(range(n), labels=[_short(c) for c in classes], rotation=45 if n > 4 else 0,
+                  ha="right" if n > 4 else "center", rotation_mode="anchor")
     ax.set_yticks(range(n), labels=[_short(c) for c in classes])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
