@@ -52,7 +52,9 @@ def plot_top_losses(rows: Sequence[dict], path: Path, *, title: str, columns: in
     count = max(1, len(rows))
     columns = min(columns, count)
     lines = (count + columns - 1) // columns
-    fig, axes = plt.subplots(lines, columns, figsize=(3.2 * columns, 3.6 * lines + 0.5), squeeze=False)
+    # Constrained layout reserves room for each tile's three-line caption (tight_layout let images cover them).
+    fig, axes = plt.subplots(lines, columns, figsize=(3.2 * columns, 3.7 * lines + 0.4), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, row in zip(axes.flat, rows):
@@ -68,7 +70,6 @@ def plot_top_losses(rows: Sequence[dict], path: Path, *, title: str, columns: in
     if not rows:
         axes.flat[0].text(0.5, 0.5, "no images", ha="center", va="center")
     fig.suptitle(f"{title}  (red: misclassified, green: right but unsure)", fontsize=11)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
