@@ -188,9 +188,9 @@ def test_views_go_through_the_model_in_chunks_not_one_forward_per_view():
     views = torch.randn(3, 10, 3, 32, 32)  # 3 images x 10 views
     with torch.no_grad():
         batched = forward_views(model, views, "mean_prob", max_views_per_forward=4)
-        looped = torch.stack([torch.stack([net(v[None])[0] for v in image]).softmax(-1).mean(0) for image in views])
+        per_image = torch.stack([net(image).softmax(-1).mean(0) for image in views])  # one image's views at a time
     assert model.batches == [4] * 7 + [2]  # ceil(30 / 4) forwards, none larger than the cap
-    torch.testing.assert_close(batched, looped, atol=1e-5, rtol=0)
+    torch.testing.assert_close(batched, per_image, atol=1e-5, rtol=0)
 
 
 def test_aggregations_on_known_logits():

@@ -246,6 +246,9 @@ def evaluate_checkpoint(
         "preprocessing": module.preprocessing.to_dict(),
     }
     if scan.layout == "single" and split == "val":
+        if not split_state:
+            log.warning("%s does not record its val split; splitting %s with val_fraction 0.2, seed 42 (the recipe "
+                        "defaults), which matches the run only if it used them", checkpoint, data)
         context["val_split"] = {"val_fraction": split_state.get("val_fraction", 0.2), "seed": split_state.get("seed", 42),
                                 "from_checkpoint": bool(split_state)}
     from tlkit.evaluate import evaluate_policies  # matplotlib and sklearn.metrics: imported only when evaluating
