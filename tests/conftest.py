@@ -31,6 +31,20 @@ def write_class_folders(folder: Path, counts: dict[str, int], suffix: str = ".pn
             write_image(folder / name / f"{name}_{i}{suffix}", size, seed=100 * c + i)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Tests never write into the user's ~/.cache: converted weights and cached features go to a temp folder."""
+    import os
+
+    previous = os.environ.get("TLKIT_CACHE")
+    os.environ["TLKIT_CACHE"] = str(tmp_path_factory.mktemp("tlkit-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("TLKIT_CACHE", None)
+    else:
+        os.environ["TLKIT_CACHE"] = previous
+
+
 @pytest.fixture
 def make_image():
     return write_image

@@ -97,3 +97,96 @@ def test_hflip_one_mirrors_the_image():
     out = build_train_transform(pre(32), TrainAugment(hflip=1.0, **FULL_CROP))(image)
     torch.testing.assert_close(out, normalised(image[:, ::-1]), atol=1e-5, rtol=0)
     assert not torch.allclose(out, normalised(image))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Presets and the seeds' augmentations
+
+from tlkit.augment import PRESETS, TrainAugment as Aug, short_side_range  # noqa: E402
+
+
+def test_presets_expand_to_explicit_values_and_fields_override_them():
+    heavy = Aug(preset="heavy", hflip=0.1, cutout={"p": 0.9})
+    assert heavy.hflip == 0.1
+    assert heavy.cutout.p == 0.9 and heavy.cutout.holes == (1, 2)  # the rest of the preset's cutout stays
+    assert heavy.jitter.p == PRESETS["heavy"]["jitter"]["p"]
+    assert Aug.model_validate("medium").jitter.p > 0
+
+
+@pytest.mark.parametrize(("name", "deterministic"), [("none", True), ("light", False), ("heavy", False)])
+def test_only_the_none_preset_is_deterministic(name, deterministic):
+    assert Aug(preset=name).is_deterministic is deterministic
+
+
+def test_none_preset_equals_the_eval_transform():
+    image = random_image(50, 70)
+    train = build_train_transform(pre(32), Aug(preset="none"))
+    assert torch.equal(train(image), build_eval_transform(pre(32))(image))
+
+
+def test_vertical_flip_mirrors_rows():
+    image = random_image(32, 32)
+    out = build_train_transform(pre(32), Aug(hflip=0.0, vflip=1.0, **FULL_CROP))(image)
+    torch.testing.assert_close(out, normalised(image[::-1].copy()), atol=1e-5, rtol=0)
+
+
+def test_random_resized_crop_output_size_for_any_input():
+    transform = build_train_transform(pre(48), Aug(preset="heavy"))
+    for h, w in [(30, 90), (200, 120), (48, 48)]:
+        assert transform(random_image(h, w)).shape == (3, 48, 48)
+
+
+def test_short_side_resize_stays_in_range_and_varies():
+    p = pre(32)
+    aug = Aug(crop="short_side", short_side=(40, 64))
+    resize = build_train_transform(p, aug).pipeline.transforms[0]
+    torch.manual_seed(0)
+    sides = {min(resize(image=random_image(50, 80))["image"].shape[:2]) for _ in range(40)}
+    assert min(sides) >= 40 and max(sides) <= 64 and len(sides) > 5
+    assert build_train_transform(p, aug)(random_image(50, 80)).shape == (3, 32, 32)
+
+
+def test_short_side_range_defaults_to_resnet_256_480_scaled_to_input():
+    assert short_side_range(pre(224), Aug(crop="short_side")) == (256, 480)
+    assert short_side_range(pre(112), Aug(crop="short_side")) == (128, 240)
+
+
+def test_cutout_blacks_out_a_hole_of_the_asked_size():
+    white = np.full((64, 64, 3), 255, dtype=np.uint8)
+    aug = Aug(preset="none", cutout={"p": 1.0, "holes": (1, 1), "size": (0.25, 0.25), "fill": 0})
+    out = build_train_transform(pre(64, crop_pct=1.0), aug)(white)
+    black = torch.isclose(out[0], torch.tensor((0 - MEAN[0]) / STD[0]), atol=1e-4)
+    assert int(black.sum()) == 16 * 16
+    rows, cols = black.any(dim=1).nonzero(), black.any(dim=0).nonzero()
+    assert len(rows) == 16 and len(cols) == 16  # one square hole
+
+
+def test_colour_jitter_moves_colour_statistics():
+    grey = np.full((32, 32, 3), 128, dtype=np.uint8)
+    aug = Aug(preset="none", jitter={"p": 1.0, "brightness": 0.5, "contrast": 0.0, "saturation": 0.0, "hue": 0.0})
+    transform = build_train_transform(pre(32, crop_pct=1.0), aug)
+    torch.manual_seed(0)
+    means = torch.stack([transform(grey).mean() for _ in range(20)])
+    assert means.std() > 0.05
+    assert torch.equal(build_eval_transform(pre(32, crop_pct=1.0))(grey), build_eval_transform(pre(32, crop_pct=1.0))(grey))
+
+
+def test_same_torch_seed_gives_the_same_augmentations_and_another_seed_differs():
+    image = random_image(60, 60)
+
+    def sample(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        transform = build_train_transform(pre(32), Aug(preset="heavy"))
+        return torch.stack([transform(image) for _ in range(4)])
+
+    assert torch.equal(sample(3), sample(3))
+    assert not torch.equal(sample(3), sample(4))
+
+
+def test_bad_ranges_and_unknown_keys_are_errors():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="min <= max"):
+        Aug(crop_scale=(0.9, 0.2))
+    with pytest.raises(ValidationError, match="extra"):
+        Aug(cutot={"p": 1})

@@ -81,3 +81,13 @@ def test_train_script_reports_recipe_errors_with_exit_2(tmp_path):
     )
     assert result.returncode == 2
     assert "strategy.kind: got 'fintune'" in result.stderr and "Did you mean 'finetune'?" in result.stderr
+
+
+def test_errors_from_dataloader_workers_are_shown_as_one_line():
+    from tlkit.cli import _one_line
+    from tlkit.errors import DataError
+
+    wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                        '  File "x.py", line 1\ntlkit.errors.DataError: Cannot decode a.jpg (OSError); remove it.')
+    assert _one_line(wrapped) == "Cannot decode a.jpg (OSError); remove it."
+    assert _one_line(DataError("plain cause")) == "plain cause"

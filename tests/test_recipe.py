@@ -239,7 +239,8 @@ def test_render_prints_every_field_with_its_reason():
     for dotted, description in fields:
         assert description, f"{dotted} has no one-line reason"
         key = dotted.rsplit(".", 1)[-1]
-        assert any(line.strip().startswith(f"{key}: ") and line.endswith(f"  # {description}") for line in leaf_lines), dotted
+        one_line = " ".join(description.split())  # multi-line docstrings are shown on one line
+        assert any(line.strip().startswith(f"{key}: ") and line.endswith(f"  # {one_line}") for line in leaf_lines), dotted
 
 
 def test_rendered_recipe_loads_back_to_the_same_recipe():
@@ -280,6 +281,32 @@ def test_recipe_requires_data_root():
 def test_zeros_init_for_hidden_layers_is_reported_at_load_time():
     with pytest.raises(RecipeError, match=r"head\.init"):
         load_recipe(None, ["data.root=x", "head.hidden=[64]", "head.init=zeros"])
+
+
+def test_warmup_must_be_shorter_than_training():
+    with pytest.raises(RecipeError, match="warmup_epochs"):
+        validate_recipe({"data": {"root": "x"}, "schedule": {"warmup_epochs": 5}, "trainer": {"epochs": 5}})
+
+
+def test_weights_file_resolves_against_the_recipe_folder_and_must_exist(tmp_path):
+    (tmp_path / "w.safetensors").write_bytes(b"x")
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text("data: {root: imgs}\nbackbone: {weights: ./w.safetensors}\n")
+    assert load_recipe(recipe_file).backbone.weights == str(tmp_path / "w.safetensors")
+    recipe_file.write_text("data: {root: imgs}\nbackbone: {weights: ./missing.safetensors}\n")
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(recipe_file)
+
+
+def test_bundled_weights_for_an_architecture_without_them_is_a_recipe_error():
+    with pytest.raises(RecipeError, match="bundled weights exist only for"):
+        validate_recipe({"data": {"root": "x"}, "backbone": {"name": "resnet18", "weights": "bundled"}})
+
+
+def test_negative_workers_and_bad_cutout_holes_are_recipe_errors():
+    with pytest.raises(RecipeError) as info:
+        validate_recipe({"data": {"root": "x", "num_workers": -1}, "augment": {"cutout": {"holes": [2, 1]}}})
+    assert "data.num_workers" in str(info.value) and "cutout.holes" in str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-
 from pathlib import Path
 
 from tlkit.errors import RecipeError, TlkitError
@@ -38,7 +37,7 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
         help="image-decoding worker processes (default 0: on a small CPU they compete with the model; auto = min(4, CPUs))",
     )
     parser.add_argument(
-        "--max-views-per-forward", type=int, default=DEFAULT_MAX_VIEWS_PER_FORWARD,
+        "--max-views-per-forward", type=_positive_int, default=DEFAULT_MAX_VIEWS_PER_FORWARD,
         help=f"memory cap: views per model forward (default {DEFAULT_MAX_VIEWS_PER_FORWARD})",
     )
 
@@ -62,6 +61,22 @@ def _workers(text: str) -> int | str:
     return text if text == "auto" else int(text)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
+    return value
+
+
+def _one_line(exc: Exception) -> str:
+    """The cause in one line; an error re-raised from a DataLoader worker carries the worker's traceback first."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    if len(lines) > 1 and ": " in last and last.split(": ", 1)[0].rsplit(".", 1)[-1] == type(exc).__name__:
+        return last.split(": ", 1)[1]
+    return str(exc) if len(lines) <= 1 else last
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tlkit", description="Transfer learning for image classification.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a recipe and print a summary")
     _add_recipe_args(train)
     train.add_argument("--run-dir", help="write the run exactly here (default runs/<recipe>/<timestamp>/)")
+    train.add_argument("--no-cache", action="store_true",
+                       help="linear probes: neither read nor write the on-disk feature cache (same as --set cache.disk=false)")
+
+    preview = sub.add_parser("preview", help="PNG grid of training samples after augmentation and mixing")
+    _add_recipe_args(preview)
+    preview.add_argument("--n", type=_positive_int, default=16, help="number of samples (default 16)")
+    preview.add_argument("--out", help="PNG path (default runs/<recipe>/augment_preview.png)")
 
     evaluate = sub.add_parser(
         "evaluate", help="metrics, confusion matrix and top losses per TTA policy, with their cost per image"
@@ -87,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", default="val", choices=("val", "all"),
         help="val: the held-out split (a one-folder layout is split as in training); all: every image",
     )
-    evaluate.add_argument("--top-losses", type=int, default=16, help="images in the top-loss CSV and gallery")
+    evaluate.add_argument("--top-losses", type=_positive_int, default=16, help="images in the top-loss CSV and gallery")
     _add_inference_args(evaluate)
 
     predict = sub.add_parser("predict", help="top-k labels for image files and folders, as CSV (and JSON)")
@@ -95,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
     predict.add_argument("--out", default="predictions.csv", help="CSV file to write (default: predictions.csv)")
     predict.add_argument("--json", dest="json_out", help="also write predictions and skipped files as JSON here")
-    predict.add_argument("--top-k", type=int, default=5, help="labels per image (default: 5, at most the classes)")
+    predict.add_argument("--top-k", type=_positive_int, default=5, help="labels per image (default: 5, at most the classes)")
     predict.add_argument(
         "--tta", type=parse_tta,
         help="policy: none, hflip, ten_crop, multi_scale or a YAML mapping (default: the checkpoint's own policy)",
@@ -145,7 +167,8 @@ def format_summary(metrics: dict) -> str:
 def _train(args: argparse.Namespace) -> int:
     from tlkit.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)  # fails fast, before any data scan or model build
+    overrides = [*args.overrides, *(["cache.disk=false"] if args.no_cache else [])]
+    recipe = load_recipe(args.recipe, overrides)  # fails fast, before any data scan or model build
     from tlkit.run import fit
 
     metrics = fit(recipe, run_dir=args.run_dir)
@@ -198,6 +221,16 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preview(args: argparse.Namespace) -> int:
+    from tlkit.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    from tlkit.run import preview_augment
+
+    print(f"wrote {preview_augment(recipe, n=args.n, out=args.out)}")
+    return 0
+
+
 def _recipe_show(args: argparse.Namespace) -> int:
     from tlkit.recipe import load_recipe, render_recipe
 
@@ -211,15 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handler = {
-        "train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export, "recipe": _recipe_show,
+        "train": _train, "preview": _preview, "evaluate": _evaluate, "predict": _predict, "export": _export,
+        "recipe": _recipe_show,
     }[args.command]
     try:
         return handler(args)
     except RecipeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)  # may list several problems, one per line
         return EXIT_RECIPE_ERROR
     except TlkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 1
 
 

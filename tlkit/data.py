@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
-from typing_extensions import override
 
 from tlkit.augment import TrainAugment, build_eval_transform, build_train_transform
 from tlkit.backbones import Preprocessing
@@ -156,6 +156,15 @@ def stratified_split(
     return sorted(train), sorted(val)
 
 
+def decode(path: str) -> np.ndarray:
+    """load_rgb with a one-line DataError naming the file; never substitutes another sample (that would silently
+    change the data the user thinks they trained on)."""
+    try:
+        return load_rgb(path)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
+        raise DataError(f"Cannot decode {path} ({type(exc).__name__}: {exc}); remove or repair the file.") from exc
+
+
 class ImageDataset(Dataset):
     """(path, label) samples decoded to RGB and passed through `transform`."""
 
@@ -168,12 +177,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        try:
-            image = load_rgb(path)
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as exc:
-            # Never substitute another sample: a silent swap changes the data the user thinks they trained on.
-            raise DataError(f"Cannot decode {path} ({type(exc).__name__}: {exc}); remove or repair the file.") from exc
-        return self.transform(image), label
+        return self.transform(decode(path)), label
 
 
 def resolve_num_workers(num_workers: int | str) -> int:
@@ -194,7 +198,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         root: str | Path,
         *,
         preprocessing: Preprocessing | None = None,
-        augment: TrainAugment = TrainAugment(),
+        augment: TrainAugment | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int | str = "auto",
@@ -206,12 +210,10 @@ class ImageFolderDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
         self.root = Path(root)
         self.preprocessing = preprocessing
-        self.augment = augment
+        self.augment = augment if augment is not None else TrainAugment()
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.num_workers = resolve_num_workers(num_workers)
-        self.val_fraction = val_fraction
-        self.seed = seed
         self.scan = scan_folder(self.root, val_fraction=val_fraction, seed=seed)
         self.train_set: ImageDataset | None = None
         self.val_set: ImageDataset | None = None
@@ -223,15 +225,6 @@ class ImageFolderDataModule(L.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.scan.classes)
-
-    @override
-    def state_dict(self) -> dict:
-        """Saved in checkpoints by Lightning: lets evaluation re-create the same val split of a one-folder layout."""
-        return {"root": str(self.root), "layout": self.scan.layout, "val_fraction": self.val_fraction, "seed": self.seed}
-
-    @override
-    def load_state_dict(self, state_dict: dict) -> None:
-        pass  # the split is recomputed from the constructor's arguments; nothing to restore
 
     def setup(self, stage: str | None = None) -> None:
         pre = self.preprocessing
@@ -247,20 +240,37 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.train_set = ImageDataset(self.scan.train, build_train_transform(pre, self.augment))
         self.val_set = ImageDataset(self.scan.val, build_eval_transform(pre))
 
-    def _loader(self, dataset: Dataset, *, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            # A trailing batch of 1 breaks BatchNorm in train mode; reshuffling each epoch keeps every image in play.
-            drop_last=shuffle and len(dataset) > batch_size,
-        )
-
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, batch_size=self.batch_size, shuffle=True)
+        return make_loader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, batch_size=self.eval_batch_size, shuffle=False)
+        return make_loader(self.val_set, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers)
+
+
+def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
+    """The one DataLoader policy for images and cached features, so both paths see the same batches."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        # A trailing batch of 1 breaks BatchNorm in train mode; reshuffling each epoch keeps every image in play.
+        drop_last=shuffle and len(dataset) > batch_size,
+    )
+
+
+class FeatureDataModule(L.LightningDataModule):
+    """Train/val loaders over in-memory tensors (cached backbone features) with the image path's batching."""
+
+    def __init__(self, train: Dataset, val: Dataset, *, batch_size: int, eval_batch_size: int):
+        super().__init__()
+        self.train_set, self.val_set = train, val
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        return make_loader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        return make_loader(self.val_set, batch_size=self.eval_batch_size, shuffle=False, num_workers=0)

@@ -1,22 +1,54 @@
-"""PNG figures for reports (matplotlib, headless Agg backend): confusion matrix and top-loss gallery."""
+"""Pictures people would rather look at than read: augmentation grids, confusion matrices, top-loss galleries.
+
+Matplotlib with the Agg backend (files only, no display), imported on first use so `import tlkit` stays light.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from PIL import Image, ImageOps
 
-matplotlib.use("Agg")  # files only: never needs a display, never opens a window
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
-
-from tlkit.images import load_rgb  # noqa: E402
+from tlkit.images import load_rgb
 
 MAX_ANNOTATED_CLASSES = 30  # beyond this the counts overlap; colours still show the structure
 THUMBNAIL = 256
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_image_grid(images: list[np.ndarray], titles: list[str], out: str | Path, *, cols: int = 4,
+                    suptitle: str = "") -> Path:
+    """Write HxWx3 uint8 images with a title each to a PNG grid; returns the path."""
+    plt = _pyplot()
+    if len(images) != len(titles):
+        raise ValueError(f"Got {len(images)} images but {len(titles)} titles.")
+    cols = max(1, min(cols, len(images)))
+    rows = math.ceil(len(images) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows + (0.4 if suptitle else 0)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, title in zip(axes.flat, images, titles):
+        ax.imshow(image)
+        ax.set_title(title, fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
 
 
 def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path, *, title: str) -> Path:
@@ -25,6 +57,7 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path
     n = len(classes)
     row_share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     side = min(24.0, max(4.5, 0.45 * n + 2.5))
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(side + 1.2, side))
     image = ax.imshow(row_share, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
@@ -49,6 +82,7 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path
 
 def plot_top_losses(rows: Sequence[dict], path: Path, *, title: str, columns: int = 4) -> Path:
     """A grid of the highest-loss images with true / predicted label and probabilities under each."""
+    plt = _pyplot()
     count = max(1, len(rows))
     columns = min(columns, count)
     lines = (count + columns - 1) // columns

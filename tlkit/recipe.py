@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from tlkit.augment import TrainAugment
+from tlkit.config import Section
 from tlkit.errors import RecipeError, did_you_mean
 from tlkit.heads import INITS
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+from tlkit.mixing import MixingConfig
 
 
 class BackboneSection(Section):
@@ -69,6 +68,9 @@ class BackboneSection(Section):
 class LinearProbe(Section):
     kind: Literal["linear_probe"] = "linear_probe"
     """Freeze the backbone (no grads, BatchNorm in eval) and train only the head: the rule for small data."""
+    solver: Literal["sgd", "lbfgs"] = "sgd"
+    """sgd = the optim section's optimizer for trainer.epochs; lbfgs = closed-form multinomial logistic regression
+    on cached features, L2 strength chosen on a held-out 20% of train (linear head and feature cache required)."""
 
 
 class Finetune(Section):
@@ -113,19 +115,10 @@ class DataSection(Section):
     """Training batch size; 32 fits a 2-core CPU at 224 px."""
     eval_batch_size: int | None = Field(default=None, gt=0)
     """Validation batch size; null = 2 x batch_size (no gradients to store)."""
-    num_workers: int | Literal["auto"] = "auto"
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     """DataLoader worker processes; auto = min(4, CPU count)."""
     generate: Literal["digits"] | None = None
     """Built-in dataset written to root when root is missing (digits = scikit-learn's 8x8 digits as PNGs)."""
-
-
-class AugmentSection(Section):
-    hflip: float = Field(default=0.5, ge=0, le=1)
-    """Horizontal flip probability; set 0 for data where mirroring changes the label (digits, text)."""
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    """Random-resized-crop area range (fraction of the image); Inception-style default."""
-    crop_ratio: tuple[float, float] = (0.75, 1.3333333333333333)
-    """Random-resized-crop aspect-ratio range."""
 
 
 class OptimSection(Section):
@@ -193,6 +186,19 @@ class TTASection(Section):
         return value
 
 
+class CacheSection(Section):
+    features: bool = True
+    """linear_probe: extract the frozen backbone's features once and train the head on them (same loss, optimizer,
+    schedule); false = run the backbone over every image every epoch."""
+    views: int = Field(default=1, ge=1, le=64)
+    """Augmented views cached per training image when augmentation is random; each epoch draws one per image.
+    Each view costs one backbone forward per image. Deterministic input (augment: none) always uses 1."""
+    disk: bool = True
+    """Keep features on disk between runs, keyed by backbone, weights, preprocessing, view and file identity."""
+    dir: str | None = None
+    """Cache folder; null = $TLKIT_CACHE/features, else ~/.cache/tlkit/features."""
+
+
 class OutputSection(Section):
     runs_dir: str = "runs"
     """Runs go to <runs_dir>/<recipe name>/<timestamp>/ unless --run-dir is given; relative to the current dir."""
@@ -209,12 +215,49 @@ class Recipe(Section):
     strategy: Strategy = LinearProbe()
     head: HeadSection = HeadSection()
     data: DataSection
-    augment: AugmentSection = AugmentSection()
+    augment: TrainAugment = TrainAugment()
+    mixing: MixingConfig = MixingConfig()
     optim: OptimSection = OptimSection()
     schedule: ScheduleSection = ScheduleSection()
     trainer: TrainerSection = TrainerSection()
     tta: TTASection = TTASection()
+    cache: CacheSection = CacheSection()
     output: OutputSection = OutputSection()
+
+    @model_validator(mode="after")
+    def _bundled_exists_for_backbone(self) -> Recipe:
+        from tlkit.weights import BUNDLED
+
+        if self.backbone.weights == "bundled" and self.backbone.name not in BUNDLED:
+            raise ValueError(f"backbone.weights: bundled weights exist only for {', '.join(BUNDLED)}; "
+                             f"use auto, hub or a local file for {self.backbone.name}")
+        return self
+
+    @model_validator(mode="after")
+    def _warmup_shorter_than_training(self) -> Recipe:
+        if self.schedule.warmup_epochs >= self.trainer.epochs:
+            raise ValueError(f"schedule.warmup_epochs ({self.schedule.warmup_epochs}) must be less than trainer.epochs "
+                             f"({self.trainer.epochs}), or the LR never reaches optim.lr")
+        return self
+
+    @model_validator(mode="after")
+    def _lbfgs_needs_cache_and_linear_head(self) -> Recipe:
+        if getattr(self.strategy, "solver", "sgd") == "lbfgs":
+            problems = []
+            if self.head.hidden:
+                problems.append("head.hidden must be [] (a logistic regression is one linear layer)")
+            if not self.cache.features:
+                problems.append("cache.features must be true (the solver fits cached features)")
+            if self.mixing.enabled:
+                problems.append("mixing must be off (features cannot be mixed)")
+            if problems:
+                raise ValueError("strategy.solver: lbfgs needs " + "; ".join(problems))
+        return self
+
+    @property
+    def deterministic_training_input(self) -> bool:
+        """No random augmentation and no mixing: every epoch sees the same inputs (a feature cache can reuse them)."""
+        return self.augment.is_deterministic and not self.mixing.enabled
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -300,9 +343,20 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         merged.setdefault("name", Path(path).stem)
     recipe = validate_recipe(merged, str(path) if path is not None else "recipe")
-    root_from_cli = any(o.split("=", 1)[0].strip() == "data.root" for o in overrides)
-    base = Path.cwd() if (root_from_cli or path is None) else Path(path).resolve().parent
-    recipe.data.root = str(resolve_path(recipe.data.root, base))
+    recipe_dir = Path.cwd() if path is None else Path(path).resolve().parent
+
+    def base_for(key: str) -> Path:
+        from_cli = any(o.split("=", 1)[0].strip() == key for o in overrides)
+        return Path.cwd() if from_cli else recipe_dir
+
+    recipe.data.root = str(resolve_path(recipe.data.root, base_for("data.root")))
+    weights = recipe.backbone.weights
+    if weights not in ("auto", "hub", "bundled", "none"):
+        weights_file = resolve_path(weights, base_for("backbone.weights"))
+        if not weights_file.is_file():
+            raise RecipeError(f"{path or 'recipe'}: backbone.weights: file {str(weights_file)!r} does not exist; "
+                              "give a .safetensors/.pth state dict, or auto, bundled, hub, none.")
+        recipe.backbone.weights = str(weights_file)
     return recipe
 
 
@@ -415,7 +469,7 @@ def _render(model: BaseModel, lines: list[str], indent: int) -> None:
         if text.endswith("\n..."):
             text = text[: -len("\n...")]
         text = text.removesuffix("...").strip()
-        doc = (field.description or "").strip()
+        doc = " ".join((field.description or "").split())
         lines.append(f"{pad}{name}: {text}" + (f"  # {doc}" if doc else ""))
 
 

@@ -17,9 +17,11 @@ import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from tlkit.augment import TrainAugment
+from tlkit.augment import build_eval_transform, build_train_transform
+from tlkit.backbones import Preprocessing, create_backbone
+from tlkit.cache import CachedFeatures, FeatureCache, code_versions, default_feature_dir, extract, view_seed, weights_fingerprint
 from tlkit.checkpoint import load_checkpoint, read_checkpoint
-from tlkit.data import ImageFolderDataModule, resolve_num_workers, scan_folder
+from tlkit.data import FeatureDataModule, ImageFolderDataModule, resolve_num_workers, scan_folder
 from tlkit.datasets import generate
 from tlkit.errors import DataError, DataNotFoundError, ExportError, did_you_mean
 from tlkit.inference import predict_files
@@ -45,10 +47,9 @@ def build_datamodule(recipe: Recipe) -> ImageFolderDataModule:
     if not Path(d.root).exists() and d.generate is not None:
         log.info("writing built-in dataset %r to %s", d.generate, d.root)
         generate(d.generate, d.root)
-    a = recipe.augment
     return ImageFolderDataModule(
         d.root,
-        augment=TrainAugment(hflip=a.hflip, crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio)),
+        augment=recipe.augment,
         batch_size=d.batch_size,
         eval_batch_size=d.eval_batch_size,
         num_workers=d.num_workers,
@@ -77,19 +78,150 @@ def build_module(recipe: Recipe, classes: list[str]) -> TransferModule:
         step_epochs=s.step_epochs,
         gamma=s.gamma,
         drop_path_rate=b.drop_path_rate,
+        mixing=recipe.mixing.model_dump(),
         tta=recipe.tta.model_dump(),
-        preprocessing={
-            k: v
-            for k, v in {
-                "input_size": b.input_size,
-                "crop_pct": b.crop_pct,
-                "interpolation": b.interpolation,
-                "mean": b.mean,
-                "std": b.std,
-            }.items()
-            if v is not None
-        },
+        preprocessing=preprocessing_overrides(recipe),
     )
+
+
+def choose_training_inputs(
+    recipe: Recipe, datamodule: ImageFolderDataModule, module: TransferModule
+) -> tuple[L.LightningDataModule, dict]:
+    """Images, or cached features when the strategy is a linear probe and the cache can honour the recipe."""
+    if recipe.strategy.kind != "linear_probe" or not recipe.cache.features:
+        return datamodule, {"used": False}
+    if recipe.mixing.enabled:
+        log.warning("feature cache: Mixup/CutMix mix images, not features, so this linear probe trains on images "
+                    "(uncached); set mixing alphas to 0 to use the cache.")
+        return datamodule, {"used": False, "reason": "image-space mixing requested"}
+    return build_feature_datamodule(recipe, datamodule, module)
+
+
+def build_feature_datamodule(
+    recipe: Recipe, datamodule: ImageFolderDataModule, module: TransferModule
+) -> tuple[FeatureDataModule, dict]:
+    """Cached backbone features for the train (K views) and val splits, as a datamodule of tensors."""
+    started = time.perf_counter()
+    pre = module.preprocessing
+    directory = (recipe.cache.dir or default_feature_dir()) if recipe.cache.disk else None
+    cache = FeatureCache(directory)
+    base_key = {"format": 2, "backbone": recipe.backbone.name, "weights": weights_fingerprint(module.backbone),
+                "preprocessing": pre.to_dict(), "versions": code_versions()}
+
+    def compute(transform, desc: str, view: int | None = None):
+        def run(paths: list[str]) -> torch.Tensor:
+            seeds = None if view is None else [view_seed(recipe.seed, view, p) for p in paths]
+            return extract(module.backbone, paths, transform, seeds=seeds, batch_size=datamodule.eval_batch_size,
+                           num_workers=datamodule.num_workers, desc=desc, channels_last=module.channels_last)
+        return run
+
+    train_paths = [p for p, _ in datamodule.scan.train]
+    val_paths = [p for p, _ in datamodule.scan.val]
+    eval_transform = build_eval_transform(pre)
+    eval_key = {**base_key, "transform": "eval"}
+    if recipe.augment.is_deterministic:  # the train transform is then the eval transform (a test proves it)
+        views = [cache.features(eval_key, train_paths, compute(eval_transform, "features: train"))]
+    else:
+        train_transform = build_train_transform(pre, recipe.augment)
+        augment_key = {**base_key, "transform": recipe.augment.model_dump(mode="json"), "seed": recipe.seed}
+        views = [
+            cache.features({**augment_key, "view": v}, train_paths,
+                           compute(train_transform, f"features: train view {v + 1}/{recipe.cache.views}", v))
+            for v in range(recipe.cache.views)
+        ]
+    val = cache.features(eval_key, val_paths, compute(eval_transform, "features: val"))
+    info = {"used": True, "views": len(views), "disk": directory is not None, "from_disk": cache.stats.hits,
+            "extracted": cache.stats.misses, "seconds": round(time.perf_counter() - started, 2)}
+    log.info("feature cache: %d train x %d view(s) + %d val; %d rows from disk, %d extracted, %.1f s",
+             len(train_paths), len(views), len(val_paths), info["from_disk"], info["extracted"], info["seconds"])
+    feature_dm = FeatureDataModule(
+        CachedFeatures(torch.stack(views), [label for _, label in datamodule.scan.train]),
+        CachedFeatures(val, [label for _, label in datamodule.scan.val]),
+        batch_size=datamodule.batch_size, eval_batch_size=datamodule.eval_batch_size,
+    )
+    return feature_dm, info
+
+
+def fit_head_closed_form(module: TransferModule, features: FeatureDataModule, seed: int) -> dict:
+    """Fit the linear head by L-BFGS logistic regression on the cached training features (all views)."""
+    from tlkit.probe import fit_logistic_head
+
+    train = features.train_set
+    weight, bias, info = fit_logistic_head(train.views, train.labels, num_classes=len(module.classes), seed=seed)
+    final = module.head[-1]
+    with torch.no_grad():
+        final.weight.copy_(weight)
+        final.bias.copy_(bias)
+    return info
+
+
+def _save_closed_form_checkpoints(trainer: L.Trainer, checkpoint: ModelCheckpoint, run_dir: Path) -> None:
+    directory = run_dir / "checkpoints"
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("best.ckpt", "last.ckpt"):
+        trainer.save_checkpoint(directory / name)
+    checkpoint.best_model_path = str(directory / "best.ckpt")
+    checkpoint.last_model_path = str(directory / "last.ckpt")
+    score = trainer.callback_metrics.get("val_acc")
+    checkpoint.best_model_score = score.detach().clone() if score is not None else None
+
+
+def preprocessing_overrides(recipe: Recipe) -> dict:
+    """The recipe's backbone.* preprocessing fields that are set (they win over the pretrained config)."""
+    b = recipe.backbone
+    values = {"input_size": b.input_size, "crop_pct": b.crop_pct, "interpolation": b.interpolation,
+              "mean": b.mean, "std": b.std}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def resolve_preprocessing(recipe: Recipe) -> Preprocessing:
+    """The preprocessing a run of `recipe` will use, without loading any weights."""
+    model, pretrained, _ = create_backbone(recipe.backbone.name, "none")
+    del model
+    return pretrained.replace(**preprocessing_overrides(recipe))
+
+
+def preview_augment(recipe: Recipe, *, n: int = 16, out: str | Path | None = None) -> Path:
+    """PNG grid of `n` training samples exactly as the model sees them: after augmentation and batch mixing."""
+    import numpy as np
+
+    from tlkit.mixing import BatchMixer
+    from tlkit.plots import save_image_grid
+
+    if n < 1:
+        raise ValueError(f"--n must be at least 1; got {n}.")
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(recipe)
+    pre = resolve_preprocessing(recipe)
+    datamodule.preprocessing = pre
+    datamodule.setup("fit")
+    dataset = datamodule.train_set
+    order = torch.randperm(len(dataset))[:n].tolist()
+    images, labels = zip(*(dataset[i] for i in order))
+    batch, targets = torch.stack(images), torch.tensor(labels)
+    if recipe.mixing.enabled:
+        mixer = BatchMixer(recipe.mixing, datamodule.num_classes, recipe.optim.label_smoothing)
+        batch, soft = mixer(batch, targets)
+    else:
+        soft = torch.nn.functional.one_hot(targets, datamodule.num_classes).float()
+    mean, std = torch.tensor(pre.mean).view(3, 1, 1), torch.tensor(pre.std).view(3, 1, 1)
+    pixels = ((batch * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    titles = [_soft_label_title(row, datamodule.classes) for row in soft]
+    out = Path(out) if out is not None else Path(recipe.output.runs_dir) / recipe.name / "augment_preview.png"
+    note = f"{recipe.name}: augment={recipe.augment.preset}"
+    if recipe.mixing.enabled:
+        note += f", mixup={recipe.mixing.mixup_alpha}, cutmix={recipe.mixing.cutmix_alpha}"
+    if recipe.optim.label_smoothing:
+        note += f", label smoothing={recipe.optim.label_smoothing}"
+    return save_image_grid(list(np.asarray(pixels)), titles, out, suptitle=note)
+
+
+def _soft_label_title(weights, classes: list[str]) -> str:
+    """'ants 0.62 / bees 0.38' for a mixed target; just 'ants' for a clean one."""
+    ranked = sorted(((float(w), c) for w, c in zip(weights, classes)), reverse=True)
+    if ranked[0][0] >= 0.995:
+        return ranked[0][1]
+    return " / ".join(f"{c} {w:.2f}" for w, c in ranked[:2] if w >= 0.01)
 
 
 def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
@@ -99,6 +231,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
     datamodule = build_datamodule(recipe)
     module = build_module(recipe, datamodule.classes)
     datamodule.preprocessing = module.preprocessing
+    module.data_split = {"layout": datamodule.scan.layout, "val_fraction": recipe.data.val_fraction, "seed": recipe.seed}
 
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,6 +239,12 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
     _write_text(run_dir / "classes.json", json.dumps(datamodule.classes, indent=2) + "\n")
     if datamodule.scan.skipped:
         _write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))
+
+    fit_datamodule, cache_info = choose_training_inputs(recipe, datamodule, module)
+    epochs = recipe.trainer.epochs
+    if getattr(recipe.strategy, "solver", "sgd") == "lbfgs" and cache_info.get("used"):
+        cache_info["solver"] = fit_head_closed_form(module, fit_datamodule, recipe.seed)
+        epochs = 0  # the head is already optimal; the trainer only validates and saves the checkpoints
 
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_acc", mode="max")
     # Not save_last=True: Lightning then writes last.ckpt only in epochs that also improve best, so last.ckpt would
@@ -115,7 +254,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
     )
     steps_per_epoch = max(1, len(datamodule.scan.train) // recipe.data.batch_size)
     trainer = L.Trainer(
-        max_epochs=recipe.trainer.epochs,
+        max_epochs=epochs,
         accelerator=recipe.trainer.accelerator,
         devices=recipe.trainer.devices,
         precision=recipe.trainer.precision,
@@ -126,12 +265,19 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
         log_every_n_steps=min(50, steps_per_epoch),
         num_sanity_val_steps=0,
     )
+    L.seed_everything(recipe.seed, workers=True, verbose=False)  # both paths start training from the same RNG state
     with warnings.catch_warnings():
         # Lightning suggests more workers than a 2-core machine has; the recipe's num_workers is deliberate.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # The run dir already holds recipe.yaml and classes.json; the CSV logger only manages metrics.csv.
+        warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
         # A frozen backbone is in eval mode on purpose (DESIGN.md contract 4).
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
-        trainer.fit(module, datamodule=datamodule)
+        if epochs == 0:
+            trainer.validate(module, datamodule=fit_datamodule, verbose=False)
+            _save_closed_form_checkpoints(trainer, checkpoint, run_dir)
+        else:
+            trainer.fit(module, datamodule=fit_datamodule)
 
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics = {
@@ -146,12 +292,13 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
         "num_train": len(datamodule.scan.train),
         "num_val": len(datamodule.scan.val),
         "skipped_files": len(datamodule.scan.skipped),
+        "feature_cache": cache_info,
         "backbone": recipe.backbone.name,
         "weights": module.weights_source,
         "strategy": recipe.strategy.kind,
         "run_dir": str(run_dir),
         "best_checkpoint": checkpoint.best_model_path,
-        "last_checkpoint": last.best_model_path,
+        "last_checkpoint": last.best_model_path or checkpoint.last_model_path,
     }
     _write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
@@ -263,11 +410,11 @@ def evaluate_checkpoint(
 
 
 def _saved_split(checkpoint: str | Path) -> dict:
-    """val_fraction / seed that the training run's data module saved (Lightning stores it under its class name)."""
+    """val_fraction / seed of the training run's split, as fit() recorded them in the checkpoint (else {})."""
     if Path(checkpoint).suffix == ".safetensors":
         return {}
-    state = read_checkpoint(checkpoint).get(ImageFolderDataModule.__qualname__) or {}
-    return {k: state[k] for k in ("val_fraction", "seed") if k in state}
+    saved = read_checkpoint(checkpoint)["tlkit"].get("data_split") or {}
+    return {k: saved[k] for k in ("val_fraction", "seed") if k in saved}
 
 
 def predict_checkpoint(

