@@ -95,3 +95,28 @@ def tiny_recipe_dict(root: Path, **sections) -> dict:
     for key, value in sections.items():
         recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
     return recipe
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """One tiny finished run shared by the evaluate / predict / export tests: (data root, run dir, fit metrics).
+
+    test_resnet (its random pooled features vary with colour) learns the colour classes in ~1 s; the recipe's TTA
+    policy is hflip so 'the checkpoint's policy' differs from the single view.
+    """
+    from tlkit.recipe import validate_recipe
+    from tlkit.run import fit
+
+    tmp = tmp_path_factory.mktemp("trained")
+    root = write_colour_classes(tmp / "colours")
+    recipe = validate_recipe(
+        tiny_recipe_dict(
+            root,
+            backbone={"name": "test_resnet"},
+            optim={"name": "adamw", "lr": 0.3},
+            trainer={"epochs": 3},
+            tta={"policy": "hflip"},
+        )
+    )
+    metrics = fit(recipe, run_dir=tmp / "run")
+    return root, tmp / "run", metrics

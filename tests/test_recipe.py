@@ -307,3 +307,32 @@ def test_negative_workers_and_bad_cutout_holes_are_recipe_errors():
     with pytest.raises(RecipeError) as info:
         validate_recipe({"data": {"root": "x", "num_workers": -1}, "augment": {"cutout": {"holes": [2, 1]}}})
     assert "data.num_workers" in str(info.value) and "cutout.holes" in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tta
+
+
+def test_tta_defaults_to_the_single_view():
+    recipe = load_recipe(None, ["data.root=/data"])
+    assert recipe.tta.policy == "none" and recipe.tta.aggregate == "mean_prob"
+
+
+def test_custom_tta_fields_are_accepted_for_policy_custom():
+    recipe = load_recipe(None, ["data.root=/data", "tta.policy=custom", "tta.crops=five", "tta.scales=[256, 320]"])
+    assert recipe.tta.crops == "five" and recipe.tta.scales == [256, 320]
+
+
+def test_tta_errors_are_reported_with_dotted_paths():
+    with pytest.raises(RecipeError) as info:
+        load_recipe(None, ["data.root=/data", "tta.policy=ten_crop", "tta.flip=true", "tta.aggregate=mean",
+                           "tta.scale=[1]"])
+    message = str(info.value)
+    assert "tta.flip: only applies to policy: custom" in message
+    assert "tta.aggregate: got 'mean'" in message
+    assert "tta.scale: unknown key. Did you mean 'scales'?" in message
+
+
+def test_misspelt_tta_policy_gets_did_you_mean():
+    with pytest.raises(RecipeError, match="Did you mean 'multi_scale'"):
+        load_recipe(None, ["data.root=/data", "tta.policy=multiscale"])

@@ -63,7 +63,7 @@ def test_checkpoint_is_self_describing_and_loads_with_weights_only(tiny_run):
     assert meta["preprocessing"]["input_size"] == 32
     assert set(meta["preprocessing"]) == {"input_size", "crop_pct", "interpolation", "mean", "std"}
     assert meta["head"]["hidden"] == []
-    assert meta["tta"] == "none"
+    assert meta["tta"] == {"policy": "none", "aggregate": "mean_prob"}
 
 
 def test_checkpoint_round_trip_gives_identical_predictions(tiny_run):
@@ -118,3 +118,12 @@ def test_recipe_files_all_load():
         recipe = load_recipe(path)
         assert recipe.name == path.stem
         assert Path(recipe.data.root).exists() or recipe.data.generate is not None, path
+
+
+def test_last_checkpoint_holds_the_final_epoch_even_when_best_came_earlier(tiny_run):
+    _, metrics, run_dir = tiny_run
+    best = read_checkpoint(run_dir / "checkpoints" / "best.ckpt")
+    last = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert last["epoch"] == metrics["epochs"] - 1 == 2
+    assert best["epoch"] < last["epoch"]  # colours are learnt early; later epochs do not beat 100%
+    assert metrics["last_checkpoint"].endswith("last.ckpt")

@@ -14,13 +14,17 @@ from tlkit.errors import (  # noqa: E402
     CheckpointError,
     DataError,
     DataNotFoundError,
+    ExportError,
     RecipeError,
     TlkitError,
+    TTAError,
 )
+from tlkit.export import load_exported  # noqa: E402
 from tlkit.heads import HeadSpec, build_head  # noqa: E402
 from tlkit.module import TransferModule  # noqa: E402
 from tlkit.recipe import Recipe, load_recipe  # noqa: E402
-from tlkit.run import fit  # noqa: E402
+from tlkit.run import evaluate_checkpoint, export_checkpoint, fit, predict_checkpoint  # noqa: E402
+from tlkit.tta import TTAPolicy, resolve_policy  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -29,11 +33,14 @@ __all__ = [
     "CheckpointError",
     "DataError",
     "DataNotFoundError",
+    "ExportError",
     "HeadSpec",
     "ImageFolderDataModule",
     "Preprocessing",
     "Recipe",
     "RecipeError",
+    "TTAError",
+    "TTAPolicy",
     "TlkitError",
     "TrainAugment",
     "TransferModule",
@@ -41,8 +48,13 @@ __all__ = [
     "build_head",
     "build_train_transform",
     "create_backbone",
+    "evaluate_checkpoint",
+    "export_checkpoint",
     "fit",
     "load_checkpoint",
+    "load_exported",
     "load_recipe",
+    "predict_checkpoint",
+    "resolve_policy",
     "scan_folder",
 ]

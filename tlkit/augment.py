@@ -213,21 +213,34 @@ def eval_resize_size(pre: Preprocessing) -> int:
     return math.floor(pre.input_size / pre.crop_pct)
 
 
+def build_short_side_resize(pre: Preprocessing, short_side: int) -> A.SmallestMaxSize:
+    """Resize so the short side is `short_side`, with the contract's interpolation (the eval transform's first step;
+    TTA views use it at other lengths)."""
+    return A.SmallestMaxSize(
+        max_size=short_side,
+        interpolation=CV2_INTERPOLATION[pre.interpolation],
+        area_for_downscale="image",  # antialiased downscale, closer to PIL's resize than plain cubic
+    )
+
+
+def build_normalize(pre: Preprocessing) -> A.Normalize:
+    """uint8 HWC -> float32 (x/255 - mean) / std: the eval transform's last step, shared with TTA views."""
+    return _normalize(pre)
+
+
+def center_crop_box(height: int, width: int, size: int) -> tuple[int, int]:
+    """Top-left (y, x) of the centred size x size crop, rounded as albumentations' CenterCrop rounds it."""
+    return (height - size) // 2, (width - size) // 2
+
+
 def _eval_geometry(pre: Preprocessing) -> list[A.BasicTransform]:
     size = pre.input_size
-    return [
-        A.SmallestMaxSize(
-            max_size=eval_resize_size(pre),
-            interpolation=CV2_INTERPOLATION[pre.interpolation],
-            area_for_downscale="image",  # antialiased downscale, closer to PIL's resize than plain cubic
-        ),
-        A.CenterCrop(height=size, width=size),
-    ]
+    return [build_short_side_resize(pre, eval_resize_size(pre)), A.CenterCrop(height=size, width=size)]
 
 
 def build_eval_transform(pre: Preprocessing) -> _AlbumentationsToTensor:
     """Resize short side to input_size/crop_pct, centre-crop input_size, normalise. Deterministic."""
-    return _AlbumentationsToTensor(A.Compose([*_eval_geometry(pre), _normalize(pre)], strict=True))
+    return _AlbumentationsToTensor(A.Compose([*_eval_geometry(pre), build_normalize(pre)], strict=True))
 
 
 def short_side_range(pre: Preprocessing, aug: TrainAugment) -> tuple[int, int]:

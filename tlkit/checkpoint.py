@@ -31,7 +31,14 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> TransferModule:
-    """A TransferModule in eval mode, rebuilt from the checkpoint alone (no recipe, no weight download)."""
+    """A TransferModule in eval mode, rebuilt from the checkpoint alone (no recipe, no weight download).
+
+    Also takes an exported `model.safetensors` (tlkit.export), so evaluate/predict work on exports too.
+    """
+    if Path(path).suffix == ".safetensors":
+        from tlkit.export import load_exported
+
+        return load_exported(path, map_location=map_location)
     checkpoint = read_checkpoint(path)
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     meta = checkpoint["tlkit"]
@@ -40,6 +47,7 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         classes=meta["classes"],
         head=meta["head"],
         preprocessing=meta["preprocessing"],
+        tta=meta.get("tta"),
         weights="none",  # every weight comes from the checkpoint's state dict
     )
     module = TransferModule(**hparams)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from tlkit.errors import RecipeError, TlkitError
+from tlkit.tta import AGGREGATES, DEFAULT_MAX_VIEWS_PER_FORWARD
 
 EXIT_RECIPE_ERROR = 2
 
@@ -20,6 +22,43 @@ def _add_recipe_args(parser: argparse.ArgumentParser, *, positional: bool = Fals
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a recipe value, e.g. --set optim.lr=0.001 (repeatable; relative data.root is from the cwd)",
     )
+
+
+def _add_checkpoint_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint", required=True,
+        help="a run's checkpoints/best.ckpt (or an exported model.safetensors); it carries everything else",
+    )
+
+
+def _add_inference_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--num-workers", default="0",
+        help="image-decoding worker processes (default 0: on a small CPU they compete with the model; auto = min(4, CPUs))",
+    )
+    parser.add_argument(
+        "--max-views-per-forward", type=_positive_int, default=DEFAULT_MAX_VIEWS_PER_FORWARD,
+        help=f"memory cap: views per model forward (default {DEFAULT_MAX_VIEWS_PER_FORWARD})",
+    )
+
+
+def parse_tta(text: str) -> str | dict:
+    """A policy name, or an inline YAML mapping for a custom policy: '{policy: custom, crops: five, scales: [256]}'."""
+    if not text.strip().startswith("{"):
+        return text
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid YAML mapping ({getattr(exc, 'problem', exc)}).") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a mapping like '{{policy: custom, crops: five}}'.")
+    return value
+
+
+def _workers(text: str) -> int | str:
+    return text if text == "auto" else int(text)
 
 
 def _positive_int(text: str) -> int:
@@ -52,6 +91,49 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_args(preview)
     preview.add_argument("--n", type=_positive_int, default=16, help="number of samples (default 16)")
     preview.add_argument("--out", help="PNG path (default runs/<recipe>/augment_preview.png)")
+
+    evaluate = sub.add_parser(
+        "evaluate", help="metrics, confusion matrix and top losses per TTA policy, with their cost per image"
+    )
+    _add_checkpoint_arg(evaluate)
+    evaluate.add_argument("--data", required=True, help="image folder: root/{train,val}/<class>/ or root/<class>/")
+    evaluate.add_argument(
+        "--tta", nargs="+", metavar="POLICY", type=parse_tta,
+        help="policies to compare with the single view: none, hflip, ten_crop, multi_scale, checkpoint "
+             "(default: the checkpoint's own policy), or a custom one as YAML: '{policy: custom, crops: five, "
+             "flip: true, scales: [256, 320]}'",
+    )
+    evaluate.add_argument("--aggregate", choices=AGGREGATES, help="how views combine (default: mean_prob)")
+    evaluate.add_argument("--out", help="report folder (default: <run dir>/eval/<checkpoint name>/)")
+    evaluate.add_argument(
+        "--split", default="val", choices=("val", "all"),
+        help="val: the held-out split (a one-folder layout is split as in training); all: every image",
+    )
+    evaluate.add_argument("--top-losses", type=_positive_int, default=16, help="images in the top-loss CSV and gallery")
+    _add_inference_args(evaluate)
+
+    predict = sub.add_parser("predict", help="top-k labels for image files and folders, as CSV (and JSON)")
+    _add_checkpoint_arg(predict)
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
+    predict.add_argument("--out", default="predictions.csv", help="CSV file to write (default: predictions.csv)")
+    predict.add_argument("--json", dest="json_out", help="also write predictions and skipped files as JSON here")
+    predict.add_argument("--top-k", type=_positive_int, default=5, help="labels per image (default: 5, at most the classes)")
+    predict.add_argument(
+        "--tta", type=parse_tta,
+        help="policy: none, hflip, ten_crop, multi_scale or a YAML mapping (default: the checkpoint's own policy)",
+    )
+    predict.add_argument("--aggregate", choices=AGGREGATES, help="how views combine (default: mean_prob)")
+    _add_inference_args(predict)
+
+    export = sub.add_parser("export", help="safetensors + JSON sidecar, and ONNX checked against PyTorch")
+    _add_checkpoint_arg(export)
+    export.add_argument("--out", required=True, help="folder for model.safetensors, model.json, model.onnx")
+    export.add_argument(
+        "--images", nargs="+", default=[], metavar="PATH",
+        help="real images (files or folders) for the ONNX parity check, e.g. the validation folder",
+    )
+    export.add_argument("--no-onnx", action="store_true", help="write only safetensors + model.json")
+    export.add_argument("--atol", type=float, default=1e-3, help="max abs logit difference ONNX vs PyTorch (1e-3)")
 
     recipe = sub.add_parser("recipe", help="inspect recipes")
     recipe_sub = recipe.add_subparsers(dest="recipe_command", required=True)
@@ -94,6 +176,51 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from tlkit.evaluate import format_report_table
+    from tlkit.run import evaluate_checkpoint
+
+    report = evaluate_checkpoint(
+        args.checkpoint, args.data, tta=args.tta, aggregate=args.aggregate, out=args.out, split=args.split,
+        num_workers=_workers(args.num_workers), max_views_per_forward=args.max_views_per_forward,
+        top_losses=args.top_losses,
+    )
+    print(format_report_table(report))
+    print(f"report: {Path(report['out_dir']) / 'report.json'} (confusion matrices, top losses per policy beside it)")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tlkit.run import predict_checkpoint
+
+    summary = predict_checkpoint(
+        args.checkpoint, args.inputs, out=args.out, json_out=args.json_out, top_k=args.top_k, tta=args.tta,
+        aggregate=args.aggregate, num_workers=_workers(args.num_workers),
+        max_views_per_forward=args.max_views_per_forward,
+    )
+    for path, why in summary["skipped"]:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    written = summary["csv"] + (f" and {summary['json']}" if "json" in summary else "")
+    print(f"predicted {summary['predicted']} image(s) with {summary['policy']} ({summary['views']} view(s)) -> "
+          f"{written}; skipped {len(summary['skipped'])}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from tlkit.run import export_checkpoint
+
+    summary = export_checkpoint(args.checkpoint, args.out, images=args.images, onnx=not args.no_onnx, atol=args.atol)
+    print(f"wrote {summary['weights']} and {summary['sidecar']} (loads back identically)")
+    if "onnx" in summary:
+        parity = summary["onnx_parity"]
+        print(
+            f"wrote {summary['onnx']}: onnxruntime vs PyTorch on {summary['parity_inputs']}: max abs diff "
+            f"logits {parity['max_abs_diff_logits']:.2e}, probabilities {parity['max_abs_diff_probs']:.2e}, "
+            f"top-1 agreement {parity['top1_agreement']:.0%}"
+        )
+    return 0
+
+
 def _preview(args: argparse.Namespace) -> int:
     from tlkit.recipe import load_recipe
 
@@ -116,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    handler = {"train": _train, "preview": _preview, "recipe": _recipe_show}[args.command]
+    handler = {
+        "train": _train, "preview": _preview, "evaluate": _evaluate, "predict": _predict, "export": _export,
+        "recipe": _recipe_show,
+    }[args.command]
     try:
         return handler(args)
     except RecipeError as exc:

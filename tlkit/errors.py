@@ -36,3 +36,11 @@ def did_you_mean(value: str, choices: Iterable[str], n: int = 3) -> str:
     if not close:
         return ""
     return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+class TTAError(TlkitError, ValueError):
+    """An unknown or contradictory test-time augmentation policy."""
+
+
+class ExportError(TlkitError, ValueError):
+    """An export could not be written or failed its parity check."""

@@ -17,6 +17,7 @@ from tlkit.heads import HeadSpec, build_head
 from tlkit.mixing import BatchMixer, MixingConfig, soft_target_cross_entropy
 from tlkit.schedules import SCHEDULES, LRMultiplier
 from tlkit.strategies import STRATEGIES, build_param_groups, freeze
+from tlkit.tta import TTAPolicy, normalize_spec, resolve_policy
 
 from typing_extensions import override
 
@@ -36,6 +37,8 @@ class TransferModule(L.LightningModule):
         preprocessing: overrides of the model's pretrained preprocessing (input_size, crop_pct, interpolation, mean, std).
         channels_last: NHWC memory layout; on this 2-core CPU lite0 trains ~1.5x faster (10 -> 16 images/s at 224 px).
         mixing: Mixup/CutMix settings (MixingConfig or its dict); training accuracy then counts the dominant label.
+        tta: test-time augmentation policy that evaluate/predict use by default: a name (none, hflip, ten_crop,
+            multi_scale) or a spec dict (see tlkit.tta); stored in checkpoints as plain data.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class TransferModule(L.LightningModule):
         preprocessing: dict | None = None,
         channels_last: bool = True,
         mixing: MixingConfig | dict | None = None,
+        tta: str | dict | None = None,
     ):
         super().__init__()
         _check_choice("strategy", strategy, STRATEGIES)
@@ -70,6 +74,7 @@ class TransferModule(L.LightningModule):
             raise ValueError(f"TransferModule needs at least 2 class names; got {classes!r}.")
         head_spec = head if isinstance(head, HeadSpec) else HeadSpec.from_dict(head or {})
         mixing_config = mixing if isinstance(mixing, MixingConfig) else MixingConfig.model_validate(mixing or {})
+        tta_spec = normalize_spec(tta)  # fails on a bad policy before any model is built
         # Plain types only: checkpoints must load with torch.load(weights_only=True).
         self.save_hyperparameters(
             {
@@ -93,6 +98,7 @@ class TransferModule(L.LightningModule):
                 "preprocessing": dict(preprocessing or {}),
                 "channels_last": channels_last,
                 "mixing": mixing_config.model_dump(),
+                "tta": tta_spec,
             }
         )
         self.classes = list(classes)
@@ -101,6 +107,10 @@ class TransferModule(L.LightningModule):
         )
         self.preprocessing: Preprocessing = pretrained_pre.replace(**(preprocessing or {}))
         self.head_spec = head_spec
+        self.tta_spec = tta_spec
+        # How the training data was split (layout, val_fraction, seed), set by run.fit: evaluate re-creates the same
+        # val split of a one-folder layout from it. None when the module was trained outside fit().
+        self.data_split: dict | None = None
         self.head = build_head(self.backbone.num_features, len(classes), head_spec)
         self.channels_last = channels_last
         if channels_last:
@@ -113,6 +123,11 @@ class TransferModule(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes=len(classes), average="micro")
 
     # -- model ---------------------------------------------------------------------------------------------------
+
+    @property
+    def tta_policy(self) -> TTAPolicy:
+        """The default TTA policy's concrete views for this model's input size."""
+        return resolve_policy(self.tta_spec, self.preprocessing)
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -223,7 +238,8 @@ class TransferModule(L.LightningModule):
             "head": self.head_spec.to_dict(),
             "strategy": self.hparams.strategy,
             "preprocessing": self.preprocessing.to_dict(),
-            "tta": "none",
+            "tta": dict(self.tta_spec),
+            "data_split": dict(self.data_split) if self.data_split else None,
         }
 
     @override

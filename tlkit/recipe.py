@@ -165,6 +165,27 @@ class TrainerSection(Section):
     """Show Lightning's progress bar."""
 
 
+class TTASection(Section):
+    policy: Literal["none", "hflip", "ten_crop", "multi_scale", "custom"] = "none"
+    """Default views for evaluate/predict: none (1 view, the cheapest), hflip 2, ten_crop 10, multi_scale 6; k views cost ~k x."""
+    crops: Literal["center", "five", "full"] | None = None
+    """custom only: center, five (4 corners + centre), or full (whole image resized to the input size); null = center."""
+    flip: bool | None = None
+    """custom only: add each crop's mirror (five + flip = the classic ten-crop); null = no mirrors."""
+    scales: list[Annotated[int, Field(gt=0)]] | None = None
+    """custom only: short-side lengths (px) to resize to, each followed by the crops; null = the eval resize."""
+    aggregate: Literal["mean_prob", "mean_logit", "max"] = "mean_prob"
+    """How views combine: mean of probabilities is robust to one overconfident view; mean_logit and max also work."""
+
+    @field_validator("crops", "flip", "scales")
+    @classmethod
+    def _custom_only(cls, value: Any, info: ValidationInfo) -> Any:
+        policy = info.data.get("policy", "none")
+        if value is not None and policy != "custom":
+            raise ValueError(f"only applies to policy: custom (policy {policy!r} fixes its own views)")
+        return value
+
+
 class CacheSection(Section):
     features: bool = True
     """linear_probe: extract the frozen backbone's features once and train the head on them (same loss, optimizer,
@@ -199,6 +220,7 @@ class Recipe(Section):
     optim: OptimSection = OptimSection()
     schedule: ScheduleSection = ScheduleSection()
     trainer: TrainerSection = TrainerSection()
+    tta: TTASection = TTASection()
     cache: CacheSection = CacheSection()
     output: OutputSection = OutputSection()
 

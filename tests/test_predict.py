@@ -1,0 +1,113 @@
+"""predict: files and folders in, top-k CSV/JSON out; broken files skipped and listed; same numbers as the eval path."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from conftest import write_colour_classes
+
+from tlkit.augment import build_eval_transform
+from tlkit.checkpoint import load_checkpoint
+from tlkit.cli import main
+from tlkit.data import ImageFolderDataModule
+from tlkit.images import load_rgb
+from tlkit.inference import predict_files
+from tlkit.module import TransferModule
+from tlkit.predict import collect_inputs
+from tlkit.run import predict_checkpoint
+from tlkit.tta import resolve_policy
+
+
+@pytest.fixture
+def images_with_a_broken_file(trained_run, tmp_path):
+    folder = tmp_path / "inbox"
+    shutil.copytree(trained_run[0] / "val", folder / "nested")
+    (folder / "nested" / "red" / "broken.png").write_bytes(b"not a png at all")
+    (folder / "notes.txt").write_text("not an image, not listed")
+    return folder
+
+
+def checkpoint_of(trained_run):
+    return trained_run[1] / "checkpoints" / "last.ckpt"
+
+
+def test_predict_on_a_folder_with_a_broken_file_skips_and_lists_it(trained_run, images_with_a_broken_file, tmp_path,
+                                                                   capsys):
+    out = tmp_path / "pred.csv"
+    code = main(["predict", "--checkpoint", str(checkpoint_of(trained_run)), str(images_with_a_broken_file),
+                 "--out", str(out), "--json", str(tmp_path / "pred.json"), "--top-k", "2"])
+    captured = capsys.readouterr()
+    assert code == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 12  # every readable image, found recursively; the .txt is not an image
+    assert set(rows[0]) == {"path", "label_1", "prob_1", "label_2", "prob_2"}
+    assert all(float(r["prob_1"]) >= float(r["prob_2"]) for r in rows)
+    assert not any("broken" in r["path"] for r in rows)
+    assert "broken.png" in captured.err and "predicted 12 image(s)" in captured.out
+    listed = json.loads((tmp_path / "pred.json").read_text())
+    assert [s["path"].endswith("broken.png") for s in listed["skipped"]] == [True]
+    assert len(listed["predictions"]) == 12
+
+
+def test_predict_exits_non_zero_only_when_nothing_was_predicted(trained_run, tmp_path, capsys):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 truncated")
+    assert main(["predict", "--checkpoint", str(checkpoint_of(trained_run)), str(broken), str(tmp_path / "missing.png"),
+                 "--out", str(tmp_path / "p.csv")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Nothing was predicted") and "broken.jpg" in err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_predicted_probabilities_are_the_eval_transform_through_the_model(trained_run, tmp_path):
+    # DESIGN.md contract 6: predict decodes and preprocesses exactly like validation.
+    files = sorted(str(p) for p in (trained_run[0] / "val").rglob("*.png"))[:5]
+    summary = predict_checkpoint(checkpoint_of(trained_run), files, out=tmp_path / "p.csv", tta="none", top_k=3)
+    module = load_checkpoint(checkpoint_of(trained_run))
+    transform = build_eval_transform(module.preprocessing)
+    with torch.no_grad():
+        expected = module(torch.stack([transform(load_rgb(f)) for f in files])).softmax(-1)
+    for row, probs in zip(summary["rows"], expected):
+        top = probs.sort(descending=True)
+        assert row["labels"] == [module.classes[i] for i in top.indices.tolist()]
+        np.testing.assert_allclose(row["probs"], top.values.numpy(), atol=1e-6)
+
+
+def test_predict_uses_the_checkpoints_tta_policy_unless_told_otherwise(trained_run, tmp_path):
+    files = [str(next((trained_run[0] / "val").rglob("*.png")))]
+    assert predict_checkpoint(checkpoint_of(trained_run), files, out=tmp_path / "a.csv")["views"] == 2  # hflip
+    assert predict_checkpoint(checkpoint_of(trained_run), files, out=tmp_path / "b.csv", tta="ten_crop")["views"] == 10
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
+    root = write_colour_classes(tmp_path / "colours", per_class=6)
+    torch.manual_seed(0)
+    module = TransferModule("test_resnet", ["blue", "green", "red"], weights="none", strategy="finetune",
+                            head={"hidden": [8]}, preprocessing={"input_size": 32}, tta="hflip")
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=ImageFolderDataModule(root, batch_size=4, num_workers=0))
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    loaded = load_checkpoint(tmp_path / "model.ckpt")
+    files = sorted(str(p) for p in root.rglob("*.png"))
+    policy = resolve_policy(loaded.tta_spec, loaded.preprocessing)
+    assert policy.num_views == 2
+    before = predict_files(module, files, policy, module.preprocessing)
+    after = predict_files(loaded, files, policy, loaded.preprocessing)
+    assert np.array_equal(before.probs, after.probs)
+    assert loaded.classes == module.classes and loaded.preprocessing == module.preprocessing
+
+
+def test_collect_inputs_keeps_order_and_reports_missing_paths(tmp_path, make_image):
+    a = make_image(tmp_path / "b" / "x.png")
+    c = make_image(tmp_path / "a.jpg")
+    make_image(tmp_path / "b" / ".hidden.png")
+    files, missing = collect_inputs([c, tmp_path / "b", a, tmp_path / "nope.png"])
+    assert files == [str(c), str(a)]  # a file named twice is predicted once; hidden files are not collected
+    assert missing == [(str(tmp_path / "nope.png"), "no such file or folder")]

@@ -1,0 +1,252 @@
+"""Evaluation report: metrics per TTA policy side by side with their cost, and the files a person looks at.
+
+Writes into `out_dir`: report.json, summary.txt (the printed table) and, per policy, a folder with
+per_class.csv, confusion_matrix.csv/.png, top_losses.csv/.png and predictions.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
+
+from tlkit.backbones import Preprocessing
+from tlkit.errors import DataError
+from tlkit.inference import InferenceResult, predict_files
+from tlkit.plots import plot_confusion_matrix, plot_top_losses
+from tlkit.tta import DEFAULT_MAX_VIEWS_PER_FORWARD, TTAPolicy
+
+log = logging.getLogger(__name__)
+
+MOST_CONFUSED = 10
+EPS = 1e-12
+
+
+def classification_metrics(probs: np.ndarray, targets: np.ndarray, classes: Sequence[str]) -> dict:
+    """Top-1 (top-5 when >= 5 classes), balanced accuracy, NLL, per-class P/R/F1, confusion matrix, confused pairs."""
+    n_classes = len(classes)
+    labels = list(range(n_classes))
+    predicted = probs.argmax(axis=1)
+    matrix = confusion_matrix(targets, predicted, labels=labels)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        targets, predicted, labels=labels, zero_division=0
+    )
+    present = support > 0  # balanced accuracy = mean recall over the classes that have images here
+    p_true = probs[np.arange(len(targets)), targets]
+    pairs = [
+        {"true": classes[i], "predicted": classes[j], "count": int(matrix[i, j])}
+        for i in range(n_classes)
+        for j in range(n_classes)
+        if i != j and matrix[i, j] > 0
+    ]
+    pairs.sort(key=lambda p: (-p["count"], p["true"], p["predicted"]))
+    return {
+        "images": int(len(targets)),
+        "accuracy": float((predicted == targets).mean()) if len(targets) else math.nan,
+        "top5_accuracy": (
+            float(top_k_accuracy_score(targets, probs, k=5, labels=labels)) if n_classes >= 5 and len(targets) else None
+        ),
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else math.nan,
+        "nll": float(-np.log(np.clip(p_true, EPS, 1.0)).mean()) if len(targets) else math.nan,
+        "per_class": [
+            {
+                "class": name,
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(classes)
+        ],
+        "confusion_matrix": matrix.tolist(),
+        "most_confused": pairs[:MOST_CONFUSED],
+    }
+
+
+def top_losses(
+    probs: np.ndarray, targets: np.ndarray, paths: Sequence[str], classes: Sequence[str], n: int
+) -> list[dict]:
+    """The n images with the highest cross-entropy -log p(true class), worst first."""
+    p_true = probs[np.arange(len(targets)), targets]
+    loss = -np.log(np.clip(p_true, EPS, 1.0))
+    order = np.argsort(-loss, kind="stable")[:n]
+    predicted = probs.argmax(axis=1)
+    return [
+        {
+            "path": str(paths[i]),
+            "true": classes[targets[i]],
+            "predicted": classes[predicted[i]],
+            "p_true": float(p_true[i]),
+            "p_predicted": float(probs[i, predicted[i]]),
+            "loss": float(loss[i]),
+        }
+        for i in order
+    ]
+
+
+def evaluate_policies(
+    model: torch.nn.Module,
+    samples: Sequence[tuple[str, int]],
+    classes: Sequence[str],
+    policies: Sequence[TTAPolicy],
+    preprocessing: Preprocessing,
+    out_dir: str | Path,
+    *,
+    max_views_per_forward: int = DEFAULT_MAX_VIEWS_PER_FORWARD,
+    num_workers: int = 0,
+    top_loss_count: int = 16,
+    skipped: Sequence[tuple[str, str]] = (),
+    context: dict | None = None,
+    progress: bool | None = None,
+) -> dict:
+    """Run every policy over `samples` ((path, label index into `classes`)), write the report, return it."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [p for p, _ in samples]
+    labels = np.array([label for _, label in samples], dtype=np.int64)
+    report: dict = {**(context or {}), "classes": list(classes), "num_images": len(samples), "policies": {}}
+    failed: dict[str, str] = dict(skipped)
+    baseline: InferenceResult | None = None
+    for policy in policies:
+        result = predict_files(
+            model, paths, policy, preprocessing, max_views_per_forward=max_views_per_forward,
+            num_workers=num_workers, warmup=True, progress=progress, desc=f"evaluate {policy.label}",
+        )
+        failed.update(result.failed)
+        if not result.indices:
+            path, why = result.failed[0] if result.failed else ("", "no images")
+            raise DataError(f"None of the {len(paths)} images could be decoded (e.g. {path}: {why}); check the folder.")
+        if policy.num_views == 1 and baseline is None:
+            baseline = result
+        idx = np.array(result.indices, dtype=np.int64)
+        targets = labels[idx]
+        kept_paths = [paths[i] for i in idx]
+        metrics = classification_metrics(result.probs, targets, classes)
+        worst = top_losses(result.probs, targets, kept_paths, classes, top_loss_count)
+        files = _write_policy_files(out_dir / policy.label, policy, metrics, worst, result.probs, targets, kept_paths,
+                                    classes)
+        report["policies"][policy.label] = {
+            "policy": policy.name,
+            "aggregate": policy.aggregate,
+            "views": policy.num_views,
+            **{k: metrics[k] for k in ("images", "accuracy", "top5_accuracy", "balanced_accuracy", "nll")},
+            "ms_per_image": round(result.ms_per_image, 3),
+            "forward_ms_per_image": round(result.forward_ms_per_image, 3),
+            "per_class": metrics["per_class"],
+            "most_confused": metrics["most_confused"],
+            "confusion_matrix": metrics["confusion_matrix"],
+            "files": {k: str(v.relative_to(out_dir)) for k, v in files.items()},
+        }
+    if baseline is not None:
+        for entry in report["policies"].values():
+            entry["cost_vs_single_view"] = _ratio(entry["ms_per_image"], baseline.ms_per_image)
+            entry["forward_cost_vs_single_view"] = _ratio(entry["forward_ms_per_image"], baseline.forward_ms_per_image)
+    report["skipped"] = [{"path": p, "reason": why} for p, why in sorted(failed.items())]
+    report["timing_note"] = (
+        "ms_per_image = wall time of decode + views + forwards / images (one untimed warm-up forward first); "
+        "forward_ms_per_image = model forwards only. Timings vary with machine load."
+    )
+    table = format_report_table(report)
+    _write_text(out_dir / "summary.txt", table + "\n")
+    _write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def format_report_table(report: dict) -> str:
+    """One row per policy: views, accuracy figures and cost, so what TTA buys and costs is side by side."""
+    with_top5 = any(e.get("top5_accuracy") is not None for e in report["policies"].values())
+    headers = ["policy", "views", "top-1", *(["top-5"] if with_top5 else []), "bal. acc", "NLL", "ms/image",
+               "model ms/image", "cost x1"]
+    rows = []
+    for label, e in report["policies"].items():
+        rows.append([
+            label,
+            str(e["views"]),
+            _pct(e["accuracy"]),
+            *([_pct(e["top5_accuracy"])] if with_top5 else []),
+            _pct(e["balanced_accuracy"]),
+            f"{e['nll']:.4f}",
+            f"{e['ms_per_image']:.1f}",
+            f"{e['forward_ms_per_image']:.1f}",
+            f"{e['forward_cost_vs_single_view']:.2f}" if e.get("forward_cost_vs_single_view") is not None else "n/a",
+        ])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    notes = [f"{report['num_images']} images, {len(report['classes'])} classes; 'cost x1' = model time per image "
+             "relative to the single view"]
+    if report.get("skipped"):
+        notes.append(f"{len(report['skipped'])} file(s) skipped (listed in report.json)")
+    return "\n".join([rule, line(headers), rule, *(line(r) for r in rows), rule, *notes])
+
+
+def _write_policy_files(
+    folder: Path,
+    policy: TTAPolicy,
+    metrics: dict,
+    worst: list[dict],
+    probs: np.ndarray,
+    targets: np.ndarray,
+    paths: Sequence[str],
+    classes: Sequence[str],
+) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "per_class": folder / "per_class.csv",
+        "confusion_matrix_csv": folder / "confusion_matrix.csv",
+        "confusion_matrix_png": folder / "confusion_matrix.png",
+        "top_losses_csv": folder / "top_losses.csv",
+        "top_losses_png": folder / "top_losses.png",
+        "predictions": folder / "predictions.csv",
+    }
+    _write_csv(files["per_class"], ["class", "precision", "recall", "f1", "support"],
+               [[r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"]]
+                for r in metrics["per_class"]])
+    _write_csv(files["confusion_matrix_csv"], ["true \\ predicted", *classes],
+               [[name, *row] for name, row in zip(classes, metrics["confusion_matrix"])])
+    title = f"{policy.label} ({policy.num_views} view{'s' if policy.num_views > 1 else ''}): " \
+            f"top-1 {_pct(metrics['accuracy'])} on {metrics['images']} images"
+    plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classes, files["confusion_matrix_png"], title=title)
+    _write_csv(files["top_losses_csv"], ["path", "true", "predicted", "p_true", "p_predicted", "loss"],
+               [[r["path"], r["true"], r["predicted"], f"{r['p_true']:.4f}", f"{r['p_predicted']:.4f}",
+                 f"{r['loss']:.4f}"] for r in worst])
+    plot_top_losses(worst, files["top_losses_png"], title=f"Highest-loss images, {policy.label}")
+    predicted = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
+    _write_csv(files["predictions"], ["path", "true", "predicted", "p_predicted", "correct"],
+               [[p, classes[t], classes[k], f"{probs[i, k]:.4f}", int(t == k)]
+                for i, (p, t, k) in enumerate(zip(paths, targets, predicted))])
+    return files
+
+
+def _ratio(value: float, base: float) -> float | None:
+    return round(value / base, 3) if base > 0 else None
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2%}"
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,222 @@
+"""Export a trained model (backbone + head): safetensors + JSON preprocessing sidecar, and ONNX with a parity check.
+
+The sidecar (`model.json`) is the checkpoint's self-description (DESIGN.md contract 5): classes, backbone, head,
+preprocessing, TTA policy, plus the input/output contract of the exported graph. The same JSON is embedded in the
+safetensors metadata, so the weights file alone is enough to load the model back (`load_exported`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tlkit.augment import build_eval_transform, eval_resize_size
+from tlkit.errors import CheckpointError, ExportError
+from tlkit.images import load_rgb
+from tlkit.module import TransferModule
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMAT = 1
+WEIGHTS_NAME = "model.safetensors"
+ONNX_NAME = "model.onnx"
+SIDECAR_NAME = "model.json"
+DEFAULT_PARITY_ATOL = 1e-3  # logits; float32 kernels of two runtimes differ by ~1e-5, a wrong graph by far more
+
+
+class Classifier(nn.Module):
+    """backbone -> head as a plain nn.Module: what gets exported (no Lightning, no training hooks)."""
+
+    def __init__(self, module: TransferModule):
+        super().__init__()
+        self.backbone = module.backbone
+        self.head = module.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def describe_export(module: TransferModule) -> dict:
+    """The sidecar: the checkpoint's self-description plus the exported graph's input and output contract."""
+    pre = module.preprocessing
+    size = pre.input_size
+    return {
+        "export_format": EXPORT_FORMAT,
+        **module.describe(),
+        "input": {
+            "name": "input",
+            "shape": ["batch", 3, size, size],
+            "dtype": "float32",
+            "layout": "NCHW, RGB",
+            "preprocessing": (
+                f"decode to RGB; resize the short side to {eval_resize_size(pre)} px ({pre.interpolation}); "
+                f"centre-crop {size}x{size}; x / 255; (x - mean) / std"
+            ),
+        },
+        "output": {"name": "logits", "shape": ["batch", len(module.classes)], "activation": "softmax over classes"},
+        "files": {"weights": WEIGHTS_NAME},
+    }
+
+
+def export_safetensors(module: TransferModule, out_dir: str | Path) -> tuple[Path, Path, dict]:
+    """Write model.safetensors (backbone.* and head.* tensors, description in its metadata) and model.json."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = describe_export(module)
+    state = {k: v.detach().cpu().contiguous() for k, v in Classifier(module).state_dict().items()}
+    weights = out_dir / WEIGHTS_NAME
+    tmp = weights.with_name(f".{weights.name}.tmp{os.getpid()}")
+    save_file(state, str(tmp), metadata={"tlkit": json.dumps(meta)})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600; an export is meant to be shared like any other file
+    os.replace(tmp, weights)
+    sidecar = write_sidecar(meta, out_dir)
+    return weights, sidecar, meta
+
+
+def write_sidecar(meta: dict, out_dir: Path) -> Path:
+    path = Path(out_dir) / SIDECAR_NAME
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def load_exported(path: str | Path, *, map_location: str | torch.device = "cpu") -> TransferModule:
+    """A TransferModule in eval mode from an exported model.safetensors (no pickle, no recipe, no download)."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Exported model {str(path)!r} does not exist; write one with `tlkit export`.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            embedded = (f.metadata() or {}).get("tlkit")
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"Cannot read {path} as safetensors ({type(exc).__name__}); the file may be truncated.") from exc
+    sidecar = path.with_name(SIDECAR_NAME)
+    if embedded is None and not sidecar.is_file():
+        raise CheckpointError(f"{path} has no tlkit description and no {SIDECAR_NAME} beside it; export it with tlkit.")
+    meta = json.loads(embedded) if embedded is not None else json.loads(sidecar.read_text(encoding="utf-8"))
+    module = TransferModule(
+        meta["backbone"],
+        meta["classes"],
+        weights="none",  # every weight comes from the file
+        strategy=meta.get("strategy", "linear_probe"),
+        head=meta["head"],
+        preprocessing=meta["preprocessing"],
+        tta=meta.get("tta"),
+    )
+    Classifier(module).load_state_dict(state, strict=True)
+    return module.to(map_location).eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ONNX
+
+
+def export_onnx(module: TransferModule, path: str | Path, *, opset: int | None = None) -> Path:
+    """Write an ONNX graph: float32 [batch, 3, S, S] normalised input -> [batch, C] logits, dynamic batch."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = Classifier(module).eval()
+    size = module.preprocessing.input_size
+    example = torch.zeros(2, 3, size, size)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        with warnings.catch_warnings(), _quiet_loggers("onnxscript", "onnx_ir", "torch.onnx", "torch.export"):
+            warnings.simplefilter("ignore")  # exporter internals warn about its own deprecations
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
+                opset_version=opset,
+                external_data=False,  # one file: lite0-sized models are far below protobuf's 2 GB limit
+                dynamo=True,
+                verbose=False,
+            )
+    except Exception as exc:  # noqa: BLE001 - exporter failures come in many types; the message names the cause
+        tmp.unlink(missing_ok=True)
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise ExportError(
+            f"ONNX export of {module.hparams.backbone} failed ({type(exc).__name__}: {detail}); the safetensors "
+            "export still works (use --no-onnx)."
+        ) from exc
+    os.replace(tmp, path)
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """The exporter's optimiser logs every pass at INFO; a user wants the result, not the passes."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def parity_inputs(module: TransferModule, images: Sequence[str | Path], *, limit: int = 16) -> tuple[torch.Tensor, list[str]]:
+    """Real images through the eval transform (the one preprocessing, contract 6); unreadable files are skipped."""
+    transform = build_eval_transform(module.preprocessing)
+    tensors, used = [], []
+    # Evenly spaced through the list, so a sorted folder contributes every class, not just the first one.
+    picks = set(np.linspace(0, len(images) - 1, num=min(limit, len(images))).round().astype(int).tolist()) if images else set()
+    ordered = [images[i] for i in sorted(picks)] + [p for i, p in enumerate(images) if i not in picks]
+    for path in ordered:
+        if len(tensors) >= limit:
+            break
+        try:
+            tensors.append(transform(load_rgb(path)))
+            used.append(str(path))
+        except (OSError, ValueError) as exc:
+            log.warning("parity check skips %s (%s)", path, type(exc).__name__)
+    if not tensors:
+        raise ExportError(
+            "No readable images for the ONNX parity check; pass image files or folders with --images "
+            "(e.g. the validation folder)."
+        )
+    return torch.stack(tensors), used
+
+
+def onnx_parity(module: TransferModule, onnx_path: str | Path, inputs: torch.Tensor, *, atol: float = DEFAULT_PARITY_ATOL) -> dict:
+    """Run PyTorch and onnxruntime on the same inputs; max abs differences of logits and probabilities."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        expected = Classifier(module).eval()(inputs).float()
+    got = torch.from_numpy(session.run(["logits"], {"input": inputs.numpy().astype(np.float32)})[0])
+    logit_diff = float((got - expected).abs().max())
+    prob_diff = float((got.softmax(-1) - expected.softmax(-1)).abs().max())
+    agree = float((got.argmax(-1) == expected.argmax(-1)).float().mean())
+    return {
+        "images": int(inputs.shape[0]),
+        "max_abs_diff_logits": logit_diff,
+        "max_abs_diff_probs": prob_diff,
+        "top1_agreement": agree,
+        "atol": atol,
+        "ok": logit_diff <= atol and agree == 1.0,
+        "onnxruntime": ort.__version__,
+    }

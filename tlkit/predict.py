@@ -1,0 +1,79 @@
+"""Predict labels for image files and folders: CSV (or JSON) of path, top-k labels and probabilities."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tlkit.errors import DataNotFoundError
+from tlkit.images import is_image_name
+from tlkit.inference import InferenceResult
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files as given, folders searched recursively for image files (hidden ones skipped). Returns (files, missing).
+
+    A path that does not exist is reported in `missing` with the reason; it is not an error on its own, so one typo
+    in a long list does not stop the rest.
+    """
+    files: list[str] = []
+    missing: list[tuple[str, str]] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(
+                str(p) for p in path.rglob("*")
+                if p.is_file() and is_image_name(p) and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                missing.append((str(path), "folder has no image files"))
+            files += found
+        elif path.is_file():
+            files.append(str(path))
+        else:
+            missing.append((str(path), "no such file or folder"))
+    return list(dict.fromkeys(files)), missing  # each file once, in the order given
+
+
+def top_k_rows(result: InferenceResult, paths: Sequence[str], classes: Sequence[str], k: int) -> list[dict]:
+    """One dict per predicted file: path and its k most probable labels with probabilities, best first."""
+    k = max(1, min(k, len(classes)))
+    order = np.argsort(-result.probs, axis=1, kind="stable")[:, :k]
+    return [
+        {
+            "path": str(paths[index]),
+            "labels": [classes[j] for j in order[row]],
+            "probs": [float(result.probs[row, j]) for j in order[row]],
+        }
+        for row, index in enumerate(result.indices)
+    ]
+
+
+def write_predictions_csv(rows: Sequence[dict], path: str | Path, k: int) -> Path:
+    """Columns: path, label_1, prob_1, ..., label_k, prob_k."""
+    path = Path(path)
+    header = ["path"] + [f"{name}_{i}" for i in range(1, k + 1) for name in ("label", "prob")]
+    body = [[r["path"], *[x for label, p in zip(r["labels"], r["probs"]) for x in (label, f"{p:.6f}")]] for r in rows]
+    _atomic(path, lambda f: (csv.writer(f).writerow(header), csv.writer(f).writerows(body)))
+    return path
+
+
+def write_predictions_json(rows: Sequence[dict], skipped: Sequence[tuple[str, str]], path: str | Path) -> Path:
+    path = Path(path)
+    data = {"predictions": list(rows), "skipped": [{"path": p, "reason": why} for p, why in skipped]}
+    _atomic(path, lambda f: f.write(json.dumps(data, indent=2) + "\n"))
+    return path
+
+
+def _atomic(path: Path, write) -> None:
+    if not path.parent.is_dir():
+        raise DataNotFoundError(f"Output folder {str(path.parent)!r} does not exist; create it or choose another --out.")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        write(f)
+    os.replace(tmp, path)

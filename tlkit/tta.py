@@ -1,0 +1,283 @@
+"""Deterministic test-time augmentation: views = scales x crops x flips, batched forwards, one aggregation.
+
+A TTA *spec* is plain data that travels in checkpoints: `{"policy": name, "aggregate": how}` for the named
+shortcuts, plus `crops`, `flip` and `scales` for `policy: custom`. It becomes concrete views only against a
+Preprocessing, because "the eval resize" and the multi-scale lengths depend on the model's input size.
+
+Views are built from the eval transform's own steps (augment.build_short_side_resize / build_normalize /
+center_crop_box), so policy `none` is exactly the eval transform (DESIGN.md contract 6, tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+
+from tlkit.augment import (
+    CV2_INTERPOLATION,
+    build_normalize,
+    build_short_side_resize,
+    center_crop_box,
+    eval_resize_size,
+)
+from tlkit.backbones import Preprocessing
+from tlkit.errors import TTAError, did_you_mean
+
+NAMED_POLICIES = ("none", "hflip", "ten_crop", "multi_scale")
+POLICIES = (*NAMED_POLICIES, "custom")
+CROPS = ("center", "five", "full")
+AGGREGATES = ("mean_prob", "mean_logit", "max")
+FIVE_CROPS = ("center", "top_left", "top_right", "bottom_left", "bottom_right")
+DEFAULT_MAX_VIEWS_PER_FORWARD = 64
+
+# Named shortcuts as custom fields; scales () = the eval resize. multi_scale's lengths are computed per model below.
+_NAMED_FIELDS: dict[str, dict[str, Any]] = {
+    "none": {"crops": "center", "flip": False},
+    "hflip": {"crops": "center", "flip": True},
+    "ten_crop": {"crops": "five", "flip": True},
+    "multi_scale": {"crops": "center", "flip": True},
+}
+
+
+@dataclass(frozen=True)
+class View:
+    """One view: resize the short side to `scale` px, take `crop` at the input size, optionally mirror it."""
+
+    scale: int
+    crop: str  # center | top_left | top_right | bottom_left | bottom_right | full
+    flip: bool
+
+
+@dataclass(frozen=True)
+class TTAPolicy:
+    """Concrete views for one model's input size, and how their predictions combine."""
+
+    name: str
+    views: tuple[View, ...]
+    aggregate: str = "mean_prob"
+
+    @property
+    def num_views(self) -> int:
+        return len(self.views)
+
+    @property
+    def label(self) -> str:
+        """Short name for tables and folder names ('ten_crop', or 'custom-five-flip-256-320' for custom)."""
+        if self.name != "custom":
+            return self.name if self.aggregate == "mean_prob" else f"{self.name}-{self.aggregate}"
+        crops = "five" if any(v.crop == "top_left" for v in self.views) else self.views[0].crop
+        flip = "-flip" if any(v.flip for v in self.views) else ""
+        scales = "-".join(str(s) for s in dict.fromkeys(v.scale for v in self.views if v.crop != "full"))
+        agg = "" if self.aggregate == "mean_prob" else f"-{self.aggregate}"
+        return f"custom-{crops}{flip}{'-' + scales if scales else ''}{agg}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Specs (plain data) -> policies
+
+
+def normalize_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate a spec and return its canonical plain-dict form (what checkpoints store).
+
+    Accepts a policy name ('ten_crop'), a dict (a recipe's `tta` section), or None (= 'none').
+    """
+    if spec is None:
+        spec = "none"
+    if isinstance(spec, str):
+        spec = {"policy": spec}
+    if not isinstance(spec, Mapping):
+        raise TTAError(f"A TTA policy is a name ({', '.join(NAMED_POLICIES)}) or a mapping; got {spec!r}.")
+    unknown = sorted(set(spec) - {"policy", "crops", "flip", "scales", "aggregate"})
+    if unknown:
+        raise TTAError(
+            f"Unknown TTA key(s) {', '.join(unknown)}; expected policy, crops, flip, scales, aggregate."
+            + did_you_mean(unknown[0], ("policy", "crops", "flip", "scales", "aggregate"))
+        )
+    policy = str(spec.get("policy", "none"))
+    _check_choice("TTA policy", policy, POLICIES)
+    aggregate = str(spec.get("aggregate") or "mean_prob")
+    _check_choice("TTA aggregation", aggregate, AGGREGATES)
+    if policy != "custom":
+        # A named policy fixes crops/flip/scales; restating its own values is fine, anything else is a contradiction.
+        given = {k: spec[k] for k in ("crops", "flip", "scales") if spec.get(k) is not None}
+        named = {**_NAMED_FIELDS[policy], "scales": []}
+        clashing = sorted(k for k, v in given.items() if (list(v) if k == "scales" else v) != named[k])
+        if clashing:
+            raise TTAError(
+                f"TTA {', '.join(clashing)} only apply to policy 'custom'; policy {policy!r} fixes them. "
+                "Set policy: custom, or drop them."
+            )
+        return {"policy": policy, "aggregate": aggregate}
+    crops = str(spec.get("crops") or "center")
+    _check_choice("TTA crops", crops, CROPS)
+    flip = spec.get("flip")
+    flip = False if flip is None else flip
+    if not isinstance(flip, bool):
+        raise TTAError(f"TTA flip must be true or false; got {flip!r}.")
+    scales = spec.get("scales") or []
+    if isinstance(scales, (int, float)):
+        scales = [scales]
+    bad = [s for s in scales if isinstance(s, bool) or not isinstance(s, int) or s < 1]
+    if bad:
+        raise TTAError(f"TTA scales are short-side lengths in pixels (positive integers); got {bad[0]!r}.")
+    if crops == "full" and scales:
+        raise TTAError("TTA crops 'full' resizes the whole image to the input size, so scales do not apply; drop them.")
+    return {"policy": "custom", "crops": crops, "flip": flip, "scales": [int(s) for s in scales], "aggregate": aggregate}
+
+
+def multi_scale_lengths(pre: Preprocessing) -> list[int]:
+    """Short sides for `multi_scale`: the whole short side as the crop, the eval resize, and 1.25x the eval resize
+    (224 / 256 / 320 for a 224 px model with crop_pct 0.875), in the spirit of the ResNet multi-scale protocol."""
+    resize = eval_resize_size(pre)
+    return sorted({pre.input_size, resize, round(resize * 1.25)})
+
+
+def resolve_policy(spec: str | Mapping[str, Any] | None, pre: Preprocessing) -> TTAPolicy:
+    """Turn a spec into the concrete views for `pre` (input size, crop_pct). Raises TTAError for bad specs."""
+    canonical = normalize_spec(spec)
+    policy = canonical["policy"]
+    fields = canonical if policy == "custom" else {**_NAMED_FIELDS[policy], "scales": []}
+    scales = list(fields["scales"]) or [eval_resize_size(pre)]
+    if policy == "multi_scale":
+        scales = multi_scale_lengths(pre)
+    small = [s for s in scales if s < pre.input_size]
+    if small and fields["crops"] != "full":
+        raise TTAError(
+            f"TTA scale {small[0]} px is smaller than the model's {pre.input_size} px input, so a crop cannot fit; "
+            f"use scales >= {pre.input_size}."
+        )
+    crops = FIVE_CROPS if fields["crops"] == "five" else (fields["crops"],)
+    if fields["crops"] == "full":
+        scales = [pre.input_size]  # the whole image is resized to the input size; no short-side resize first
+    flips = (False, True) if fields["flip"] else (False,)
+    views = tuple(View(scale, crop, flip) for scale in scales for crop in crops for flip in flips)
+    return TTAPolicy(name=policy, views=views, aggregate=canonical["aggregate"])
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise TTAError(f"Unknown {what} {value!r}; expected one of {', '.join(choices)}.{did_you_mean(value, choices)}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Views
+
+
+def crop_origin(crop: str, height: int, width: int, size: int) -> tuple[int, int]:
+    """Top-left (y, x) of a size x size crop named `crop` in a height x width image."""
+    if crop == "center":
+        return center_crop_box(height, width, size)
+    y = 0 if crop.startswith("top") else height - size
+    x = 0 if crop.endswith("left") else width - size
+    return y, x
+
+
+class ViewMaker:
+    """Callable: RGB uint8 HWC image -> float tensor [num_views, 3, S, S], in the policy's view order.
+
+    Each scale is resized once and each crop normalised once; a mirrored view is its crop flipped (normalisation is
+    per pixel, so flipping before or after it is the same).
+    """
+
+    def __init__(self, policy: TTAPolicy, pre: Preprocessing):
+        self.policy = policy
+        self.size = pre.input_size
+        self._resize = {v.scale: build_short_side_resize(pre, v.scale) for v in policy.views if v.crop != "full"}
+        self._squash = A.Resize(
+            height=self.size, width=self.size, interpolation=CV2_INTERPOLATION[pre.interpolation],
+            area_for_downscale="image",
+        )
+        self._normalize = build_normalize(pre)
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        resized: dict[int, np.ndarray] = {}
+        crops: dict[tuple[int, str], torch.Tensor] = {}
+        out = []
+        for view in self.policy.views:
+            key = (view.scale, view.crop)
+            if key not in crops:
+                if view.crop == "full":
+                    patch = self._squash(image=image)["image"]
+                else:
+                    if view.scale not in resized:
+                        resized[view.scale] = self._resize[view.scale](image=image)["image"]
+                    scaled = resized[view.scale]
+                    y, x = crop_origin(view.crop, scaled.shape[0], scaled.shape[1], self.size)
+                    patch = scaled[y : y + self.size, x : x + self.size]
+                normalised = self._normalize(image=np.ascontiguousarray(patch))["image"]
+                crops[key] = torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
+            out.append(crops[key].flip(-1) if view.flip else crops[key])
+        return torch.stack(out)
+
+    def __repr__(self) -> str:
+        return f"ViewMaker({self.policy.label}, {self.policy.num_views} views at {self.size} px)"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Batched forward and aggregation
+
+
+def aggregate(logits: torch.Tensor, how: str) -> torch.Tensor:
+    """[B, k, C] per-view logits -> [B, C] probabilities (rows sum to 1).
+
+    mean_prob: mean of softmaxes; mean_logit: softmax of the mean logit; max: per-class max probability over the
+    views, renormalised so it stays a distribution (the argmax is unchanged by the renormalisation).
+    """
+    if logits.ndim != 3:
+        raise TTAError(f"aggregate expects per-view logits of shape [batch, views, classes]; got {tuple(logits.shape)}.")
+    _check_choice("TTA aggregation", how, AGGREGATES)
+    if how == "mean_logit":
+        return logits.float().mean(dim=1).softmax(dim=-1)
+    probs = logits.float().softmax(dim=-1)
+    if how == "mean_prob":
+        return probs.mean(dim=1)
+    peak = probs.amax(dim=1)
+    return peak / peak.sum(dim=-1, keepdim=True)
+
+
+def forward_views(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    views: torch.Tensor,
+    how: str = "mean_prob",
+    *,
+    max_views_per_forward: int = DEFAULT_MAX_VIEWS_PER_FORWARD,
+) -> torch.Tensor:
+    """[B, k, 3, S, S] views -> [B, C] probabilities, in forwards of at most `max_views_per_forward` views.
+
+    All views of the batch go through the model together (chunked only to cap memory), never one forward per view.
+    """
+    if views.ndim != 5:
+        raise TTAError(f"forward_views expects views of shape [batch, views, 3, H, W]; got {tuple(views.shape)}.")
+    if max_views_per_forward < 1:
+        raise TTAError(f"max_views_per_forward must be >= 1; got {max_views_per_forward}.")
+    batch, k = views.shape[:2]
+    flat = views.flatten(0, 1)
+    logits = torch.cat([model(chunk) for chunk in flat.split(max_views_per_forward)])
+    return aggregate(logits.view(batch, k, -1), how)
+
+
+def images_per_batch(policy: TTAPolicy, max_views_per_forward: int = DEFAULT_MAX_VIEWS_PER_FORWARD) -> int:
+    """Images per loader batch so that one batch's views fill about one forward (and memory stays under the cap)."""
+    return max(1, max_views_per_forward // policy.num_views)
+
+
+__all__ = [
+    "AGGREGATES",
+    "CROPS",
+    "NAMED_POLICIES",
+    "POLICIES",
+    "TTAPolicy",
+    "View",
+    "ViewMaker",
+    "aggregate",
+    "forward_views",
+    "images_per_batch",
+    "multi_scale_lengths",
+    "normalize_spec",
+    "resolve_policy",
+]
