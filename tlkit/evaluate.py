@@ -146,9 +146,11 @@ def evaluate_policies(
             "files": {k: str(v.relative_to(out_dir)) for k, v in files.items()},
         }
     if baseline is not None:
+        base_ms = round(baseline.ms_per_image, 3)  # ratios of the reported (rounded) figures: none is exactly 1.0
+        base_forward_ms = round(baseline.forward_ms_per_image, 3)
         for entry in report["policies"].values():
-            entry["cost_vs_single_view"] = _ratio(entry["ms_per_image"], baseline.ms_per_image)
-            entry["forward_cost_vs_single_view"] = _ratio(entry["forward_ms_per_image"], baseline.forward_ms_per_image)
+            entry["cost_vs_single_view"] = _ratio(entry["ms_per_image"], base_ms)
+            entry["forward_cost_vs_single_view"] = _ratio(entry["forward_ms_per_image"], base_forward_ms)
     report["skipped"] = [{"path": p, "reason": why} for p, why in sorted(failed.items())]
     report["timing_note"] = (
         "ms_per_image = wall time of decode + views + forwards / images (one untimed warm-up forward first); "
