@@ -120,7 +120,9 @@ def build_feature_datamodule(
     eval_transform = build_eval_transform(pre)
     eval_key = {**base_key, "transform": "eval"}
     if recipe.augment.is_deterministic:  # the train transform is then the eval transform (a test proves it)
-        views = [cache.features(eval_key, train_paths, compute(eval_transform, "features: train"))]
+        # One pass over train + val: one loader, one set of worker start-ups.
+        both = cache.features(eval_key, train_paths + val_paths, compute(eval_transform, "features: train + val"))
+        views, val = [both[: len(train_paths)]], both[len(train_paths):]
     else:
         train_transform = build_train_transform(pre, recipe.augment)
         augment_key = {**base_key, "transform": recipe.augment.model_dump(mode="json"), "seed": recipe.seed}
@@ -129,7 +131,7 @@ def build_feature_datamodule(
                            compute(train_transform, f"features: train view {v + 1}/{recipe.cache.views}", v))
             for v in range(recipe.cache.views)
         ]
-    val = cache.features(eval_key, val_paths, compute(eval_transform, "features: val"))
+        val = cache.features(eval_key, val_paths, compute(eval_transform, "features: val"))
     info = {"used": True, "views": len(views), "disk": directory is not None, "from_disk": cache.stats.hits,
             "extracted": cache.stats.misses, "seconds": round(time.perf_counter() - started, 2)}
     log.info("feature cache: %d train x %d view(s) + %d val; %d rows from disk, %d extracted, %.1f s",
