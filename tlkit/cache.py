@@ -80,16 +80,33 @@ class _ViewDataset(Dataset):
 
 
 @torch.no_grad()
+def extraction_batch_size(device: torch.device, eval_batch_size: int) -> int:
+    """On CPU small batches keep decoding workers and the forward overlapped: for 398 hymenoptera JPEGs at 224 px on
+    2 cores, batch 16 took 7.4-7.8 s against 10.4 s at 64. Accelerators prefer the large evaluation batch."""
+    return min(16, eval_batch_size) if device.type == "cpu" else eval_batch_size
+
+
+def extraction_device(accelerator: str) -> torch.device:
+    """Where features are extracted, before Lightning moves the module: the GPU when the run would use one."""
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 def extract(backbone: torch.nn.Module, paths: Sequence[str], transform: Callable, *, seeds: Sequence[int] | None,
-            batch_size: int, num_workers: int, desc: str, channels_last: bool = True) -> torch.Tensor:
+            batch_size: int, num_workers: int, desc: str, channels_last: bool = True,
+            device: torch.device = torch.device("cpu")) -> torch.Tensor:
     """Pooled features (len(paths), num_features) of `paths` through `transform`, one batched forward per batch."""
-    backbone.eval()
+    home = next(backbone.parameters()).device
+    backbone.eval().to(device)
     loader = DataLoader(_ViewDataset(paths, transform, seeds), batch_size=batch_size, num_workers=num_workers)
     out = []
     for images in tqdm(loader, desc=desc, unit="batch", leave=False):
+        images = images.to(device)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        out.append(backbone(images).float())
+        out.append(backbone(images).float().cpu())
+    backbone.to(home)
     return torch.cat(out) if out else torch.empty(0, getattr(backbone, "num_features", 0))
 
 

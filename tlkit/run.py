@@ -19,7 +19,17 @@ from lightning.pytorch.loggers import CSVLogger
 
 from tlkit.augment import build_eval_transform, build_train_transform
 from tlkit.backbones import Preprocessing, create_backbone
-from tlkit.cache import CachedFeatures, FeatureCache, code_versions, default_feature_dir, extract, view_seed, weights_fingerprint
+from tlkit.cache import (
+    CachedFeatures,
+    FeatureCache,
+    code_versions,
+    default_feature_dir,
+    extract,
+    extraction_batch_size,
+    extraction_device,
+    view_seed,
+    weights_fingerprint,
+)
 from tlkit.checkpoint import load_checkpoint, read_checkpoint
 from tlkit.data import FeatureDataModule, ImageFolderDataModule, resolve_num_workers, scan_folder
 from tlkit.datasets import generate
@@ -108,10 +118,13 @@ def build_feature_datamodule(
     base_key = {"format": 2, "backbone": recipe.backbone.name, "weights": weights_fingerprint(module.backbone),
                 "preprocessing": pre.to_dict(), "versions": code_versions()}
 
+    device = extraction_device(recipe.trainer.accelerator)
+
     def compute(transform, desc: str, view: int | None = None):
         def run(paths: list[str]) -> torch.Tensor:
             seeds = None if view is None else [view_seed(recipe.seed, view, p) for p in paths]
-            return extract(module.backbone, paths, transform, seeds=seeds, batch_size=datamodule.eval_batch_size,
+            return extract(module.backbone, paths, transform, seeds=seeds, device=device,
+                           batch_size=extraction_batch_size(device, datamodule.eval_batch_size),
                            num_workers=datamodule.num_workers, desc=desc, channels_last=module.channels_last)
         return run
 
