@@ -46,10 +46,9 @@ class BackboneSection(Section):
     @field_validator("name")
     @classmethod
     def _known_architecture(cls, name: str) -> str:
-        import timm
+        from tlkit.backbones import check_backbone_name
 
-        if not timm.is_model(name):
-            raise ValueError(f"unknown timm architecture {name!r}.{did_you_mean(name, timm.list_models())}")
+        check_backbone_name(name)  # a BackboneError is a ValueError: reported with the recipe's other problems
         return name
 
     @field_validator("weights")
@@ -373,7 +372,7 @@ def _describe(err: dict) -> str:
     loc = [str(x) for x in err["loc"]]
     kind = err["type"]
     ctx = err.get("ctx") or {}
-    dotted = ".".join(_drop_union_tags(err["loc"])) or "(top level)"
+    dotted = ".".join(_walk(err["loc"])[0]) or "(top level)"
     if kind == "extra_forbidden":
         allowed = _field_names(err["loc"][:-1])
         hint = did_you_mean(loc[-1], allowed) if allowed else ""
@@ -411,10 +410,6 @@ def _walk(loc: tuple) -> tuple[list[str], Any]:
         field = model.model_fields.get(part) if isinstance(model, type) and isinstance(part, str) else None
         model = _field_model(field.annotation) if field is not None else None
     return path, model
-
-
-def _drop_union_tags(loc: tuple) -> list[str]:
-    return _walk(loc)[0]
 
 
 def _field_model(annotation: Any) -> Any:

@@ -257,7 +257,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
 
     fit_datamodule, cache_info = choose_training_inputs(recipe, datamodule, module)
     epochs = recipe.trainer.epochs
-    if getattr(recipe.strategy, "solver", "sgd") == "lbfgs" and cache_info.get("used"):
+    if getattr(recipe.strategy, "solver", "sgd") == "lbfgs":  # the recipe guarantees cached features here
         cache_info["solver"] = fit_head_closed_form(module, fit_datamodule, recipe.seed)
         epochs = 0  # the head is already optimal; the trainer only validates and saves the checkpoints
 
