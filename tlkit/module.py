@@ -8,7 +8,6 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from tlkit.backbones import Preprocessing, create_backbone

@@ -1,0 +1,222 @@
+"""evaluate / predict / export: everything comes from the checkpoint (DESIGN.md contract 5), nothing from a recipe."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from tlkit.checkpoint import load_checkpoint, read_checkpoint
+from tlkit.data import resolve_num_workers, scan_folder
+from tlkit.errors import DataError, DataNotFoundError, ExportError, did_you_mean
+from tlkit.inference import predict_files
+from tlkit.module import TransferModule
+from tlkit.predict import collect_inputs, top_k_rows, write_predictions_csv, write_predictions_json
+from tlkit.tta import DEFAULT_MAX_VIEWS_PER_FORWARD, TTAPolicy, normalize_spec, resolve_policy
+
+log = logging.getLogger(__name__)
+
+
+EVAL_SPLITS = ("val", "all")
+
+
+def resolve_policies(
+    module: TransferModule, requested: list[str | dict] | None, aggregate: str | None = None
+) -> list[TTAPolicy]:
+    """The single view first, then each requested policy ('checkpoint' = the one the model was trained with);
+    default: the single view plus the checkpoint's policy. Duplicates are dropped."""
+    specs: list[str | dict] = ["none", *(requested if requested else ["checkpoint"])]
+    policies: dict[str, TTAPolicy] = {}
+    for spec in specs:
+        spec = module.tta_spec if spec == "checkpoint" else spec
+        if aggregate is not None:
+            spec = {**normalize_spec(spec), "aggregate": aggregate}
+        policy = resolve_policy(spec, module.preprocessing)
+        policies.setdefault(policy.label, policy)
+    return list(policies.values())
+
+
+def match_classes(data_classes: list[str], model_classes: list[str], root: str | Path) -> list[int]:
+    """Map the data folder's class indices to the model's; DataError naming any class the model does not know."""
+    unknown = [c for c in data_classes if c not in model_classes]
+    if unknown:
+        missing = [c for c in model_classes if c not in data_classes]
+        hint = did_you_mean(unknown[0], missing or model_classes)
+        raise DataError(
+            f"{root} has class folder(s) the checkpoint was not trained on: {', '.join(unknown)}; its classes are "
+            f"{', '.join(model_classes)}.{hint} Rename or remove those folders."
+        )
+    absent = [c for c in model_classes if c not in data_classes]
+    if absent:
+        log.warning("%s has no folder for class(es) %s; evaluating the others", root, ", ".join(absent))
+    return [model_classes.index(c) for c in data_classes]
+
+
+def default_eval_dir(checkpoint: str | Path) -> Path:
+    """runs/<recipe>/<stamp>/eval/<checkpoint stem>/ for a run's checkpoint, else eval/<stem>/ beside the file."""
+    checkpoint = Path(checkpoint)
+    base = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return base / "eval" / checkpoint.stem
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path,
+    *,
+    tta: list[str | dict] | None = None,
+    aggregate: str | None = None,
+    out: str | Path | None = None,
+    split: str = "val",
+    num_workers: int | str = 0,
+    max_views_per_forward: int = DEFAULT_MAX_VIEWS_PER_FORWARD,
+    top_losses: int = 16,
+    progress: bool | None = None,
+) -> dict:
+    """Evaluate a checkpoint on a data folder's val split (or all of it) under the single view and each TTA policy.
+
+    A one-folder layout is split with the val_fraction and seed saved in the checkpoint, so the images evaluated are
+    the ones the run held out. Returns the report (also written to <out>/report.json).
+    """
+    if split not in EVAL_SPLITS:
+        raise DataError(f"Unknown split {split!r}; expected one of {', '.join(EVAL_SPLITS)}.{did_you_mean(split, EVAL_SPLITS)}")
+    module = load_checkpoint(checkpoint)
+    policies = resolve_policies(module, tta, aggregate)  # bad policy names fail before any data scan
+    split_state = _saved_split(checkpoint)
+    scan = scan_folder(data, val_fraction=split_state.get("val_fraction", 0.2), seed=split_state.get("seed", 42))
+    to_model = match_classes(scan.classes, module.classes, data)
+    chosen = scan.val if split == "val" else scan.train + scan.val
+    samples = [(path, to_model[label]) for path, label in chosen]
+    out_dir = Path(out) if out is not None else default_eval_dir(checkpoint)
+    context = {
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "split": split,
+        "layout": scan.layout,
+        "backbone": module.hparams.backbone,
+        "preprocessing": module.preprocessing.to_dict(),
+    }
+    if scan.layout == "single" and split == "val":
+        if not split_state:
+            log.warning("%s does not record its val split; splitting %s with val_fraction 0.2, seed 42 (the recipe "
+                        "defaults), which matches the run only if it used them", checkpoint, data)
+        context["val_split"] = {"val_fraction": split_state.get("val_fraction", 0.2), "seed": split_state.get("seed", 42),
+                                "from_checkpoint": bool(split_state)}
+    from tlkit.evaluate import evaluate_policies  # matplotlib and sklearn.metrics: imported only when evaluating
+
+    report = evaluate_policies(
+        module, samples, module.classes, policies, module.preprocessing, out_dir,
+        max_views_per_forward=max_views_per_forward, num_workers=resolve_num_workers(num_workers),
+        top_loss_count=top_losses, skipped=scan.skipped, context=context, progress=progress,
+    )
+    report["out_dir"] = str(out_dir)
+    return report
+
+
+def _saved_split(checkpoint: str | Path) -> dict:
+    """val_fraction / seed of the training run's split, as fit() recorded them in the checkpoint (else {})."""
+    if Path(checkpoint).suffix == ".safetensors":
+        return {}
+    saved = read_checkpoint(checkpoint)["tlkit"].get("data_split") or {}
+    return {k: saved[k] for k in ("val_fraction", "seed") if k in saved}
+
+
+def predict_checkpoint(
+    checkpoint: str | Path,
+    inputs: list[str | Path],
+    *,
+    out: str | Path = "predictions.csv",
+    json_out: str | Path | None = None,
+    top_k: int = 5,
+    tta: str | dict | None = None,
+    aggregate: str | None = None,
+    num_workers: int | str = 0,
+    max_views_per_forward: int = DEFAULT_MAX_VIEWS_PER_FORWARD,
+    progress: bool | None = None,
+) -> dict:
+    """Top-k labels for every readable image among `inputs` (files or folders, recursive), written as CSV (and JSON).
+
+    Unreadable or missing files are skipped and listed; raises DataError only when nothing could be predicted.
+    """
+    module = load_checkpoint(checkpoint)
+    spec = module.tta_spec if tta in (None, "checkpoint") else tta
+    if aggregate is not None:
+        spec = {**normalize_spec(spec), "aggregate": aggregate}
+    policy = resolve_policy(spec, module.preprocessing)
+    files, missing = collect_inputs(inputs)
+    if not files:
+        first = f" ({missing[0][0]}: {missing[0][1]})" if missing else ""
+        raise DataNotFoundError(f"No image files to predict{first}; pass image files or folders of images.")
+    result = predict_files(
+        module, files, policy, module.preprocessing, max_views_per_forward=max_views_per_forward,
+        num_workers=resolve_num_workers(num_workers), progress=progress, desc=f"predict {policy.label}",
+    )
+    skipped = missing + result.failed
+    if not result.indices:
+        path, why = result.failed[0]
+        raise DataError(f"Nothing was predicted: all {len(files)} file(s) were unreadable (e.g. {path}: {why}).")
+    k = max(1, min(top_k, len(module.classes)))
+    rows = top_k_rows(result, files, module.classes, k)
+    written = {"csv": str(write_predictions_csv(rows, out, k))}
+    if json_out is not None:
+        written["json"] = str(write_predictions_json(rows, skipped, json_out))
+    return {"predicted": len(rows), "skipped": skipped, "policy": policy.label, "views": policy.num_views,
+            "rows": rows, **written}
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    images: list[str | Path] | None = None,
+    onnx: bool = True,
+    atol: float = 1e-3,
+) -> dict:
+    """model.safetensors + model.json (+ model.onnx checked against PyTorch on `images` with onnxruntime).
+
+    The safetensors file is loaded back and must predict exactly what the checkpoint predicts. Raises ExportError
+    when the ONNX graph disagrees with PyTorch by more than `atol` on any logit.
+    """
+    from tlkit.export import (
+        ONNX_NAME,
+        export_onnx,
+        export_safetensors,
+        load_exported,
+        onnx_parity,
+        parity_inputs,
+        write_sidecar,
+    )
+
+    module = load_checkpoint(checkpoint)
+    out_dir = Path(out_dir)
+    weights, sidecar, meta = export_safetensors(module, out_dir)
+    files, _ = collect_inputs(images or [])
+    if files:
+        inputs, used = parity_inputs(module, files)
+        source = f"{len(used)} image(s) through the eval transform"
+    else:
+        size = module.preprocessing.input_size
+        inputs = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+        source = "4 random normalised tensors (pass --images for real photos)"
+        log.warning("no --images given: checking the export on random tensors instead of real photos")
+    reloaded = load_exported(weights)
+    with torch.inference_mode():
+        reload_diff = float((reloaded(inputs) - module(inputs)).abs().max())
+    if reload_diff != 0.0:
+        raise ExportError(f"{weights} loads back with different outputs (max abs diff {reload_diff:.3g}); please report this.")
+    summary = {"out_dir": str(out_dir), "weights": str(weights), "sidecar": str(sidecar), "parity_inputs": source,
+               "reload_max_abs_diff": reload_diff}
+    if onnx:
+        onnx_path = export_onnx(module, out_dir / ONNX_NAME)
+        parity = {**onnx_parity(module, onnx_path, inputs, atol=atol), "inputs": source}
+        meta["files"]["onnx"] = ONNX_NAME
+        meta["onnx_parity"] = parity
+        write_sidecar(meta, out_dir)
+        summary.update(onnx=str(onnx_path), onnx_parity=parity)
+        if not parity["ok"]:
+            raise ExportError(
+                f"ONNX output differs from PyTorch: max abs logit diff {parity['max_abs_diff_logits']:.3g} > {atol:g} "
+                f"(top-1 agreement {parity['top1_agreement']:.0%}); do not ship {onnx_path}, use the safetensors export."
+            )
+    return summary
+

@@ -1,0 +1,104 @@
+"""Cached backbone features as training input for linear probes (and the closed-form L-BFGS head)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import lightning as L
+import torch
+
+from tlkit.augment import build_eval_transform, build_train_transform
+from tlkit.cache import (
+    CachedFeatures,
+    FeatureCache,
+    code_versions,
+    default_feature_dir,
+    extract,
+    extraction_batch_size,
+    extraction_device,
+    view_seed,
+    weights_fingerprint,
+)
+from tlkit.data import FeatureDataModule, ImageFolderDataModule
+from tlkit.module import TransferModule
+from tlkit.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+
+def choose_training_inputs(
+    recipe: Recipe, datamodule: ImageFolderDataModule, module: TransferModule
+) -> tuple[L.LightningDataModule, dict]:
+    """Images, or cached features when the strategy is a linear probe and the cache can honour the recipe."""
+    if recipe.strategy.kind != "linear_probe" or not recipe.cache.features:
+        return datamodule, {"used": False}
+    if recipe.mixing.enabled:
+        log.warning("feature cache: Mixup/CutMix mix images, not features, so this linear probe trains on images "
+                    "(uncached); set mixing alphas to 0 to use the cache.")
+        return datamodule, {"used": False, "reason": "image-space mixing requested"}
+    return build_feature_datamodule(recipe, datamodule, module)
+
+
+def build_feature_datamodule(
+    recipe: Recipe, datamodule: ImageFolderDataModule, module: TransferModule
+) -> tuple[FeatureDataModule, dict]:
+    """Cached backbone features for the train (K views) and val splits, as a datamodule of tensors."""
+    started = time.perf_counter()
+    pre = module.preprocessing
+    directory = (recipe.cache.dir or default_feature_dir()) if recipe.cache.disk else None
+    cache = FeatureCache(directory)
+    base_key = {"format": 2, "backbone": recipe.backbone.name, "weights": weights_fingerprint(module.backbone),
+                "preprocessing": pre.to_dict(), "versions": code_versions()}
+
+    device = extraction_device(recipe.trainer.accelerator)
+
+    def compute(transform, desc: str, view: int | None = None):
+        def run(paths: list[str]) -> torch.Tensor:
+            seeds = None if view is None else [view_seed(recipe.seed, view, p) for p in paths]
+            return extract(module.backbone, paths, transform, seeds=seeds, device=device,
+                           batch_size=extraction_batch_size(device, datamodule.eval_batch_size),
+                           num_workers=datamodule.num_workers, desc=desc, channels_last=module.channels_last)
+        return run
+
+    train_paths = [p for p, _ in datamodule.scan.train]
+    val_paths = [p for p, _ in datamodule.scan.val]
+    eval_transform = build_eval_transform(pre)
+    eval_key = {**base_key, "transform": "eval"}
+    if recipe.augment.is_deterministic:  # the train transform is then the eval transform (a test proves it)
+        # One pass over train + val: one loader, one set of worker start-ups.
+        both = cache.features(eval_key, train_paths + val_paths, compute(eval_transform, "features: train + val"))
+        views, val = [both[: len(train_paths)]], both[len(train_paths):]
+    else:
+        train_transform = build_train_transform(pre, recipe.augment)
+        augment_key = {**base_key, "transform": recipe.augment.model_dump(mode="json"), "seed": recipe.seed}
+        views = [
+            cache.features({**augment_key, "view": v}, train_paths,
+                           compute(train_transform, f"features: train view {v + 1}/{recipe.cache.views}", v))
+            for v in range(recipe.cache.views)
+        ]
+        val = cache.features(eval_key, val_paths, compute(eval_transform, "features: val"))
+    info = {"used": True, "views": len(views), "disk": directory is not None, "from_disk": cache.stats.hits,
+            "extracted": cache.stats.misses, "seconds": round(time.perf_counter() - started, 2)}
+    log.info("feature cache: %d train x %d view(s) + %d val; %d rows from disk, %d extracted, %.1f s",
+             len(train_paths), len(views), len(val_paths), info["from_disk"], info["extracted"], info["seconds"])
+    feature_dm = FeatureDataModule(
+        CachedFeatures(torch.stack(views), [label for _, label in datamodule.scan.train]),
+        CachedFeatures(val, [label for _, label in datamodule.scan.val]),
+        batch_size=datamodule.batch_size, eval_batch_size=datamodule.eval_batch_size,
+    )
+    return feature_dm, info
+
+
+def fit_head_closed_form(module: TransferModule, features: FeatureDataModule, seed: int) -> dict:
+    """Fit the linear head by L-BFGS logistic regression on the cached training features (all views)."""
+    from tlkit.probe import fit_logistic_head
+
+    train = features.train_set
+    weight, bias, info = fit_logistic_head(train.views, train.labels, num_classes=len(module.classes), seed=seed)
+    final = module.head[-1]
+    with torch.no_grad():
+        final.weight.copy_(weight)
+        final.bias.copy_(bias)
+    return info
+

@@ -1,0 +1,112 @@
+"""fit(recipe) -> metrics dict: train a recipe and write its run directory (DESIGN.md contract 7)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import yaml
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from tlkit.recipe import Recipe, recipe_to_dict
+from tlkit.run.build import build_datamodule, build_module, default_run_dir, write_text
+from tlkit.run.features import choose_training_inputs, fit_head_closed_form
+
+log = logging.getLogger(__name__)
+
+
+def _save_closed_form_checkpoints(trainer: L.Trainer, checkpoint: ModelCheckpoint, run_dir: Path) -> None:
+    directory = run_dir / "checkpoints"
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("best.ckpt", "last.ckpt"):
+        trainer.save_checkpoint(directory / name)
+    checkpoint.best_model_path = str(directory / "best.ckpt")
+    checkpoint.last_model_path = str(directory / "last.ckpt")
+    score = trainer.callback_metrics.get("val_acc")
+    checkpoint.best_model_score = score.detach().clone() if score is not None else None
+
+
+def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
+    """Train `recipe`; write the run directory; return the final metrics (also written to metrics.json)."""
+    started = time.perf_counter()
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(recipe)
+    module = build_module(recipe, datamodule.classes)
+    datamodule.preprocessing = module.preprocessing
+    module.data_split = {"layout": datamodule.scan.layout, "val_fraction": recipe.data.val_fraction, "seed": recipe.seed}
+
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    write_text(run_dir / "classes.json", json.dumps(datamodule.classes, indent=2) + "\n")
+    if datamodule.scan.skipped:
+        write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))
+
+    fit_datamodule, cache_info = choose_training_inputs(recipe, datamodule, module)
+    epochs = recipe.trainer.epochs
+    if getattr(recipe.strategy, "solver", "sgd") == "lbfgs":  # the recipe guarantees cached features here
+        cache_info["solver"] = fit_head_closed_form(module, fit_datamodule, recipe.seed)
+        epochs = 0  # the head is already optimal; the trainer only validates and saves the checkpoints
+
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_acc", mode="max")
+    # Not save_last=True: Lightning then writes last.ckpt only in epochs that also improve best, so last.ckpt would
+    # hold the best epoch's weights, not the final ones. A monitor-less top-1 checkpoint is rewritten every epoch.
+    last = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False
+    )
+    steps_per_epoch = max(1, len(datamodule.scan.train) // recipe.data.batch_size)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator=recipe.trainer.accelerator,
+        devices=recipe.trainer.devices,
+        precision=recipe.trainer.precision,
+        logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
+        callbacks=[checkpoint, last, LearningRateMonitor(logging_interval="epoch")],
+        enable_progress_bar=recipe.trainer.progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=min(50, steps_per_epoch),
+        num_sanity_val_steps=0,
+    )
+    L.seed_everything(recipe.seed, workers=True, verbose=False)  # both paths start training from the same RNG state
+    with warnings.catch_warnings():
+        # Lightning suggests more workers than a 2-core machine has; the recipe's num_workers is deliberate.
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # The run dir already holds recipe.yaml and classes.json; the CSV logger only manages metrics.csv.
+        warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+        # A frozen backbone is in eval mode on purpose (DESIGN.md contract 4).
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
+        if epochs == 0:
+            trainer.validate(module, datamodule=fit_datamodule, verbose=False)
+            _save_closed_form_checkpoints(trainer, checkpoint, run_dir)
+        else:
+            trainer.fit(module, datamodule=fit_datamodule)
+
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics = {
+        "val_acc": logged.get("val_acc"),
+        "val_loss": logged.get("val_loss"),
+        "train_acc": logged.get("train_acc"),
+        "train_loss": logged.get("train_loss"),
+        "best_val_acc": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "epochs": int(trainer.current_epoch),
+        "wall_s": round(time.perf_counter() - started, 2),
+        "num_classes": len(datamodule.classes),
+        "num_train": len(datamodule.scan.train),
+        "num_val": len(datamodule.scan.val),
+        "skipped_files": len(datamodule.scan.skipped),
+        "feature_cache": cache_info,
+        "backbone": recipe.backbone.name,
+        "weights": module.weights_source,
+        "strategy": recipe.strategy.kind,
+        "run_dir": str(run_dir),
+        "best_checkpoint": checkpoint.best_model_path,
+        "last_checkpoint": last.best_model_path or checkpoint.last_model_path,
+    }
+    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
