@@ -23,7 +23,10 @@ from tlkit.run import evaluate_checkpoint, fit
 def report(trained_run, tmp_path_factory):
     root, run_dir, _ = trained_run
     out = tmp_path_factory.mktemp("eval")
-    return evaluate_checkpoint(run_dir / "checkpoints" / "last.ckpt", root, tta=["ten_crop"], out=out), out
+    # fp32 so the agreement test below compares like with like (training validates in fp32).
+    report = evaluate_checkpoint(run_dir / "checkpoints" / "last.ckpt", root, tta=["ten_crop"], out=out,
+                                 precision="fp32")
+    return report, out
 
 
 def test_report_has_single_view_and_each_policy_with_cost(report):
@@ -61,6 +64,18 @@ def test_single_view_report_agrees_with_training_validation(trained_run, report)
     entry = report[0]["policies"]["none"]
     assert entry["accuracy"] == pytest.approx(metrics["val_acc"], abs=1e-6)
     assert entry["nll"] == pytest.approx(metrics["val_loss"], abs=1e-5)
+
+
+def test_bf16_forwards_give_the_fp32_predictions(trained_run, report, tmp_path):
+    # bf16 autocast is the default where it is native; it must not change what the model predicts.
+    root, run_dir, _ = trained_run
+    bf16 = evaluate_checkpoint(run_dir / "checkpoints" / "last.ckpt", root, tta=["none"], out=tmp_path,
+                               precision="bf16")
+    assert bf16["precision"] == "bf16" and report[0]["precision"] == "fp32"
+    fp32_rows = list(csv.DictReader((report[1] / "none" / "predictions.csv").open()))
+    bf16_rows = list(csv.DictReader((tmp_path / "none" / "predictions.csv").open()))
+    assert [r["predicted"] for r in bf16_rows] == [r["predicted"] for r in fp32_rows]
+    assert bf16["policies"]["none"]["nll"] == pytest.approx(report[0]["policies"]["none"]["nll"], rel=0.05)
 
 
 def test_one_folder_layout_is_evaluated_on_the_runs_own_val_split(tmp_path):

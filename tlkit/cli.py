@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tlkit.errors import RecipeError, TlkitError
+from tlkit.precision import PRECISIONS
 from tlkit.tta import AGGREGATES, DEFAULT_MAX_VIEWS_PER_FORWARD
 
 EXIT_RECIPE_ERROR = 2
@@ -39,6 +40,11 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-views-per-forward", type=_positive_int, default=DEFAULT_MAX_VIEWS_PER_FORWARD,
         help=f"memory cap: views per model forward (default {DEFAULT_MAX_VIEWS_PER_FORWARD})",
+    )
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="auto",
+        help="auto (default): bf16 autocast where the CPU/GPU computes bf16 natively (AMX, AVX512-BF16, Ampere+), "
+             "else fp32; see README 'Performance'",
     )
 
 
@@ -183,7 +189,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = evaluate_checkpoint(
         args.checkpoint, args.data, tta=args.tta, aggregate=args.aggregate, out=args.out, split=args.split,
         num_workers=_workers(args.num_workers), max_views_per_forward=args.max_views_per_forward,
-        top_losses=args.top_losses,
+        top_losses=args.top_losses, precision=args.precision,
     )
     print(format_report_table(report))
     print(f"report: {Path(report['out_dir']) / 'report.json'} (confusion matrices, top losses per policy beside it)")
@@ -196,7 +202,7 @@ def _predict(args: argparse.Namespace) -> int:
     summary = predict_checkpoint(
         args.checkpoint, args.inputs, out=args.out, json_out=args.json_out, top_k=args.top_k, tta=args.tta,
         aggregate=args.aggregate, num_workers=_workers(args.num_workers),
-        max_views_per_forward=args.max_views_per_forward,
+        max_views_per_forward=args.max_views_per_forward, precision=args.precision,
     )
     for path, why in summary["skipped"]:
         print(f"skipped {path}: {why}", file=sys.stderr)

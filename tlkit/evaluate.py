@@ -106,6 +106,7 @@ def evaluate_policies(
     skipped: Sequence[tuple[str, str]] = (),
     context: dict | None = None,
     progress: bool | None = None,
+    precision: str = "fp32",
 ) -> dict:
     """Run every policy over `samples` ((path, label index into `classes`)), write the report, return it."""
     out_dir = Path(out_dir)
@@ -119,6 +120,7 @@ def evaluate_policies(
         result = predict_files(
             model, paths, policy, preprocessing, max_views_per_forward=max_views_per_forward,
             num_workers=num_workers, warmup=True, progress=progress, desc=f"evaluate {policy.label}",
+            precision=precision,
         )
         failed.update(result.failed)
         if not result.indices:
@@ -133,6 +135,7 @@ def evaluate_policies(
         worst = top_losses(result.probs, targets, kept_paths, classes, top_loss_count)
         files = _write_policy_files(out_dir / policy.label, policy, metrics, worst, result.probs, targets, kept_paths,
                                     classes)
+        report["precision"] = result.precision
         report["policies"][policy.label] = {
             "policy": policy.name,
             "aggregate": policy.aggregate,
@@ -187,7 +190,7 @@ def format_report_table(report: dict) -> str:
         return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
 
     notes = [f"{report['num_images']} images, {len(report['classes'])} classes; 'cost x1' = model time per image "
-             "relative to the single view"]
+             "relative to the single view" + (f"; forwards in {report['precision']}" if report.get("precision") else "")]
     if report.get("skipped"):
         notes.append(f"{len(report['skipped'])} file(s) skipped (listed in report.json)")
     return "\n".join([rule, line(headers), rule, *(line(r) for r in rows), rule, *notes])

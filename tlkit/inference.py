@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from tlkit.backbones import Preprocessing
 from tlkit.images import load_rgb
+from tlkit.precision import autocast, resolve_precision
 from tlkit.tta import DEFAULT_MAX_VIEWS_PER_FORWARD, TTAPolicy, ViewMaker, forward_views, images_per_batch
 
 DECODE_ERRORS = (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError)
@@ -33,6 +34,7 @@ class InferenceResult:
     seconds: float = 0.0  # wall time: decode + views + forwards (warm-up excluded)
     forward_seconds: float = 0.0  # model forwards only
     views: int = 1
+    precision: str = "fp32"  # what the forwards ran in (see tlkit.precision)
 
     @property
     def ms_per_image(self) -> float:
@@ -81,6 +83,7 @@ def predict_files(
     warmup: bool = False,
     progress: bool | None = None,
     desc: str | None = None,
+    precision: str = "fp32",
 ) -> InferenceResult:
     """Class probabilities for each decodable file in `paths` under `policy` (model in eval mode, no gradients).
 
@@ -88,6 +91,7 @@ def predict_files(
         warmup: run one untimed forward of the first batch's shape first, so `seconds` measures steady state
             (evaluate's ms/image); predict skips it.
         progress: tqdm bar; None = only on a terminal.
+        precision: fp32 | bf16 | auto (bf16 autocast where the device computes it natively; tlkit.precision).
     """
     loader = DataLoader(
         _ViewDataset(paths, ViewMaker(policy, preprocessing)),
@@ -99,10 +103,11 @@ def predict_files(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    precision = resolve_precision(precision, device)
     size = preprocessing.input_size
     if warmup and paths:
         first_chunk = min(max_views_per_forward, len(paths) * policy.num_views)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(precision, device):
             model(torch.zeros(first_chunk, 3, size, size, device=device))
     probs: list[torch.Tensor] = []
     indices: list[int] = []
@@ -117,7 +122,9 @@ def predict_files(
             if views is None:
                 continue
             t0 = time.perf_counter()
-            out = forward_views(model, views.to(device), policy.aggregate, max_views_per_forward=max_views_per_forward)
+            with autocast(precision, device):
+                out = forward_views(model, views.to(device), policy.aggregate,
+                                    max_views_per_forward=max_views_per_forward)
             if out.is_cuda:
                 torch.cuda.synchronize()
             forward_seconds += time.perf_counter() - t0
@@ -133,4 +140,5 @@ def predict_files(
         seconds=seconds,
         forward_seconds=forward_seconds,
         views=policy.num_views,
+        precision=precision,
     )

@@ -72,6 +72,7 @@ def evaluate_checkpoint(
     max_views_per_forward: int = DEFAULT_MAX_VIEWS_PER_FORWARD,
     top_losses: int = 16,
     progress: bool | None = None,
+    precision: str = "auto",
 ) -> dict:
     """Evaluate a checkpoint on a data folder's val split (or all of it) under the single view and each TTA policy.
 
@@ -107,7 +108,7 @@ def evaluate_checkpoint(
     report = evaluate_policies(
         module, samples, module.classes, policies, module.preprocessing, out_dir,
         max_views_per_forward=max_views_per_forward, num_workers=resolve_num_workers(num_workers),
-        top_loss_count=top_losses, skipped=scan.skipped, context=context, progress=progress,
+        top_loss_count=top_losses, skipped=scan.skipped, context=context, progress=progress, precision=precision,
     )
     report["out_dir"] = str(out_dir)
     return report
@@ -133,6 +134,7 @@ def predict_checkpoint(
     num_workers: int | str = 0,
     max_views_per_forward: int = DEFAULT_MAX_VIEWS_PER_FORWARD,
     progress: bool | None = None,
+    precision: str = "auto",
 ) -> dict:
     """Top-k labels for every readable image among `inputs` (files or folders, recursive), written as CSV (and JSON).
 
@@ -150,6 +152,7 @@ def predict_checkpoint(
     result = predict_files(
         module, files, policy, module.preprocessing, max_views_per_forward=max_views_per_forward,
         num_workers=resolve_num_workers(num_workers), progress=progress, desc=f"predict {policy.label}",
+        precision=precision,
     )
     skipped = missing + result.failed
     if not result.indices:
