@@ -15,6 +15,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 from tlkit.recipe import Recipe, recipe_to_dict
 from tlkit.run.build import build_datamodule, build_module, default_run_dir, write_text
+from tlkit.run.distributed import check_shared_run_dir, launch_rank, lightning_strategy, shared_run_stamp
+from tlkit.strategies import STAGED
 from tlkit.run.features import choose_training_inputs, fit_head_closed_form
 
 log = logging.getLogger(__name__)
@@ -40,12 +42,17 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
     datamodule.preprocessing = module.preprocessing
     module.data_split = {"layout": datamodule.scan.layout, "val_fraction": recipe.data.val_fraction, "seed": recipe.seed}
 
+    check_shared_run_dir(run_dir is not None)
+    if run_dir is None and shared_run_stamp() is not None:
+        run_dir = Path(recipe.output.runs_dir) / recipe.name / shared_run_stamp()
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
+    is_rank_zero = launch_rank() == 0  # under torchrun / srun every rank runs fit(); only rank 0 writes files
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
-    write_text(run_dir / "classes.json", json.dumps(datamodule.classes, indent=2) + "\n")
-    if datamodule.scan.skipped:
-        write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))
+    if is_rank_zero:
+        write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+        write_text(run_dir / "classes.json", json.dumps(datamodule.classes, indent=2) + "\n")
+        if datamodule.scan.skipped:
+            write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))
 
     fit_datamodule, cache_info = choose_training_inputs(recipe, datamodule, module)
     epochs = recipe.trainer.epochs
@@ -64,6 +71,9 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
         max_epochs=epochs,
         accelerator=recipe.trainer.accelerator,
         devices=recipe.trainer.devices,
+        num_nodes=recipe.trainer.num_nodes,
+        strategy=lightning_strategy(recipe.trainer.strategy, staged=recipe.strategy.kind in STAGED),
+        sync_batchnorm=recipe.trainer.sync_batchnorm,
         precision=recipe.trainer.precision,
         logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
         callbacks=[checkpoint, last, LearningRateMonitor(logging_interval="epoch")],
@@ -107,6 +117,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
         "best_checkpoint": checkpoint.best_model_path,
         "last_checkpoint": last.best_model_path or checkpoint.last_model_path,
     }
-    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    if is_rank_zero:
+        write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
