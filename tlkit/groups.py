@@ -100,3 +100,21 @@ def describe_groups(model: nn.Module, groups: list[LayerGroup], head: nn.Module 
         rows.append({"index": len(groups), "name": "head", "params": sum(p.numel() for p in head.parameters()),
                      "examples": [f"head.{n}" for n, _ in list(head.named_parameters())[:examples]]})
     return rows
+
+
+def groups_table(backbone: str, *, coarse: bool = True) -> str:
+    """`tlkit groups BACKBONE`: the layer groups of a timm architecture (random init, nothing downloaded)."""
+    from tlkit.backbones import check_backbone_name, create_backbone
+
+    check_backbone_name(backbone)
+    model, _, _ = create_backbone(backbone, "none")
+    rows = describe_groups(model, layer_groups(model, coarse=coarse), head=nn.Linear(model.num_features, 2))
+    header = ("#", "group", "params", "example parameters")
+    cells = [(str(r["index"]), r["name"], f"{r['params']:,}", ", ".join(r["examples"])) for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()
+    body = ["  ".join(c.ljust(w) for c, w in zip(cell, widths)).rstrip() for cell in cells]
+    note = (f"{backbone}: {len(rows) - 1} {'coarse' if coarse else 'fine'} backbone groups, stem (0) to top; the head "
+            "(last; its size shown for 2 classes) is ours. gradual unfreezes from the top, layer_decay scales LR by "
+            "decay^depth counted from the head.")
+    return "\n".join([note, line, "-" * len(line), *body])
