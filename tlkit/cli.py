@@ -176,7 +176,10 @@ def _train(args: argparse.Namespace) -> int:
     from tlkit.run import fit
 
     metrics = fit(recipe, run_dir=args.run_dir)
-    print(format_summary(metrics))
+    from tlkit.run.distributed import launch_rank
+
+    if launch_rank() == 0:  # under torchrun / srun every rank trains; one summary is enough
+        print(format_summary(metrics))
     return 0
 
 

@@ -208,7 +208,8 @@ class TransferModule(L.LightningModule):
             logits = self(images)
             loss = self._loss(logits, targets, smoothing=self.hparams.label_smoothing)
         self.train_acc(logits, targets)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets),
+                 sync_dist=True)  # DDP: the mean over all ranks (a no-op in one process)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(targets))
         return loss + self._l1_penalty()
 
@@ -223,7 +224,8 @@ class TransferModule(L.LightningModule):
         # Validation loss is plain cross-entropy (no smoothing) so runs with different smoothing compare fairly.
         loss = self._loss(logits, targets, smoothing=0.0)
         self.val_acc(logits, targets)
-        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets),
+                 sync_dist=True)
         self.log("val_acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
 
     @override
