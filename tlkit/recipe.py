@@ -164,6 +164,8 @@ class OptimSection(Section):
     """L1 penalty on trainable weights, added to the loss; 0 = off."""
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     """Cross-entropy label smoothing; 0.1 is common for fine-tuning."""
+    ema_decay: float = Field(default=0.0, ge=0, lt=1)
+    """EMA of the weights (0 = off; e.g. 0.999): validated, checkpointed and exported instead of the raw weights."""
 
 
 class ScheduleSection(Section):
