@@ -31,8 +31,8 @@ def build_module(*args, **kwargs):
     initial.update({k: v.clone() for k, v in built[0].state_dict().items()})
     return built[0]
 F.build_module = build_module
-F.fit(load_recipe(sys.argv[1]), run_dir=sys.argv[2])
-torch.save({"initial": initial, "final": built[0].state_dict()}, os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.pt"))
+metrics = F.fit(load_recipe(sys.argv[1]), run_dir=sys.argv[2] if len(sys.argv) > 2 else None)
+torch.save({"initial": initial, "final": built[0].state_dict()}, os.path.join(metrics["run_dir"], f"rank{os.environ.get('LOCAL_RANK', '0')}.pt"))
 """
 
 
@@ -49,8 +49,9 @@ def test_staged_strategies_get_find_unused_parameters_under_ddp():
     assert lightning_strategy("auto", staged=True) == "auto"
 
 
-@pytest.mark.slow  # ~15 s: two fresh Python processes import torch + Lightning
-def test_two_process_ddp_fit_on_cpu_trains_in_sync_and_writes_once(tmp_path):
+@pytest.mark.slow  # ~15 s each: two fresh Python processes import torch + Lightning
+@pytest.mark.parametrize("launcher", ["torchrun", "lightning"])
+def test_two_process_ddp_fit_on_cpu_trains_in_sync_and_writes_once(tmp_path, launcher):
     root = write_colour_classes(tmp_path / "colours")
     recipe = tiny_recipe_dict(root, backbone={"name": "test_resnet"}, strategy={"kind": "gradual", "unfreeze_every": 1},
                               data={"batch_size": 4}, trainer={"epochs": 2, "devices": 2, "strategy": "ddp"})
@@ -60,12 +61,16 @@ def test_two_process_ddp_fit_on_cpu_trains_in_sync_and_writes_once(tmp_path):
     script.write_text(RANK_SCRIPT)
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         str(script), str(recipe_path), str(run_dir)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
+    if launcher == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                   "--master_port", str(free_port()), str(script), str(recipe_path), str(run_dir)]
+    else:  # Lightning re-runs the script for rank 1; no --run-dir: rank 1 must find rank 0's run directory
+        command = [sys.executable, str(script), str(recipe_path)]
+        env["MASTER_PORT"] = str(free_port())
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    if launcher == "lightning":
+        (run_dir,) = (tmp_path / "runs" / "tiny").iterdir()  # one run directory, shared by both ranks
 
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert not [p for p in run_dir.rglob("*tmp*")]

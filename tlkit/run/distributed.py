@@ -9,12 +9,19 @@ from lightning.pytorch.strategies import StrategyRegistry
 from tlkit.errors import RecipeError
 
 
+RUN_DIR_ENV = "TLKIT_RUN_DIR"  # set by rank 0 while Lightning launches the other ranks, which re-run the command
+
+
 def launch_rank() -> int:
-    """Global rank from the launcher's environment (0 in a plain single-process run and in ddp_spawn's parent)."""
+    """Global rank from the launcher's environment (0 in a plain single-process run and in ddp_spawn's parent).
+
+    Lightning's own ddp launcher re-runs the command for ranks 1..n with only LOCAL_RANK / NODE_RANK set.
+    """
     for var in ("RANK", "SLURM_PROCID"):
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var])
-    return 0
+    local, node = os.environ.get("LOCAL_RANK", "0"), os.environ.get("NODE_RANK", "0")
+    return int(local) + int(node) if local.isdigit() and node.isdigit() else 0
 
 
 def launch_world_size() -> int:
@@ -22,6 +29,10 @@ def launch_world_size() -> int:
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var])
     return 1
+
+
+def inherited_run_dir() -> str | None:
+    return os.environ.get(RUN_DIR_ENV) or None
 
 
 def shared_run_stamp() -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -16,7 +17,8 @@ from lightning.pytorch.loggers import CSVLogger
 from tlkit.ema import WeightEMA
 from tlkit.recipe import Recipe, recipe_to_dict
 from tlkit.run.build import build_datamodule, build_module, default_run_dir, write_text
-from tlkit.run.distributed import check_shared_run_dir, launch_rank, lightning_strategy, shared_run_stamp
+from tlkit.run.distributed import RUN_DIR_ENV, check_shared_run_dir, inherited_run_dir, launch_rank
+from tlkit.run.distributed import lightning_strategy, shared_run_stamp
 from tlkit.strategies import STAGED
 from tlkit.run.features import choose_training_inputs, fit_head_closed_form
 
@@ -43,6 +45,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
     datamodule.preprocessing = module.preprocessing
     module.data_split = {"layout": datamodule.scan.layout, "val_fraction": recipe.data.val_fraction, "seed": recipe.seed}
 
+    run_dir = run_dir if run_dir is not None else inherited_run_dir()
     check_shared_run_dir(run_dir is not None)
     if run_dir is None and shared_run_stamp() is not None:
         run_dir = Path(recipe.output.runs_dir) / recipe.name / shared_run_stamp()
@@ -96,7 +99,16 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
             trainer.validate(module, datamodule=fit_datamodule, verbose=False)
             _save_closed_form_checkpoints(trainer, checkpoint, run_dir)
         else:
-            trainer.fit(module, datamodule=fit_datamodule)
+            # Lightning's ddp launcher starts the other ranks here, re-running this command: they inherit the run dir.
+            previous = os.environ.get(RUN_DIR_ENV)
+            os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+            try:
+                trainer.fit(module, datamodule=fit_datamodule)
+            finally:
+                if previous is None:
+                    os.environ.pop(RUN_DIR_ENV, None)
+                else:
+                    os.environ[RUN_DIR_ENV] = previous
 
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics = {
