@@ -193,3 +193,19 @@ def test_resume_mid_schedule_gives_the_same_lr_sequence(colour_folder, tmp_path,
     assert any(lr > 0 for lr in resumed.steps[-1].values())
     for epoch in (2, 3):
         assert resumed.trainable[epoch] == full.trainable[epoch]
+
+
+def test_staged_run_checkpoint_loads_for_inference_and_records_its_phase(colour_folder, tmp_path):
+    from tlkit.checkpoint import load_checkpoint
+    from tlkit.run import fit
+
+    recipe = validate_recipe(tiny_recipe_dict(colour_folder, backbone={"name": "test_resnet"},
+                                              strategy={"kind": "gradual", "unfreeze_epochs": [1]},
+                                              trainer={"epochs": 2}))
+    metrics = fit(recipe, run_dir=tmp_path / "run")
+    saved = torch.load(metrics["last_checkpoint"], map_location="cpu", weights_only=True)
+    assert saved["tlkit"]["phase"] == {"epoch": 1, "trainable_groups": ["head", "backbone.4"]}
+    assert saved["hyper_parameters"]["strategy_options"]["unfreeze_epochs"] == [1]
+    module = load_checkpoint(metrics["last_checkpoint"])
+    assert not module.training
+    assert torch.equal(module.head[0].weight, saved["state_dict"]["head.0.weight"])
