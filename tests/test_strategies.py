@@ -119,18 +119,20 @@ def expected_epoch_lrs(kind: str, epochs: int, groups: int) -> list[dict[str, fl
     return rows
 
 
-@pytest.mark.parametrize("strategy", [
-    {"kind": "linear_probe"}, {"kind": "finetune"}, {"kind": "lp_ft", "probe_epochs": 2},
-    {"kind": "gradual", "unfreeze_every": 1}, {"kind": "layer_decay", "decay": 0.75, "groups": "coarse"},
+@pytest.mark.parametrize("strategy,cached", [
+    ({"kind": "linear_probe"}, False), ({"kind": "finetune"}, False), ({"kind": "lp_ft", "probe_epochs": 2}, False),
+    ({"kind": "lp_ft", "probe_epochs": 2}, True), ({"kind": "gradual", "unfreeze_every": 1}, False),
+    ({"kind": "layer_decay", "decay": 0.75, "groups": "coarse"}, False),
 ])
-def test_lr_of_each_group_per_epoch(colour_folder, tmp_path, strategy):
+def test_lr_of_each_group_per_epoch(colour_folder, tmp_path, strategy, cached):
     from tlkit.run import fit
 
     epochs = 3
     recipe = validate_recipe(tiny_recipe_dict(colour_folder, backbone={"name": "test_resnet"}, strategy=strategy,
                                               optim={"lr": LR}, schedule={"kind": "constant"},
-                                              trainer={"epochs": epochs}, cache={"features": False}))
-    fit(recipe, run_dir=tmp_path / "run")
+                                              trainer={"epochs": epochs}, cache={"features": cached}))
+    metrics = fit(recipe, run_dir=tmp_path / "run")
+    assert metrics["feature_cache"]["used"] is cached
     with open(tmp_path / "run" / "metrics.csv") as f:
         logged = [{k.removeprefix("lr-SGD/"): float(v) for k, v in row.items() if k.startswith("lr-") and v}
                   for row in csv.DictReader(f)]
@@ -209,3 +211,30 @@ def test_staged_run_checkpoint_loads_for_inference_and_records_its_phase(colour_
     module = load_checkpoint(metrics["last_checkpoint"])
     assert not module.training
     assert torch.equal(module.head[0].weight, saved["state_dict"]["head.0.weight"])
+
+
+def test_lp_ft_probes_on_cached_features_then_fine_tunes_on_images(colour_folder, tmp_path, monkeypatch):
+    """The probe phase reads the feature cache (no image batches, backbone untouched); fine-tuning reads images."""
+    from tlkit.module import TransferModule as Module
+    from tlkit.run import fit
+
+    seen: list[tuple[int, int]] = []  # (epoch, input ndim) of every training batch
+    original = Module.training_step
+
+    def spy(self, batch, batch_idx):
+        if not seen:
+            initial.update({n: p.detach().clone() for n, p in self.backbone.named_parameters()})
+        seen.append((self.current_epoch, batch[0].ndim))
+        if self.current_epoch == 2 and batch_idx == 0:  # the probe phase left the backbone as it was
+            assert all(torch.equal(p, initial[n]) for n, p in self.backbone.named_parameters())
+        return original(self, batch, batch_idx)
+
+    initial: dict[str, torch.Tensor] = {}
+    monkeypatch.setattr(Module, "training_step", spy)
+    recipe = validate_recipe(tiny_recipe_dict(colour_folder, backbone={"name": "test_resnet"},
+                                              strategy={"kind": "lp_ft", "probe_epochs": 2}, trainer={"epochs": 3}))
+    metrics = fit(recipe, run_dir=tmp_path / "run")
+    assert metrics["feature_cache"]["used"] and metrics["epochs"] == 3
+    assert {ndim for epoch, ndim in seen if epoch < 2} == {2}  # pooled features
+    assert {ndim for epoch, ndim in seen if epoch == 2} == {4}  # images
+    assert len([e for e, _ in seen if e == 0]) == len([e for e, _ in seen if e == 2])  # same batches per epoch

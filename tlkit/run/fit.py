@@ -86,6 +86,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
         enable_model_summary=False,
         log_every_n_steps=min(50, steps_per_epoch),
         num_sanity_val_steps=0,
+        reload_dataloaders_every_n_epochs=getattr(fit_datamodule, "reload_every_n_epochs", 0),  # lp_ft: phased
     )
     L.seed_everything(recipe.seed, workers=True, verbose=False)  # both paths start training from the same RNG state
     with warnings.catch_warnings():
