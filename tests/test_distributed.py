@@ -86,3 +86,28 @@ def test_two_process_ddp_fit_on_cpu_trains_in_sync_and_writes_once(tmp_path, lau
     assert any(k.startswith("head.") for k in moved)
     assert any(k.startswith("backbone.layer4.") for k in moved), "the unfrozen top stage did not train"
     assert not any(k.startswith(("backbone.layer1.", "backbone.conv1")) for k in moved), "a frozen group moved"
+
+
+def test_sync_batchnorm_keeps_timm_norm_act_activations():
+    import timm
+    from timm.layers import SyncBatchNormAct
+
+    from tlkit.run.distributed import TimmSyncBatchNorm
+
+    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=0).eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected = model(x)
+    converted = TimmSyncBatchNorm().apply(model)
+    assert any(isinstance(m, SyncBatchNormAct) for m in converted.modules())
+    assert torch.allclose(converted.eval()(x), expected)  # eval mode needs no process group
+
+
+def test_sync_batchnorm_on_cpu_is_a_clear_error_before_training(colour_folder, tmp_path):
+    from tlkit.errors import RecipeError
+    from tlkit.recipe import validate_recipe
+    from tlkit.run import fit
+
+    recipe = validate_recipe(tiny_recipe_dict(colour_folder, trainer={"sync_batchnorm": True}))
+    with pytest.raises(RecipeError, match="sync_batchnorm needs CUDA"):
+        fit(recipe, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -198,7 +198,7 @@ class TrainerSection(Section):
     strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_notebook", "fsdp", "deepspeed"] = "auto"
     """Lightning's distribution strategy; auto = single device, or DDP when several devices are given."""
     sync_batchnorm: bool = False
-    """Synchronise BatchNorm statistics across DDP processes (helps with small per-device batches)."""
+    """Synchronise BatchNorm statistics across DDP processes (helps with small per-device batches); CUDA only."""
     progress_bar: bool = True
     """Show Lightning's progress bar."""
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 
+from lightning.pytorch.plugins.layer_sync import TorchSyncBatchNorm
 from lightning.pytorch.strategies import StrategyRegistry
+from timm.layers import convert_sync_batchnorm
+from torch import nn
+from typing_extensions import override
 
 from tlkit.errors import RecipeError
 
@@ -62,3 +66,21 @@ def lightning_strategy(name: str, *, staged: bool) -> str:
         if candidate in StrategyRegistry:
             return candidate
     return name
+
+
+class TimmSyncBatchNorm(TorchSyncBatchNorm):
+    """trainer.sync_batchnorm with timm's converter: torch's would turn timm's BatchNormAct2d (norm + activation in
+    one module) into a plain SyncBatchNorm and silently drop the activation."""
+
+    @override
+    def apply(self, model: nn.Module) -> nn.Module:
+        return convert_sync_batchnorm(model)
+
+
+def check_sync_batchnorm(sync: bool, accelerator: str) -> None:
+    """torch's SyncBatchNorm runs on CUDA only; fail before any process starts rather than inside every rank."""
+    import torch
+
+    if sync and (accelerator == "cpu" or (accelerator in ("auto", "gpu", "cuda") and not torch.cuda.is_available())):
+        raise RecipeError("trainer.sync_batchnorm needs CUDA GPUs (torch's SyncBatchNorm has no CPU version); "
+                          "set it to false for CPU runs.")

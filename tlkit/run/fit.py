@@ -18,7 +18,7 @@ from tlkit.ema import WeightEMA
 from tlkit.recipe import Recipe, recipe_to_dict
 from tlkit.run.build import build_datamodule, build_module, default_run_dir, write_text
 from tlkit.run.distributed import RUN_DIR_ENV, check_shared_run_dir, inherited_run_dir, launch_rank
-from tlkit.run.distributed import lightning_strategy, shared_run_stamp
+from tlkit.run.distributed import TimmSyncBatchNorm, check_sync_batchnorm, lightning_strategy, shared_run_stamp
 from tlkit.strategies import STAGED
 from tlkit.run.features import choose_training_inputs, fit_head_closed_form
 
@@ -39,6 +39,7 @@ def _save_closed_form_checkpoints(trainer: L.Trainer, checkpoint: ModelCheckpoin
 def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
     """Train `recipe`; write the run directory; return the final metrics (also written to metrics.json)."""
     started = time.perf_counter()
+    check_sync_batchnorm(recipe.trainer.sync_batchnorm, recipe.trainer.accelerator)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     datamodule = build_datamodule(recipe)
     module = build_module(recipe, datamodule.classes)
@@ -78,6 +79,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
         num_nodes=recipe.trainer.num_nodes,
         strategy=lightning_strategy(recipe.trainer.strategy, staged=recipe.strategy.kind in STAGED),
         sync_batchnorm=recipe.trainer.sync_batchnorm,
+        plugins=[TimmSyncBatchNorm()] if recipe.trainer.sync_batchnorm else None,
         precision=recipe.trainer.precision,
         logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
         callbacks=[checkpoint, last, LearningRateMonitor(logging_interval="epoch"),
