@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 
 import lightning as L
 import pytest
@@ -238,3 +239,17 @@ def test_lp_ft_probes_on_cached_features_then_fine_tunes_on_images(colour_folder
     assert {ndim for epoch, ndim in seen if epoch < 2} == {2}  # pooled features
     assert {ndim for epoch, ndim in seen if epoch == 2} == {4}  # images
     assert len([e for e, _ in seen if e == 0]) == len([e for e, _ in seen if e == 2])  # same batches per epoch
+
+
+@pytest.mark.parametrize("strategy,epochs,message", [
+    ({"kind": "lp_ft", "probe_epochs": 3}, 3, "probe_epochs (3) must be less than trainer.epochs"),
+    ({"kind": "gradual", "unfreeze_every": 4}, 4, "first group unfreezes at epoch 4"),
+    ({"kind": "gradual", "unfreeze_epochs": [2, 1]}, 5, "must not decrease"),
+    ({"kind": "layer_decay", "decay": 1.5}, 5, "strategy.decay"),
+    ({"kind": "gradual", "groups": "medium"}, 5, "strategy.groups"),
+])
+def test_recipe_rejects_staged_settings_that_cannot_run(tmp_path, strategy, epochs, message):
+    from tlkit.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        validate_recipe(tiny_recipe_dict(tmp_path, strategy=strategy, trainer={"epochs": epochs}))
