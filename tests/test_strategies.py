@@ -253,3 +253,22 @@ def test_recipe_rejects_staged_settings_that_cannot_run(tmp_path, strategy, epoc
 
     with pytest.raises(RecipeError, match=re.escape(message)):
         validate_recipe(tiny_recipe_dict(tmp_path, strategy=strategy, trainer={"epochs": epochs}))
+
+
+def test_drop_connect_head_drops_weights_in_training_only():
+    from tlkit.heads import DropConnectLinear, HeadSpec, build_head
+
+    torch.manual_seed(0)
+    head = build_head(16, 3, HeadSpec(hidden=(8,), drop_connect=0.5))
+    layers = [m for m in head if isinstance(m, DropConnectLinear)]
+    assert len(layers) == 2 and all(m.p == 0.5 for m in layers)
+    assert HeadSpec.from_dict(HeadSpec(drop_connect=0.5).to_dict()).drop_connect == 0.5
+    x = torch.randn(4, 16)
+    head.eval()
+    plain = torch.nn.functional.linear(torch.relu(torch.nn.functional.linear(x, layers[0].weight, layers[0].bias)),
+                                       layers[1].weight, layers[1].bias)
+    assert torch.equal(head(x), plain)
+    head.train()
+    layers[1].weight.data.normal_()
+    assert not torch.equal(head(x), head(x))  # a fresh weight mask every forward
+    assert set(head.state_dict()) == {"0.weight", "0.bias", "2.weight", "2.bias"}

@@ -124,6 +124,8 @@ class HeadSection(Section):
     """Hidden-layer init; null = matched to the activation (He for ReLU family, LeCun for SELU, Xavier for tanh)."""
     final_init: Literal[INITS] = "zeros"  # type: ignore[valid-type]
     """Final linear layer init; zeros = equal logits, so the initial loss is exactly ln(C) (see heads.py)."""
+    drop_connect: float = Field(default=0.0, ge=0, lt=1)
+    """DropConnect: drop each head weight with this probability in training (evaluation uses all); 0 = off."""
 
     @field_validator("init")
     @classmethod
