@@ -47,3 +47,16 @@ def test_ema_weights_are_validated_and_saved_raw_ones_kept_for_resume(colour_fol
               num_sanity_val_steps=0).fit(resumed, datamodule=dm, ckpt_path=str(tmp_path / "last.ckpt"))
     assert torch.equal(seen["raw"], raw["head.0.weight"])
     assert torch.equal(seen["ema"], averaged["head.0.weight"])
+
+
+def test_recipe_ema_decay_turns_the_callback_on(colour_folder, tmp_path):
+    from conftest import tiny_recipe_dict
+    from tlkit.recipe import validate_recipe
+    from tlkit.run import fit
+
+    recipe = validate_recipe(tiny_recipe_dict(colour_folder, strategy={"kind": "finetune"}, optim={"ema_decay": 0.9},
+                                              trainer={"epochs": 1}))
+    metrics = fit(recipe, run_dir=tmp_path / "run")
+    saved = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)
+    (state,) = [s for name, s in saved["callbacks"].items() if "WeightEMA" in name]
+    assert not torch.equal(state["raw"]["head.0.weight"], saved["state_dict"]["head.0.weight"])
