@@ -19,7 +19,9 @@ from tlkit.errors import (  # noqa: E402
     TlkitError,
     TTAError,
 )
+from tlkit.ema import WeightEMA  # noqa: E402
 from tlkit.export import load_exported  # noqa: E402
+from tlkit.groups import LayerGroup, layer_groups  # noqa: E402
 from tlkit.heads import HeadSpec, build_head  # noqa: E402
 from tlkit.module import TransferModule  # noqa: E402
 from tlkit.recipe import Recipe, load_recipe  # noqa: E402
@@ -36,6 +38,7 @@ __all__ = [
     "ExportError",
     "HeadSpec",
     "ImageFolderDataModule",
+    "LayerGroup",
     "Preprocessing",
     "Recipe",
     "RecipeError",
@@ -44,6 +47,7 @@ __all__ = [
     "TlkitError",
     "TrainAugment",
     "TransferModule",
+    "WeightEMA",
     "build_eval_transform",
     "build_head",
     "build_train_transform",
@@ -51,6 +55,7 @@ __all__ = [
     "evaluate_checkpoint",
     "export_checkpoint",
     "fit",
+    "layer_groups",
     "load_checkpoint",
     "load_exported",
     "load_recipe",

@@ -79,7 +79,6 @@ class _ViewDataset(Dataset):
         return self.transform(decode(self.paths[index]))
 
 
-@torch.no_grad()
 def extraction_batch_size(device: torch.device, eval_batch_size: int) -> int:
     """On CPU small batches keep decoding workers and the forward overlapped: for 398 hymenoptera JPEGs at 224 px on
     2 cores, batch 16 took 7.4-7.8 s against 10.4 s at 64. Accelerators prefer the large evaluation batch."""
@@ -93,6 +92,7 @@ def extraction_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
+@torch.no_grad()  # features are inputs to the head; a trainable backbone (lp_ft) must not keep their graph
 def extract(backbone: torch.nn.Module, paths: Sequence[str], transform: Callable, *, seeds: Sequence[int] | None,
             batch_size: int, num_workers: int, desc: str, channels_last: bool = True,
             device: torch.device = torch.device("cpu")) -> torch.Tensor:

@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-onnx", action="store_true", help="write only safetensors + model.json")
     export.add_argument("--atol", type=float, default=1e-3, help="max abs logit difference ONNX vs PyTorch (1e-3)")
 
+    groups = sub.add_parser("groups", help="the layer groups of a backbone that gradual / layer_decay strategies use")
+    groups.add_argument("backbone", help="timm architecture, e.g. tf_efficientnet_lite0")
+    groups.add_argument("--fine", action="store_true", help="one group per block instead of per stage")
+
     recipe = sub.add_parser("recipe", help="inspect recipes")
     recipe_sub = recipe.add_subparsers(dest="recipe_command", required=True)
     show = recipe_sub.add_parser("show", help="print the fully resolved recipe with every default and its reason")
@@ -178,7 +182,10 @@ def _train(args: argparse.Namespace) -> int:
     from tlkit.run import fit
 
     metrics = fit(recipe, run_dir=args.run_dir)
-    print(format_summary(metrics))
+    from tlkit.run.distributed import launch_rank
+
+    if launch_rank() == 0:  # under torchrun / srun every rank trains; one summary is enough
+        print(format_summary(metrics))
     return 0
 
 
@@ -244,6 +251,13 @@ def _recipe_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _groups(args: argparse.Namespace) -> int:
+    from tlkit.groups import groups_table
+
+    print(groups_table(args.backbone, coarse=not args.fine))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -251,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handler = {
         "train": _train, "preview": _preview, "evaluate": _evaluate, "predict": _predict, "export": _export,
-        "recipe": _recipe_show,
+        "recipe": _recipe_show, "groups": _groups,
     }[args.command]
     try:
         return handler(args)

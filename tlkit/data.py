@@ -274,3 +274,30 @@ class FeatureDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return make_loader(self.val_set, batch_size=self.eval_batch_size, shuffle=False, num_workers=0)
+
+
+class PhasedDataModule(L.LightningDataModule):
+    """Cached features before `switch_epoch`, images from then on (lp_ft: the probe phase reuses the feature cache).
+
+    Both give the same number of batches per epoch (same batching), so the LR schedule is unchanged. The Trainer must
+    reload dataloaders every epoch (`reload_every_n_epochs`).
+    """
+
+    reload_every_n_epochs = 1
+
+    def __init__(self, features: L.LightningDataModule, images: L.LightningDataModule, switch_epoch: int):
+        super().__init__()
+        self.features, self.images, self.switch_epoch = features, images, switch_epoch
+
+    def setup(self, stage: str) -> None:
+        self.images.setup(stage)
+
+    def _current(self) -> L.LightningDataModule:
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return self.features if epoch < self.switch_epoch else self.images
+
+    def train_dataloader(self) -> DataLoader:
+        return self._current().train_dataloader()
+
+    def val_dataloader(self) -> DataLoader:
+        return self._current().val_dataloader()

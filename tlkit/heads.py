@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tlkit.errors import RecipeError, did_you_mean
@@ -56,6 +58,7 @@ class HeadSpec:
     dropout: float = 0.0
     init: str | None = None  # hidden layers; None = the default for the activation
     final_init: str = FINAL_LAYER_INIT
+    drop_connect: float = 0.0  # probability of dropping each weight of the head's linear layers in training
 
     def to_dict(self) -> dict:
         return {
@@ -64,6 +67,7 @@ class HeadSpec:
             "dropout": self.dropout,
             "init": self.init,
             "final_init": self.final_init,
+            "drop_connect": self.drop_connect,
         }
 
     @classmethod
@@ -74,6 +78,7 @@ class HeadSpec:
             dropout=float(d.get("dropout", 0.0)),
             init=d.get("init"),
             final_init=d.get("final_init", FINAL_LAYER_INIT),
+            drop_connect=float(d.get("drop_connect", 0.0)),
         )
 
 
@@ -116,6 +121,19 @@ def _gain(activation: str) -> float:
     return 1.0
 
 
+class DropConnectLinear(nn.Linear):
+    """DropConnect (Wan et al. 2013): in training each weight is dropped with probability p and the rest scaled by
+    1/(1-p) (as inverted dropout does for activations), so evaluation uses the plain weights. Same state-dict keys as
+    nn.Linear: checkpoints and exports do not change."""
+
+    def __init__(self, in_features: int, out_features: int, p: float):
+        super().__init__(in_features, out_features)
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, F.dropout(self.weight, self.p, self.training), self.bias)
+
+
 def build_head(in_features: int, num_classes: int, spec: HeadSpec = HeadSpec()) -> nn.Sequential:
     """Linear head (spec.hidden empty) or MLP: [Linear -> activation -> Dropout] per hidden size, then Linear."""
     if spec.activation not in ACTIVATIONS:
@@ -129,10 +147,13 @@ def build_head(in_features: int, num_classes: int, spec: HeadSpec = HeadSpec()) 
             "head.init: zeros is refused for hidden layers: every neuron would get the same gradient and never "
             f"diverge. Use {DEFAULT_INIT[spec.activation]} (the default for {spec.activation})."
         )
+    def make_linear(fan_in: int, fan_out: int) -> nn.Linear:
+        return DropConnectLinear(fan_in, fan_out, spec.drop_connect) if spec.drop_connect > 0 else nn.Linear(fan_in, fan_out)
+
     layers: list[nn.Module] = []
     width = in_features
     for size in spec.hidden:
-        linear = nn.Linear(width, size)
+        linear = make_linear(width, size)
         init_linear(linear, hidden_init, spec.activation)
         layers += [linear, ACTIVATIONS[spec.activation]()]
         if spec.dropout > 0:
@@ -140,11 +161,11 @@ def build_head(in_features: int, num_classes: int, spec: HeadSpec = HeadSpec()) 
         width = size
     if not spec.hidden and spec.dropout > 0:
         layers.append(nn.Dropout(spec.dropout))
-    final = nn.Linear(width, num_classes)
+    final = make_linear(width, num_classes)
     init_linear(final, spec.final_init, "linear")
     layers.append(final)
     return nn.Sequential(*layers)
 
 
 
-__all__ = ["ACTIVATIONS", "DEFAULT_INIT", "INITS", "HeadSpec", "build_head", "init_linear"]
+__all__ = ["ACTIVATIONS", "DEFAULT_INIT", "INITS", "DropConnectLinear", "HeadSpec", "build_head", "init_linear"]

@@ -14,8 +14,9 @@ from tlkit.backbones import Preprocessing, create_backbone
 from tlkit.errors import did_you_mean
 from tlkit.heads import HeadSpec, build_head
 from tlkit.mixing import BatchMixer, MixingConfig, soft_target_cross_entropy
-from tlkit.schedules import SCHEDULES, LRMultiplier
-from tlkit.strategies import STRATEGIES, build_param_groups, freeze
+from tlkit.schedules import SCHEDULES
+from tlkit.strategies import STRATEGIES, StrategyConfig, apply_phase, build_optimizer_groups, freeze
+from tlkit.strategies import group_multipliers, plan_groups
 from tlkit.tta import TTAPolicy, normalize_spec, resolve_policy
 
 from typing_extensions import override
@@ -31,13 +32,15 @@ class TransferModule(L.LightningModule):
         backbone: timm architecture name.
         classes: class names in label order (e.g. `datamodule.classes`).
         weights: auto | hub | bundled | none | path (DESIGN.md contract 3).
-        strategy: "linear_probe" (backbone frozen and in eval mode) or "finetune" (backbone LR = lr x backbone_lr_mult).
+        strategy: "linear_probe" (backbone frozen and in eval mode), "finetune" (backbone LR = lr x backbone_lr_mult),
+            "lp_ft", "gradual" or "layer_decay" (see tlkit.strategies; their settings go in strategy_options).
         head: HeadSpec or its dict form; default a single linear layer.
         preprocessing: overrides of the model's pretrained preprocessing (input_size, crop_pct, interpolation, mean, std).
         channels_last: NHWC memory layout; on this 2-core CPU lite0 trains ~1.5x faster (10 -> 16 images/s at 224 px).
         mixing: Mixup/CutMix settings (MixingConfig or its dict); training accuracy then counts the dominant label.
         tta: test-time augmentation policy that evaluate/predict use by default: a name (none, hflip, ten_crop,
             multi_scale) or a spec dict (see tlkit.tta); stored in checkpoints as plain data.
+        strategy_options: StrategyConfig fields besides kind/backbone_lr_mult (probe_epochs, unfreeze_every, ...).
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class TransferModule(L.LightningModule):
         channels_last: bool = True,
         mixing: MixingConfig | dict | None = None,
         tta: str | dict | None = None,
+        strategy_options: dict | None = None,
     ):
         super().__init__()
         _check_choice("strategy", strategy, STRATEGIES)
@@ -98,6 +102,7 @@ class TransferModule(L.LightningModule):
                 "channels_last": channels_last,
                 "mixing": mixing_config.model_dump(),
                 "tta": tta_spec,
+                "strategy_options": dict(strategy_options or {}),
             }
         )
         self.classes = list(classes)
@@ -114,9 +119,19 @@ class TransferModule(L.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)
+        self.strategy_config = StrategyConfig.from_dict(
+            {**(strategy_options or {}), "kind": strategy, "backbone_lr_mult": backbone_lr_mult}
+        )
+        self.group_specs = plan_groups(self.backbone, self.head, self.strategy_config)
+        for spec in self.group_specs:  # never-trained groups freeze now (before any DDP wrap: it must not see them)
+            if spec.unfreeze_epoch is None:
+                for name in spec.params:
+                    self.get_parameter(name).requires_grad_(False)
         self.backbone_frozen = strategy == "linear_probe"
         if self.backbone_frozen:
             freeze(self.backbone)
+        self.phase_epoch: int | None = None  # the epoch whose phase (trainable groups) is applied; None = not yet
+        self._frozen_modules: list[str] = []
         self.mixer = BatchMixer(mixing_config, len(classes), label_smoothing) if mixing_config.enabled else None
         self.train_acc = MulticlassAccuracy(num_classes=len(classes), average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=len(classes), average="micro")
@@ -148,7 +163,27 @@ class TransferModule(L.LightningModule):
         super().train(mode)
         if self.backbone_frozen:
             self.backbone.eval()
+        for name in self._frozen_modules:
+            self.get_submodule(name).eval()
         return self
+
+    def set_phase(self, epoch: int) -> None:
+        """Apply `epoch`'s phase: requires_grad per group and eval() for frozen modules (LR gating is the scheduler's)."""
+        self.phase_epoch = int(epoch)
+        self._frozen_modules = apply_phase(self, self.group_specs, epoch)
+        backbone_specs = [s for s in self.group_specs if s.name != "head"]
+        self.backbone_frozen = not any(s.active(epoch) for s in backbone_specs)
+        self.train(self.training)
+
+    def trainable_groups(self, epoch: int) -> list[str]:
+        """Names of the layer groups that train in `epoch` (head first)."""
+        return [s.name for s in self.group_specs if s.active(epoch)]
+
+    @override
+    def on_train_epoch_start(self) -> None:
+        # Here, not in __init__: DDP has wrapped the model by now with every ever-trained parameter registered
+        # (Lightning #20340: parameters frozen at wrap time are never synchronised after unfreezing).
+        self.set_phase(self.current_epoch)
 
     # -- steps ---------------------------------------------------------------------------------------------------
 
@@ -173,7 +208,8 @@ class TransferModule(L.LightningModule):
             logits = self(images)
             loss = self._loss(logits, targets, smoothing=self.hparams.label_smoothing)
         self.train_acc(logits, targets)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets),
+                 sync_dist=True)  # DDP: the mean over all ranks (a no-op in one process)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(targets))
         return loss + self._l1_penalty()
 
@@ -188,7 +224,8 @@ class TransferModule(L.LightningModule):
         # Validation loss is plain cross-entropy (no smoothing) so runs with different smoothing compare fairly.
         loss = self._loss(logits, targets, smoothing=0.0)
         self.val_acc(logits, targets)
-        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets),
+                 sync_dist=True)
         self.log("val_acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
 
     @override
@@ -201,14 +238,7 @@ class TransferModule(L.LightningModule):
     @override
     def configure_optimizers(self) -> dict:
         hp = self.hparams
-        groups = build_param_groups(
-            self.backbone,
-            self.head,
-            strategy=hp.strategy,
-            lr=hp.lr,
-            weight_decay=hp.weight_decay,
-            backbone_lr_mult=hp.backbone_lr_mult,
-        )
+        groups = build_optimizer_groups(self, self.group_specs, lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.momentum > 0)
         else:
@@ -216,8 +246,11 @@ class TransferModule(L.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         epochs = max(1, self.trainer.max_epochs or 1)
         per_epoch = max(1, math.ceil(total / epochs))
-        multiplier = LRMultiplier(
-            hp.schedule,
+        multiplier = group_multipliers(
+            groups,
+            self.strategy_config,
+            steps_per_epoch=per_epoch,
+            kind=hp.schedule,
             total_steps=total,
             warmup_steps=round(hp.warmup_epochs * per_epoch),
             step_size=hp.step_epochs * per_epoch,
@@ -244,6 +277,22 @@ class TransferModule(L.LightningModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tlkit"] = self.describe()
+        if self.phase_epoch is not None:  # the phase a resume continues from (DESIGN.md contract 4)
+            checkpoint["tlkit"]["phase"] = {"epoch": self.phase_epoch,
+                                            "trainable_groups": self.trainable_groups(self.phase_epoch)}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        phase = (checkpoint.get("tlkit") or {}).get("phase")
+        if phase is not None:
+            # Restore eval() of frozen modules now; requires_grad is re-derived at the next epoch start (after any
+            # DDP wrap), from the epoch Lightning restores, so the resumed run continues the same phase sequence.
+            self.phase_epoch = int(phase["epoch"])
+            self._frozen_modules = apply_phase(self, self.group_specs, self.phase_epoch)
+            for spec in self.group_specs:
+                if spec.unfreeze_epoch is not None:
+                    for name in spec.params:
+                        self.get_parameter(name).requires_grad_(True)
 
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:

@@ -79,7 +79,38 @@ class Finetune(Section):
     """Backbone LR = head LR x this; the seeds' rule of thumb is about 1/10."""
 
 
-Strategy = Annotated[Union[LinearProbe, Finetune], Field(discriminator="kind")]
+class LpFt(Section):
+    kind: Literal["lp_ft"] = "lp_ft"
+    """Linear probe first (backbone frozen), then fine-tune everything from the probed head (Kumar et al. 2022)."""
+    probe_epochs: int = Field(default=2, gt=0)
+    """Head-only epochs before the backbone unfreezes; each phase gets its own whole LR schedule (warmup included)."""
+    backbone_lr_mult: float = Field(default=0.1, gt=0, le=1)
+    """Backbone LR in the fine-tune phase = head LR x this."""
+
+
+class Gradual(Section):
+    kind: Literal["gradual"] = "gradual"
+    """Unfreeze the backbone's layer groups from the top, one more every few epochs (fastai / ULMFiT style)."""
+    unfreeze_every: int = Field(default=1, gt=0)
+    """The k-th group from the top unfreezes at epoch k x this (epoch 0 trains the head only)."""
+    unfreeze_epochs: list[Annotated[int, Field(ge=0)]] | None = None
+    """Explicit epoch per group from the top (e.g. [1, 2, 4]); groups past the list stay frozen; null = every."""
+    groups: Literal["coarse", "fine"] = "coarse"
+    """Layer groups from timm's group_matcher: coarse = stem + one per stage, fine = one per block (`tlkit groups`)."""
+    backbone_lr_mult: float = Field(default=0.1, gt=0, le=1)
+    """Backbone LR = head LR x this once a group is unfrozen."""
+
+
+class LayerDecay(Section):
+    kind: Literal["layer_decay"] = "layer_decay"
+    """Train everything; each layer group's LR = head LR x decay^depth counted from the head down (timm's --layer-decay)."""
+    decay: float = Field(default=0.75, gt=0, le=1)
+    """Per-group LR factor; 0.75 is timm's common choice; 1.0 = plain fine-tune at the head's LR."""
+    groups: Literal["coarse", "fine"] = "fine"
+    """Layer groups from timm's group_matcher: fine = one per block (as timm does), coarse = one per stage."""
+
+
+Strategy = Annotated[Union[LinearProbe, Finetune, LpFt, Gradual, LayerDecay], Field(discriminator="kind")]
 
 
 class HeadSection(Section):
@@ -93,6 +124,8 @@ class HeadSection(Section):
     """Hidden-layer init; null = matched to the activation (He for ReLU family, LeCun for SELU, Xavier for tanh)."""
     final_init: Literal[INITS] = "zeros"  # type: ignore[valid-type]
     """Final linear layer init; zeros = equal logits, so the initial loss is exactly ln(C) (see heads.py)."""
+    drop_connect: float = Field(default=0.0, ge=0, lt=1)
+    """DropConnect: drop each head weight with this probability in training (evaluation uses all); 0 = off."""
 
     @field_validator("init")
     @classmethod
@@ -133,6 +166,8 @@ class OptimSection(Section):
     """L1 penalty on trainable weights, added to the loss; 0 = off."""
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     """Cross-entropy label smoothing; 0.1 is common for fine-tuning."""
+    ema_decay: float = Field(default=0.0, ge=0, lt=1)
+    """EMA of the weights (0 = off; e.g. 0.999): validated, checkpointed and exported instead of the raw weights."""
 
 
 class ScheduleSection(Section):
@@ -159,7 +194,13 @@ class TrainerSection(Section):
     accelerator: str = "auto"
     """Passed to lightning.Trainer (auto, cpu, gpu, ...)."""
     devices: int | str = "auto"
-    """Passed to lightning.Trainer."""
+    """Passed to lightning.Trainer: devices per node (e.g. 4 GPUs, or 2 CPU processes with accelerator cpu)."""
+    num_nodes: int = Field(default=1, gt=0)
+    """Machines in a multi-node run (launch one process per device with torchrun or SLURM srun; see README)."""
+    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_notebook", "fsdp", "deepspeed"] = "auto"
+    """Lightning's distribution strategy; auto = single device, or DDP when several devices are given."""
+    sync_batchnorm: bool = False
+    """Synchronise BatchNorm statistics across DDP processes (helps with small per-device batches); CUDA only."""
     progress_bar: bool = True
     """Show Lightning's progress bar."""
 
@@ -251,6 +292,21 @@ class Recipe(Section):
                 problems.append("mixing must be off (features cannot be mixed)")
             if problems:
                 raise ValueError("strategy.solver: lbfgs needs " + "; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _staged_phases_fit_in_the_run(self) -> Recipe:
+        epochs = self.trainer.epochs
+        if isinstance(self.strategy, LpFt) and self.strategy.probe_epochs >= epochs:
+            raise ValueError(f"strategy.probe_epochs ({self.strategy.probe_epochs}) must be less than trainer.epochs "
+                             f"({epochs}), or the fine-tune phase never starts")
+        if isinstance(self.strategy, Gradual):
+            first = (self.strategy.unfreeze_epochs or [self.strategy.unfreeze_every])[0]
+            if first >= epochs:
+                raise ValueError(f"strategy: the first group unfreezes at epoch {first} but trainer.epochs is {epochs}; "
+                                 "lower unfreeze_every / unfreeze_epochs or train longer")
+            if self.strategy.unfreeze_epochs and self.strategy.unfreeze_epochs != sorted(self.strategy.unfreeze_epochs):
+                raise ValueError("strategy.unfreeze_epochs must not decrease (groups unfreeze from the top down)")
         return self
 
     @property

@@ -64,7 +64,21 @@ def build_module(recipe: Recipe, classes: list[str]) -> TransferModule:
         mixing=recipe.mixing.model_dump(),
         tta=recipe.tta.model_dump(),
         preprocessing=preprocessing_overrides(recipe),
+        strategy_options=strategy_options(recipe),
     )
+
+
+def strategy_options(recipe: Recipe) -> dict:
+    """The strategy section as StrategyConfig fields (see tlkit.strategies)."""
+    s = recipe.strategy.model_dump()
+    options = {k: s[k] for k in ("probe_epochs", "unfreeze_every") if k in s}
+    if s.get("unfreeze_epochs"):
+        options["unfreeze_epochs"] = list(s["unfreeze_epochs"])
+    if "decay" in s:
+        options["layer_decay"] = s["decay"]
+    if "groups" in s:
+        options["coarse"] = s["groups"] == "coarse"
+    return options
 
 
 def preprocessing_overrides(recipe: Recipe) -> dict:

@@ -20,7 +20,7 @@ from tlkit.cache import (
     view_seed,
     weights_fingerprint,
 )
-from tlkit.data import FeatureDataModule, ImageFolderDataModule
+from tlkit.data import FeatureDataModule, ImageFolderDataModule, PhasedDataModule
 from tlkit.module import TransferModule
 from tlkit.recipe import Recipe
 
@@ -30,14 +30,18 @@ log = logging.getLogger(__name__)
 def choose_training_inputs(
     recipe: Recipe, datamodule: ImageFolderDataModule, module: TransferModule
 ) -> tuple[L.LightningDataModule, dict]:
-    """Images, or cached features when the strategy is a linear probe and the cache can honour the recipe."""
-    if recipe.strategy.kind != "linear_probe" or not recipe.cache.features:
+    """Images, or cached features when the strategy is a linear probe (or lp_ft's probe phase) and the cache can
+    honour the recipe."""
+    if recipe.strategy.kind not in ("linear_probe", "lp_ft") or not recipe.cache.features:
         return datamodule, {"used": False}
     if recipe.mixing.enabled:
         log.warning("feature cache: Mixup/CutMix mix images, not features, so this linear probe trains on images "
                     "(uncached); set mixing alphas to 0 to use the cache.")
         return datamodule, {"used": False, "reason": "image-space mixing requested"}
-    return build_feature_datamodule(recipe, datamodule, module)
+    features, info = build_feature_datamodule(recipe, datamodule, module)
+    if recipe.strategy.kind == "lp_ft":  # features while the backbone is frozen, images once it fine-tunes
+        return PhasedDataModule(features, datamodule, recipe.strategy.probe_epochs), {**info, "phase": "probe"}
+    return features, info
 
 
 def build_feature_datamodule(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -13,8 +14,12 @@ import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from tlkit.ema import WeightEMA
 from tlkit.recipe import Recipe, recipe_to_dict
 from tlkit.run.build import build_datamodule, build_module, default_run_dir, write_text
+from tlkit.run.distributed import RUN_DIR_ENV, check_shared_run_dir, inherited_run_dir, launch_rank
+from tlkit.run.distributed import TimmSyncBatchNorm, check_sync_batchnorm, lightning_strategy, shared_run_stamp
+from tlkit.strategies import STAGED
 from tlkit.run.features import choose_training_inputs, fit_head_closed_form
 
 log = logging.getLogger(__name__)
@@ -34,18 +39,25 @@ def _save_closed_form_checkpoints(trainer: L.Trainer, checkpoint: ModelCheckpoin
 def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
     """Train `recipe`; write the run directory; return the final metrics (also written to metrics.json)."""
     started = time.perf_counter()
+    check_sync_batchnorm(recipe.trainer.sync_batchnorm, recipe.trainer.accelerator)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     datamodule = build_datamodule(recipe)
     module = build_module(recipe, datamodule.classes)
     datamodule.preprocessing = module.preprocessing
     module.data_split = {"layout": datamodule.scan.layout, "val_fraction": recipe.data.val_fraction, "seed": recipe.seed}
 
+    run_dir = run_dir if run_dir is not None else inherited_run_dir()
+    check_shared_run_dir(run_dir is not None)
+    if run_dir is None and shared_run_stamp() is not None:
+        run_dir = Path(recipe.output.runs_dir) / recipe.name / shared_run_stamp()
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
+    is_rank_zero = launch_rank() == 0  # under torchrun / srun every rank runs fit(); only rank 0 writes files
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
-    write_text(run_dir / "classes.json", json.dumps(datamodule.classes, indent=2) + "\n")
-    if datamodule.scan.skipped:
-        write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))
+    if is_rank_zero:
+        write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+        write_text(run_dir / "classes.json", json.dumps(datamodule.classes, indent=2) + "\n")
+        if datamodule.scan.skipped:
+            write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))
 
     fit_datamodule, cache_info = choose_training_inputs(recipe, datamodule, module)
     epochs = recipe.trainer.epochs
@@ -64,13 +76,19 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
         max_epochs=epochs,
         accelerator=recipe.trainer.accelerator,
         devices=recipe.trainer.devices,
+        num_nodes=recipe.trainer.num_nodes,
+        strategy=lightning_strategy(recipe.trainer.strategy, staged=recipe.strategy.kind in STAGED),
+        sync_batchnorm=recipe.trainer.sync_batchnorm,
+        plugins=[TimmSyncBatchNorm()] if recipe.trainer.sync_batchnorm else None,
         precision=recipe.trainer.precision,
         logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
-        callbacks=[checkpoint, last, LearningRateMonitor(logging_interval="epoch")],
+        callbacks=[checkpoint, last, LearningRateMonitor(logging_interval="epoch"),
+                   *([WeightEMA(recipe.optim.ema_decay)] if recipe.optim.ema_decay > 0 else [])],
         enable_progress_bar=recipe.trainer.progress_bar,
         enable_model_summary=False,
         log_every_n_steps=min(50, steps_per_epoch),
         num_sanity_val_steps=0,
+        reload_dataloaders_every_n_epochs=getattr(fit_datamodule, "reload_every_n_epochs", 0),  # lp_ft: phased
     )
     L.seed_everything(recipe.seed, workers=True, verbose=False)  # both paths start training from the same RNG state
     with warnings.catch_warnings():
@@ -84,7 +102,16 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
             trainer.validate(module, datamodule=fit_datamodule, verbose=False)
             _save_closed_form_checkpoints(trainer, checkpoint, run_dir)
         else:
-            trainer.fit(module, datamodule=fit_datamodule)
+            # Lightning's ddp launcher starts the other ranks here, re-running this command: they inherit the run dir.
+            previous = os.environ.get(RUN_DIR_ENV)
+            os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+            try:
+                trainer.fit(module, datamodule=fit_datamodule)
+            finally:
+                if previous is None:
+                    os.environ.pop(RUN_DIR_ENV, None)
+                else:
+                    os.environ[RUN_DIR_ENV] = previous
 
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics = {
@@ -107,6 +134,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
         "best_checkpoint": checkpoint.best_model_path,
         "last_checkpoint": last.best_model_path or checkpoint.last_model_path,
     }
-    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    if is_rank_zero:
+        write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 

@@ -1,0 +1,113 @@
+"""Scale-out on Lightning DDP: a real 2-process launch (torchrun, gloo on CPU) of a staged strategy."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tlkit.run.distributed import lightning_strategy
+
+from conftest import tiny_recipe_dict, write_colour_classes
+
+# Each rank trains through tlkit.run.fit and then saves its in-memory weights, so the test can check that both
+# replicas stayed identical after a group unfroze mid-run (Lightning #20340: unfrozen parameters never synchronised).
+RANK_SCRIPT = """
+import os, sys, torch
+import tlkit.run
+F = sys.modules["tlkit.run.fit"]  # the package re-exports a function of the same name
+from tlkit.recipe import load_recipe
+built, initial = [], {}
+original = F.build_module
+def build_module(*args, **kwargs):
+    built.append(original(*args, **kwargs))
+    initial.update({k: v.clone() for k, v in built[0].state_dict().items()})
+    return built[0]
+F.build_module = build_module
+metrics = F.fit(load_recipe(sys.argv[1]), run_dir=sys.argv[2] if len(sys.argv) > 2 else None)
+torch.save({"initial": initial, "final": built[0].state_dict()}, os.path.join(metrics["run_dir"], f"rank{os.environ.get('LOCAL_RANK', '0')}.pt"))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_staged_strategies_get_find_unused_parameters_under_ddp():
+    assert lightning_strategy("ddp", staged=True) == "ddp_find_unused_parameters_true"
+    assert lightning_strategy("ddp_spawn", staged=True) == "ddp_spawn_find_unused_parameters_true"
+    assert lightning_strategy("ddp", staged=False) == "ddp"
+    assert lightning_strategy("auto", staged=True) == "auto"
+
+
+@pytest.mark.slow  # ~15 s each: two fresh Python processes import torch + Lightning
+@pytest.mark.parametrize("launcher", ["torchrun", "lightning"])
+def test_two_process_ddp_fit_on_cpu_trains_in_sync_and_writes_once(tmp_path, launcher):
+    root = write_colour_classes(tmp_path / "colours")
+    recipe = tiny_recipe_dict(root, backbone={"name": "test_resnet"}, strategy={"kind": "gradual", "unfreeze_every": 1},
+                              data={"batch_size": 4}, trainer={"epochs": 2, "devices": 2, "strategy": "ddp"})
+    recipe_path = tmp_path / "ddp.yaml"
+    recipe_path.write_text(yaml.safe_dump(recipe))
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    if launcher == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                   "--master_port", str(free_port()), str(script), str(recipe_path), str(run_dir)]
+    else:  # Lightning re-runs the script for rank 1; no --run-dir: rank 1 must find rank 0's run directory
+        command = [sys.executable, str(script), str(recipe_path)]
+        env["MASTER_PORT"] = str(free_port())
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    if launcher == "lightning":
+        (run_dir,) = (tmp_path / "runs" / "tiny").iterdir()  # one run directory, shared by both ranks
+
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert not [p for p in run_dir.rglob("*tmp*")]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["strategy"] == "gradual"
+
+    rank0, rank1 = (torch.load(run_dir / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for key, value in rank0["final"].items():
+        assert torch.equal(value, rank1["final"][key]), f"replicas diverged at {key}"
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["tlkit"]["phase"] == {"epoch": 1, "trainable_groups": ["head", "backbone.4"]}
+    moved = {k for k, v in rank0["final"].items() if not torch.equal(v, rank0["initial"][k])}
+    assert any(k.startswith("head.") for k in moved)
+    assert any(k.startswith("backbone.layer4.") for k in moved), "the unfrozen top stage did not train"
+    assert not any(k.startswith(("backbone.layer1.", "backbone.conv1")) for k in moved), "a frozen group moved"
+
+
+def test_sync_batchnorm_keeps_timm_norm_act_activations():
+    import timm
+    from timm.layers import SyncBatchNormAct
+
+    from tlkit.run.distributed import TimmSyncBatchNorm
+
+    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=0).eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected = model(x)
+    converted = TimmSyncBatchNorm().apply(model)
+    assert any(isinstance(m, SyncBatchNormAct) for m in converted.modules())
+    assert torch.allclose(converted.eval()(x), expected)  # eval mode needs no process group
+
+
+def test_sync_batchnorm_on_cpu_is_a_clear_error_before_training(colour_folder, tmp_path):
+    from tlkit.errors import RecipeError
+    from tlkit.recipe import validate_recipe
+    from tlkit.run import fit
+
+    recipe = validate_recipe(tiny_recipe_dict(colour_folder, trainer={"sync_batchnorm": True}))
+    with pytest.raises(RecipeError, match="sync_batchnorm needs CUDA"):
+        fit(recipe, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

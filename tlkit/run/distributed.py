@@ -1,0 +1,86 @@
+"""Which process of a multi-process launch this is (torchrun, SLURM srun), read before Lightning sets anything up."""
+
+from __future__ import annotations
+
+import os
+
+from lightning.pytorch.plugins.layer_sync import TorchSyncBatchNorm
+from lightning.pytorch.strategies import StrategyRegistry
+from timm.layers import convert_sync_batchnorm
+from torch import nn
+from typing_extensions import override
+
+from tlkit.errors import RecipeError
+
+
+RUN_DIR_ENV = "TLKIT_RUN_DIR"  # set by rank 0 while Lightning launches the other ranks, which re-run the command
+
+
+def launch_rank() -> int:
+    """Global rank from the launcher's environment (0 in a plain single-process run and in ddp_spawn's parent).
+
+    Lightning's own ddp launcher re-runs the command for ranks 1..n with only LOCAL_RANK / NODE_RANK set.
+    """
+    for var in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    local, node = os.environ.get("LOCAL_RANK", "0"), os.environ.get("NODE_RANK", "0")
+    return int(local) + int(node) if local.isdigit() and node.isdigit() else 0
+
+
+def launch_world_size() -> int:
+    for var in ("WORLD_SIZE", "SLURM_NTASKS"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 1
+
+
+def inherited_run_dir() -> str | None:
+    return os.environ.get(RUN_DIR_ENV) or None
+
+
+def shared_run_stamp() -> str | None:
+    """A name every process of one launch agrees on (a per-process timestamp could differ by a second)."""
+    for var in ("TLKIT_RUN_ID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"):
+        value = os.environ.get(var)
+        if value and value != "none":
+            return value
+    return None
+
+
+def check_shared_run_dir(run_dir_given: bool) -> None:
+    if launch_world_size() > 1 and not run_dir_given and shared_run_stamp() is None:
+        raise RecipeError("a multi-process launch needs one run directory for all ranks: pass --run-dir, set "
+                          "TLKIT_RUN_ID, or use torchrun --rdzv-id / SLURM (their job id names the run).")
+
+
+def lightning_strategy(name: str, *, staged: bool) -> str:
+    """The Lightning strategy name; staged unfreezing under DDP needs find_unused_parameters.
+
+    Frozen groups get no gradients while their parameters stay registered with DDP's reducer (they were trainable
+    when DDP wrapped the model, so they are synchronised once unfrozen); find_unused_parameters lets the reducer
+    finish its buckets without them.
+    """
+    if staged and name.startswith("ddp"):
+        candidate = f"{name}_find_unused_parameters_true"
+        if candidate in StrategyRegistry:
+            return candidate
+    return name
+
+
+class TimmSyncBatchNorm(TorchSyncBatchNorm):
+    """trainer.sync_batchnorm with timm's converter: torch's would turn timm's BatchNormAct2d (norm + activation in
+    one module) into a plain SyncBatchNorm and silently drop the activation."""
+
+    @override
+    def apply(self, model: nn.Module) -> nn.Module:
+        return convert_sync_batchnorm(model)
+
+
+def check_sync_batchnorm(sync: bool, accelerator: str) -> None:
+    """torch's SyncBatchNorm runs on CUDA only; fail before any process starts rather than inside every rank."""
+    import torch
+
+    if sync and (accelerator == "cpu" or (accelerator in ("auto", "gpu", "cuda") and not torch.cuda.is_available())):
+        raise RecipeError("trainer.sync_batchnorm needs CUDA GPUs (torch's SyncBatchNorm has no CPU version); "
+                          "set it to false for CPU runs.")
