@@ -72,7 +72,7 @@ def evaluate_checkpoint(
     max_views_per_forward: int = DEFAULT_MAX_VIEWS_PER_FORWARD,
     top_losses: int = 16,
     progress: bool | None = None,
-    precision: str = "auto",
+    precision: str = "fp32",
 ) -> dict:
     """Evaluate a checkpoint on a data folder's val split (or all of it) under the single view and each TTA policy.
 
@@ -134,7 +134,7 @@ def predict_checkpoint(
     num_workers: int | str = 0,
     max_views_per_forward: int = DEFAULT_MAX_VIEWS_PER_FORWARD,
     progress: bool | None = None,
-    precision: str = "auto",
+    precision: str = "fp32",
 ) -> dict:
     """Top-k labels for every readable image among `inputs` (files or folders, recursive), written as CSV (and JSON).
 
