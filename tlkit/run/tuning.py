@@ -161,6 +161,7 @@ def lr_find(recipe: Recipe, *, out: str | Path | None = None, min_lr: float = 1e
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
         warnings.filterwarnings("ignore", message=".*limit_val_batches=0.*")
+        warnings.filterwarnings("ignore", message=".*`max_epochs` was not set.*")  # the finder bounds the steps
         finder = Tuner(trainer).lr_find(module, datamodule=train_dm, min_lr=min_lr, max_lr=max_lr,
                                         num_training=num_training, update_attr=False)
     lrs, losses = finder.results["lr"], finder.results["loss"]
