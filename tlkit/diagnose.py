@@ -130,6 +130,7 @@ def plot_curves(curves: dict[str, list[float]], diagnosis: Diagnosis, out: str |
         ax.plot(epochs, curves[f"train_{metric}"], "o-", label="train")
         ax.plot(epochs, curves[f"val_{metric}"], "s-", label="val")
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # no "epoch 1.5" ticks on short runs
         ax.set_ylabel("cross-entropy" if metric == "loss" else "accuracy")
         ax.grid(alpha=0.3)
         ax.legend()

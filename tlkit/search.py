@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -90,10 +91,13 @@ def refine_space(coarse: SearchSpace, trials: list[optuna.trial.FrozenTrial], to
 
 def open_study(name: str, storage: str, *, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
     """Create or resume a maximising study; heartbeats let a trial killed mid-run be marked failed and retried."""
-    rdb = optuna.storages.RDBStorage(
-        storage, heartbeat_interval=60, grace_period=180,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: unchanged since 2.8
+        if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # optuna >= 4.9 renamed the retry hook
+            retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
+        else:
+            retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)}
+        rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=60, grace_period=180, **retry)
     return optuna.create_study(
         study_name=name, storage=rdb, direction="maximize", sampler=sampler, load_if_exists=True,
         pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
