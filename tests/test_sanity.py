@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import yaml
 
 from tests.conftest import tiny_recipe_dict, write_colour_classes
