@@ -18,7 +18,6 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
-from typing_extensions import override
 
 from tlkit.errors import TlkitError
 from tlkit.recipe import Recipe, apply_overrides, read_recipe_file, recipe_to_dict, validate_recipe
@@ -121,19 +120,61 @@ def check(recipe: Recipe, *, batches: int = 2, per_class: int = 2, steps: int = 
 # lr-find
 
 
-class _KeepGroupRatios(L.Callback):
-    """Lightning's LR finder sets every parameter group to the same swept LR; this restores each group's ratio to
-    the head's (the fine-tune backbone at lr x backbone_lr_mult) before every step, so the sweep tests the LR
-    the recipe would actually set."""
+class _SweepHooks:
+    """Per-step hooks for Lightning's LR finder, installed on the module instance: Tuner.lr_find swaps the trainer's
+    callbacks for its own while it runs, but still calls the module's hooks.
 
-    def __init__(self, ratios: list[float]):
-        self.ratios = ratios
+    - Group ratios: the finder sets every parameter group to the same swept LR; before each step this restores each
+      group's ratio to the head's (a fine-tune backbone at lr x backbone_lr_mult), so the sweep tests the LRs the
+      recipe would actually set.
+    - Raw losses: the finder debiases its running average with trainer.global_step, which is already one ahead
+      after the step, so its first points are under-corrected (the first by ~2x: a false rise at the start of the
+      curve); the raw losses are recorded here and re-smoothed with the right count (smooth_losses).
+    """
 
-    @override
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+    def __init__(self, module: L.LightningModule, ratios: list[float]):
+        self.module, self.ratios, self.losses = module, ratios, []
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        trainer = self.module.trainer
         scheduler = trainer.lr_scheduler_configs[0].scheduler
         for group, lr, ratio in zip(trainer.optimizers[0].param_groups, scheduler.get_last_lr(), self.ratios):
             group["lr"] = lr * ratio
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        loss = outputs if isinstance(outputs, torch.Tensor) else (outputs or {}).get("loss")
+        self.losses.append(float(loss) if loss is not None else math.nan)
+
+    def __enter__(self) -> _SweepHooks:
+        self.module.on_train_batch_start = self.on_train_batch_start
+        self.module.on_train_batch_end = self.on_train_batch_end
+        return self
+
+    def __exit__(self, *exc) -> None:
+        del self.module.on_train_batch_start, self.module.on_train_batch_end
+
+
+def smooth_losses(losses: list[float], beta: float = 0.98) -> list[float]:
+    """Exponential moving average with bias correction (as Lightning's finder intends, beta 0.98)."""
+    avg, out = 0.0, []
+    for i, loss in enumerate(losses):
+        avg = beta * avg + (1 - beta) * loss
+        out.append(avg / (1 - beta ** (i + 1)))
+    return out
+
+
+def steepest_descent(lrs: list[float], losses: list[float], *, skip_begin: int = 10, skip_end: int = 1) -> float | None:
+    """The LR where the smoothed loss falls fastest per decade (d loss / d log lr), ignoring the first and last
+    points and non-finite losses. Lightning's suggestion differentiates w.r.t. the LR itself, which on an exponential
+    sweep favours the smallest LRs (the same fall spans far less LR there)."""
+    points = [(math.log10(lr), loss) for lr, loss in zip(lrs, losses)][skip_begin:len(lrs) - skip_end]
+    points = [(x, y) for x, y in points if math.isfinite(y)]
+    if len(points) < 3:
+        return None
+    slopes = [(points[i + 1][1] - points[i - 1][1]) / (points[i + 1][0] - points[i - 1][0])
+              for i in range(1, len(points) - 1)]
+    i = min(range(len(slopes)), key=slopes.__getitem__)
+    return 10 ** points[i + 1][0] if slopes[i] < 0 else None
 
 
 def lr_find(recipe: Recipe, *, out: str | Path | None = None, min_lr: float = 1e-5, max_lr: float = 1.0,
@@ -154,7 +195,7 @@ def lr_find(recipe: Recipe, *, out: str | Path | None = None, min_lr: float = 1e
     trainer = L.Trainer(accelerator=recipe.trainer.accelerator, devices=recipe.trainer.devices,
                         precision=recipe.trainer.precision, logger=False, enable_checkpointing=False,
                         enable_progress_bar=recipe.trainer.progress_bar, enable_model_summary=False,
-                        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[_KeepGroupRatios(ratios)],
+                        limit_val_batches=0, num_sanity_val_steps=0,
                         default_root_dir=str(Path(out).parent) if out else None)
     started = time.perf_counter()
     with warnings.catch_warnings():
@@ -162,10 +203,12 @@ def lr_find(recipe: Recipe, *, out: str | Path | None = None, min_lr: float = 1e
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
         warnings.filterwarnings("ignore", message=".*limit_val_batches=0.*")
         warnings.filterwarnings("ignore", message=".*`max_epochs` was not set.*")  # the finder bounds the steps
-        finder = Tuner(trainer).lr_find(module, datamodule=train_dm, min_lr=min_lr, max_lr=max_lr,
-                                        num_training=num_training, update_attr=False)
-    lrs, losses = finder.results["lr"], finder.results["loss"]
-    suggestion = finder.suggestion()
+        with _SweepHooks(module, ratios) as raw:
+            finder = Tuner(trainer).lr_find(module, datamodule=train_dm, min_lr=min_lr, max_lr=max_lr,
+                                            num_training=num_training, update_attr=False)
+    n = min(len(finder.results["lr"]), len(raw.losses))
+    lrs, losses = list(finder.results["lr"][:n]), smooth_losses(raw.losses[:n])
+    suggestion = steepest_descent(lrs, losses)
     out = Path(out) if out is not None else Path(recipe.output.runs_dir) / recipe.name / "lr_find.png"
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
