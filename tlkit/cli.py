@@ -145,11 +145,67 @@ def build_parser() -> argparse.ArgumentParser:
     groups.add_argument("backbone", help="timm architecture, e.g. tf_efficientnet_lite0")
     groups.add_argument("--fine", action="store_true", help="one group per block instead of per stage")
 
+    _add_tuning_parsers(sub)
+
     recipe = sub.add_parser("recipe", help="inspect recipes")
     recipe_sub = recipe.add_subparsers(dest="recipe_command", required=True)
     show = recipe_sub.add_parser("show", help="print the fully resolved recipe with every default and its reason")
     _add_recipe_args(show, positional=True)
     return parser
+
+
+def _add_tuning_parsers(sub) -> None:
+    """check, lr-find, search, diagnose, init-stats: the seeds' tuning procedure (tlkit.run.tuning)."""
+    check = sub.add_parser("check", help="sanity checks: initial loss vs ln(C), overfit a tiny subset (exit 1 on failure)")
+    _add_recipe_args(check, positional=True)
+    check.add_argument("--batches", type=_positive_int, default=2, help="batches for the initial loss (default 2)")
+    check.add_argument("--per-class", type=_positive_int, default=2, help="images per class to overfit (default 2)")
+    check.add_argument("--steps", type=_positive_int, default=50, help="full-batch steps on them (default 50)")
+    check.add_argument("--tolerance", type=float, default=None,
+                       help="allowed relative error of the initial loss vs ln(C) (default 0.05)")
+
+    lr_find = sub.add_parser("lr-find", help="LR range test (Lightning's Tuner.lr_find) with a PNG and a suggestion")
+    _add_recipe_args(lr_find, positional=True)
+    lr_find.add_argument("--out", help="PNG path (default runs/<recipe>/lr_find.png)")
+    lr_find.add_argument("--min-lr", type=float, default=1e-5, help="sweep start (default 1e-5)")
+    lr_find.add_argument("--max-lr", type=float, default=1.0, help="sweep end (default 1)")
+    lr_find.add_argument("--steps", type=_positive_int, default=100, help="training steps of the sweep (default 100)")
+    lr_find.add_argument("--write", metavar="RECIPE_OUT", help="write a copy of the recipe with optim.lr = suggestion")
+
+    search = sub.add_parser("search", help="coarse-to-fine search over lr x weight decay with Optuna (resumable)")
+    _add_recipe_args(search, positional=True)
+    search.add_argument("--out", help="output folder (default runs/<recipe>/search/)")
+    search.add_argument("--storage", help="Optuna storage URL (default sqlite:///<out>/search.db); a shared "
+                                          "postgresql://... URL lets several machines run trials of one search")
+    search.add_argument("--coarse-trials", type=_positive_int, default=12, help="coarse trials (default 12)")
+    search.add_argument("--coarse-epochs", type=_positive_int, default=2, help="epochs per coarse trial (default 2)")
+    search.add_argument("--refine-trials", type=int, default=6, help="refine trials (default 6; 0 = none)")
+    search.add_argument("--refine-epochs", type=_positive_int, help="epochs per refine trial (default: the recipe's)")
+    search.add_argument("--top-k", type=_positive_int, default=3, help="coarse trials the refine ranges span (default 3)")
+    search.add_argument("--lr", nargs=2, type=float, default=[1e-4, 1e-1], metavar=("LOW", "HIGH"),
+                        help="coarse lr range, log-uniform (default 1e-4 1e-1, the seeds')")
+    search.add_argument("--weight-decay", nargs=2, type=float, default=[1e-6, 1e-2], metavar=("LOW", "HIGH"),
+                        help="coarse weight decay range, log-uniform (default 1e-6 1e-2)")
+    search.add_argument("--backbone-lr-mult", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                        help="also search the fine-tune backbone LR multiplier in this range (e.g. 0.01 1)")
+    search.add_argument("--strategies", nargs="+", choices=("linear_probe", "finetune"),
+                        help="also search the strategy kind (default: the recipe's)")
+    search.add_argument("--keep-checkpoints", action="store_true", help="keep each trial's checkpoints (large)")
+    search.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    diagnose = sub.add_parser("diagnose", help="train/val curves PNG and a verdict with advice, from a run directory")
+    diagnose.add_argument("run_dir", help="a run directory (has metrics.csv)")
+    diagnose.add_argument("--out", help="PNG path (default <run_dir>/curves.png)")
+    diagnose.add_argument("--gap", type=float, default=0.10, help="train - val accuracy that counts as overfitting")
+
+    init = sub.add_parser("init-stats", help="activation/gradient statistics through a deep MLP per init scheme")
+    init.add_argument("--init", nargs="+", default=["xavier_normal", "he_normal"], help="init schemes to compare")
+    init.add_argument("--activation", default="relu", help="relu, leaky_relu, elu, selu, gelu, tanh (default relu)")
+    init.add_argument("--depth", type=_positive_int, default=10, help="layers (default 10)")
+    init.add_argument("--width", type=_positive_int, default=512, help="units per layer (default 512)")
+    init.add_argument("--xavier-gain", choices=("none", "activation"), default="none",
+                      help="none = textbook Glorot (the seed's); activation = tlkit heads' gain-corrected Xavier")
+    init.add_argument("--out", default="init_stats.png", help="PNG path (default init_stats.png)")
 
 
 def format_summary(metrics: dict) -> str:
@@ -258,6 +314,97 @@ def _groups(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from tlkit.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    from tlkit.run.tuning import check
+    from tlkit.sanity import format_results
+
+    report = check(recipe, batches=args.batches, per_class=args.per_class, steps=args.steps, tolerance=args.tolerance)
+    if report["strategy_auto"]:
+        print(f"strategy auto -> {report['strategy_auto']['kind']}: {report['strategy_auto']['reason']}")
+    print(f"{recipe.name}: {report['num_classes']} classes, {report['strategy']} on {report['inputs']}")
+    print(format_results(report["results"]))
+    return 0 if report["passed"] else 1
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+    from tlkit.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    from tlkit.run.tuning import lr_find, write_recipe_copy
+
+    result = lr_find(recipe, out=args.out, min_lr=args.min_lr, max_lr=args.max_lr, num_training=args.steps)
+    suggestion = result["suggestion"]
+    print(f"{recipe.name}: LR range test, {result['steps']} steps on {result['inputs']} ({result['strategy']}), "
+          f"{result['seconds']} s")
+    if suggestion is None:
+        print("no suggestion: the loss never fell steadily; widen --min-lr/--max-lr or raise --steps")
+        return 1
+    print(f"suggested lr {suggestion:.3g} (steepest loss descent; the recipe has {recipe.optim.lr:g}) -> {result['png']}")
+    if args.write:
+        out = write_recipe_copy(args.recipe, [*args.overrides, f"optim.lr={suggestion:.3g}"], args.write,
+                                data_root=result["data_root"])
+        print(f"wrote {out} (optim.lr = {suggestion:.3g})")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from tlkit.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    from tlkit.run.tuning import search
+    from tlkit.search import SearchSpace
+
+    try:
+        space = SearchSpace(tuple(args.lr), tuple(args.weight_decay),
+                            tuple(args.backbone_lr_mult) if args.backbone_lr_mult else None, args.strategies or [])
+    except ValueError as exc:
+        raise RecipeError(f"search: {exc}") from None
+    summary = search(
+        recipe, source=args.recipe, source_overrides=args.overrides, out_dir=args.out, storage=args.storage,
+        coarse_trials=args.coarse_trials, refine_trials=args.refine_trials, coarse_epochs=args.coarse_epochs,
+        refine_epochs=args.refine_epochs, top_k=args.top_k, space=space, progress=not args.no_progress,
+        keep_checkpoints=args.keep_checkpoints,
+    )
+    for stage in summary["stages"].values():
+        print(stage["table"])
+    best = summary["best"]
+    print(f"best: {best['stage']} trial {best['trial']}, val acc {best['val_acc']:.2%}, "
+          + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in best["params"].items()))
+    print(f"wrote {summary['best_recipe']}, {summary['png']}, trials CSV/markdown in {summary['out_dir']}")
+    print(f"storage {summary['storage']} (re-run the same command to resume)")
+    return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from tlkit.run.tuning import diagnose
+
+    result = diagnose(args.run_dir, out=args.out, gap=args.gap)
+    v = result["values"]
+    print(f"{result['verdict'].upper()}: {result['reason']}")
+    print(f"  final epoch {v['epochs']}: train acc {v['train_acc']:.2%} / val acc {v['val_acc']:.2%}, "
+          f"train loss {v['train_loss']:.4f} / val loss {v['val_loss']:.4f}; best val epoch {v['best_val_epoch'] + 1}")
+    for advice in result["advice"]:
+        print(f"  - {advice}")
+    print(f"curves: {result['png']}")
+    return 0
+
+
+def _init_stats(args: argparse.Namespace) -> int:
+    from tlkit.init_stats import format_table, init_statistics, plot_statistics
+
+    results = {init: init_statistics(init, args.activation, depth=args.depth, width=args.width,
+                                     xavier_gain=args.xavier_gain) for init in args.init}
+    print(f"{args.activation}, depth {args.depth}, width {args.width}, unit-Gaussian input and output gradient "
+          f"(xavier gain: {args.xavier_gain})")
+    print(format_table(results))
+    title = f"{args.activation} MLP, depth {args.depth}, width {args.width}"
+    print(f"wrote {plot_statistics(results, args.out, title=title)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -265,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handler = {
         "train": _train, "preview": _preview, "evaluate": _evaluate, "predict": _predict, "export": _export,
-        "recipe": _recipe_show, "groups": _groups,
+        "recipe": _recipe_show, "groups": _groups, "check": _check, "lr-find": _lr_find, "search": _search,
+        "diagnose": _diagnose, "init-stats": _init_stats,
     }[args.command]
     try:
         return handler(args)

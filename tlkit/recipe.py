@@ -110,7 +110,18 @@ class LayerDecay(Section):
     """Layer groups from timm's group_matcher: fine = one per block (as timm does), coarse = one per stage."""
 
 
-Strategy = Annotated[Union[LinearProbe, Finetune, LpFt, Gradual, LayerDecay], Field(discriminator="kind")]
+class Auto(Section):
+    kind: Literal["auto"] = "auto"
+    """Decide from the data (tlkit.run.auto): linear_probe below images_per_class training images per class (mean),
+    finetune with backbone LR x backbone_lr_mult at or above it; the decision and its reason are printed and stored."""
+    images_per_class: int = Field(default=500, gt=0)
+    """Threshold; below it a linear probe (fine-tuning millions of weights on ~100 images/class overfits and, measured
+    on hymenoptera's ~120/class, gained nothing over the probe at ~10x the cost)."""
+    backbone_lr_mult: float = Field(default=0.1, gt=0, le=1)
+    """Backbone LR multiplier when auto picks finetune; the seeds' 1/10."""
+
+
+Strategy = Annotated[Union[LinearProbe, Finetune, LpFt, Gradual, LayerDecay, Auto], Field(discriminator="kind")]
 
 
 class HeadSection(Section):

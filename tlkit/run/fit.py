@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from tlkit.ema import WeightEMA
 from tlkit.recipe import Recipe, recipe_to_dict
+from tlkit.run.auto import resolve_auto_strategy
 from tlkit.run.build import build_datamodule, build_module, default_run_dir, write_text
 from tlkit.run.distributed import RUN_DIR_ENV, check_shared_run_dir, inherited_run_dir, launch_rank
 from tlkit.run.distributed import TimmSyncBatchNorm, check_sync_batchnorm, lightning_strategy, shared_run_stamp
@@ -36,12 +37,15 @@ def _save_closed_form_checkpoints(trainer: L.Trainer, checkpoint: ModelCheckpoin
     checkpoint.best_model_score = score.detach().clone() if score is not None else None
 
 
-def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
-    """Train `recipe`; write the run directory; return the final metrics (also written to metrics.json)."""
+def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.Callback] | None = None) -> dict:
+    """Train `recipe`; write the run directory; return the final metrics (also written to metrics.json).
+
+    `callbacks` are added to the trainer's (the search's pruning callback uses this)."""
     started = time.perf_counter()
     check_sync_batchnorm(recipe.trainer.sync_batchnorm, recipe.trainer.accelerator)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     datamodule = build_datamodule(recipe)
+    recipe, auto_decision = resolve_auto_strategy(recipe, datamodule)
     module = build_module(recipe, datamodule.classes)
     datamodule.preprocessing = module.preprocessing
     module.data_split = {"layout": datamodule.scan.layout, "val_fraction": recipe.data.val_fraction, "seed": recipe.seed}
@@ -53,8 +57,9 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
     is_rank_zero = launch_rank() == 0  # under torchrun / srun every rank runs fit(); only rank 0 writes files
     run_dir.mkdir(parents=True, exist_ok=True)
+    auto_note = f"# strategy: auto -> {auto_decision['kind']} ({auto_decision['reason']})\n" if auto_decision else ""
     if is_rank_zero:
-        write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+        write_text(run_dir / "recipe.yaml", auto_note + yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
         write_text(run_dir / "classes.json", json.dumps(datamodule.classes, indent=2) + "\n")
         if datamodule.scan.skipped:
             write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))
@@ -83,7 +88,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
         precision=recipe.trainer.precision,
         logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
         callbacks=[checkpoint, last, LearningRateMonitor(logging_interval="epoch"),
-                   *([WeightEMA(recipe.optim.ema_decay)] if recipe.optim.ema_decay > 0 else [])],
+                   *([WeightEMA(recipe.optim.ema_decay)] if recipe.optim.ema_decay > 0 else []), *(callbacks or [])],
         enable_progress_bar=recipe.trainer.progress_bar,
         enable_model_summary=False,
         log_every_n_steps=min(50, steps_per_epoch),
@@ -130,6 +135,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
         "backbone": recipe.backbone.name,
         "weights": module.weights_source,
         "strategy": recipe.strategy.kind,
+        **({"strategy_auto": auto_decision} if auto_decision else {}),
         "run_dir": str(run_dir),
         "best_checkpoint": checkpoint.best_model_path,
         "last_checkpoint": last.best_model_path or checkpoint.last_model_path,
