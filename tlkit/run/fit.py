@@ -59,6 +59,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
         if datamodule.scan.skipped:
             write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))
 
+    datamodule.bad_log = run_dir / "skipped_mid_run.txt"  # data.on_bad_image: skip lists files here
     fit_datamodule, cache_info = choose_training_inputs(recipe, datamodule, module)
     epochs = recipe.trainer.epochs
     if getattr(recipe.strategy, "solver", "sgd") == "lbfgs":  # the recipe guarantees cached features here
