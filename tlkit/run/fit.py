@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from tlkit.ema import WeightEMA
+from tlkit.faults import FiniteLossGuard
 from tlkit.recipe import Recipe, recipe_to_dict
 from tlkit.run.build import build_datamodule, build_module, default_run_dir, write_text
 from tlkit.run.distributed import RUN_DIR_ENV, check_shared_run_dir, inherited_run_dir, launch_rank
@@ -84,7 +85,8 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
         precision=recipe.trainer.precision,
         logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
         callbacks=[checkpoint, last, LearningRateMonitor(logging_interval="epoch"),
-                   *([WeightEMA(recipe.optim.ema_decay)] if recipe.optim.ema_decay > 0 else [])],
+                   *([WeightEMA(recipe.optim.ema_decay)] if recipe.optim.ema_decay > 0 else []),
+                   FiniteLossGuard(recipe.optim.lr)],
         enable_progress_bar=recipe.trainer.progress_bar,
         enable_model_summary=False,
         log_every_n_steps=min(50, steps_per_epoch),
