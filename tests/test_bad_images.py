@@ -16,9 +16,10 @@ from tlkit.zoo import write_zoo
 SKIPPED_AT_SCAN = ("empty.png", "notes.txt", "corrupt.jpg", "bomb.png", "link_out.png")
 
 
-def _zoo_recipe(root: Path, **data):
+def _zoo_recipe(root: Path, kind: str = "finetune", **data):
+    # finetune decodes images every epoch; linear_probe decodes once into cached features (both paths must skip)
     return validate_recipe(tiny_recipe_dict(
-        root, strategy={"kind": "finetune"}, trainer={"epochs": 1}, data={"batch_size": 4, **data}))
+        root, strategy={"kind": kind}, trainer={"epochs": 1}, data={"batch_size": 4, **data}, cache={"disk": False}))
 
 
 def test_scan_skips_and_lists_the_zoo_bad_files(tmp_path):
@@ -32,9 +33,10 @@ def test_scan_skips_and_lists_the_zoo_bad_files(tmp_path):
     assert {"grey_L.png", "cmyk.jpg", "deep_I16.png", "palette_P.png", "rotated.jpg", "tiny.png"} <= used
 
 
-def test_training_on_the_zoo_skips_and_lists_bad_files(tmp_path):
+@pytest.mark.parametrize("kind", ["finetune", "linear_probe"])
+def test_training_on_the_zoo_skips_and_lists_bad_files(tmp_path, kind):
     root = write_zoo(tmp_path / "zoo", val_only_class=False)
-    metrics = fit(_zoo_recipe(root), run_dir=tmp_path / "run")
+    metrics = fit(_zoo_recipe(root, kind), run_dir=tmp_path / "run")
     assert metrics["epochs"] == 1
     listed = (tmp_path / "run" / "skipped.txt").read_text()
     for name in SKIPPED_AT_SCAN:
@@ -43,10 +45,11 @@ def test_training_on_the_zoo_skips_and_lists_bad_files(tmp_path):
     assert "truncated.jpg" in (tmp_path / "run" / "skipped_mid_run.txt").read_text()
 
 
-def test_on_bad_image_error_stops_naming_the_file(tmp_path):
+@pytest.mark.parametrize("kind", ["finetune", "linear_probe"])
+def test_on_bad_image_error_stops_naming_the_file(tmp_path, kind):
     root = write_zoo(tmp_path / "zoo", val_only_class=False)
     with pytest.raises(DataError, match=r"truncated\.jpg"):
-        fit(_zoo_recipe(root, on_bad_image="error"), run_dir=tmp_path / "run")
+        fit(_zoo_recipe(root, kind, on_bad_image="error"), run_dir=tmp_path / "run")
 
 
 def test_file_deleted_after_the_scan_is_skipped(tmp_path, monkeypatch):
