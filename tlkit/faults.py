@@ -1,15 +1,38 @@
-"""Surviving faults during training: a NaN/inf loss guard (a plain Lightning callback; tlkit.run.fit wires it up)."""
+"""Surviving faults during training: atomic checkpoint writes and a NaN/inf loss guard (plain Lightning plugins and
+callbacks with typed arguments; tlkit.run.fit wires them up)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
 from tlkit.errors import TrainingDivergedError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into a temp file in the checkpoint's folder, fsync, then os.replace: a kill while saving leaves
+    the previous checkpoint intact (the rename is atomic on one filesystem), never a half-written one."""
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            with tmp.open("wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 class FiniteLossGuard(Callback):

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from tlkit.ema import WeightEMA
-from tlkit.faults import FiniteLossGuard
+from tlkit.faults import AtomicCheckpointIO, FiniteLossGuard
 from tlkit.recipe import Recipe, recipe_to_dict
 from tlkit.run.build import build_datamodule, build_module, default_run_dir, write_text
 from tlkit.run.distributed import RUN_DIR_ENV, check_shared_run_dir, inherited_run_dir, launch_rank
@@ -81,7 +81,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None) -> dict:
         num_nodes=recipe.trainer.num_nodes,
         strategy=lightning_strategy(recipe.trainer.strategy, staged=recipe.strategy.kind in STAGED),
         sync_batchnorm=recipe.trainer.sync_batchnorm,
-        plugins=[TimmSyncBatchNorm()] if recipe.trainer.sync_batchnorm else None,
+        plugins=[*([TimmSyncBatchNorm()] if recipe.trainer.sync_batchnorm else []), AtomicCheckpointIO()],
         precision=recipe.trainer.precision,
         logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
         callbacks=[checkpoint, last, LearningRateMonitor(logging_interval="epoch"),
