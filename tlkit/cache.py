@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from tlkit.data import decode
+from tlkit.errors import DataError
 from tlkit.weights import cache_dir
 
 log = logging.getLogger(__name__)
@@ -65,18 +66,30 @@ def view_seed(seed: int, view: int, path: str) -> int:
 class _ViewDataset(Dataset):
     """Decoded images through `transform`; with seeds, the transform is reseeded per image (reproducible views)."""
 
-    def __init__(self, paths: Sequence[str], transform: Callable, seeds: Sequence[int] | None):
+    def __init__(self, paths: Sequence[str], transform: Callable, seeds: Sequence[int] | None, on_bad: str = "error"):
         self.paths = list(paths)
         self.transform = transform
         self.seeds = list(seeds) if seeds is not None else None
+        self.on_bad = on_bad
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | None:
         if self.seeds is not None:
             self.transform.reseed(self.seeds[index])
-        return self.transform(decode(self.paths[index]))
+        try:
+            return self.transform(decode(self.paths[index]))
+        except DataError:
+            if self.on_bad == "error":
+                raise
+            return None  # data.on_bad_image: skip -> a NaN feature row, dropped by the caller
+
+
+def _collate_views(batch: list) -> tuple[torch.Tensor | None, torch.Tensor]:
+    good = torch.tensor([item is not None for item in batch])
+    images = [item for item in batch if item is not None]
+    return (torch.stack(images) if images else None), good
 
 
 def extraction_batch_size(device: torch.device, eval_batch_size: int) -> int:
@@ -95,17 +108,25 @@ def extraction_device(accelerator: str) -> torch.device:
 @torch.no_grad()  # features are inputs to the head; a trainable backbone (lp_ft) must not keep their graph
 def extract(backbone: torch.nn.Module, paths: Sequence[str], transform: Callable, *, seeds: Sequence[int] | None,
             batch_size: int, num_workers: int, desc: str, channels_last: bool = True,
-            device: torch.device = torch.device("cpu")) -> torch.Tensor:
-    """Pooled features (len(paths), num_features) of `paths` through `transform`, one batched forward per batch."""
+            device: torch.device = torch.device("cpu"), on_bad: str = "error") -> torch.Tensor:
+    """Pooled features (len(paths), num_features) of `paths` through `transform`, one batched forward per batch.
+    on_bad="skip": a file that fails to decode gets a NaN row (the caller drops it); "error" raises DataError."""
     home = next(backbone.parameters()).device
     backbone.eval().to(device)
-    loader = DataLoader(_ViewDataset(paths, transform, seeds), batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(_ViewDataset(paths, transform, seeds, on_bad), batch_size=batch_size,
+                        num_workers=num_workers, collate_fn=_collate_views)
     out = []
-    for images in tqdm(loader, desc=desc, unit="batch", leave=False):
-        images = images.to(device)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        out.append(backbone(images).float().cpu())
+    for images, good in tqdm(loader, desc=desc, unit="batch", leave=False):
+        rows = torch.full((len(good), getattr(backbone, "num_features", 0)), float("nan"))
+        if images is not None:
+            images = images.to(device)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            feats = backbone(images).float().cpu()
+            if rows.shape[1] != feats.shape[1]:
+                rows = torch.full((len(good), feats.shape[1]), float("nan"))
+            rows[good] = feats
+        out.append(rows)
     backbone.to(home)
     return torch.cat(out) if out else torch.empty(0, getattr(backbone, "num_features", 0))
 

@@ -146,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     groups.add_argument("--fine", action="store_true", help="one group per block instead of per stage")
 
     _add_tuning_parsers(sub)
+    doctor = sub.add_parser("doctor", help="report messy cases in an image folder (read-only), as a table and JSON")
+    doctor.add_argument("folder", help="data root: <class>/* or train/<class>/* + val/<class>/*")
+    doctor.add_argument("--min-size", type=_positive_int, default=32,
+                        help="flag images whose shorter side is below this (default 32; use the recipe's input size)")
+    doctor.add_argument("--json", dest="json_out", help="report path (default runs/doctor/<folder name>.json)")
 
     recipe = sub.add_parser("recipe", help="inspect recipes")
     recipe_sub = recipe.add_subparsers(dest="recipe_command", required=True)
@@ -405,6 +410,15 @@ def _init_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from tlkit.doctor import default_report_path, diagnose, format_table, write_report
+
+    report = diagnose(args.folder, min_size=args.min_size)
+    print(format_table(report))
+    print(f"report: {write_report(report, args.json_out or default_report_path(args.folder))}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -413,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {
         "train": _train, "preview": _preview, "evaluate": _evaluate, "predict": _predict, "export": _export,
         "recipe": _recipe_show, "groups": _groups, "check": _check, "lr-find": _lr_find, "search": _search,
-        "diagnose": _diagnose, "init-stats": _init_stats,
+        "diagnose": _diagnose, "init-stats": _init_stats, "doctor": _doctor,
     }[args.command]
     try:
         return handler(args)

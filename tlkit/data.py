@@ -16,7 +16,7 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from tlkit.augment import TrainAugment, build_eval_transform, build_train_transform
 from tlkit.backbones import Preprocessing
@@ -43,31 +43,53 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _list_images(class_dir: Path, skipped: list[tuple[str, str]]) -> list[str]:
-    """Image files below class_dir (recursive, sorted). Non-images and unreadable headers are skipped and listed."""
+def leaves_root(path: Path, root: Path) -> bool:
+    """True when `path` is a symlink whose target lies outside `root` (such links are never followed: they could
+    point anywhere, and a folder copied elsewhere would silently change)."""
+    if not path.is_symlink():
+        return False
+    return not Path(os.path.realpath(path)).is_relative_to(Path(os.path.realpath(root)))
+
+
+def _list_images(class_dir: Path, skipped: list[tuple[str, str]], root: Path) -> list[str]:
+    """Image files below class_dir (recursive, sorted). Non-images, unreadable headers, decompression bombs and
+    symlinks leaving `root` are skipped and listed."""
     files = []
     for path in sorted(class_dir.rglob("*")):
-        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(class_dir).parts):
+        if any(part.startswith(".") for part in path.relative_to(class_dir).parts):
+            continue
+        if leaves_root(path, root):
+            skipped.append((str(path), "symlink leaving the data folder (not followed)"))
+            continue
+        if not path.is_file():
             continue
         if not is_image_name(path):
             skipped.append((str(path), "not an image file extension"))
             continue
         try:
             with Image.open(path) as im:  # reads the header only: cheap, catches empty and non-image files
-                im.size  # noqa: B018
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+                width, height = im.size
+        except Image.DecompressionBombError:
+            skipped.append((str(path), "decompression bomb: refused from its header"))
+            continue
+        except (UnidentifiedImageError, OSError) as exc:
             skipped.append((str(path), f"unreadable: {type(exc).__name__}"))
+            continue
+        if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:  # PIL only warns below 2x the limit
+            skipped.append((str(path), f"decompression bomb: {width}x{height} pixels, refused from its header"))
             continue
         files.append(str(path))
     return files
 
 
-def _collect(folder: Path, classes: list[str], skipped: list[tuple[str, str]]) -> list[tuple[str, int]]:
+def _collect(folder: Path, classes: list[str], skipped: list[tuple[str, str]], root: Path) -> list[tuple[str, int]]:
     samples = []
     for label, name in enumerate(classes):
         class_dir = folder / name
-        if class_dir.is_dir():
-            samples += [(p, label) for p in _list_images(class_dir, skipped)]
+        if leaves_root(class_dir, root):
+            skipped.append((str(class_dir), "symlink leaving the data folder (not followed)"))
+        elif class_dir.is_dir():
+            samples += [(p, label) for p in _list_images(class_dir, skipped, root)]
     return samples
 
 
@@ -93,8 +115,8 @@ def scan_folder(root: str | Path, *, val_fraction: float = 0.2, seed: int = 42) 
                 f"{val_dir} has classes missing from {train_dir}: {', '.join(extra)}. "
                 "Add training images for them or remove them from the validation folder."
             )
-        train = _collect(train_dir, classes, skipped)
-        val = _collect(val_dir, classes, skipped)
+        train = _collect(train_dir, classes, skipped, root)
+        val = _collect(val_dir, classes, skipped, root)
         layout = "split"
     else:
         if val_dir is not None and not train_dir.is_dir():
@@ -109,7 +131,7 @@ def scan_folder(root: str | Path, *, val_fraction: float = 0.2, seed: int = 42) 
             )
         classes = [p.name for p in _class_dirs(root)]
         _check_classes(classes, root)
-        samples = _collect(root, classes, skipped)
+        samples = _collect(root, classes, skipped, root)
         train, val = stratified_split(samples, val_fraction=val_fraction, seed=seed)
         layout = "single"
     empty = [c for i, c in enumerate(classes) if not any(label == i for _, label in train)]
@@ -165,19 +187,58 @@ def decode(path: str) -> np.ndarray:
         raise DataError(f"Cannot decode {path} ({type(exc).__name__}: {exc}); remove or repair the file.") from exc
 
 
-class ImageDataset(Dataset):
-    """(path, label) samples decoded to RGB and passed through `transform`."""
+BAD_IMAGE_POLICIES = ("skip", "error")
 
-    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable):
+
+@dataclass(frozen=True)
+class BadSample:
+    """What ImageDataset returns under on_bad="skip" for a file that no longer decodes; collate_skipping_bad drops it."""
+
+    path: str
+    reason: str
+
+
+class ImageDataset(Dataset):
+    """(path, label) samples decoded to RGB and passed through `transform`.
+
+    on_bad="error" raises DataError naming a file that fails to decode; "skip" returns a BadSample instead (the
+    collate drops it, never substituting another image) and appends "path<TAB>reason" to `bad_log` when set (a file,
+    so DataLoader worker processes can record it too).
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable, *, on_bad: str = "error",
+                 bad_log: Path | None = None):
+        if on_bad not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"on_bad must be one of {', '.join(BAD_IMAGE_POLICIES)}; got {on_bad!r}.")
         self.samples = list(samples)
         self.transform = transform
+        self.on_bad = on_bad
+        self.bad_log = bad_log
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | BadSample:
         path, label = self.samples[index]
-        return self.transform(decode(path)), label
+        try:
+            image = decode(path)
+        except DataError as exc:
+            if self.on_bad == "error":
+                raise
+            log.warning("skipped %s: %s", path, exc)
+            if self.bad_log is not None:
+                with open(self.bad_log, "a") as f:
+                    f.write(f"{path}\t{str(exc).splitlines()[0]}\n")
+            return BadSample(path, str(exc))
+        return self.transform(image), label
+
+
+def collate_skipping_bad(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """default_collate over the good samples (an empty batch when all were bad; the module skips it)."""
+    good = [item for item in batch if not isinstance(item, BadSample)]
+    if good:
+        return default_collate(good)
+    return torch.empty(0), torch.empty(0, dtype=torch.long)
 
 
 def resolve_num_workers(num_workers: int | str) -> int:
@@ -204,8 +265,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         num_workers: int | str = "auto",
         val_fraction: float = 0.2,
         seed: int = 42,
+        on_bad_image: str = "error",
     ):
         super().__init__()
+        self.on_bad_image = on_bad_image
+        self.bad_log: Path | None = None  # set by the runner: where files that fail to decode mid-run are listed
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
         self.root = Path(root)
@@ -237,8 +301,9 @@ class ImageFolderDataModule(L.LightningDataModule):
                     "or fit a model that has a `preprocessing` attribute (TransferModule does)."
                 )
             self.preprocessing = pre
-        self.train_set = ImageDataset(self.scan.train, build_train_transform(pre, self.augment))
-        self.val_set = ImageDataset(self.scan.val, build_eval_transform(pre))
+        bad = {"on_bad": self.on_bad_image, "bad_log": self.bad_log}
+        self.train_set = ImageDataset(self.scan.train, build_train_transform(pre, self.augment), **bad)
+        self.val_set = ImageDataset(self.scan.val, build_eval_transform(pre), **bad)
 
     def train_dataloader(self) -> DataLoader:
         return make_loader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers)
@@ -258,6 +323,7 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers
         pin_memory=torch.cuda.is_available(),
         # A trailing batch of 1 breaks BatchNorm in train mode; reshuffling each epoch keeps every image in play.
         drop_last=shuffle and len(dataset) > batch_size,
+        collate_fn=collate_skipping_bad,
     )
 
 

@@ -44,3 +44,7 @@ class TTAError(TlkitError, ValueError):
 
 class ExportError(TlkitError, ValueError):
     """An export could not be written or failed its parity check."""
+
+
+class TrainingDivergedError(TlkitError, RuntimeError):
+    """The training loss became NaN or infinite; the run stopped before applying that update."""

@@ -199,6 +199,8 @@ class TransferModule(L.LightningModule):
     @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets = batch
+        if len(targets) == 0:  # every file of this batch failed to decode (data.on_bad_image: skip)
+            return None
         if self.mixer is not None and self.mixer.active(self.current_epoch, self._max_epochs()):
             images, soft_targets = self.mixer(images, targets)
             logits = self(images)
@@ -220,6 +222,8 @@ class TransferModule(L.LightningModule):
     @override
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, targets = batch
+        if len(targets) == 0:
+            return
         logits = self(images)
         # Validation loss is plain cross-entropy (no smoothing) so runs with different smoothing compare fairly.
         loss = self._loss(logits, targets, smoothing=0.0)

@@ -162,6 +162,9 @@ class DataSection(Section):
     """DataLoader worker processes; auto = min(4, CPU count)."""
     generate: Literal["digits"] | None = None
     """Built-in dataset written to root when root is missing (digits = scikit-learn's 8x8 digits as PNGs)."""
+    on_bad_image: Literal["skip", "error"] = "skip"
+    """A file that stops decoding mid-run (deleted, truncated after the scan): skip = drop it from its batch and
+    list it in <run_dir>/skipped_mid_run.txt (never replaced by another image); error = stop naming the file."""
 
 
 class OptimSection(Section):

@@ -38,6 +38,7 @@ def build_datamodule(recipe: Recipe) -> ImageFolderDataModule:
         num_workers=d.num_workers,
         val_fraction=d.val_fraction,
         seed=recipe.seed,
+        on_bad_image=d.on_bad_image,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -44,6 +45,15 @@ def choose_training_inputs(
     return features, info
 
 
+def _drop_undecodable(finite: torch.Tensor, paths: list[str], bad_log: Path | None) -> torch.Tensor:
+    """NaN feature rows mark files that failed to decode under data.on_bad_image: skip; list them and keep the rest."""
+    bad = [p for p, ok in zip(paths, finite.tolist()) if not ok]
+    if bad and bad_log is not None:
+        with open(bad_log, "a") as f:
+            f.writelines(f"{p}\tfailed to decode during feature extraction\n" for p in bad)
+    return finite
+
+
 def build_feature_datamodule(
     recipe: Recipe, datamodule: ImageFolderDataModule, module: TransferModule
 ) -> tuple[FeatureDataModule, dict]:
@@ -62,7 +72,8 @@ def build_feature_datamodule(
             seeds = None if view is None else [view_seed(recipe.seed, view, p) for p in paths]
             return extract(module.backbone, paths, transform, seeds=seeds, device=device,
                            batch_size=extraction_batch_size(device, datamodule.eval_batch_size),
-                           num_workers=datamodule.num_workers, desc=desc, channels_last=module.channels_last)
+                           num_workers=datamodule.num_workers, desc=desc, channels_last=module.channels_last,
+                           on_bad=datamodule.on_bad_image)
         return run
 
     train_paths = [p for p, _ in datamodule.scan.train]
@@ -86,9 +97,12 @@ def build_feature_datamodule(
             "extracted": cache.stats.misses, "seconds": round(time.perf_counter() - started, 2)}
     log.info("feature cache: %d train x %d view(s) + %d val; %d rows from disk, %d extracted, %.1f s",
              len(train_paths), len(views), len(val_paths), info["from_disk"], info["extracted"], info["seconds"])
+    views = torch.stack(views)
+    keep_train = _drop_undecodable(views.isfinite().all(dim=2).all(dim=0), train_paths, datamodule.bad_log)
+    keep_val = _drop_undecodable(val.isfinite().all(dim=1), val_paths, datamodule.bad_log)
     feature_dm = FeatureDataModule(
-        CachedFeatures(torch.stack(views), [label for _, label in datamodule.scan.train]),
-        CachedFeatures(val, [label for _, label in datamodule.scan.val]),
+        CachedFeatures(views[:, keep_train], [label for (_, label), k in zip(datamodule.scan.train, keep_train) if k]),
+        CachedFeatures(val[keep_val], [label for (_, label), k in zip(datamodule.scan.val, keep_val) if k]),
         batch_size=datamodule.batch_size, eval_batch_size=datamodule.eval_batch_size,
     )
     return feature_dm, info

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from tlkit.ema import WeightEMA
+from tlkit.faults import AtomicCheckpointIO, FiniteLossGuard
 from tlkit.recipe import Recipe, recipe_to_dict
 from tlkit.run.auto import resolve_auto_strategy
 from tlkit.run.build import build_datamodule, build_module, default_run_dir, write_text
@@ -64,6 +65,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
         if datamodule.scan.skipped:
             write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))
 
+    datamodule.bad_log = run_dir / "skipped_mid_run.txt"  # data.on_bad_image: skip lists files here
     fit_datamodule, cache_info = choose_training_inputs(recipe, datamodule, module)
     epochs = recipe.trainer.epochs
     if getattr(recipe.strategy, "solver", "sgd") == "lbfgs":  # the recipe guarantees cached features here
@@ -84,11 +86,12 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
         num_nodes=recipe.trainer.num_nodes,
         strategy=lightning_strategy(recipe.trainer.strategy, staged=recipe.strategy.kind in STAGED),
         sync_batchnorm=recipe.trainer.sync_batchnorm,
-        plugins=[TimmSyncBatchNorm()] if recipe.trainer.sync_batchnorm else None,
+        plugins=[*([TimmSyncBatchNorm()] if recipe.trainer.sync_batchnorm else []), AtomicCheckpointIO()],
         precision=recipe.trainer.precision,
         logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
         callbacks=[checkpoint, last, LearningRateMonitor(logging_interval="epoch"),
-                   *([WeightEMA(recipe.optim.ema_decay)] if recipe.optim.ema_decay > 0 else []), *(callbacks or [])],
+                   *([WeightEMA(recipe.optim.ema_decay)] if recipe.optim.ema_decay > 0 else []),
+                   FiniteLossGuard(recipe.optim.lr), *(callbacks or [])],
         enable_progress_bar=recipe.trainer.progress_bar,
         enable_model_summary=False,
         log_every_n_steps=min(50, steps_per_epoch),

@@ -1,0 +1,11 @@
+"""Check an image folder: python scripts/doctor.py DIR [--min-size N] [--json report.json]."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from tlkit.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["doctor", *sys.argv[1:]]))

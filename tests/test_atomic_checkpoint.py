@@ -1,0 +1,43 @@
+"""Checkpoint writes are atomic: a failure (or kill) while saving leaves the previous checkpoint intact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tlkit.faults as faults
+from tlkit.faults import AtomicCheckpointIO
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    before = path.read_bytes()
+
+    def dies_halfway(obj, f):  # what a SIGKILL mid-write leaves: a partial file
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(faults.torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    assert path.read_bytes() == before
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temp file left behind
+
+
+def test_fit_writes_checkpoints_through_the_atomic_writer(tmp_path, monkeypatch):
+    from conftest import tiny_recipe_dict, write_colour_classes
+
+    from tlkit.recipe import validate_recipe
+    from tlkit.run import fit
+
+    saved = []
+    original = AtomicCheckpointIO.save_checkpoint
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint",
+                        lambda self, ckpt, path, storage_options=None: (saved.append(path), original(self, ckpt, path)))
+    root = write_colour_classes(tmp_path / "colours")
+    fit(validate_recipe(tiny_recipe_dict(root, strategy={"kind": "finetune"}, trainer={"epochs": 1})),
+        run_dir=tmp_path / "run")
+    assert {p.split("/")[-1] for p in map(str, saved)} >= {"best.ckpt", "last.ckpt"}

@@ -1,0 +1,215 @@
+"""Dataset doctor: inspect an image folder read-only and report every case tlkit treats specially.
+
+`diagnose(root)` returns a JSON-able report; `format_table(report)` renders it. The folder is never modified:
+files are opened read-only, symlinks that leave the root are reported and not followed, and decompression bombs
+are judged from their header alone (never decoded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tlkit.data import VAL_SPLIT_NAMES
+from tlkit.errors import DataError, DataNotFoundError, did_you_mean
+from tlkit.images import is_image_name
+
+DEFAULT_MIN_SIZE = 32
+
+# case -> what tlkit does with it (the conversion/skip policy shown in the table and the JSON)
+ACTIONS = {
+    "zero_byte": "skipped at scan, listed in skipped.txt",
+    "non_image": "skipped at scan (not an image extension), listed in skipped.txt",
+    "hidden": "ignored (hidden files and folders are never read)",
+    "corrupt": "skipped at scan (unreadable header), listed in skipped.txt",
+    "truncated": "header reads, pixels do not: data.on_bad_image=skip drops it mid-run and lists it; error stops",
+    "decompression_bomb": "refused from its header (never decoded), listed in skipped.txt",
+    "symlink_outside_root": "not followed, listed in skipped.txt",
+    "too_small": "used; upscaled to the crop (check these are not thumbnails)",
+    "mode_L": "converted to RGB (grey copied to 3 channels)",
+    "mode_LA": "alpha composited on white, then RGB",
+    "mode_RGBA": "alpha composited on white, then RGB",
+    "mode_P_transparency": "palette expanded, transparency composited on white, then RGB",
+    "mode_P": "palette expanded to RGB",
+    "mode_CMYK": "converted to RGB by PIL",
+    "mode_I;16": "16-bit grey stretched to 8 bits, then RGB",
+    "mode_other": "converted to RGB by PIL",
+    "exif_rotated": "rotated to display orientation (EXIF transpose) before augmentation",
+    "empty_class_folder": "no images: a train class without images is an error; an empty val class is evaluated on nothing",
+    "class_only_in_train": "trained, but never validated",
+    "class_only_in_val": "error at training: every val class needs training images",
+    "duplicate_within_split": "used as is (over-weights those images); consider removing copies",
+    "duplicate_across_splits": "LEAKAGE: the same bytes in train and val inflate val metrics; remove one copy",
+}
+MODE_CASES = {"L", "LA", "RGBA", "P", "CMYK", "I;16"}
+
+
+def _split_dirs(root: Path) -> dict[str, Path]:
+    """{"train": ..., "val": ...} for the split layout, else {"all": root}."""
+    val_dir = next((root / n for n in VAL_SPLIT_NAMES if (root / n).is_dir()), None)
+    if (root / "train").is_dir() and val_dir is not None:
+        return {"train": root / "train", "val": val_dir}
+    return {"all": root}
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _walk(class_dir: Path):
+    """Every entry below class_dir without following directory symlinks (os.walk's default)."""
+    for dirpath, dirnames, filenames in os.walk(class_dir):
+        base = Path(dirpath)
+        for name in sorted(filenames) + sorted(d for d in dirnames if (base / d).is_symlink()):
+            yield base / name
+        dirnames[:] = sorted(d for d in dirnames if not (base / d).is_symlink())
+
+
+def _inspect_image(path: Path, min_size: int) -> tuple[list[str], str | None]:
+    """(cases, error case or None) for one image file: header first, then a full decode."""
+    cases: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if width * height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                    return cases, "decompression_bomb"
+                mode = im.mode
+                if mode == "P" and "transparency" in im.info:
+                    cases.append("mode_P_transparency")
+                elif mode in MODE_CASES:
+                    cases.append(f"mode_{mode}")
+                elif mode != "RGB":
+                    cases.append("mode_other")
+                if im.getexif().get(0x0112, 1) not in (1, None):
+                    cases.append("exif_rotated")
+                    width, height = ImageOps.exif_transpose(im).size
+                im.load()  # full decode: catches truncated files the header check cannot
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return cases, "decompression_bomb"
+    except UnidentifiedImageError:
+        return cases, "corrupt"
+    except (OSError, SyntaxError, ValueError) as exc:
+        return cases, "truncated" if "truncated" in str(exc).lower() else "corrupt"
+    if min(width, height) < min_size:
+        cases.append("too_small")
+    return cases, None
+
+
+def diagnose(root: str | Path, *, min_size: int = DEFAULT_MIN_SIZE) -> dict:
+    """Report every special case under root. Raises DataNotFoundError / DataError only if the folder is unusable."""
+    root = Path(root)
+    if not root.is_dir():
+        parent = root.parent
+        hint = did_you_mean(root.name, [p.name for p in parent.iterdir()]) if parent.is_dir() else ""
+        raise DataNotFoundError(f"Data folder {str(root)!r} does not exist.{hint} Pass a folder of class subfolders.")
+    splits = _split_dirs(root)
+    found: dict[str, list[str]] = defaultdict(list)
+    counts: dict[str, dict[str, int]] = {}
+    hashes: dict[str, list[tuple[str, str]]] = defaultdict(list)  # sha256 -> [(split, path)]
+    for split, split_dir in splits.items():
+        classes = _class_dirs(split_dir)
+        counts[split] = {}
+        for class_dir in classes:
+            good = 0
+            for path in _walk(class_dir):
+                rel = path.relative_to(class_dir)
+                if any(part.startswith(".") for part in rel.parts):
+                    found["hidden"].append(str(path))
+                    continue
+                if path.is_symlink() and not _inside(path, root):
+                    found["symlink_outside_root"].append(str(path))  # never read: it may point anywhere
+                    continue
+                if not path.is_file():
+                    continue
+                if path.stat().st_size == 0:
+                    found["zero_byte"].append(str(path))
+                    continue
+                if not is_image_name(path):
+                    found["non_image"].append(str(path))
+                    continue
+                cases, error = _inspect_image(path, min_size)
+                for case in cases:
+                    found[case].append(str(path))
+                if error:
+                    found[error].append(str(path))
+                    continue
+                good += 1
+                hashes[hashlib.sha256(path.read_bytes()).hexdigest()].append((split, str(path)))
+            counts[split][class_dir.name] = good
+            if good == 0:
+                found["empty_class_folder"].append(str(class_dir))
+    main = "train" if "train" in counts else "all"
+    if len(counts[main]) < 2:
+        raise DataError(
+            f"{splits[main]} needs at least 2 class subfolders (found {len(counts[main])}); "
+            "put each class's images in its own folder."
+        )
+    if "val" in counts:
+        train_has = {c for c, n in counts["train"].items() if n}
+        val_has = {c for c, n in counts["val"].items() if n}
+        found["class_only_in_train"] = sorted(train_has - val_has)
+        found["class_only_in_val"] = sorted(val_has - train_has)
+    for copies in hashes.values():
+        if len(copies) > 1:
+            case = "duplicate_across_splits" if len({s for s, _ in copies}) > 1 else "duplicate_within_split"
+            found[case].append(" == ".join(p for _, p in copies))
+    nonzero = [n for n in counts[main].values() if n]
+    return {
+        "root": str(root),
+        "layout": "split" if "val" in counts else "single",
+        "min_size": min_size,
+        "class_counts": counts,
+        "imbalance_ratio": (max(nonzero) / min(nonzero)) if nonzero else None,
+        "cases": {case: {"count": len(items), "items": items, "action": ACTIONS[case]}
+                  for case, items in sorted(found.items()) if items},
+    }
+
+
+def format_table(report: dict) -> str:
+    """A plain table: case | count | example | what tlkit does, then class counts and the imbalance ratio."""
+    rows = [("case", "count", "example", "what tlkit does")]
+    for case, info in report["cases"].items():
+        example = info["items"][0]
+        if len(example) > 60:
+            example = "..." + example[-57:]
+        rows.append((case, str(info["count"]), example, info["action"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [" | ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    if len(rows) == 1:
+        lines.append("(no problems found)")
+    for split, classes in report["class_counts"].items():
+        lines.append(f"{split}: " + ", ".join(f"{c}={n}" for c, n in classes.items()))
+    ratio = report["imbalance_ratio"]
+    lines.append(f"imbalance ratio (largest/smallest class): {ratio:.2f}" if ratio else "imbalance ratio: n/a")
+    return "\n".join(lines)
+
+
+def default_report_path(root: str | Path) -> Path:
+    return Path("runs") / "doctor" / f"{Path(root).resolve().name}.json"
+
+
+def write_report(report: dict, path: str | Path) -> Path:
+    """Write the JSON report; refuses a path inside the data folder (the doctor never writes there)."""
+    path = Path(path)
+    if _inside(path, Path(report["root"])):
+        raise DataError(f"Refusing to write the report inside the data folder ({path}); pass --json elsewhere.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
