@@ -16,7 +16,7 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, default_collate
 
 from tlkit.augment import TrainAugment, build_eval_transform, build_train_transform
 from tlkit.backbones import Preprocessing
@@ -279,6 +279,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.num_workers = resolve_num_workers(num_workers)
         self.scan = scan_folder(self.root, val_fraction=val_fraction, seed=seed)
+        self.seed = seed
+        self.sample_weights: list[float] | None = None  # data.balance: sampler (set by run.fit)
         self.train_set: ImageDataset | None = None
         self.val_set: ImageDataset | None = None
 
@@ -306,18 +308,43 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.val_set = ImageDataset(self.scan.val, build_eval_transform(pre), **bad)
 
     def train_dataloader(self) -> DataLoader:
-        return make_loader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers)
+        return make_loader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
+                           sample_weights=self.sample_weights, seed=self.seed)
 
     def val_dataloader(self) -> DataLoader:
         return make_loader(self.val_set, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers)
 
 
-def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int) -> DataLoader:
-    """The one DataLoader policy for images and cached features, so both paths see the same batches."""
+def balanced_sample_weights(labels: Sequence[int], num_classes: int) -> list[float]:
+    """Per-sample draw weights 1 / count(class): every class is equally likely under a WeightedRandomSampler."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    return [1.0 / counts[label] for label in labels]
+
+
+def balanced_class_weights(labels: Sequence[int], num_classes: int) -> list[float]:
+    """n / (C x count_c) per class, scikit-learn's "balanced"; a class without images gets 0. Plain floats, so
+    checkpoints that store them stay weights_only-loadable."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    return [float(len(labels) / (num_classes * c)) if c else 0.0 for c in counts]
+
+
+def make_loader(
+    dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int,
+    sample_weights: Sequence[float] | None = None, seed: int = 0,
+) -> DataLoader:
+    """The one DataLoader policy for images and cached features, so both paths see the same batches.
+
+    sample_weights: draw (with replacement, seeded) instead of shuffling — data.balance: sampler.
+    """
+    sampler = None
+    if sample_weights is not None:
+        generator = torch.Generator().manual_seed(seed)
+        sampler = WeightedRandomSampler(list(sample_weights), len(dataset), replacement=True, generator=generator)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
@@ -334,9 +361,12 @@ class FeatureDataModule(L.LightningDataModule):
         super().__init__()
         self.train_set, self.val_set = train, val
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.sample_weights: list[float] | None = None  # data.balance: sampler (set by run.fit)
+        self.seed = 0
 
     def train_dataloader(self) -> DataLoader:
-        return make_loader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=0)
+        return make_loader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=0,
+                           sample_weights=self.sample_weights, seed=self.seed)
 
     def val_dataloader(self) -> DataLoader:
         return make_loader(self.val_set, batch_size=self.eval_batch_size, shuffle=False, num_workers=0)

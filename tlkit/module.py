@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from tlkit.backbones import Preprocessing, create_backbone
 from tlkit.errors import did_you_mean
@@ -68,6 +68,7 @@ class TransferModule(L.LightningModule):
         mixing: MixingConfig | dict | None = None,
         tta: str | dict | None = None,
         strategy_options: dict | None = None,
+        class_weights: list[float] | None = None,
     ):
         super().__init__()
         _check_choice("strategy", strategy, STRATEGIES)
@@ -103,6 +104,7 @@ class TransferModule(L.LightningModule):
                 "mixing": mixing_config.model_dump(),
                 "tta": tta_spec,
                 "strategy_options": dict(strategy_options or {}),
+                "class_weights": [float(w) for w in class_weights] if class_weights is not None else None,
             }
         )
         self.classes = list(classes)
@@ -135,6 +137,13 @@ class TransferModule(L.LightningModule):
         self.mixer = BatchMixer(mixing_config, len(classes), label_smoothing) if mixing_config.enabled else None
         self.train_acc = MulticlassAccuracy(num_classes=len(classes), average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=len(classes), average="micro")
+        # Imbalance-aware validation metrics: macro recall (= balanced accuracy) and macro F1.
+        self.val_balanced_acc = MulticlassAccuracy(num_classes=len(classes), average="macro")
+        self.val_macro_f1 = MulticlassF1Score(num_classes=len(classes), average="macro")
+        if class_weights is not None and len(class_weights) != len(classes):
+            raise ValueError(f"class_weights has {len(class_weights)} entries for {len(classes)} classes.")
+        # data.balance: loss_weights; rebuilt from the plain-float hparam, so checkpoints stay weights_only-safe.
+        self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
 
     # -- model ---------------------------------------------------------------------------------------------------
 
@@ -187,8 +196,10 @@ class TransferModule(L.LightningModule):
 
     # -- steps ---------------------------------------------------------------------------------------------------
 
-    def _loss(self, logits: torch.Tensor, targets: torch.Tensor, *, smoothing: float) -> torch.Tensor:
-        return F.cross_entropy(logits, targets, label_smoothing=smoothing)
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor, *, smoothing: float, weighted: bool = False
+              ) -> torch.Tensor:
+        weight = self.class_weights.to(logits.device) if weighted and self.class_weights is not None else None
+        return F.cross_entropy(logits, targets, weight=weight, label_smoothing=smoothing)
 
     def _l1_penalty(self) -> torch.Tensor | float:
         if self.hparams.l1 <= 0:
@@ -208,7 +219,7 @@ class TransferModule(L.LightningModule):
             targets = soft_targets.argmax(dim=-1)  # accuracy under mixing counts the dominant label
         else:
             logits = self(images)
-            loss = self._loss(logits, targets, smoothing=self.hparams.label_smoothing)
+            loss = self._loss(logits, targets, smoothing=self.hparams.label_smoothing, weighted=True)
         self.train_acc(logits, targets)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets),
                  sync_dist=True)  # DDP: the mean over all ranks (a no-op in one process)
@@ -231,6 +242,10 @@ class TransferModule(L.LightningModule):
         self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets),
                  sync_dist=True)
         self.log("val_acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.val_balanced_acc(logits, targets)
+        self.val_macro_f1(logits, targets)
+        self.log("val_balanced_acc", self.val_balanced_acc, on_step=False, on_epoch=True, batch_size=len(targets))
+        self.log("val_macro_f1", self.val_macro_f1, on_step=False, on_epoch=True, batch_size=len(targets))
 
     @override
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

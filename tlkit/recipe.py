@@ -165,6 +165,10 @@ class DataSection(Section):
     on_bad_image: Literal["skip", "error"] = "skip"
     """A file that stops decoding mid-run (deleted, truncated after the scan): skip = drop it from its batch and
     list it in <run_dir>/skipped_mid_run.txt (never replaced by another image); error = stop naming the file."""
+    balance: Literal["none", "sampler", "loss_weights"] = "none"
+    """Class imbalance: sampler = draw training images with replacement so each class is equally likely (seeded);
+    loss_weights = weight the training loss by n / (C x count_c) (scikit-learn's "balanced"); none = as the data is.
+    Balanced accuracy and macro-F1 are logged either way (val_balanced_acc, val_macro_f1)."""
 
 
 class OptimSection(Section):
@@ -292,6 +296,15 @@ class Recipe(Section):
         if self.schedule.warmup_epochs >= self.trainer.epochs:
             raise ValueError(f"schedule.warmup_epochs ({self.schedule.warmup_epochs}) must be less than trainer.epochs "
                              f"({self.trainer.epochs}), or the LR never reaches optim.lr")
+        return self
+
+    @model_validator(mode="after")
+    def _loss_weights_need_hard_labels(self) -> Recipe:
+        if self.data.balance == "loss_weights" and self.mixing.enabled:
+            raise ValueError("data.balance: loss_weights weights hard labels, but Mixup/CutMix trains on mixed soft "
+                             "targets; use data.balance: sampler with mixing, or set the mixing alphas to 0")
+        if self.data.balance != "none" and getattr(self.strategy, "solver", "sgd") == "lbfgs":
+            raise ValueError("data.balance: the lbfgs solver fits an unweighted logistic regression; use solver: sgd")
         return self
 
     @model_validator(mode="after")

@@ -42,7 +42,7 @@ def build_datamodule(recipe: Recipe) -> ImageFolderDataModule:
     )
 
 
-def build_module(recipe: Recipe, classes: list[str]) -> TransferModule:
+def build_module(recipe: Recipe, classes: list[str], *, class_weights: list[float] | None = None) -> TransferModule:
     b, o, s = recipe.backbone, recipe.optim, recipe.schedule
     return TransferModule(
         b.name,
@@ -66,6 +66,7 @@ def build_module(recipe: Recipe, classes: list[str]) -> TransferModule:
         tta=recipe.tta.model_dump(),
         preprocessing=preprocessing_overrides(recipe),
         strategy_options=strategy_options(recipe),
+        class_weights=class_weights,
     )
 
 

@@ -18,6 +18,7 @@ from tlkit.ema import WeightEMA
 from tlkit.faults import AtomicCheckpointIO, FiniteLossGuard
 from tlkit.recipe import Recipe, recipe_to_dict
 from tlkit.run.auto import resolve_auto_strategy
+from tlkit.data import balanced_class_weights, balanced_sample_weights
 from tlkit.run.build import build_datamodule, build_module, default_run_dir, write_text
 from tlkit.run.distributed import RUN_DIR_ENV, check_shared_run_dir, inherited_run_dir, launch_rank
 from tlkit.run.distributed import TimmSyncBatchNorm, check_sync_batchnorm, lightning_strategy, shared_run_stamp
@@ -47,7 +48,10 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     datamodule = build_datamodule(recipe)
     recipe, auto_decision = resolve_auto_strategy(recipe, datamodule)
-    module = build_module(recipe, datamodule.classes)
+    train_labels = [label for _, label in datamodule.scan.train]
+    class_weights = (balanced_class_weights(train_labels, datamodule.num_classes)
+                     if recipe.data.balance == "loss_weights" else None)
+    module = build_module(recipe, datamodule.classes, class_weights=class_weights)
     datamodule.preprocessing = module.preprocessing
     module.data_split = {"layout": datamodule.scan.layout, "val_fraction": recipe.data.val_fraction, "seed": recipe.seed}
 
@@ -67,6 +71,12 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
 
     datamodule.bad_log = run_dir / "skipped_mid_run.txt"  # data.on_bad_image: skip lists files here
     fit_datamodule, cache_info = choose_training_inputs(recipe, datamodule, module)
+    if recipe.data.balance == "sampler":  # every training loader (images, cached features) draws class-balanced
+        weights = balanced_sample_weights(train_labels, datamodule.num_classes)
+        for dm in (datamodule, fit_datamodule, getattr(fit_datamodule, "features", None)):
+            if dm is not None and hasattr(dm, "sample_weights"):
+                dm.sample_weights = weights
+                dm.seed = recipe.seed
     epochs = recipe.trainer.epochs
     if getattr(recipe.strategy, "solver", "sgd") == "lbfgs":  # the recipe guarantees cached features here
         cache_info["solver"] = fit_head_closed_form(module, fit_datamodule, recipe.seed)
@@ -125,6 +135,9 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
     metrics = {
         "val_acc": logged.get("val_acc"),
         "val_loss": logged.get("val_loss"),
+        "val_balanced_acc": logged.get("val_balanced_acc"),
+        "val_macro_f1": logged.get("val_macro_f1"),
+        "balance": recipe.data.balance,
         "train_acc": logged.get("train_acc"),
         "train_loss": logged.get("train_loss"),
         "best_val_acc": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
