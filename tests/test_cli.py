@@ -91,3 +91,22 @@ def test_errors_from_dataloader_workers_are_shown_as_one_line():
                         '  File "x.py", line 1\ntlkit.errors.DataError: Cannot decode a.jpg (OSError); remove it.')
     assert _one_line(wrapped) == "Cannot decode a.jpg (OSError); remove it."
     assert _one_line(DataError("plain cause")) == "plain cause"
+
+
+def test_binary_recipe_file_is_one_clear_line(tmp_path, capsys):
+    recipe = tmp_path / "photo.yaml"
+    recipe.write_bytes(bytes(range(256)) * 4)  # e.g. an image saved with a .yaml name
+    assert main(["train", "--recipe", str(recipe)]) == EXIT_RECIPE_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot read the recipe" in err[0] and str(recipe) in err[0]
+
+
+def test_hub_weights_offline_fail_fast_with_the_offline_choices(tmp_path, capsys, monkeypatch):
+    import tlkit.backbones
+
+    monkeypatch.setattr(tlkit.backbones, "hub_reachable", lambda host=None, timeout=3.0: False)
+    root = write_colour_classes(tmp_path / "colours", per_class=6)
+    recipe = tiny_recipe_dict(root, backbone={"name": "convnext_atto", "weights": "hub"})
+    assert main(["train", "--recipe", str(write_recipe(tmp_path / "r.yaml", recipe))]) == 1
+    err = capsys.readouterr().err
+    assert "no network connection to the hub" in err and "weights: bundled" in err and "weights: none" in err
