@@ -1,0 +1,232 @@
+"""Recipe files in and out: read YAML, apply --set overrides, validate with every error at once, render, dump."""
+
+from __future__ import annotations
+
+import os
+import typing
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tlkit.errors import RecipeError, did_you_mean
+
+from tlkit.recipe.sections import Recipe
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b=value' -> (['a', 'b'], YAML-parsed value)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set {text!r}: expected section.key=value, e.g. --set optim.lr=0.001.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str):
+        try:
+            value = float(value)  # YAML 1.1 reads 1e-3 as a string; users mean the number
+        except ValueError:
+            pass
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Return a copy of raw with each 'a.b=value' override merged in (the caller's dict is not modified)."""
+    merged = _deep_copy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = merged
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RecipeError(f"--set {text!r}: {'.'.join(path[: i + 1])} is a value, not a section.")
+            node = child
+        node[path[-1]] = value
+    return merged
+
+
+def _deep_copy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deep_copy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deep_copy(v) for v in d]
+    return d
+
+
+def read_recipe_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        hint = ""
+        if path.parent.is_dir():
+            hint = did_you_mean(path.name, [p.name for p in path.parent.glob("*.y*ml")])
+        raise RecipeError(f"Recipe file {str(path)!r} not found.{hint}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise RecipeError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}.") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{path}: cannot read the recipe ({exc}).") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections (backbone:, strategy:, ...); got {type(raw).__name__}.")
+    return raw
+
+
+def validate_recipe(raw: dict, source: str = "recipe") -> Recipe:
+    """Validate a recipe mapping; raises RecipeError listing every problem with its dotted path."""
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(err) for err in exc.errors()]
+        raise RecipeError(f"{source}: {len(lines)} problem(s):\n" + "\n".join(f"  - {l}" for l in lines)) from None
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Read, merge `--set` overrides, validate, and resolve data.root (see the module docstring for the path rule)."""
+    overrides = overrides or []
+    raw = read_recipe_file(path) if path is not None else {}
+    merged = apply_overrides(raw, overrides)
+    if path is not None:
+        merged.setdefault("name", Path(path).stem)
+    recipe = validate_recipe(merged, str(path) if path is not None else "recipe")
+    recipe_dir = Path.cwd() if path is None else Path(path).resolve().parent
+
+    def base_for(key: str) -> Path:
+        from_cli = any(o.split("=", 1)[0].strip() == key for o in overrides)
+        return Path.cwd() if from_cli else recipe_dir
+
+    recipe.data.root = str(resolve_path(recipe.data.root, base_for("data.root")))
+    weights = recipe.backbone.weights
+    if weights not in ("auto", "hub", "bundled", "none"):
+        weights_file = resolve_path(weights, base_for("backbone.weights"))
+        if not weights_file.is_file():
+            raise RecipeError(f"{path or 'recipe'}: backbone.weights: file {str(weights_file)!r} does not exist; "
+                              "give a .safetensors/.pth state dict, or auto, bundled, hub, none.")
+        recipe.backbone.weights = str(weights_file)
+    return recipe
+
+
+def resolve_path(value: str, base: Path) -> Path:
+    p = Path(os.path.expandvars(value)).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Error messages
+
+
+def _describe(err: dict) -> str:
+    loc = [str(x) for x in err["loc"]]
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    dotted = ".".join(_walk(err["loc"])[0]) or "(top level)"
+    if kind == "extra_forbidden":
+        allowed = _field_names(err["loc"][:-1])
+        hint = did_you_mean(loc[-1], allowed) if allowed else ""
+        known = f" Known keys here: {', '.join(allowed)}." if allowed and not hint else ""
+        return f"{dotted}: unknown key.{hint}{known}"
+    if kind == "literal_error":
+        expected = ctx.get("expected", "")
+        choices = [c.strip().strip("'") for c in str(expected).replace(" or ", ",").split(",") if c.strip()]
+        return f"{dotted}: got {err.get('input')!r}; expected {expected}.{did_you_mean(str(err.get('input')), choices)}"
+    if kind == "union_tag_invalid":
+        tags = [t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(",")]
+        return (f"{dotted}.kind: got {ctx.get('tag')!r}; expected one of {', '.join(tags)}."
+                f"{did_you_mean(str(ctx.get('tag')), tags)}")
+    if kind == "union_tag_not_found":
+        return f"{dotted}.kind: missing; say which strategy, e.g. kind: linear_probe or kind: finetune."
+    message = err["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    return f"{dotted}: {message} (got {err.get('input')!r})" if kind != "value_error" else f"{dotted}: {message}"
+
+
+def _walk(loc: tuple) -> tuple[list[str], Any]:
+    """Follow `loc` through the recipe models: (the path as the user wrote it, the model found there or None).
+
+    Pydantic puts a union member's tag into locations (strategy.finetune.x); users wrote strategy.x, so tags are
+    dropped from the path and used to pick the member.
+    """
+    path: list[str] = []
+    model: Any = Recipe
+    for part in loc:
+        if isinstance(model, _UnionOf) and part in model.members:
+            model = model.members[part]
+            continue
+        path.append(str(part))
+        field = model.model_fields.get(part) if isinstance(model, type) and isinstance(part, str) else None
+        model = _field_model(field.annotation) if field is not None else None
+    return path, model
+
+
+def _field_model(annotation: Any) -> Any:
+    """The BaseModel class (or _UnionOf them) a field holds, or None for plain values."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) is Annotated:
+        return _field_model(typing.get_args(annotation)[0])
+    models = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    if len(models) == 1:
+        return models[0]
+    return _UnionOf(models) if models else None
+
+
+class _UnionOf:
+    """The members of a discriminated union, keyed by their `kind` tag."""
+
+    def __init__(self, members: list[type[BaseModel]]):
+        self.members = {m.model_fields["kind"].default: m for m in members}
+
+    @property
+    def model_fields(self) -> dict:
+        return {k: f for m in self.members.values() for k, f in m.model_fields.items()}
+
+
+def _field_names(loc: tuple) -> list[str]:
+    """Field names of the section at `loc` (for did-you-mean on unknown keys)."""
+    model = _walk(loc)[1]
+    return list(model.model_fields) if model is not None else []
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Showing
+
+
+def render_recipe(recipe: Recipe) -> str:
+    """The fully resolved recipe as YAML, every field with its one-line reason as a comment."""
+    lines: list[str] = []
+    _render(recipe, lines, indent=0)
+    return "\n".join(lines) + "\n"
+
+
+def _render(model: BaseModel, lines: list[str], indent: int) -> None:
+    pad = "  " * indent
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            lines.append(f"{pad}{name}:")
+            _render(value, lines, indent + 1)
+            continue
+        text = yaml.safe_dump(_plain(value), default_flow_style=True, width=10_000).strip()
+        if text.endswith("\n..."):
+            text = text[: -len("\n...")]
+        text = text.removesuffix("...").strip()
+        doc = " ".join((field.description or "").split())
+        lines.append(f"{pad}{name}: {text}" + (f"  # {doc}" if doc else ""))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return recipe.model_dump(mode="json")
