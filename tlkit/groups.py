@@ -43,7 +43,7 @@ def layer_groups(model: nn.Module, *, coarse: bool = True) -> list[LayerGroup]:
     if callable(matcher):
         try:
             grouped = group_parameters(model, matcher(coarse=coarse))
-        except NotImplementedError:
+        except NotImplementedError:  # some timm models declare group_matcher but do not implement it
             grouped = None
     if grouped is None:
         log.warning("%s has no timm group_matcher; grouping by top-level child modules instead",
