@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from bench_augment import loader_throughput  # noqa: E402
 from tlkit.precision import autocast  # noqa: E402
 from tlkit.recipe import LinearProbe, load_recipe  # noqa: E402
-from tlkit.run import build_datamodule, build_module, fit  # noqa: E402
+from tlkit.run import build_datamodule, build_module, fit, resolve_preprocessing  # noqa: E402
 from tlkit.schedules import LRMultiplier  # noqa: E402
 from tlkit.strategies import build_param_groups  # noqa: E402
 
@@ -355,7 +355,7 @@ def main() -> int:
     if "loader" in wanted:
         print("3. data loading vs consumption", flush=True)
         scan = build_datamodule(recipe).scan
-        pre = build_module(recipe, classes).preprocessing
+        pre = resolve_preprocessing(recipe)  # no weights needed for the transform
         rate = loader_throughput(scan.train, pre, recipe.augment.preset, args.workers, recipe.data.batch_size, 1)
         consumption = recipe.data.batch_size / (results["step_costs"]["finetune_step"]["ms_per_batch"] / 1000)
         results["loader"] = {"preset": recipe.augment.preset, "workers": args.workers, "images_per_s": round(rate, 1),
