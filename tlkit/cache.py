@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from tlkit.data import decode
 from tlkit.errors import DataError
+from tlkit.seeding import derive_seed, split_epoch_index
 from tlkit.weights import cache_dir
 
 log = logging.getLogger(__name__)
@@ -191,17 +192,28 @@ class FeatureCache:
 
 
 class CachedFeatures(Dataset):
-    """Training set over cached features: views (K, N, D) -> one view per image per draw (K=1: no randomness)."""
+    """Training set over cached features: views (K, N, D) -> one view per image per draw (K=1: no randomness).
 
-    def __init__(self, views: torch.Tensor, labels: Sequence[int]):
+    Epoch-indexed (tlkit.seeding): given (index, epoch), the view is drawn from (seed, epoch, index)."""
+
+    epoch_indexed = True
+
+    def __init__(self, views: torch.Tensor, labels: Sequence[int], *, seed: int = 0):
         if views.ndim == 2:
             views = views[None]
         self.views = views
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        self.seed = seed
 
     def __len__(self) -> int:
         return self.views.shape[1]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        view = 0 if len(self.views) == 1 else int(torch.randint(len(self.views), ()))
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, epoch = split_epoch_index(index)
+        if len(self.views) == 1:
+            view = 0
+        elif epoch is not None:
+            view = derive_seed(self.seed, "view", epoch, index) % len(self.views)
+        else:
+            view = int(torch.randint(len(self.views), ()))
         return self.views[view, index], self.labels[index]

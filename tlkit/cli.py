@@ -14,11 +14,11 @@ from tlkit.tta import AGGREGATES, DEFAULT_MAX_VIEWS_PER_FORWARD
 EXIT_RECIPE_ERROR = 2
 
 
-def _add_recipe_args(parser: argparse.ArgumentParser, *, positional: bool = False) -> None:
+def _add_recipe_args(parser: argparse.ArgumentParser, *, positional: bool = False, required: bool = True) -> None:
     if positional:
         parser.add_argument("recipe", help="recipe YAML file")
     else:
-        parser.add_argument("--recipe", required=True, help="recipe YAML file (see recipes/)")
+        parser.add_argument("--recipe", required=required, help="recipe YAML file (see recipes/)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a recipe value, e.g. --set optim.lr=0.001 (repeatable; relative data.root is from the cwd)",
@@ -88,8 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a recipe and print a summary")
-    _add_recipe_args(train)
+    _add_recipe_args(train, required=False)
     train.add_argument("--run-dir", help="write the run exactly here (default runs/<recipe>/<timestamp>/)")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue a killed run from its checkpoints/last.ckpt, with the recipe it saved")
     train.add_argument("--no-cache", action="store_true",
                        help="linear probes: neither read nor write the on-disk feature cache (same as --set cache.disk=false)")
 
@@ -239,10 +241,20 @@ def _train(args: argparse.Namespace) -> int:
     from tlkit.recipe import load_recipe
 
     overrides = [*args.overrides, *(["cache.disk=false"] if args.no_cache else [])]
-    recipe = load_recipe(args.recipe, overrides)  # fails fast, before any data scan or model build
+    if args.resume:
+        if args.recipe or args.run_dir:
+            raise RecipeError("--resume RUN_DIR takes the recipe and the run directory from RUN_DIR; "
+                              "drop --recipe / --run-dir.")
+        from tlkit.run.resume import load_run_recipe
+
+        recipe = load_run_recipe(args.resume, overrides)
+    elif not args.recipe:
+        raise RecipeError("tlkit train needs --recipe FILE (a new run) or --resume RUN_DIR (continue a killed run).")
+    else:
+        recipe = load_recipe(args.recipe, overrides)  # fails fast, before any data scan or model build
     from tlkit.run import fit
 
-    metrics = fit(recipe, run_dir=args.run_dir)
+    metrics = fit(recipe, run_dir=args.resume or args.run_dir, resume=bool(args.resume))
     from tlkit.run.distributed import launch_rank
 
     if launch_rank() == 0:  # under torchrun / srun every rank trains; one summary is enough

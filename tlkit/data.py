@@ -16,12 +16,13 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from tlkit.augment import TrainAugment, build_eval_transform, build_train_transform
 from tlkit.backbones import Preprocessing
 from tlkit.errors import DataError, DataNotFoundError, did_you_mean
 from tlkit.images import is_image_name, load_rgb
+from tlkit.seeding import EpochSampler, derive_seed, split_epoch_index, takes_epoch_indices
 
 log = logging.getLogger(__name__)
 
@@ -204,21 +205,28 @@ class ImageDataset(Dataset):
     on_bad="error" raises DataError naming a file that fails to decode; "skip" returns a BadSample instead (the
     collate drops it, never substituting another image) and appends "path<TAB>reason" to `bad_log` when set (a file,
     so DataLoader worker processes can record it too).
+
+    Epoch-indexed (tlkit.seeding): given an (index, epoch) pair, the transform is reseeded from (seed, epoch, index),
+    so a sample's augmentation does not depend on which worker process draws it or what that worker did before.
     """
 
+    epoch_indexed = True
+
     def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable, *, on_bad: str = "error",
-                 bad_log: Path | None = None):
+                 bad_log: Path | None = None, seed: int = 0):
         if on_bad not in BAD_IMAGE_POLICIES:
             raise ValueError(f"on_bad must be one of {', '.join(BAD_IMAGE_POLICIES)}; got {on_bad!r}.")
         self.samples = list(samples)
         self.transform = transform
         self.on_bad = on_bad
         self.bad_log = bad_log
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | BadSample:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, int] | BadSample:
+        index, epoch = split_epoch_index(index)
         path, label = self.samples[index]
         try:
             image = decode(path)
@@ -230,6 +238,9 @@ class ImageDataset(Dataset):
                 with open(self.bad_log, "a") as f:
                     f.write(f"{path}\t{str(exc).splitlines()[0]}\n")
             return BadSample(path, str(exc))
+        reseed = getattr(self.transform, "reseed", None)
+        if epoch is not None and reseed is not None:
+            reseed(derive_seed(self.seed, "sample", epoch, index))
         return self.transform(image), label
 
 
@@ -281,6 +292,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.scan = scan_folder(self.root, val_fraction=val_fraction, seed=seed)
         self.seed = seed
         self.sample_weights: list[float] | None = None  # data.balance: sampler (set by run.fit)
+        self.first_epoch = 0  # the epoch a resumed run starts at (set by run.fit; see make_loader)
         self.train_set: ImageDataset | None = None
         self.val_set: ImageDataset | None = None
 
@@ -303,20 +315,20 @@ class ImageFolderDataModule(L.LightningDataModule):
                     "or fit a model that has a `preprocessing` attribute (TransferModule does)."
                 )
             self.preprocessing = pre
-        bad = {"on_bad": self.on_bad_image, "bad_log": self.bad_log}
+        bad = {"on_bad": self.on_bad_image, "bad_log": self.bad_log, "seed": self.seed}
         self.train_set = ImageDataset(self.scan.train, build_train_transform(pre, self.augment), **bad)
         self.val_set = ImageDataset(self.scan.val, build_eval_transform(pre), **bad)
 
     def train_dataloader(self) -> DataLoader:
         return make_loader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-                           sample_weights=self.sample_weights, seed=self.seed)
+                           sample_weights=self.sample_weights, seed=self.seed, epoch=self.first_epoch)
 
     def val_dataloader(self) -> DataLoader:
         return make_loader(self.val_set, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers)
 
 
 def balanced_sample_weights(labels: Sequence[int], num_classes: int) -> list[float]:
-    """Per-sample draw weights 1 / count(class): every class is equally likely under a WeightedRandomSampler."""
+    """Per-sample draw weights 1 / count(class): every class is equally likely in a weighted draw."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
     return [1.0 / counts[label] for label in labels]
 
@@ -330,20 +342,24 @@ def balanced_class_weights(labels: Sequence[int], num_classes: int) -> list[floa
 
 def make_loader(
     dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int,
-    sample_weights: Sequence[float] | None = None, seed: int = 0,
+    sample_weights: Sequence[float] | None = None, seed: int = 0, epoch: int = 0,
 ) -> DataLoader:
     """The one DataLoader policy for images and cached features, so both paths see the same batches.
 
-    sample_weights: draw (with replacement, seeded) instead of shuffling — data.balance: sampler.
+    shuffle: an EpochSampler, whose order depends only on (seed, epoch), so a resumed run sees the same batches.
+    `epoch` is where it starts: Lightning creates a loader's first iterator (and workers prefetch from it) before
+    its first set_epoch call, and on resume does not create another, so a resumed run's loader must know its epoch.
+    sample_weights: draw with replacement instead of shuffling (data.balance: sampler).
     """
     sampler = None
-    if sample_weights is not None:
-        generator = torch.Generator().manual_seed(seed)
-        sampler = WeightedRandomSampler(list(sample_weights), len(dataset), replacement=True, generator=generator)
+    if shuffle:
+        sampler = EpochSampler(len(dataset), seed=seed, weights=sample_weights, with_epoch=takes_epoch_indices(dataset))
+        sampler.set_epoch(epoch)
+    elif sample_weights is not None:
+        raise ValueError("sample_weights draw a training order; they need shuffle=True.")
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
         sampler=sampler,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
@@ -357,16 +373,17 @@ def make_loader(
 class FeatureDataModule(L.LightningDataModule):
     """Train/val loaders over in-memory tensors (cached backbone features) with the image path's batching."""
 
-    def __init__(self, train: Dataset, val: Dataset, *, batch_size: int, eval_batch_size: int):
+    def __init__(self, train: Dataset, val: Dataset, *, batch_size: int, eval_batch_size: int, seed: int = 0):
         super().__init__()
         self.train_set, self.val_set = train, val
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.sample_weights: list[float] | None = None  # data.balance: sampler (set by run.fit)
-        self.seed = 0
+        self.seed = seed
+        self.first_epoch = 0  # the epoch a resumed run starts at (set by run.fit; see make_loader)
 
     def train_dataloader(self) -> DataLoader:
         return make_loader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=0,
-                           sample_weights=self.sample_weights, seed=self.seed)
+                           sample_weights=self.sample_weights, seed=self.seed, epoch=self.first_epoch)
 
     def val_dataloader(self) -> DataLoader:
         return make_loader(self.val_set, batch_size=self.eval_batch_size, shuffle=False, num_workers=0)

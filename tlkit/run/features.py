@@ -101,9 +101,10 @@ def build_feature_datamodule(
     keep_train = _drop_undecodable(views.isfinite().all(dim=2).all(dim=0), train_paths, datamodule.bad_log)
     keep_val = _drop_undecodable(val.isfinite().all(dim=1), val_paths, datamodule.bad_log)
     feature_dm = FeatureDataModule(
-        CachedFeatures(views[:, keep_train], [label for (_, label), k in zip(datamodule.scan.train, keep_train) if k]),
+        CachedFeatures(views[:, keep_train], [label for (_, label), k in zip(datamodule.scan.train, keep_train) if k],
+                       seed=recipe.seed),
         CachedFeatures(val[keep_val], [label for (_, label), k in zip(datamodule.scan.val, keep_val) if k]),
-        batch_size=datamodule.batch_size, eval_batch_size=datamodule.eval_batch_size,
+        batch_size=datamodule.batch_size, eval_batch_size=datamodule.eval_batch_size, seed=recipe.seed,
     )
     return feature_dm, info
 

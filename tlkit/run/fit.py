@@ -24,6 +24,8 @@ from tlkit.run.distributed import RUN_DIR_ENV, check_shared_run_dir, inherited_r
 from tlkit.run.distributed import TimmSyncBatchNorm, check_sync_batchnorm, lightning_strategy, shared_run_stamp
 from tlkit.strategies import STAGED
 from tlkit.run.features import choose_training_inputs, fit_head_closed_form
+from tlkit.run.resume import carry_over_metrics, history_up_to, resume_point
+from tlkit.seeding import BatchSeeding
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,20 @@ def _save_closed_form_checkpoints(trainer: L.Trainer, checkpoint: ModelCheckpoin
     checkpoint.best_model_score = score.detach().clone() if score is not None else None
 
 
-def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.Callback] | None = None) -> dict:
+def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.Callback] | None = None,
+        resume: bool = False) -> dict:
     """Train `recipe`; write the run directory; return the final metrics (also written to metrics.json).
 
-    `callbacks` are added to the trainer's (the search's pruning callback uses this)."""
+    `callbacks` are added to the trainer's (the search's pruning callback uses this). resume=True continues `run_dir`
+    from its checkpoints/last.ckpt (recipe from load_run_recipe); on CPU with the same seed the finished run equals an
+    uninterrupted one (tlkit.seeding). A finished run is not trained again: its metrics.json is returned."""
+    if resume:
+        if run_dir is None:
+            raise ValueError("resume=True needs the run_dir to continue.")
+        finished = Path(run_dir) / "metrics.json"
+        if finished.is_file():
+            log.info("%s already finished (metrics.json exists); nothing to resume.", run_dir)
+            return json.loads(finished.read_text())
     started = time.perf_counter()
     check_sync_batchnorm(recipe.trainer.sync_batchnorm, recipe.trainer.accelerator)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
@@ -63,7 +75,11 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
     is_rank_zero = launch_rank() == 0  # under torchrun / srun every rank runs fit(); only rank 0 writes files
     run_dir.mkdir(parents=True, exist_ok=True)
     auto_note = f"# strategy: auto -> {auto_decision['kind']} ({auto_decision['reason']})\n" if auto_decision else ""
-    if is_rank_zero:
+    resume_from = resume_point(run_dir, datamodule.classes) if resume else None
+    if resume:
+        log.info("resuming %s from %s", run_dir, f"epoch {resume_from.epoch + 2} ({resume_from.path})"
+                    if resume_from else "epoch 1 (it stopped before its first checkpoint)")
+    if is_rank_zero and not resume:  # a resumed run keeps the recipe.yaml it started with (and its auto note)
         write_text(run_dir / "recipe.yaml", auto_note + yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
         write_text(run_dir / "classes.json", json.dumps(datamodule.classes, indent=2) + "\n")
         if datamodule.scan.skipped:
@@ -71,12 +87,12 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
 
     datamodule.bad_log = run_dir / "skipped_mid_run.txt"  # data.on_bad_image: skip lists files here
     fit_datamodule, cache_info = choose_training_inputs(recipe, datamodule, module)
-    if recipe.data.balance == "sampler":  # every training loader (images, cached features) draws class-balanced
-        weights = balanced_sample_weights(train_labels, datamodule.num_classes)
-        for dm in (datamodule, fit_datamodule, getattr(fit_datamodule, "features", None)):
-            if dm is not None and hasattr(dm, "sample_weights"):
-                dm.sample_weights = weights
-                dm.seed = recipe.seed
+    weights = balanced_sample_weights(train_labels, datamodule.num_classes) if recipe.data.balance == "sampler" else None
+    for dm in (datamodule, fit_datamodule, getattr(fit_datamodule, "features", None)):  # images, cached features
+        if dm is not None and hasattr(dm, "sample_weights"):
+            dm.sample_weights = weights  # data.balance: sampler draws class-balanced batches
+            dm.seed = recipe.seed
+            dm.first_epoch = resume_from.epoch + 1 if resume_from is not None else 0
     epochs = recipe.trainer.epochs
     if getattr(recipe.strategy, "solver", "sgd") == "lbfgs":  # the recipe guarantees cached features here
         cache_info["solver"] = fit_head_closed_form(module, fit_datamodule, recipe.seed)
@@ -89,6 +105,9 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
         dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False
     )
     steps_per_epoch = max(1, len(datamodule.scan.train) // recipe.data.batch_size)
+    logger = CSVLogger(save_dir=str(run_dir), name="", version="")
+    if resume_from is not None and is_rank_zero:  # keep the killed run's history; the resumed epochs append to it
+        carry_over_metrics(logger, history_up_to(run_dir / "metrics.csv", resume_from))
     trainer = L.Trainer(
         max_epochs=epochs,
         accelerator=recipe.trainer.accelerator,
@@ -98,8 +117,8 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
         sync_batchnorm=recipe.trainer.sync_batchnorm,
         plugins=[*([TimmSyncBatchNorm()] if recipe.trainer.sync_batchnorm else []), AtomicCheckpointIO()],
         precision=recipe.trainer.precision,
-        logger=CSVLogger(save_dir=str(run_dir), name="", version=""),
-        callbacks=[checkpoint, last, LearningRateMonitor(logging_interval="epoch"),
+        logger=logger,
+        callbacks=[checkpoint, last, LearningRateMonitor(logging_interval="epoch"), BatchSeeding(recipe.seed),
                    *([WeightEMA(recipe.optim.ema_decay)] if recipe.optim.ema_decay > 0 else []),
                    FiniteLossGuard(recipe.optim.lr), *(callbacks or [])],
         enable_progress_bar=recipe.trainer.progress_bar,
@@ -119,12 +138,15 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
         if epochs == 0:
             trainer.validate(module, datamodule=fit_datamodule, verbose=False)
             _save_closed_form_checkpoints(trainer, checkpoint, run_dir)
+        elif resume_from is not None and resume_from.epoch + 1 >= epochs:  # killed after its last checkpoint
+            trainer.validate(module, datamodule=fit_datamodule, ckpt_path=str(resume_from.path), verbose=False)
         else:
             # Lightning's ddp launcher starts the other ranks here, re-running this command: they inherit the run dir.
             previous = os.environ.get(RUN_DIR_ENV)
             os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
             try:
-                trainer.fit(module, datamodule=fit_datamodule)
+                trainer.fit(module, datamodule=fit_datamodule,
+                            ckpt_path=str(resume_from.path) if resume_from is not None else None)
             finally:
                 if previous is None:
                     os.environ.pop(RUN_DIR_ENV, None)
@@ -152,6 +174,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
         "weights": module.weights_source,
         "strategy": recipe.strategy.kind,
         **({"strategy_auto": auto_decision} if auto_decision else {}),
+        **({"resumed_from_epoch": resume_from.epoch + 1 if resume_from else 0} if resume else {}),
         "run_dir": str(run_dir),
         "best_checkpoint": checkpoint.best_model_path,
         "last_checkpoint": last.best_model_path or checkpoint.last_model_path,

@@ -1,0 +1,154 @@
+"""Kill a training process with SIGKILL mid-epoch, resume it with `train.py --resume`, and get exactly the run an
+uninterrupted process produces: same metrics.csv bytes, same final weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_recipe_dict, write_colour_classes
+
+from tlkit.checkpoint import read_checkpoint
+from tlkit.errors import CheckpointError, RecipeError
+from tlkit.recipe import validate_recipe
+from tlkit.run import fit
+from tlkit.run.resume import load_run_recipe, resume_point
+from tlkit.seeding import EpochSampler
+
+REPO = Path(__file__).resolve().parents[1]
+
+# fit() with a callback that SIGKILLs its own process after batch `batch` of epoch `epoch`: no cleanup, no finally.
+KILLED_RUN = """
+import os, signal, sys
+import lightning as L
+from tlkit.recipe import load_recipe
+from tlkit.run import fit
+
+class KillAt(L.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == ({epoch}, {batch}):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+fit(load_recipe(sys.argv[1]), run_dir=sys.argv[2], callbacks=[KillAt()])
+"""
+
+
+def _python(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _recipe_file(tmp: Path) -> Path:
+    """Everything random at once: random crops and flips in 2 persistent workers, Mixup/CutMix, dropout,
+    drop-path and an EMA of the weights."""
+    root = write_colour_classes(tmp / "colours")
+    recipe = tiny_recipe_dict(
+        root,
+        strategy={"kind": "finetune"},
+        backbone={"drop_path_rate": 0.1},
+        head={"dropout": 0.2},
+        mixing={"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "prob": 0.8},
+        optim={"ema_decay": 0.5},
+        data={"num_workers": 2},
+        trainer={"epochs": 3},
+    )
+    path = tmp / "resume.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _final_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("resume")
+    recipe = _recipe_file(tmp)
+    whole = _python("scripts/train.py", "--recipe", str(recipe), "--run-dir", str(tmp / "whole"))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    killed = _python("-c", KILLED_RUN.format(epoch=1, batch=1), str(recipe), str(tmp / "killed"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    after_kill = {
+        "metrics_json": (tmp / "killed" / "metrics.json").exists(),
+        "checkpoint_epoch": read_checkpoint(tmp / "killed" / "checkpoints" / "last.ckpt")["epoch"],
+    }
+    resumed = _python("scripts/train.py", "--resume", str(tmp / "killed"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    return tmp / "whole", tmp / "killed", after_kill, resumed
+
+
+def test_the_kill_left_the_first_epoch_checkpoint_and_no_final_metrics(killed_and_resumed):
+    _, _, after_kill, resumed = killed_and_resumed
+    assert after_kill == {"metrics_json": False, "checkpoint_epoch": 0}
+    assert "resuming" in resumed.stderr and "from epoch 2" in resumed.stderr
+
+
+def test_resumed_run_equals_the_uninterrupted_run(killed_and_resumed):
+    whole, killed, _, _ = killed_and_resumed
+    assert (killed / "metrics.csv").read_text() == (whole / "metrics.csv").read_text()
+    a, b = _final_state(whole), _final_state(killed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    final = [json.loads((d / "metrics.json").read_text()) for d in (whole, killed)]
+    for key in ("val_acc", "val_loss", "train_acc", "train_loss", "best_val_acc", "epochs"):
+        assert final[0][key] == final[1][key], key
+    assert final[1]["resumed_from_epoch"] == 1
+
+
+def test_resuming_a_finished_run_trains_nothing(killed_and_resumed):
+    _, killed, _, _ = killed_and_resumed
+    before = (killed / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    again = _python("scripts/train.py", "--resume", str(killed), "--set", "trainer.progress_bar=false")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already finished" in again.stderr
+    assert (killed / "checkpoints" / "last.ckpt").stat().st_mtime_ns == before
+
+
+def test_epoch_sampler_order_depends_only_on_seed_and_epoch():
+    first, second = EpochSampler(50, seed=3), EpochSampler(50, seed=3)
+    orders = []
+    for epoch in range(3):
+        first.set_epoch(epoch)
+        orders.append(list(first))
+    second.set_epoch(2)  # a resumed process jumps straight to epoch 2
+    assert list(second) == orders[2]
+    assert orders[0] != orders[1] and sorted(orders[0]) == list(range(50))
+    paired = EpochSampler(5, seed=3, with_epoch=True)
+    paired.set_epoch(4)
+    assert all(epoch == 4 for _, epoch in paired)
+
+
+def test_resume_refuses_changed_recipe_values_and_non_run_folders(tmp_path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(RecipeError, match="not a tlkit run directory"):
+        load_run_recipe(tmp_path / "run")
+    (tmp_path / "run" / "recipe.yaml").write_text(yaml.safe_dump(tiny_recipe_dict(tmp_path)))
+    with pytest.raises(RecipeError, match="only trainer.progress_bar, data.num_workers may change"):
+        load_run_recipe(tmp_path / "run", ["optim.lr=0.1"])
+    assert load_run_recipe(tmp_path / "run", ["data.num_workers=0"]).data.num_workers == 0
+
+
+def test_resume_refuses_a_checkpoint_whose_classes_differ_from_the_data(tmp_path):
+    root = write_colour_classes(tmp_path / "colours", per_class=6)
+    recipe = validate_recipe(tiny_recipe_dict(root, trainer={"epochs": 1}))
+    fit(recipe, run_dir=tmp_path / "run")
+    with pytest.raises(CheckpointError, match="trained on 3 classes .* now has 2"):
+        resume_point(tmp_path / "run", ["blue", "green"])
+
+
+def test_cli_resume_rejects_a_recipe_too(tmp_path, capsys):
+    from tlkit.cli import main
+
+    assert main(["train", "--resume", str(tmp_path), "--recipe", "x.yaml"]) == 2
+    assert "drop --recipe" in capsys.readouterr().err
+    assert main(["train"]) == 2
+    assert "--resume RUN_DIR" in capsys.readouterr().err
