@@ -43,6 +43,8 @@ def test_training_on_the_zoo_skips_and_lists_bad_files(tmp_path, kind):
         assert name in listed
     # the truncated JPEG passes the header scan and fails to decode mid-run: dropped from its batch and listed
     assert "truncated.jpg" in (tmp_path / "run" / "skipped_mid_run.txt").read_text()
+    # the doctor's cheap pass ran first: its warnings are in metrics.json
+    assert any("leakage" in line for line in metrics["data_warnings"])
 
 
 @pytest.mark.parametrize("kind", ["finetune", "linear_probe"])

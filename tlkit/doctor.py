@@ -21,6 +21,9 @@ from tlkit.errors import DataError, DataNotFoundError, did_you_mean
 from tlkit.images import is_image_name
 
 DEFAULT_MIN_SIZE = 32
+# Photos have thousands of distinct colours even at 128 px; scrapers' "image not found" pictures, icons and drawings
+# have a few dozen (hymenoptera's imageNotFound.gif: 33).
+FEW_COLOURS = 64
 
 # case -> what tlkit does with it (the conversion/skip policy shown in the table and the JSON)
 ACTIONS = {
@@ -41,6 +44,8 @@ ACTIONS = {
     "mode_I;16": "16-bit grey stretched to 8 bits, then RGB",
     "mode_other": "converted to RGB by PIL",
     "exif_rotated": "rotated to display orientation (EXIF transpose) before augmentation",
+    "few_colours": f"used as is; < {FEW_COLOURS} colours: a placeholder ('image not found'), icon or drawing? "
+                   "Look, and remove it if it is not a real example",
     "empty_class_folder": "no images: a train class without images is an error; an empty val class is evaluated on nothing",
     "class_only_in_train": "trained, but never validated",
     "class_only_in_val": "error at training: every val class needs training images",
@@ -79,6 +84,14 @@ def _walk(class_dir: Path):
         dirnames[:] = sorted(d for d in dirnames if not (base / d).is_symlink())
 
 
+def _few_colours(im: Image.Image) -> bool:
+    """Fewer than FEW_COLOURS distinct RGB colours, counted on a nearest-neighbour copy of at most 128 px a side
+    (nearest keeps the palette; getcolors gives up as soon as it passes the limit, so photos cost little)."""
+    small = im.convert("RGB")
+    small.thumbnail((128, 128), Image.Resampling.NEAREST)
+    return small.getcolors(FEW_COLOURS - 1) is not None
+
+
 def _inspect_image(path: Path, min_size: int) -> tuple[list[str], str | None]:
     """(cases, error case or None) for one image file: header first, then a full decode."""
     cases: list[str] = []
@@ -100,6 +113,8 @@ def _inspect_image(path: Path, min_size: int) -> tuple[list[str], str | None]:
                     cases.append("exif_rotated")
                     width, height = ImageOps.exif_transpose(im).size
                 im.load()  # full decode: catches truncated files the header check cannot
+                if min(width, height) >= min_size and _few_colours(im):
+                    cases.append("few_colours")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return cases, "decompression_bomb"
     except UnidentifiedImageError:

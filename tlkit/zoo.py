@@ -15,7 +15,7 @@ from PIL import Image
 
 ZOO_CASES = (
     "zero_byte", "non_image", "hidden", "corrupt", "truncated", "decompression_bomb", "symlink_outside_root",
-    "too_small", "mode_L", "mode_LA", "mode_RGBA", "mode_P_transparency", "mode_CMYK", "mode_I;16", "exif_rotated",
+    "too_small", "mode_L", "mode_LA", "mode_RGBA", "mode_P_transparency", "mode_CMYK", "mode_I;16", "exif_rotated", "few_colours",
     "empty_class_folder", "class_only_in_train", "class_only_in_val", "duplicate_within_split",
     "duplicate_across_splits",
 )
@@ -71,6 +71,11 @@ def write_zoo(root: str | Path, *, per_class: int = 6, size: int = 40, val_only_
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees to display
     Image.fromarray(_pixels(colours["b"], size, 9)[:, : size // 2]).save(b / "rotated.jpg", exif=exif)
+    # a scraper's placeholder: flat background, a grey box and a dark bar standing in for "image not found" text
+    placeholder = np.full((size * 2, size * 2, 3), 240, dtype=np.uint8)
+    placeholder[size // 2: size * 3 // 2, size // 2: size * 3 // 2] = 180
+    placeholder[size - 3: size + 3, size // 4: size * 7 // 4] = 60
+    Image.fromarray(placeholder).convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(b / "imageNotFound.gif")
     # duplicates: a copy inside train, and a train image copied into val (leakage)
     (a / "a0_copy.png").write_bytes((a / "a0.png").read_bytes())
     (root / "val" / "b" / "leak_b1.png").write_bytes((b / "b1.png").read_bytes())

@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from tlkit.ema import WeightEMA
 from tlkit.faults import AtomicCheckpointIO, FiniteLossGuard
+from tlkit.preflight import preflight
 from tlkit.recipe import Recipe, recipe_to_dict
 from tlkit.run.auto import resolve_auto_strategy
 from tlkit.data import balanced_class_weights, balanced_sample_weights
@@ -59,6 +60,12 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
     check_sync_batchnorm(recipe.trainer.sync_batchnorm, recipe.trainer.accelerator)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     datamodule = build_datamodule(recipe)
+    checked = preflight(datamodule.scan, balance=recipe.data.balance)  # the doctor's cheap pass
+    if launch_rank() == 0:
+        for line in checked["warnings"]:
+            log.warning("data: %s", line)
+        if checked["warnings"]:
+            log.warning("data: `tlkit doctor %s` inspects every image (modes, sizes, placeholders)", recipe.data.root)
     recipe, auto_decision = resolve_auto_strategy(recipe, datamodule)
     train_labels = [label for _, label in datamodule.scan.train]
     class_weights = (balanced_class_weights(train_labels, datamodule.num_classes)
@@ -76,6 +83,8 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
     run_dir.mkdir(parents=True, exist_ok=True)
     auto_note = f"# strategy: auto -> {auto_decision['kind']} ({auto_decision['reason']})\n" if auto_decision else ""
     resume_from = resume_point(run_dir, datamodule.classes) if resume else None
+    if is_rank_zero and not resume:
+        log.info("run directory: %s (if this run is interrupted: tlkit train --resume %s)", run_dir, run_dir)
     if resume:
         log.info("resuming %s from %s", run_dir, f"epoch {resume_from.epoch + 2} ({resume_from.path})"
                     if resume_from else "epoch 1 (it stopped before its first checkpoint)")
@@ -169,6 +178,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
         "num_train": len(datamodule.scan.train),
         "num_val": len(datamodule.scan.val),
         "skipped_files": len(datamodule.scan.skipped),
+        "data_warnings": checked["warnings"],
         "feature_cache": cache_info,
         "backbone": recipe.backbone.name,
         "weights": module.weights_source,

@@ -1,0 +1,48 @@
+"""The doctor's cheap pass at training start: scan facts, imbalance advice, duplicates read only on size collisions."""
+
+from __future__ import annotations
+
+from conftest import write_class_folders
+
+import tlkit.preflight as preflight_module
+from tlkit.data import scan_folder
+from tlkit.preflight import exact_duplicates, preflight
+from tlkit.zoo import write_zoo
+
+
+def test_zoo_warnings_name_leakage_copies_unvalidated_classes_and_skips(tmp_path):
+    report = preflight(scan_folder(write_zoo(tmp_path / "zoo", val_only_class=False)))
+    text = "\n".join(report["warnings"])
+    assert (report["duplicates_across"], report["duplicates_within"]) == (1, 1)
+    assert "leak_b1.png" in text and "leakage" in text
+    assert "a0_copy.png" in text
+    assert "no validation images for c" in text
+    assert "skipped at scan" in text
+
+
+def test_imbalance_suggests_balance_only_when_it_is_off(tmp_path):
+    write_class_folders(tmp_path / "d", {"common": 12, "rare": 3})
+    scan = scan_folder(tmp_path / "d", val_fraction=0.34)
+    off = preflight(scan)["warnings"]
+    assert any("class imbalance" in w and "data.balance: sampler" in w for w in off), off
+    on = preflight(scan, balance="loss_weights")["warnings"]
+    assert any("data.balance: loss_weights is on" in w for w in on), on
+
+
+def test_clean_folder_has_no_warnings(colour_folder):
+    assert preflight(scan_folder(colour_folder))["warnings"] == []
+
+
+def test_only_files_with_colliding_sizes_are_hashed(tmp_path, monkeypatch):
+    paths = []
+    for i, size in enumerate([10, 20, 20, 30]):
+        path = tmp_path / f"f{i}.bin"
+        path.write_bytes(bytes([i]) * size)
+        paths.append(str(path))
+    hashed = []
+    real = preflight_module._sha256
+    monkeypatch.setattr(preflight_module, "_sha256", lambda p: hashed.append(p) or real(p))
+    assert exact_duplicates({"train": paths[:2], "val": paths[2:]}) == []  # same size, different bytes
+    assert sorted(hashed) == sorted(paths[1:3])
+    (tmp_path / "f2.bin").write_bytes((tmp_path / "f1.bin").read_bytes())
+    assert exact_duplicates({"train": paths[:2], "val": paths[2:]}) == [[("train", paths[1]), ("val", paths[2])]]

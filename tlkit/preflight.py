@@ -1,0 +1,69 @@
+"""The doctor's cheap pass at the start of training: what the folder scan already knows, plus exact duplicates found
+by hashing only files whose byte sizes collide (a stat per file, a read for a handful), so it costs little even on
+large folders. `tlkit doctor DIR` is the full, slower inspection (decodes every image)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+
+from tlkit.data import FolderScan
+
+IMBALANCE_WARNING = 3.0  # largest / smallest class at which training suggests data.balance
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def exact_duplicates(groups: dict[str, Sequence[str]]) -> list[list[tuple[str, str]]]:
+    """Sets of byte-identical files across and within groups ({"train": paths, "val": paths}), each as
+    [(group, path), ...]. Only files sharing a byte size are read."""
+    by_size: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for group, paths in groups.items():
+        for path in paths:
+            by_size[os.path.getsize(path)].append((group, path))
+    copies: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for candidates in by_size.values():
+        if len(candidates) > 1:
+            for group, path in candidates:
+                copies[_sha256(path)].append((group, path))
+    return [found for found in copies.values() if len(found) > 1]
+
+
+def preflight(scan: FolderScan, *, balance: str = "none") -> dict:
+    """{"warnings": [one line each], "duplicates_across": n, "duplicates_within": n, "imbalance_ratio": r}."""
+    warnings: list[str] = []
+    counts = [sum(1 for _, label in scan.train if label == c) for c in range(len(scan.classes))]
+    present = [n for n in counts if n]
+    ratio = max(present) / min(present) if present else None
+    if ratio is not None and ratio >= IMBALANCE_WARNING:
+        largest, smallest = counts.index(max(present)), counts.index(min(present))
+        advice = ("data.balance: sampler (or loss_weights) would even it out" if balance == "none"
+                  else f"data.balance: {balance} is on")
+        warnings.append(f"class imbalance {ratio:.1f}x ({scan.classes[largest]} {max(present)} vs "
+                        f"{scan.classes[smallest]} {min(present)} training images); {advice}")
+    val_labels = {label for _, label in scan.val}
+    unvalidated = [name for c, name in enumerate(scan.classes) if c not in val_labels]
+    if scan.val and unvalidated:
+        warnings.append(f"no validation images for {', '.join(unvalidated)}: trained, never validated")
+    duplicates = exact_duplicates({"train": [p for p, _ in scan.train], "val": [p for p, _ in scan.val]})
+    across = [d for d in duplicates if len({group for group, _ in d}) > 1]
+    within = [d for d in duplicates if len({group for group, _ in d}) == 1]
+    if across:
+        example = " == ".join(path for _, path in across[0])
+        warnings.append(f"{len(across)} image(s) are byte-identical in train and val (leakage: val metrics are "
+                        f"inflated), e.g. {example}; remove one copy")
+    if within:
+        warnings.append(f"{len(within)} image(s) have exact copies in the same split (over-weighted), e.g. "
+                        f"{' == '.join(path for _, path in within[0])}")
+    if scan.skipped:
+        warnings.append(f"{len(scan.skipped)} file(s) skipped at scan (listed in the run's skipped.txt)")
+    return {"warnings": warnings, "duplicates_across": len(across), "duplicates_within": len(within),
+            "imbalance_ratio": ratio}
