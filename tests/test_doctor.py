@@ -50,7 +50,7 @@ EXPECTED = [
     ("too_small", "train/a/tiny.png"), ("mode_L", "train/b/grey_L.png"), ("mode_LA", "train/b/grey_LA.png"),
     ("mode_RGBA", "train/b/alpha_RGBA.png"), ("mode_P_transparency", "train/b/palette_P.png"),
     ("mode_CMYK", "train/b/cmyk.jpg"), ("mode_I;16", "train/b/deep_I16.png"), ("exif_rotated", "train/b/rotated.jpg"),
-    ("few_colours", "train/b/imageNotFound.gif"),
+    ("placeholder_like", "train/b/imageNotFound.gif"),
     ("empty_class_folder", "val/c"), ("class_only_in_train", "c"), ("class_only_in_val", "d"),
     ("duplicate_within_split", "train/a/a0_copy.png"), ("duplicate_across_splits", "val/b/leak_b1.png"),
 ]

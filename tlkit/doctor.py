@@ -18,12 +18,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tlkit.data import VAL_SPLIT_NAMES
 from tlkit.errors import DataError, DataNotFoundError, did_you_mean
-from tlkit.images import is_image_name
+from tlkit.images import is_image_name, to_rgb
 
 DEFAULT_MIN_SIZE = 32
-# Photos have thousands of distinct colours even at 128 px; scrapers' "image not found" pictures, icons and drawings
-# have a few dozen (hymenoptera's imageNotFound.gif: 33).
+# Photos have thousands of distinct colours even at 128 px; scrapers' "image not found" pictures and icons have a few
+# dozen on a flat background (hymenoptera's imageNotFound.gif: 32 colours, one covering 94% of it). Dim greyscale
+# photos can also have few levels, but no colour dominates them.
 FEW_COLOURS = 64
+FLAT_BACKGROUND = 0.5
 
 # case -> what tlkit does with it (the conversion/skip policy shown in the table and the JSON)
 ACTIONS = {
@@ -44,8 +46,8 @@ ACTIONS = {
     "mode_I;16": "16-bit grey stretched to 8 bits, then RGB",
     "mode_other": "converted to RGB by PIL",
     "exif_rotated": "rotated to display orientation (EXIF transpose) before augmentation",
-    "few_colours": f"used as is; < {FEW_COLOURS} colours: a placeholder ('image not found'), icon or drawing? "
-                   "Look, and remove it if it is not a real example",
+    "placeholder_like": f"used as is; < {FEW_COLOURS} colours on a flat background: a placeholder ('image not "
+                        "found') or icon? Look, and remove it if it is not a real example",
     "empty_class_folder": "no images: a train class without images is an error; an empty val class is evaluated on nothing",
     "class_only_in_train": "trained, but never validated",
     "class_only_in_val": "error at training: every val class needs training images",
@@ -84,12 +86,14 @@ def _walk(class_dir: Path):
         dirnames[:] = sorted(d for d in dirnames if not (base / d).is_symlink())
 
 
-def _few_colours(im: Image.Image) -> bool:
-    """Fewer than FEW_COLOURS distinct RGB colours, counted on a nearest-neighbour copy of at most 128 px a side
-    (nearest keeps the palette; getcolors gives up as soon as it passes the limit, so photos cost little)."""
-    small = im.convert("RGB")
+def _placeholder_like(im: Image.Image) -> bool:
+    """Fewer than FEW_COLOURS distinct RGB colours, one of them covering FLAT_BACKGROUND of the picture, counted on a
+    nearest-neighbour copy of at most 128 px a side (nearest keeps the palette; getcolors gives up as soon as it
+    passes the limit, so photos cost little)."""
+    small = to_rgb(im)  # the conversion training uses (PIL's own turns 16-bit grey white)
     small.thumbnail((128, 128), Image.Resampling.NEAREST)
-    return small.getcolors(FEW_COLOURS - 1) is not None
+    colours = small.getcolors(FEW_COLOURS - 1)
+    return colours is not None and max(colours)[0] >= FLAT_BACKGROUND * small.width * small.height
 
 
 def _inspect_image(path: Path, min_size: int) -> tuple[list[str], str | None]:
@@ -113,8 +117,8 @@ def _inspect_image(path: Path, min_size: int) -> tuple[list[str], str | None]:
                     cases.append("exif_rotated")
                     width, height = ImageOps.exif_transpose(im).size
                 im.load()  # full decode: catches truncated files the header check cannot
-                if min(width, height) >= min_size and _few_colours(im):
-                    cases.append("few_colours")
+                if min(width, height) >= min_size and _placeholder_like(im):
+                    cases.append("placeholder_like")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return cases, "decompression_bomb"
     except UnidentifiedImageError:

@@ -15,7 +15,7 @@ from PIL import Image
 
 ZOO_CASES = (
     "zero_byte", "non_image", "hidden", "corrupt", "truncated", "decompression_bomb", "symlink_outside_root",
-    "too_small", "mode_L", "mode_LA", "mode_RGBA", "mode_P_transparency", "mode_CMYK", "mode_I;16", "exif_rotated", "few_colours",
+    "too_small", "mode_L", "mode_LA", "mode_RGBA", "mode_P_transparency", "mode_CMYK", "mode_I;16", "exif_rotated", "placeholder_like",
     "empty_class_folder", "class_only_in_train", "class_only_in_val", "duplicate_within_split",
     "duplicate_across_splits",
 )
