@@ -44,13 +44,13 @@ def _run(args: list[str]) -> tuple[int, float, str]:
     return done.returncode, time.perf_counter() - started, done.stderr
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", required=True)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--kill-at", default="1:1", help="EPOCH:BATCH, 0-based (default 1:1)")
     parser.add_argument("--out", default="runs/verify_resume")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     epoch, batch = (int(x) for x in args.kill_at.split(":"))
     out = Path(args.out).resolve()
     shutil.rmtree(out / "whole", ignore_errors=True)
@@ -67,13 +67,15 @@ def main() -> int:
     if code != -signal.SIGKILL:
         print(f"the run was not killed (exit {code}); is {args.kill_at} inside the run?\n{err[-3000:]}", file=sys.stderr)
         return 1
+    from tlkit.checkpoint import read_checkpoint
+
+    after_kill = {"metrics_json": (out / "killed" / "metrics.json").exists(),
+                  "checkpoint_epoch": read_checkpoint(out / "killed" / "checkpoints" / "last.ckpt")["epoch"]}
     code, resumed_s, err = _run(["scripts/train.py", "--resume", str(out / "killed"),
                                  "--set", "trainer.progress_bar=false"])
     if code != 0:
         print(err[-3000:], file=sys.stderr)
         return 1
-
-    from tlkit.checkpoint import read_checkpoint
 
     states = [read_checkpoint(out / d / "checkpoints" / "last.ckpt")["state_dict"] for d in ("whole", "killed")]
     same_weights = states[0].keys() == states[1].keys() and all(states[0][k].equal(states[1][k]) for k in states[0])
@@ -82,8 +84,11 @@ def main() -> int:
     report = {
         "recipe": args.recipe, "overrides": args.overrides, "kill_at": {"epoch": epoch, "batch": batch},
         "wall_s": {"uninterrupted": round(whole_s, 1), "killed": round(killed_s, 1), "resumed": round(resumed_s, 1)},
+        "after_kill": after_kill,
+        "resume_log": next((line for line in err.splitlines() if line.startswith("resuming")), None),
         "metrics_csv_identical": same_csv, "final_weights_identical": same_weights,
         "val_acc": [final[0]["val_acc"], final[1]["val_acc"]], "val_loss": [final[0]["val_loss"], final[1]["val_loss"]],
+        "resumed_from_epoch": final[1].get("resumed_from_epoch"),
     }
     (out / "verify_resume.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"uninterrupted {whole_s:.1f} s | killed at epoch {epoch + 1} batch {batch + 1} after {killed_s:.1f} s | "

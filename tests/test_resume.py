@@ -1,11 +1,10 @@
 """Kill a training process with SIGKILL mid-epoch, resume it with `train.py --resume`, and get exactly the run an
-uninterrupted process produces: same metrics.csv bytes, same final weights."""
+uninterrupted process produces: same metrics.csv bytes, same final weights (through scripts/verify_resume.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,22 +22,6 @@ from tlkit.run.resume import load_run_recipe, resume_point
 from tlkit.seeding import EpochSampler
 
 REPO = Path(__file__).resolve().parents[1]
-
-# fit() with a callback that SIGKILLs its own process after batch `batch` of epoch `epoch`: no cleanup, no finally.
-KILLED_RUN = """
-import os, signal, sys
-import lightning as L
-from tlkit.recipe import load_recipe
-from tlkit.run import fit
-
-class KillAt(L.Callback):
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if (trainer.current_epoch, batch_idx) == ({epoch}, {batch}):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-fit(load_recipe(sys.argv[1]), run_dir=sys.argv[2], callbacks=[KillAt()])
-"""
-
 
 def _python(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -70,42 +53,37 @@ def _final_state(run_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def killed_and_resumed(tmp_path_factory):
+    """scripts/verify_resume.py: an uninterrupted run, a run SIGKILLed after batch 2 of epoch 2, and its resume."""
     tmp = tmp_path_factory.mktemp("resume")
-    recipe = _recipe_file(tmp)
-    whole = _python("scripts/train.py", "--recipe", str(recipe), "--run-dir", str(tmp / "whole"))
-    assert whole.returncode == 0, whole.stderr[-2000:]
-
-    killed = _python("-c", KILLED_RUN.format(epoch=1, batch=1), str(recipe), str(tmp / "killed"))
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    after_kill = {
-        "metrics_json": (tmp / "killed" / "metrics.json").exists(),
-        "checkpoint_epoch": read_checkpoint(tmp / "killed" / "checkpoints" / "last.ckpt")["epoch"],
-    }
-    resumed = _python("scripts/train.py", "--resume", str(tmp / "killed"))
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    return tmp / "whole", tmp / "killed", after_kill, resumed
+    done = _python("scripts/verify_resume.py", "--recipe", str(_recipe_file(tmp)), "--kill-at", "1:1",
+                   "--out", str(tmp / "out"))
+    assert (tmp / "out" / "verify_resume.json").exists(), done.stderr[-3000:]
+    return tmp / "out", json.loads((tmp / "out" / "verify_resume.json").read_text()), done
 
 
-def test_the_kill_left_the_first_epoch_checkpoint_and_no_final_metrics(killed_and_resumed):
-    _, _, after_kill, resumed = killed_and_resumed
-    assert after_kill == {"metrics_json": False, "checkpoint_epoch": 0}
-    assert "resuming" in resumed.stderr and "from epoch 2" in resumed.stderr
+def test_the_kill_left_the_first_epoch_checkpoint_and_the_resume_started_after_it(killed_and_resumed):
+    _, report, _ = killed_and_resumed
+    assert report["after_kill"] == {"metrics_json": False, "checkpoint_epoch": 0}
+    assert "from epoch 2" in report["resume_log"]
+    assert report["resumed_from_epoch"] == 1
 
 
 def test_resumed_run_equals_the_uninterrupted_run(killed_and_resumed):
-    whole, killed, _, _ = killed_and_resumed
+    out, report, done = killed_and_resumed
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert report["metrics_csv_identical"] and report["final_weights_identical"]
+    # and independently of the script's own comparison:
+    whole, killed = out / "whole", out / "killed"
     assert (killed / "metrics.csv").read_text() == (whole / "metrics.csv").read_text()
     a, b = _final_state(whole), _final_state(killed)
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     final = [json.loads((d / "metrics.json").read_text()) for d in (whole, killed)]
     for key in ("val_acc", "val_loss", "train_acc", "train_loss", "best_val_acc", "epochs"):
         assert final[0][key] == final[1][key], key
-    assert final[1]["resumed_from_epoch"] == 1
 
 
 def test_resuming_a_finished_run_trains_nothing(killed_and_resumed):
-    _, killed, _, _ = killed_and_resumed
+    killed = killed_and_resumed[0] / "killed"
     before = (killed / "checkpoints" / "last.ckpt").stat().st_mtime_ns
     again = _python("scripts/train.py", "--resume", str(killed), "--set", "trainer.progress_bar=false")
     assert again.returncode == 0, again.stderr[-2000:]
