@@ -27,6 +27,14 @@ def test_overfitting_from_a_rising_val_loss_without_an_accuracy_gap():
     assert "val loss rose" in d.reason
 
 
+def test_rising_val_loss_with_train_accuracy_below_val_is_not_overfitting():
+    # the gradual hymenoptera run: label smoothing keeps train accuracy under val while val loss creeps up
+    d = _curves([0.45, 0.40, 0.36, 0.34, 0.33], [0.17, 0.18, 0.19, 0.20, 0.215],
+                [0.90, 0.92, 0.93, 0.935, 0.938], [0.961, 0.961, 0.961, 0.961, 0.961])
+    assert d.verdict == "well fit"
+    assert "train accuracy is below val" in d.reason
+
+
 def test_underfitting_when_no_gap_and_training_accuracy_low():
     d = _curves([1.1, 1.0, 1.0, 1.0], [1.1, 1.0, 1.0, 1.0], [0.4, 0.5, 0.52, 0.52], [0.4, 0.5, 0.51, 0.52])
     assert d.verdict == "underfitting"

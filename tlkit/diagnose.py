@@ -86,17 +86,21 @@ def diagnose_curves(
         return verdict("overfitting", f"train accuracy {ta[-1]:.1%} vs val {va[-1]:.1%}: a gap of {final_gap:.1%} "
                                       f"(> {gap:.0%})")
     best_vl = min(vl)
-    if n >= window and vl[-1] > 1.2 * best_vl and tl[-1] < tl[vl.index(best_vl)]:
-        return verdict("overfitting", f"val loss rose from its minimum {best_vl:.3f} (epoch {vl.index(best_vl)}) to "
-                                      f"{vl[-1]:.3f} while the train loss kept falling")
+    rising = n >= window and vl[-1] > 1.2 * best_vl and tl[-1] < tl[vl.index(best_vl)]
+    rise = f"val loss rose from its minimum {best_vl:.3f} (epoch {vl.index(best_vl)}) to {vl[-1]:.3f}"
+    if rising and final_gap >= 0:
+        return verdict("overfitting", f"{rise} while the train loss kept falling")
+    # Training accuracy below validation (label smoothing, augmentation and mixing make the training numbers
+    # pessimistic): a rising val loss is then growing confidence on the few val errors, not memorisation.
+    note = f"; {rise}, but train accuracy is below val: overconfidence on a few errors, not overfitting" if rising else ""
     recent = vl[-min(window, n):]
-    if n >= 2 and recent[0] > 0 and (recent[0] - recent[-1]) / recent[0] > improving:
+    if not rising and n >= 2 and recent[0] > 0 and (recent[0] - recent[-1]) / recent[0] > improving:
         return verdict("still improving", f"val loss fell {(recent[0] - recent[-1]) / recent[0]:.1%} over the last "
                                           f"{len(recent)} epochs")
     if ta[-1] < underfit_train_acc:
         return verdict("underfitting", f"no gap (train {ta[-1]:.1%}, val {va[-1]:.1%}) and the model does not fit "
-                                       f"the training set (train accuracy < {underfit_train_acc:.0%})")
-    return verdict("well fit", f"gap {final_gap:+.1%}, train accuracy {ta[-1]:.1%}, val loss flat")
+                                       f"the training set (train accuracy < {underfit_train_acc:.0%}){note}")
+    return verdict("well fit", f"gap {final_gap:+.1%}, train accuracy {ta[-1]:.1%}{note or ', val loss flat'}")
 
 
 def read_metrics_csv(path: str | Path) -> dict[str, list[float]]:
