@@ -46,3 +46,11 @@ def test_only_files_with_colliding_sizes_are_hashed(tmp_path, monkeypatch):
     assert sorted(hashed) == sorted(paths[1:3])
     (tmp_path / "f2.bin").write_bytes((tmp_path / "f1.bin").read_bytes())
     assert exact_duplicates({"train": paths[:2], "val": paths[2:]}) == [[("train", paths[1]), ("val", paths[2])]]
+
+
+def test_images_smaller_than_the_input_are_counted_from_the_scan_headers(colour_folder):
+    scan = scan_folder(colour_folder)  # 36 px tall images
+    report = preflight(scan, crop_size=40)
+    assert report["smaller_than_crop"] == len(scan.train) + len(scan.val)
+    assert any("shorter than the 40 px input" in w for w in report["warnings"])
+    assert preflight(scan, crop_size=32)["smaller_than_crop"] == 0

@@ -38,6 +38,7 @@ class FolderScan:
     val: list[tuple[str, int]]
     layout: str  # "split" (train/ + val/) or "single" (one folder, split by val_fraction)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (width, height), from the header
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -52,9 +53,10 @@ def leaves_root(path: Path, root: Path) -> bool:
     return not Path(os.path.realpath(path)).is_relative_to(Path(os.path.realpath(root)))
 
 
-def _list_images(class_dir: Path, skipped: list[tuple[str, str]], root: Path) -> list[str]:
-    """Image files below class_dir (recursive, sorted). Non-images, unreadable headers, decompression bombs and
-    symlinks leaving `root` are skipped and listed."""
+def _list_images(class_dir: Path, skipped: list[tuple[str, str]], root: Path,
+                 sizes: dict[str, tuple[int, int]]) -> list[str]:
+    """Image files below class_dir (recursive, sorted), their header sizes recorded in `sizes`. Non-images,
+    unreadable headers, decompression bombs and symlinks leaving `root` are skipped and listed."""
     files = []
     for path in sorted(class_dir.rglob("*")):
         if any(part.startswith(".") for part in path.relative_to(class_dir).parts):
@@ -80,17 +82,19 @@ def _list_images(class_dir: Path, skipped: list[tuple[str, str]], root: Path) ->
             skipped.append((str(path), f"decompression bomb: {width}x{height} pixels, refused from its header"))
             continue
         files.append(str(path))
+        sizes[str(path)] = (width, height)
     return files
 
 
-def _collect(folder: Path, classes: list[str], skipped: list[tuple[str, str]], root: Path) -> list[tuple[str, int]]:
+def _collect(folder: Path, classes: list[str], skipped: list[tuple[str, str]], root: Path,
+             sizes: dict[str, tuple[int, int]]) -> list[tuple[str, int]]:
     samples = []
     for label, name in enumerate(classes):
         class_dir = folder / name
         if leaves_root(class_dir, root):
             skipped.append((str(class_dir), "symlink leaving the data folder (not followed)"))
         elif class_dir.is_dir():
-            samples += [(p, label) for p in _list_images(class_dir, skipped, root)]
+            samples += [(p, label) for p in _list_images(class_dir, skipped, root, sizes)]
     return samples
 
 
@@ -105,6 +109,7 @@ def scan_folder(root: str | Path, *, val_fraction: float = 0.2, seed: int = 42) 
             "(e.g. --set data.root=/path/to/images)."
         )
     skipped: list[tuple[str, str]] = []
+    sizes: dict[str, tuple[int, int]] = {}
     train_dir = root / "train"
     val_dir = next((root / n for n in VAL_SPLIT_NAMES if (root / n).is_dir()), None)
     if train_dir.is_dir() and val_dir is not None:
@@ -116,8 +121,8 @@ def scan_folder(root: str | Path, *, val_fraction: float = 0.2, seed: int = 42) 
                 f"{val_dir} has classes missing from {train_dir}: {', '.join(extra)}. "
                 "Add training images for them or remove them from the validation folder."
             )
-        train = _collect(train_dir, classes, skipped, root)
-        val = _collect(val_dir, classes, skipped, root)
+        train = _collect(train_dir, classes, skipped, root, sizes)
+        val = _collect(val_dir, classes, skipped, root, sizes)
         layout = "split"
     else:
         if val_dir is not None and not train_dir.is_dir():
@@ -132,7 +137,7 @@ def scan_folder(root: str | Path, *, val_fraction: float = 0.2, seed: int = 42) 
             )
         classes = [p.name for p in _class_dirs(root)]
         _check_classes(classes, root)
-        samples = _collect(root, classes, skipped, root)
+        samples = _collect(root, classes, skipped, root, sizes)
         train, val = stratified_split(samples, val_fraction=val_fraction, seed=seed)
         layout = "single"
     empty = [c for i, c in enumerate(classes) if not any(label == i for _, label in train)]
@@ -142,7 +147,7 @@ def scan_folder(root: str | Path, *, val_fraction: float = 0.2, seed: int = 42) 
         raise DataError(f"No validation images found under {root}; add images to the validation folder.")
     for path, reason in skipped:
         log.warning("skipped %s (%s)", path, reason)
-    return FolderScan(classes=classes, train=train, val=val, layout=layout, skipped=skipped)
+    return FolderScan(classes=classes, train=train, val=val, layout=layout, skipped=skipped, sizes=sizes)
 
 
 def _check_classes(classes: list[str], folder: Path) -> None:

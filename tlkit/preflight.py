@@ -37,8 +37,9 @@ def exact_duplicates(groups: dict[str, Sequence[str]]) -> list[list[tuple[str, s
     return [found for found in copies.values() if len(found) > 1]
 
 
-def preflight(scan: FolderScan, *, balance: str = "none") -> dict:
-    """{"warnings": [one line each], "duplicates_across": n, "duplicates_within": n, "imbalance_ratio": r}."""
+def preflight(scan: FolderScan, *, balance: str = "none", crop_size: int | None = None) -> dict:
+    """{"warnings": [one line each], "duplicates_across": n, "duplicates_within": n, "imbalance_ratio": r,
+    "smaller_than_crop": n}. crop_size: the model's input size; shorter image sides are counted (from headers)."""
     warnings: list[str] = []
     counts = [sum(1 for _, label in scan.train if label == c) for c in range(len(scan.classes))]
     present = [n for n in counts if n]
@@ -63,7 +64,12 @@ def preflight(scan: FolderScan, *, balance: str = "none") -> dict:
     if within:
         warnings.append(f"{len(within)} image(s) have exact copies in the same split (over-weighted), e.g. "
                         f"{' == '.join(path for _, path in within[0])}")
+    small = sorted((min(size), path) for path, size in scan.sizes.items() if crop_size and min(size) < crop_size)
+    if small:
+        side, path = small[0]
+        warnings.append(f"{len(small)} image(s) have a side shorter than the {crop_size} px input and are upscaled "
+                        f"(thumbnails?); the smallest: {path} ({side} px)")
     if scan.skipped:
         warnings.append(f"{len(scan.skipped)} file(s) skipped at scan (listed in the run's skipped.txt)")
     return {"warnings": warnings, "duplicates_across": len(across), "duplicates_within": len(within),
-            "imbalance_ratio": ratio}
+            "imbalance_ratio": ratio, "smaller_than_crop": len(small)}

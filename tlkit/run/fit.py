@@ -60,18 +60,19 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
     check_sync_batchnorm(recipe.trainer.sync_batchnorm, recipe.trainer.accelerator)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     datamodule = build_datamodule(recipe)
-    checked = preflight(datamodule.scan, balance=recipe.data.balance)  # the doctor's cheap pass
-    if launch_rank() == 0:
-        for line in checked["warnings"]:
-            log.warning("data: %s", line)
-        if checked["warnings"]:
-            log.warning("data: `tlkit doctor %s` inspects every image (modes, sizes, placeholders)", recipe.data.root)
     recipe, auto_decision = resolve_auto_strategy(recipe, datamodule)
     train_labels = [label for _, label in datamodule.scan.train]
     class_weights = (balanced_class_weights(train_labels, datamodule.num_classes)
                      if recipe.data.balance == "loss_weights" else None)
     module = build_module(recipe, datamodule.classes, class_weights=class_weights)
     datamodule.preprocessing = module.preprocessing
+    checked = preflight(datamodule.scan, balance=recipe.data.balance, crop_size=module.preprocessing.input_size)
+    if launch_rank() == 0:  # the doctor's cheap pass: what the scan already read, plus duplicates by size
+        for line in checked["warnings"]:
+            log.warning("data: %s", line)
+        if checked["warnings"]:
+            log.warning("data: `tlkit doctor %s` inspects every image (modes, placeholders, truncation)",
+                        recipe.data.root)
     module.data_split = {"layout": datamodule.scan.layout, "val_fraction": recipe.data.val_fraction, "seed": recipe.seed}
 
     run_dir = run_dir if run_dir is not None else inherited_run_dir()
