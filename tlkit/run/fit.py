@@ -89,7 +89,8 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
     if resume:
         log.info("resuming %s from %s", run_dir, f"epoch {resume_from.epoch + 2} ({resume_from.path})"
                     if resume_from else "epoch 1 (it stopped before its first checkpoint)")
-    if is_rank_zero and not resume:  # a resumed run keeps the recipe.yaml it started with (and its auto note)
+    # A resumed run keeps the recipe.yaml it started with (and its auto note).
+    if is_rank_zero and not (resume and (run_dir / "recipe.yaml").is_file()):
         write_text(run_dir / "recipe.yaml", auto_note + yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
         write_text(run_dir / "classes.json", json.dumps(datamodule.classes, indent=2) + "\n")
         if datamodule.scan.skipped:
