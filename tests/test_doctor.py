@@ -99,3 +99,16 @@ def test_doctor_unusable_folders(tmp_path):
     with pytest.raises(DataError, match="at least 2 class"):
         diagnose(tmp_path / "one")
     assert main(["doctor", str(tmp_path / "missing")]) == 1
+
+
+def test_doctor_writes_a_gallery_of_the_files_worth_a_look_beside_the_json(zoo_report):
+    from tlkit.doctor import gallery_items
+
+    root, _, _, out = zoo_report
+    assert out.with_suffix(".png").stat().st_size > 0
+    items = gallery_items(json.loads(out.read_text()))
+    captions = "\n".join(caption for _, caption in items)
+    assert "placeholder_like (1/1)\nimageNotFound.gif" in captions
+    assert "b1.png == leak_b1.png" in captions
+    shown = {Path(path).name for path, _ in items}
+    assert not shown & {"bomb.png", "link_out.png", "corrupt.jpg", "truncated.jpg", "empty.png"}  # never decoded

@@ -423,11 +423,15 @@ def _init_stats(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from tlkit.doctor import default_report_path, diagnose, format_table, write_report
+    from tlkit.doctor import default_report_path, diagnose, format_table, write_gallery, write_report
 
     report = diagnose(args.folder, min_size=args.min_size)
     print(format_table(report))
-    print(f"report: {write_report(report, args.json_out or default_report_path(args.folder))}")
+    written = write_report(report, args.json_out or default_report_path(args.folder))
+    print(f"report: {written}")
+    gallery = write_gallery(report, written.with_suffix(".png"))
+    if gallery is not None:
+        print(f"pictures of the flagged images: {gallery}")
     return 0
 
 

@@ -55,6 +55,9 @@ ACTIONS = {
     "duplicate_across_splits": "LEAKAGE: the same bytes in train and val inflate val metrics; remove one copy",
 }
 MODE_CASES = {"L", "LA", "RGBA", "P", "CMYK", "I;16"}
+# Cases whose files decode safely and are worth a look; never bombs, links leaving the root, or unreadable files.
+GALLERY_CASES = ("placeholder_like", "duplicate_across_splits", "duplicate_within_split", "too_small", "exif_rotated",
+                 "mode_P_transparency", "mode_RGBA", "mode_LA", "mode_CMYK", "mode_I;16")
 
 
 def _split_dirs(root: Path) -> dict[str, Path]:
@@ -232,3 +235,27 @@ def write_report(report: dict, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     return path
+
+
+def gallery_items(report: dict, per_case: int = 4) -> list[tuple[str, str]]:
+    """(image path, caption) for up to `per_case` files of each case worth looking at, as training will see them."""
+    items = []
+    for case in GALLERY_CASES:
+        entries = report["cases"].get(case, {}).get("items", [])
+        for i, entry in enumerate(entries[:per_case]):
+            paths = entry.split(" == ")  # duplicates are listed as "a == b [== c]": show the first copy
+            names = " == ".join(Path(p).name for p in paths)
+            items.append((paths[0], f"{case} ({i + 1}/{len(entries)})\n{names if len(names) <= 40 else names[:39] + '…'}"))
+    return items
+
+
+def write_gallery(report: dict, path: str | Path) -> Path | None:
+    """A PNG of the flagged images (gallery_items), or None when nothing is worth a look. Never inside the data."""
+    items = gallery_items(report)
+    if not items:
+        return None
+    if _inside(Path(path), Path(report["root"])):
+        raise DataError(f"Refusing to write the gallery inside the data folder ({path}); pass --json elsewhere.")
+    from tlkit.plots import plot_image_gallery
+
+    return plot_image_gallery(items, Path(path), title=f"tlkit doctor: files to look at in {report['root']}")
