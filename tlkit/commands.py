@@ -1,0 +1,243 @@
+"""What each `tlkit` command does once its arguments are parsed (tlkit.cli parses them and reports errors).
+
+Each handler imports its machinery on first use, so `tlkit --help` and recipe errors stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tlkit.errors import RecipeError
+
+
+def _workers(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
+def format_summary(metrics: dict) -> str:
+    """A small two-column table of the numbers a user looks at first."""
+    acc = metrics.get("val_acc")
+    best = metrics.get("best_val_acc")
+    rows = [
+        ("val accuracy", f"{acc:.2%}" if acc is not None else "n/a"),
+        ("best val accuracy", f"{best:.2%}" if best is not None else "n/a"),
+        ("val loss", f"{metrics['val_loss']:.4f}" if metrics.get("val_loss") is not None else "n/a"),
+        ("epochs", str(metrics.get("epochs"))),
+        ("wall time", f"{metrics.get('wall_s', 0):.1f} s"),
+        ("images train / val", f"{metrics.get('num_train')} / {metrics.get('num_val')}"),
+        ("backbone", f"{metrics.get('backbone')} [{metrics.get('weights')}]"),
+        ("strategy", str(metrics.get("strategy"))),
+        ("run directory", str(metrics.get("run_dir"))),
+    ]
+    width = max(len(k) for k, _ in rows)
+    value_width = max(len(v) for _, v in rows)
+    rule = f"+-{'-' * width}-+-{'-' * value_width}-+"
+    body = [f"| {k.ljust(width)} | {v.ljust(value_width)} |" for k, v in rows]
+    return "\n".join([rule, *body, rule])
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tlkit.recipe import load_recipe
+
+    overrides = [*args.overrides, *(["cache.disk=false"] if args.no_cache else [])]
+    if args.resume:
+        if args.recipe or args.run_dir:
+            raise RecipeError("--resume RUN_DIR takes the recipe and the run directory from RUN_DIR; "
+                              "drop --recipe / --run-dir.")
+        from tlkit.run.resume import load_run_recipe
+
+        recipe = load_run_recipe(args.resume, overrides)
+    elif not args.recipe:
+        raise RecipeError("tlkit train needs --recipe FILE (a new run) or --resume RUN_DIR (continue a killed run).")
+    else:
+        recipe = load_recipe(args.recipe, overrides)  # fails fast, before any data scan or model build
+    from tlkit.run import fit
+
+    metrics = fit(recipe, run_dir=args.resume or args.run_dir, resume=bool(args.resume))
+    from tlkit.run.distributed import launch_rank
+
+    if launch_rank() == 0:  # under torchrun / srun every rank trains; one summary is enough
+        print(format_summary(metrics))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from tlkit.evaluate import format_report_table
+    from tlkit.run import evaluate_checkpoint
+
+    report = evaluate_checkpoint(
+        args.checkpoint, args.data, tta=args.tta, aggregate=args.aggregate, out=args.out, split=args.split,
+        num_workers=_workers(args.num_workers), max_views_per_forward=args.max_views_per_forward,
+        top_losses=args.top_losses, precision=args.precision,
+    )
+    print(format_report_table(report))
+    print(f"report: {Path(report['out_dir']) / 'report.json'} (confusion matrices, top losses per policy beside it)")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tlkit.run import predict_checkpoint
+
+    summary = predict_checkpoint(
+        args.checkpoint, args.inputs, out=args.out, json_out=args.json_out, top_k=args.top_k, tta=args.tta,
+        aggregate=args.aggregate, num_workers=_workers(args.num_workers),
+        max_views_per_forward=args.max_views_per_forward, precision=args.precision,
+    )
+    for path, why in summary["skipped"]:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    written = summary["csv"] + (f" and {summary['json']}" if "json" in summary else "")
+    print(f"predicted {summary['predicted']} image(s) with {summary['policy']} ({summary['views']} view(s)) -> "
+          f"{written}; skipped {len(summary['skipped'])}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from tlkit.run import export_checkpoint
+
+    summary = export_checkpoint(args.checkpoint, args.out, images=args.images, onnx=not args.no_onnx, atol=args.atol)
+    print(f"wrote {summary['weights']} and {summary['sidecar']} (loads back identically)")
+    if "onnx" in summary:
+        parity = summary["onnx_parity"]
+        print(
+            f"wrote {summary['onnx']}: onnxruntime vs PyTorch on {summary['parity_inputs']}: max abs diff "
+            f"logits {parity['max_abs_diff_logits']:.2e}, probabilities {parity['max_abs_diff_probs']:.2e}, "
+            f"top-1 agreement {parity['top1_agreement']:.0%}"
+        )
+    return 0
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from tlkit.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    from tlkit.run import preview_augment
+
+    print(f"wrote {preview_augment(recipe, n=args.n, out=args.out)}")
+    return 0
+
+
+def _recipe_show(args: argparse.Namespace) -> int:
+    from tlkit.recipe import load_recipe, render_recipe
+
+    sys.stdout.write(render_recipe(load_recipe(args.recipe, args.overrides)))
+    return 0
+
+
+def _groups(args: argparse.Namespace) -> int:
+    from tlkit.groups import groups_table
+
+    print(groups_table(args.backbone, coarse=not args.fine))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from tlkit.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    from tlkit.run.tuning import check
+    from tlkit.sanity import format_results
+
+    report = check(recipe, batches=args.batches, per_class=args.per_class, steps=args.steps, tolerance=args.tolerance)
+    if report["strategy_auto"]:
+        print(f"strategy auto -> {report['strategy_auto']['kind']}: {report['strategy_auto']['reason']}")
+    print(f"{recipe.name}: {report['num_classes']} classes, {report['strategy']} on {report['inputs']}")
+    print(format_results(report["results"]))
+    return 0 if report["passed"] else 1
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+    from tlkit.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    from tlkit.run.tuning import lr_find, write_recipe_copy
+
+    result = lr_find(recipe, out=args.out, min_lr=args.min_lr, max_lr=args.max_lr, num_training=args.steps)
+    suggestion = result["suggestion"]
+    print(f"{recipe.name}: LR range test, {result['steps']} steps on {result['inputs']} ({result['strategy']}), "
+          f"{result['seconds']} s")
+    if suggestion is None:
+        print("no suggestion: the loss never fell steadily; widen --min-lr/--max-lr or raise --steps")
+        return 1
+    print(f"suggested lr {suggestion:.3g} (steepest loss descent; the recipe has {recipe.optim.lr:g}) -> {result['png']}")
+    if args.write:
+        out = write_recipe_copy(args.recipe, [*args.overrides, f"optim.lr={suggestion:.3g}"], args.write,
+                                data_root=result["data_root"])
+        print(f"wrote {out} (optim.lr = {suggestion:.3g})")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from tlkit.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    from tlkit.run.tuning import search
+    from tlkit.search import SearchSpace
+
+    try:
+        space = SearchSpace(tuple(args.lr), tuple(args.weight_decay),
+                            tuple(args.backbone_lr_mult) if args.backbone_lr_mult else None, args.strategies or [])
+    except ValueError as exc:
+        raise RecipeError(f"search: {exc}") from None
+    summary = search(
+        recipe, source=args.recipe, source_overrides=args.overrides, out_dir=args.out, storage=args.storage,
+        coarse_trials=args.coarse_trials, refine_trials=args.refine_trials, coarse_epochs=args.coarse_epochs,
+        refine_epochs=args.refine_epochs, top_k=args.top_k, space=space, progress=not args.no_progress,
+        keep_checkpoints=args.keep_checkpoints,
+    )
+    for stage in summary["stages"].values():
+        print(stage["table"])
+    best = summary["best"]
+    print(f"best: {best['stage']} trial {best['trial']}, val acc {best['val_acc']:.2%}, "
+          + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in best["params"].items()))
+    print(f"wrote {summary['best_recipe']}, {summary['png']}, trials CSV/markdown in {summary['out_dir']}")
+    print(f"storage {summary['storage']} (re-run the same command to resume)")
+    return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from tlkit.run.tuning import diagnose
+
+    result = diagnose(args.run_dir, out=args.out, gap=args.gap)
+    v = result["values"]
+    print(f"{result['verdict'].upper()}: {result['reason']}")
+    print(f"  final epoch {v['epochs']}: train acc {v['train_acc']:.2%} / val acc {v['val_acc']:.2%}, "
+          f"train loss {v['train_loss']:.4f} / val loss {v['val_loss']:.4f}; best val epoch {v['best_val_epoch'] + 1}")
+    for advice in result["advice"]:
+        print(f"  - {advice}")
+    print(f"curves: {result['png']}")
+    return 0
+
+
+def _init_stats(args: argparse.Namespace) -> int:
+    from tlkit.init_stats import format_table, init_statistics, plot_statistics
+
+    results = {init: init_statistics(init, args.activation, depth=args.depth, width=args.width,
+                                     xavier_gain=args.xavier_gain) for init in args.init}
+    print(f"{args.activation}, depth {args.depth}, width {args.width}, unit-Gaussian input and output gradient "
+          f"(xavier gain: {args.xavier_gain})")
+    print(format_table(results))
+    title = f"{args.activation} MLP, depth {args.depth}, width {args.width}"
+    print(f"wrote {plot_statistics(results, args.out, title=title)}")
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from tlkit.doctor import default_report_path, diagnose, format_table, write_gallery, write_report
+
+    report = diagnose(args.folder, min_size=args.min_size)
+    print(format_table(report))
+    written = write_report(report, args.json_out or default_report_path(args.folder))
+    print(f"report: {written}")
+    gallery = write_gallery(report, written.with_suffix(".png"))
+    if gallery is not None:
+        print(f"pictures of the flagged images: {gallery}")
+    return 0
+
+
+HANDLERS = {
+    "train": _train, "preview": _preview, "evaluate": _evaluate, "predict": _predict, "export": _export,
+    "recipe": _recipe_show, "groups": _groups, "check": _check, "lr-find": _lr_find, "search": _search,
+    "diagnose": _diagnose, "init-stats": _init_stats, "doctor": _doctor,
+}
