@@ -130,3 +130,13 @@ def test_cli_resume_rejects_a_recipe_too(tmp_path, capsys):
     assert "drop --recipe" in capsys.readouterr().err
     assert main(["train"]) == 2
     assert "--resume RUN_DIR" in capsys.readouterr().err
+
+
+def test_num_workers_does_not_change_the_run(tmp_path):
+    # every random draw is keyed by (seed, epoch, index/batch), never by which process makes it: so --resume may
+    # change data.num_workers, and a run on a laptop matches one on a bigger machine
+    root = write_colour_classes(tmp_path / "colours", per_class=6)
+    for workers in (0, 2):
+        recipe = validate_recipe(tiny_recipe_dict(root, strategy={"kind": "finetune"}, data={"num_workers": workers}))
+        fit(recipe, run_dir=tmp_path / f"w{workers}")
+    assert (tmp_path / "w0" / "metrics.csv").read_text() == (tmp_path / "w2" / "metrics.csv").read_text()
