@@ -93,8 +93,10 @@ def _placeholder_like(im: Image.Image) -> bool:
     """Fewer than FEW_COLOURS distinct RGB colours, one of them covering FLAT_BACKGROUND of the picture, counted on a
     nearest-neighbour copy of at most 128 px a side (nearest keeps the palette; getcolors gives up as soon as it
     passes the limit, so photos cost little)."""
-    small = to_rgb(im)  # the conversion training uses (PIL's own turns 16-bit grey white)
-    small.thumbnail((128, 128), Image.Resampling.NEAREST)
+    scale = 128 / max(im.size)
+    small = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.NEAREST) \
+        if scale < 1 else im
+    small = to_rgb(small)  # the conversion training uses (PIL's own turns 16-bit grey white), on the small copy only
     colours = small.getcolors(FEW_COLOURS - 1)
     return colours is not None and max(colours)[0] >= FLAT_BACKGROUND * small.width * small.height
 

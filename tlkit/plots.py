@@ -111,22 +111,8 @@ def plot_top_losses(rows: Sequence[dict], path: Path, *, title: str, columns: in
 
 def plot_image_gallery(items: Sequence[tuple[str, str]], path: Path, *, title: str, columns: int = 4) -> Path:
     """Thumbnails of image files with a caption each (e.g. the doctor's flagged files), as one PNG."""
-    plt = _pyplot()
-    columns = max(1, min(columns, len(items)))
-    rows = math.ceil(len(items) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.8 * columns, 3.1 * rows + 0.4), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (image_path, caption) in zip(axes.flat, items):
-        ax.imshow(_thumbnail(image_path))
-        ax.set_title(caption, fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_image_grid([_thumbnail(image_path) for image_path, _ in items], [caption for _, caption in items],
+                           path, cols=columns, suptitle=title)
 
 
 def _thumbnail(path: str) -> np.ndarray:

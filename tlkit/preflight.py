@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from tlkit.data import FolderScan
@@ -41,7 +41,8 @@ def preflight(scan: FolderScan, *, balance: str = "none", crop_size: int | None 
     """{"warnings": [one line each], "duplicates_across": n, "duplicates_within": n, "imbalance_ratio": r,
     "smaller_than_crop": n}. crop_size: the model's input size; shorter image sides are counted (from headers)."""
     warnings: list[str] = []
-    counts = [sum(1 for _, label in scan.train if label == c) for c in range(len(scan.classes))]
+    per_class = Counter(label for _, label in scan.train)
+    counts = [per_class[c] for c in range(len(scan.classes))]
     present = [n for n in counts if n]
     ratio = max(present) / min(present) if present else None
     if ratio is not None and ratio >= IMBALANCE_WARNING:
