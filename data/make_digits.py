@@ -5,7 +5,7 @@ Run automatically by the quickstart recipe when data/digits/ is missing; the gen
 
 from pathlib import Path
 
-from tlkit.datasets import write_digits
+from tlkit.data.generate import write_digits
 
 if __name__ == "__main__":
     target = Path(__file__).resolve().parent / "digits"

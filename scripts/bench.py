@@ -39,11 +39,11 @@ from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from bench_augment import loader_throughput  # noqa: E402
-from tlkit.precision import autocast  # noqa: E402
+from tlkit.infer.precision import autocast  # noqa: E402
 from tlkit.recipe import LinearProbe, load_recipe  # noqa: E402
 from tlkit.run import build_datamodule, build_module, fit, resolve_preprocessing  # noqa: E402
-from tlkit.schedules import LRMultiplier  # noqa: E402
-from tlkit.strategies import build_param_groups  # noqa: E402
+from tlkit.model.schedules import LRMultiplier  # noqa: E402
+from tlkit.model.strategies import build_param_groups  # noqa: E402
 
 DEFAULT_RECIPE = "recipes/hymenoptera_finetune.yaml"
 

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from tlkit.augment import PRESET_NAMES, TrainAugment, build_train_transform  # noqa: E402
-from tlkit.data import ImageDataset  # noqa: E402
+from tlkit.data.augment import PRESET_NAMES, TrainAugment, build_train_transform  # noqa: E402
+from tlkit.data.datamodule import ImageDataset  # noqa: E402
 from tlkit.recipe import load_recipe  # noqa: E402
 from tlkit.run import build_datamodule, build_module, fit, resolve_preprocessing  # noqa: E402
 

@@ -40,7 +40,7 @@ def fastai_fine_tune(recipe, *, epochs: int) -> dict:
     )
     from fastcore.foundation import L as FastList
 
-    from tlkit.backbones import create_backbone
+    from tlkit.model.backbones import create_backbone
     from tlkit.run import preprocessing_overrides
 
     if epochs < 2:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from tlkit.cli import main  # noqa: E402
+from tlkit.cli.main import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["predict", *sys.argv[1:]]))

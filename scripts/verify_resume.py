@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if code != -signal.SIGKILL:
         print(f"the run was not killed (exit {code}); is {args.kill_at} inside the run?\n{err[-3000:]}", file=sys.stderr)
         return 1
-    from tlkit.checkpoint import read_checkpoint
+    from tlkit.infer.checkpoint import read_checkpoint
 
     after_kill = {"metrics_json": (out / "killed" / "metrics.json").exists(),
                   "checkpoint_epoch": read_checkpoint(out / "killed" / "checkpoints" / "last.ckpt")["epoch"]}

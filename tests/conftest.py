@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlkit.backbones import Preprocessing
+from tlkit.data.preprocessing import Preprocessing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

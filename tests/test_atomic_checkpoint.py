@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tlkit.faults as faults
-from tlkit.faults import AtomicCheckpointIO
+import tlkit.model.faults as faults
+from tlkit.model.faults import AtomicCheckpointIO
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -10,9 +10,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from tlkit import weights as W
-from tlkit.augment import build_eval_transform
-from tlkit.backbones import create_backbone, model_preprocessing
+from tlkit.model import weights as W
+from tlkit.data.augment import build_eval_transform
+from tlkit.model.backbones import create_backbone, model_preprocessing
 from tlkit.errors import BackboneError
 
 

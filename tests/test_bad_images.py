@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from conftest import tiny_recipe_dict, write_colour_classes
 
-from tlkit.data import scan_folder
+from tlkit.data.datamodule import scan_folder
 from tlkit.errors import DataError
 from tlkit.recipe import validate_recipe
 from tlkit.run import fit
-from tlkit.zoo import write_zoo
+from zoo import write_zoo
 
 SKIPPED_AT_SCAN = ("empty.png", "notes.txt", "corrupt.jpg", "bomb.png", "link_out.png")
 
@@ -59,7 +59,7 @@ def test_file_deleted_after_the_scan_is_skipped(tmp_path, monkeypatch):
     recipe = _zoo_recipe(root)
     victim = root / "train" / "red" / "red_00.png"
 
-    import tlkit.data as data
+    import tlkit.data.datamodule as data
     original = data.ImageFolderDataModule.setup
 
     def setup_then_delete(self, stage=None):  # the file disappears between the scan and the first epoch

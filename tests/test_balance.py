@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import tiny_recipe_dict, write_colour_classes
 
-from tlkit.checkpoint import load_checkpoint
-from tlkit.data import balanced_class_weights, balanced_sample_weights, make_loader
+from tlkit.infer.checkpoint import load_checkpoint
+from tlkit.data.datamodule import balanced_class_weights, balanced_sample_weights, make_loader
 from tlkit.errors import RecipeError
 from tlkit.recipe import validate_recipe
 from tlkit.run import fit

@@ -10,8 +10,8 @@ import torch
 from conftest import tiny_recipe_dict, write_colour_classes
 from PIL import Image
 
-from tlkit.cache import FeatureCache, file_identity
-from tlkit.checkpoint import load_checkpoint
+from tlkit.data.cache import FeatureCache, file_identity
+from tlkit.infer.checkpoint import load_checkpoint
 from tlkit.recipe import validate_recipe
 from tlkit.run import fit
 

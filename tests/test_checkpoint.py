@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from tlkit.checkpoint import load_checkpoint
+from tlkit.infer.checkpoint import load_checkpoint
 from tlkit.errors import CheckpointError
 
 

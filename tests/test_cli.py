@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from conftest import tiny_recipe_dict, write_colour_classes
 
-from tlkit.cli import EXIT_RECIPE_ERROR, format_summary, main
+from tlkit.cli.main import EXIT_RECIPE_ERROR, format_summary, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,7 +84,7 @@ def test_train_script_reports_recipe_errors_with_exit_2(tmp_path):
 
 
 def test_errors_from_dataloader_workers_are_shown_as_one_line():
-    from tlkit.cli import _one_line
+    from tlkit.cli.main import _one_line
     from tlkit.errors import DataError
 
     wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
@@ -102,9 +102,9 @@ def test_binary_recipe_file_is_one_clear_line(tmp_path, capsys):
 
 
 def test_hub_weights_offline_fail_fast_with_the_offline_choices(tmp_path, capsys, monkeypatch):
-    import tlkit.backbones
+    import tlkit.model.backbones
 
-    monkeypatch.setattr(tlkit.backbones, "hub_reachable", lambda host=None, timeout=3.0: False)
+    monkeypatch.setattr(tlkit.model.backbones, "hub_reachable", lambda host=None, timeout=3.0: False)
     root = write_colour_classes(tmp_path / "colours", per_class=6)
     recipe = tiny_recipe_dict(root, backbone={"name": "convnext_atto", "weights": "hub"})
     assert main(["train", "--recipe", str(write_recipe(tmp_path / "r.yaml", recipe))]) == 1

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlkit.augment import build_eval_transform
-from tlkit.data import ImageDataset, ImageFolderDataModule, scan_folder
+from tlkit.data.augment import build_eval_transform
+from tlkit.data.datamodule import ImageDataset, ImageFolderDataModule, scan_folder
 from tlkit.errors import DataError, DataNotFoundError
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tlkit.diagnose import ADVICE, diagnose_curves, read_metrics_csv
+from tlkit.tune.diagnose import ADVICE, diagnose_curves, read_metrics_csv
 
 
 def _curves(train_loss, val_loss, train_acc, val_acc):
@@ -82,7 +82,7 @@ def test_read_metrics_csv_merges_train_and_val_rows(tmp_path):
 def test_cli_diagnose_on_a_real_run(trained_run, capsys):
     from PIL import Image
 
-    from tlkit.cli import main
+    from tlkit.cli.main import main
 
     _, run_dir, _ = trained_run
     assert main(["diagnose", str(run_dir), "--out", str(run_dir / "diag_curves.png")]) == 0
@@ -93,7 +93,7 @@ def test_cli_diagnose_on_a_real_run(trained_run, capsys):
 
 
 def test_cli_diagnose_without_metrics_is_a_user_error(tmp_path, capsys):
-    from tlkit.cli import main
+    from tlkit.cli.main import main
 
     assert main(["diagnose", str(tmp_path)]) != 0
     assert "metrics.csv" in capsys.readouterr().err

@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import tiny_recipe_dict, write_colour_classes
 
-from tlkit.cli import main
+from tlkit.cli.main import main
 from tlkit.errors import TrainingDivergedError
-from tlkit.module import TransferModule
+from tlkit.model.module import TransferModule
 from tlkit.recipe import validate_recipe
 from tlkit.run import fit
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tlkit.cli import main
-from tlkit.doctor import diagnose
+from tlkit.cli.main import main
+from tlkit.data.doctor import diagnose
 from tlkit.errors import DataError, DataNotFoundError
-from tlkit.zoo import ZOO_CASES, write_zoo
+from zoo import ZOO_CASES, write_zoo
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
@@ -102,7 +102,7 @@ def test_doctor_unusable_folders(tmp_path):
 
 
 def test_doctor_writes_a_gallery_of_the_files_worth_a_look_beside_the_json(zoo_report):
-    from tlkit.doctor import gallery_items
+    from tlkit.data.doctor import gallery_items
 
     root, _, _, out = zoo_report
     assert out.with_suffix(".png").stat().st_size > 0

@@ -6,9 +6,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from tlkit.data import ImageFolderDataModule
-from tlkit.ema import WeightEMA
-from tlkit.module import TransferModule
+from tlkit.data.datamodule import ImageFolderDataModule
+from tlkit.model.ema import WeightEMA
+from tlkit.model.module import TransferModule
 
 
 def test_ema_weights_are_validated_and_saved_raw_ones_kept_for_resume(colour_folder, tmp_path):

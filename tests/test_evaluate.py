@@ -12,9 +12,9 @@ import pytest
 from conftest import tiny_recipe_dict, write_colour_classes
 from PIL import Image
 
-from tlkit.cli import main
+from tlkit.cli.main import main
 from tlkit.errors import CheckpointError, DataError
-from tlkit.evaluate import classification_metrics, top_losses
+from tlkit.infer.evaluate import classification_metrics, top_losses
 from tlkit.recipe import validate_recipe
 from tlkit.run import evaluate_checkpoint, fit
 

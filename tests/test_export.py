@@ -10,13 +10,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tlkit.augment import build_eval_transform
-from tlkit.checkpoint import load_checkpoint
-from tlkit.cli import main
+from tlkit.data.augment import build_eval_transform
+from tlkit.infer.checkpoint import load_checkpoint
+from tlkit.cli.main import main
 from tlkit.errors import CheckpointError
-from tlkit.export import load_exported, onnx_parity
-from tlkit.images import load_rgb
-from tlkit.module import TransferModule
+from tlkit.infer.export import load_exported, onnx_parity
+from tlkit.data.images import load_rgb
+from tlkit.model.module import TransferModule
 from tlkit.run import evaluate_checkpoint, export_checkpoint
 
 

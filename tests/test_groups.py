@@ -8,8 +8,8 @@ import pytest
 import timm
 from torch import nn
 
-from tlkit.cli import main
-from tlkit.groups import group_name, layer_groups
+from tlkit.cli.main import main
+from tlkit.model.groups import group_name, layer_groups
 
 
 @pytest.mark.parametrize("arch", ["test_efficientnet", "test_resnet", "test_vit"])

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlkit.errors import RecipeError
-from tlkit.heads import HeadSpec, build_head
+from tlkit.model.heads import HeadSpec, build_head
 
 WIDTH = 512  # 262k weights: the empirical std is within ~0.3% of the true one
 

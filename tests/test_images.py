@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlkit.images import load_rgb, to_rgb
+from tlkit.data.images import load_rgb, to_rgb
 
 WHITE = [255, 255, 255]
 EXIF_ORIENTATION = 0x0112

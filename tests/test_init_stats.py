@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tlkit.errors import RecipeError
-from tlkit.init_stats import format_table, init_statistics
+from tlkit.tune.init_stats import format_table, init_statistics
 
 
 def test_xavier_relu_shrinks_and_he_keeps_activation_std_at_depth_10():
@@ -43,7 +43,7 @@ def test_unknown_names_are_recipe_errors(init, activation):
 def test_cli_init_stats_writes_table_and_png(tmp_path, capsys):
     from PIL import Image
 
-    from tlkit.cli import main
+    from tlkit.cli.main import main
 
     out = tmp_path / "init.png"
     assert main(["init-stats", "--depth", "4", "--width", "64", "--out", str(out)]) == 0

@@ -13,7 +13,7 @@ from tests.conftest import tiny_recipe_dict, write_colour_classes
 def test_cli_lr_find_suggests_within_range_and_writes_a_copy(tmp_path, capsys):
     from PIL import Image
 
-    from tlkit.cli import main
+    from tlkit.cli.main import main
     from tlkit.recipe import load_recipe
 
     root = write_colour_classes(tmp_path / "colours")

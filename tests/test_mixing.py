@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tlkit.mixing import BatchMixer, MixingConfig, soft_target_cross_entropy
+from tlkit.model.mixing import BatchMixer, MixingConfig, soft_target_cross_entropy
 
 
 def batch(n: int = 4, size: int = 16):

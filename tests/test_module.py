@@ -8,10 +8,10 @@ import lightning as L
 import pytest
 import torch
 
-from tlkit.data import ImageFolderDataModule
-from tlkit.module import TransferModule
-from tlkit.schedules import LRMultiplier
-from tlkit.strategies import build_param_groups
+from tlkit.data.datamodule import ImageFolderDataModule
+from tlkit.model.module import TransferModule
+from tlkit.model.schedules import LRMultiplier
+from tlkit.model.strategies import build_param_groups
 
 CLASSES = ["blue", "green", "red"]
 

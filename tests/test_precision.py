@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tlkit.precision import autocast, native_bf16, resolve_precision
+from tlkit.infer.precision import autocast, native_bf16, resolve_precision
 
 
 def test_auto_follows_native_bf16_support():

@@ -12,16 +12,16 @@ import pytest
 import torch
 from conftest import write_colour_classes
 
-from tlkit.augment import build_eval_transform
-from tlkit.checkpoint import load_checkpoint
-from tlkit.cli import main
-from tlkit.data import ImageFolderDataModule
-from tlkit.images import load_rgb
-from tlkit.inference import predict_files
-from tlkit.module import TransferModule
-from tlkit.predict import collect_inputs
+from tlkit.data.augment import build_eval_transform
+from tlkit.infer.checkpoint import load_checkpoint
+from tlkit.cli.main import main
+from tlkit.data.datamodule import ImageFolderDataModule
+from tlkit.data.images import load_rgb
+from tlkit.infer.inference import predict_files
+from tlkit.model.module import TransferModule
+from tlkit.infer.predict import collect_inputs
 from tlkit.run import predict_checkpoint
-from tlkit.tta import resolve_policy
+from tlkit.infer.tta import resolve_policy
 
 
 @pytest.fixture

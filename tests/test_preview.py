@@ -6,7 +6,7 @@ import torch
 from conftest import tiny_recipe_dict, write_colour_classes
 from PIL import Image
 
-from tlkit.cli import main
+from tlkit.cli.main import main
 from tlkit.recipe import validate_recipe
 from tlkit.run import _soft_label_title, preview_augment
 

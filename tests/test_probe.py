@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from tlkit.probe import _as_softmax_layer, fit_logistic_head
+from tlkit.model.probe import _as_softmax_layer, fit_logistic_head
 
 
 @pytest.mark.parametrize("num_classes", [2, 4])

@@ -14,7 +14,7 @@ import torch
 import yaml
 from conftest import tiny_recipe_dict, write_colour_classes
 
-from tlkit.checkpoint import read_checkpoint
+from tlkit.infer.checkpoint import read_checkpoint
 from tlkit.errors import CheckpointError, RecipeError
 from tlkit.recipe import validate_recipe
 from tlkit.run import fit
@@ -124,7 +124,7 @@ def test_resume_refuses_a_checkpoint_whose_classes_differ_from_the_data(tmp_path
 
 
 def test_cli_resume_rejects_a_recipe_too(tmp_path, capsys):
-    from tlkit.cli import main
+    from tlkit.cli.main import main
 
     assert main(["train", "--resume", str(tmp_path), "--recipe", "x.yaml"]) == 2
     assert "drop --recipe" in capsys.readouterr().err

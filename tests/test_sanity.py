@@ -7,9 +7,7 @@ import math
 import yaml
 
 from tests.conftest import tiny_recipe_dict, write_colour_classes
-from tlkit import sanity
-
-
+from tlkit.tune import sanity
 def test_initial_loss_check_passes_near_ln_c_and_fails_far_from_it():
     assert sanity.initial_loss_check(math.log(3) * 1.01, 3).passed
     high = sanity.initial_loss_check(3.0, 3)
@@ -40,7 +38,7 @@ def _write(tmp_path, backbone=None, **sections):
 
 
 def test_cli_check_passes_on_a_healthy_recipe(tmp_path, capsys):
-    from tlkit.cli import main
+    from tlkit.cli.main import main
 
     recipe = _write(tmp_path, optim={"name": "adamw", "lr": 0.3})
     assert main(["check", str(recipe), "--steps", "40"]) == 0
@@ -52,7 +50,7 @@ def test_cli_check_passes_on_a_healthy_recipe(tmp_path, capsys):
 def test_cli_check_fails_with_exit_1_and_a_cause(tmp_path, capsys):
     """Badly scaled inputs (std 0.001) and a random final layer: the untrained model is confidently wrong; a tiny
     LR cannot overfit."""
-    from tlkit.cli import main
+    from tlkit.cli.main import main
 
     recipe = _write(tmp_path, backbone={"std": [0.001, 0.001, 0.001]}, head={"final_init": "he_normal"},
                     optim={"lr": 1e-7})

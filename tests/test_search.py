@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.conftest import tiny_recipe_dict, write_colour_classes
-from tlkit.search import SearchSpace, markdown_table, refine_space
+from tlkit.tune.search import SearchSpace, markdown_table, refine_space
 
 
 def _trial(number, value, lr, wd, val_loss=1.0):
@@ -45,7 +45,7 @@ def test_search_writes_reports_and_resumes_after_an_interruption(tmp_path, monke
 
     import importlib
 
-    from tlkit.cli import main
+    from tlkit.cli.main import main
     from tlkit.recipe import load_recipe
 
     root = write_colour_classes(tmp_path / "colours")

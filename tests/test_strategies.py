@@ -10,12 +10,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from tlkit.data import ImageFolderDataModule
-from tlkit.groups import layer_groups
-from tlkit.module import TransferModule
+from tlkit.data.datamodule import ImageFolderDataModule
+from tlkit.model.groups import layer_groups
+from tlkit.model.module import TransferModule
 from tlkit.recipe import validate_recipe
-from tlkit.schedules import GatedMultiplier, LRMultiplier
-from tlkit.strategies import StrategyConfig, plan_groups
+from tlkit.model.schedules import GatedMultiplier, LRMultiplier
+from tlkit.model.strategies import StrategyConfig, plan_groups
 
 from conftest import tiny_recipe_dict
 
@@ -199,7 +199,7 @@ def test_resume_mid_schedule_gives_the_same_lr_sequence(colour_folder, tmp_path,
 
 
 def test_staged_run_checkpoint_loads_for_inference_and_records_its_phase(colour_folder, tmp_path):
-    from tlkit.checkpoint import load_checkpoint
+    from tlkit.infer.checkpoint import load_checkpoint
     from tlkit.run import fit
 
     recipe = validate_recipe(tiny_recipe_dict(colour_folder, backbone={"name": "test_resnet"},
@@ -216,7 +216,7 @@ def test_staged_run_checkpoint_loads_for_inference_and_records_its_phase(colour_
 
 def test_lp_ft_probes_on_cached_features_then_fine_tunes_on_images(colour_folder, tmp_path, monkeypatch):
     """The probe phase reads the feature cache (no image batches, backbone untouched); fine-tuning reads images."""
-    from tlkit.module import TransferModule as Module
+    from tlkit.model.module import TransferModule as Module
     from tlkit.run import fit
 
     seen: list[tuple[int, int]] = []  # (epoch, input ndim) of every training batch
@@ -256,7 +256,7 @@ def test_recipe_rejects_staged_settings_that_cannot_run(tmp_path, strategy, epoc
 
 
 def test_drop_connect_head_drops_weights_in_training_only():
-    from tlkit.heads import DropConnectLinear, HeadSpec, build_head
+    from tlkit.model.heads import DropConnectLinear, HeadSpec, build_head
 
     torch.manual_seed(0)
     head = build_head(16, 3, HeadSpec(hidden=(8,), drop_connect=0.5))

@@ -9,10 +9,10 @@ import pytest
 import timm
 import torch
 
-from tlkit.augment import build_eval_transform
-from tlkit.backbones import Preprocessing
+from tlkit.data.augment import build_eval_transform
+from tlkit.data.preprocessing import Preprocessing
 from tlkit.errors import TTAError
-from tlkit.tta import (
+from tlkit.infer.tta import (
     AGGREGATES,
     ViewMaker,
     aggregate,
@@ -250,7 +250,7 @@ def test_named_policy_may_restate_its_own_fields():
 
 
 def test_command_line_takes_a_custom_policy_as_inline_yaml():
-    from tlkit.cli import build_parser
+    from tlkit.cli.main import build_parser
 
     args = build_parser().parse_args(
         ["evaluate", "--checkpoint", "c", "--data", "d", "--tta", "ten_crop", "{policy: custom, crops: five, scales: [40]}"]

@@ -1,65 +1,65 @@
-"""tlkit: transfer learning for image classification on pretrained timm backbones."""
+"""tlkit: transfer learning for image classification on pretrained timm backbones.
 
+Public names load lazily (PEP 562 module __getattr__): `import tlkit`, the CLI's --help and recipe validation never
+import torch, Lightning or timm; the first use of a name that needs them does.
+"""
+
+from __future__ import annotations
+
+import importlib
 import os as _os
 
 # A toolkit must not phone home: albumentations checks PyPI for updates at import unless told not to.
 _os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from tlkit.augment import TrainAugment, build_eval_transform, build_train_transform  # noqa: E402
-from tlkit.backbones import Preprocessing, create_backbone  # noqa: E402
-from tlkit.checkpoint import load_checkpoint  # noqa: E402
-from tlkit.data import ImageFolderDataModule, scan_folder  # noqa: E402
-from tlkit.errors import (  # noqa: E402
-    BackboneError,
-    CheckpointError,
-    DataError,
-    DataNotFoundError,
-    ExportError,
-    RecipeError,
-    TlkitError,
-    TTAError,
-)
-from tlkit.ema import WeightEMA  # noqa: E402
-from tlkit.export import load_exported  # noqa: E402
-from tlkit.groups import LayerGroup, layer_groups  # noqa: E402
-from tlkit.heads import HeadSpec, build_head  # noqa: E402
-from tlkit.module import TransferModule  # noqa: E402
-from tlkit.recipe import Recipe, load_recipe  # noqa: E402
-from tlkit.run import evaluate_checkpoint, export_checkpoint, fit, predict_checkpoint  # noqa: E402
-from tlkit.tta import TTAPolicy, resolve_policy  # noqa: E402
-
 __version__ = "0.1.0"
 
-__all__ = [
-    "BackboneError",
-    "CheckpointError",
-    "DataError",
-    "DataNotFoundError",
-    "ExportError",
-    "HeadSpec",
-    "ImageFolderDataModule",
-    "LayerGroup",
-    "Preprocessing",
-    "Recipe",
-    "RecipeError",
-    "TTAError",
-    "TTAPolicy",
-    "TlkitError",
-    "TrainAugment",
-    "TransferModule",
-    "WeightEMA",
-    "build_eval_transform",
-    "build_head",
-    "build_train_transform",
-    "create_backbone",
-    "evaluate_checkpoint",
-    "export_checkpoint",
-    "fit",
-    "layer_groups",
-    "load_checkpoint",
-    "load_exported",
-    "load_recipe",
-    "predict_checkpoint",
-    "resolve_policy",
-    "scan_folder",
-]
+# public name -> module that defines it
+_EXPORTS = {
+    "BackboneError": "tlkit.errors",
+    "CheckpointError": "tlkit.errors",
+    "DataError": "tlkit.errors",
+    "DataNotFoundError": "tlkit.errors",
+    "ExportError": "tlkit.errors",
+    "RecipeError": "tlkit.errors",
+    "TTAError": "tlkit.errors",
+    "TlkitError": "tlkit.errors",
+    "HeadSpec": "tlkit.model.heads",
+    "build_head": "tlkit.model.heads",
+    "ImageFolderDataModule": "tlkit.data.datamodule",
+    "scan_folder": "tlkit.data.datamodule",
+    "LayerGroup": "tlkit.model.groups",
+    "layer_groups": "tlkit.model.groups",
+    "Preprocessing": "tlkit.data.preprocessing",
+    "create_backbone": "tlkit.model.backbones",
+    "Recipe": "tlkit.recipe",
+    "load_recipe": "tlkit.recipe",
+    "TTAPolicy": "tlkit.infer.tta",
+    "resolve_policy": "tlkit.infer.tta",
+    "TrainAugment": "tlkit.data.augment",
+    "build_eval_transform": "tlkit.data.augment",
+    "build_train_transform": "tlkit.data.augment",
+    "TransferModule": "tlkit.model.module",
+    "WeightEMA": "tlkit.model.ema",
+    "load_checkpoint": "tlkit.infer.checkpoint",
+    "load_exported": "tlkit.infer.export",
+    "evaluate_checkpoint": "tlkit.run",
+    "export_checkpoint": "tlkit.run",
+    "fit": "tlkit.run",
+    "predict_checkpoint": "tlkit.run",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tlkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this hook
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

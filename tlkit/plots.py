@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from tlkit.images import load_rgb
+from tlkit.io import save_figure
+from tlkit.data.images import load_rgb
 
 MAX_ANNOTATED_CLASSES = 30  # beyond this the counts overlap; colours still show the structure
 THUMBNAIL = 256
@@ -44,11 +45,7 @@ def save_image_grid(images: list[np.ndarray], titles: list[str], out: str | Path
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=100)
 
 
 def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path, *, title: str) -> Path:
@@ -75,9 +72,7 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path
                     colour = "white" if row_share[i, j] > 0.5 else "black"
                     ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", color=colour, fontsize=font)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_top_losses(rows: Sequence[dict], path: Path, *, title: str, columns: int = 4) -> Path:
@@ -104,9 +99,7 @@ def plot_top_losses(rows: Sequence[dict], path: Path, *, title: str, columns: in
     if not rows:
         axes.flat[0].text(0.5, 0.5, "no images", ha="center", va="center")
     fig.suptitle(f"{title}  (red: misclassified, green: right but unsure)", fontsize=11)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_image_gallery(items: Sequence[tuple[str, str]], path: Path, *, title: str, columns: int = 4) -> Path:

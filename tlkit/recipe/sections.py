@@ -6,11 +6,11 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from tlkit.augment import TrainAugment
+from tlkit.data.augment import TrainAugment
 from tlkit.config import Section
 from tlkit.errors import did_you_mean
-from tlkit.heads import INITS
-from tlkit.mixing import MixingConfig
+from tlkit.model.heads import INITS
+from tlkit.model.mixing import MixingConfig
 
 
 
@@ -35,7 +35,7 @@ class BackboneSection(Section):
     @field_validator("name")
     @classmethod
     def _known_architecture(cls, name: str) -> str:
-        from tlkit.backbones import check_backbone_name
+        from tlkit.model.backbones import check_backbone_name
 
         check_backbone_name(name)  # a BackboneError is a ValueError: reported with the recipe's other problems
         return name
@@ -273,7 +273,7 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _bundled_exists_for_backbone(self) -> Recipe:
-        from tlkit.weights import BUNDLED
+        from tlkit.model.weights import BUNDLED
 
         if self.backbone.weights == "bundled" and self.backbone.name not in BUNDLED:
             raise ValueError(f"backbone.weights: bundled weights exist only for {', '.join(BUNDLED)}; "

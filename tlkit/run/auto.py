@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from tlkit.data import ImageFolderDataModule
+from tlkit.data.datamodule import ImageFolderDataModule
 from tlkit.recipe import Finetune, LinearProbe, Recipe
 
 log = logging.getLogger(__name__)

@@ -7,10 +7,10 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from tlkit.backbones import Preprocessing, create_backbone
-from tlkit.data import ImageFolderDataModule
-from tlkit.datasets import generate
-from tlkit.module import TransferModule
+from tlkit.model.backbones import Preprocessing, create_backbone
+from tlkit.data.datamodule import ImageFolderDataModule
+from tlkit.data.generate import generate
+from tlkit.model.module import TransferModule
 from tlkit.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def build_module(recipe: Recipe, classes: list[str], *, class_weights: list[floa
 
 
 def strategy_options(recipe: Recipe) -> dict:
-    """The strategy section as StrategyConfig fields (see tlkit.strategies)."""
+    """The strategy section as StrategyConfig fields (see tlkit.model.strategies)."""
     s = recipe.strategy.model_dump()
     options = {k: s[k] for k in ("probe_epochs", "unfreeze_every") if k in s}
     if s.get("unfreeze_epochs"):
@@ -98,9 +98,4 @@ def resolve_preprocessing(recipe: Recipe) -> Preprocessing:
     return pretrained.replace(**preprocessing_overrides(recipe))
 
 
-def write_text(path: Path, text: str) -> None:
-    """Atomic write: a killed run never leaves a half-written file behind."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 

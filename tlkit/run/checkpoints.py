@@ -7,13 +7,13 @@ from pathlib import Path
 
 import torch
 
-from tlkit.checkpoint import load_checkpoint, read_checkpoint
-from tlkit.data import resolve_num_workers, scan_folder
+from tlkit.infer.checkpoint import load_checkpoint, read_checkpoint
+from tlkit.data.datamodule import resolve_num_workers, scan_folder
 from tlkit.errors import DataError, DataNotFoundError, ExportError, did_you_mean
-from tlkit.inference import predict_files
-from tlkit.module import TransferModule
-from tlkit.predict import collect_inputs, top_k_rows, write_predictions_csv, write_predictions_json
-from tlkit.tta import DEFAULT_MAX_VIEWS_PER_FORWARD, TTAPolicy, normalize_spec, resolve_policy
+from tlkit.infer.inference import predict_files
+from tlkit.model.module import TransferModule
+from tlkit.infer.predict import collect_inputs, top_k_rows, write_predictions_csv, write_predictions_json
+from tlkit.infer.tta import DEFAULT_MAX_VIEWS_PER_FORWARD, TTAPolicy, normalize_spec, resolve_policy
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def evaluate_checkpoint(
                         "defaults), which matches the run only if it used them", checkpoint, data)
         context["val_split"] = {"val_fraction": split_state.get("val_fraction", 0.2), "seed": split_state.get("seed", 42),
                                 "from_checkpoint": bool(split_state)}
-    from tlkit.evaluate import evaluate_policies  # matplotlib and sklearn.metrics: imported only when evaluating
+    from tlkit.infer.evaluate import evaluate_policies  # matplotlib and sklearn.metrics: imported only when evaluating
 
     report = evaluate_policies(
         module, samples, module.classes, policies, module.preprocessing, out_dir,
@@ -180,7 +180,7 @@ def export_checkpoint(
     The safetensors file is loaded back and must predict exactly what the checkpoint predicts. Raises ExportError
     when the ONNX graph disagrees with PyTorch by more than `atol` on any logit.
     """
-    from tlkit.export import (
+    from tlkit.infer.export import (
         ONNX_NAME,
         export_onnx,
         export_safetensors,

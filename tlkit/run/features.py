@@ -9,8 +9,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from tlkit.augment import build_eval_transform, build_train_transform
-from tlkit.cache import (
+from tlkit.data.augment import build_eval_transform, build_train_transform
+from tlkit.data.cache import (
     CachedFeatures,
     FeatureCache,
     code_versions,
@@ -21,8 +21,8 @@ from tlkit.cache import (
     view_seed,
     weights_fingerprint,
 )
-from tlkit.data import FeatureDataModule, ImageFolderDataModule, PhasedDataModule
-from tlkit.module import TransferModule
+from tlkit.data.datamodule import FeatureDataModule, ImageFolderDataModule, PhasedDataModule
+from tlkit.model.module import TransferModule
 from tlkit.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def build_feature_datamodule(
 
 def fit_head_closed_form(module: TransferModule, features: FeatureDataModule, seed: int) -> dict:
     """Fit the linear head by L-BFGS logistic regression on the cached training features (all views)."""
-    from tlkit.probe import fit_logistic_head
+    from tlkit.model.probe import fit_logistic_head
 
     train = features.train_set
     weight, bias, info = fit_logistic_head(train.views, train.labels, num_classes=len(module.classes), seed=seed)

@@ -14,16 +14,17 @@ import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from tlkit.ema import WeightEMA
-from tlkit.faults import AtomicCheckpointIO, FiniteLossGuard
-from tlkit.preflight import preflight
+from tlkit.io import atomic_write
+from tlkit.model.ema import WeightEMA
+from tlkit.model.faults import AtomicCheckpointIO, FiniteLossGuard
+from tlkit.data.preflight import preflight
 from tlkit.recipe import Recipe, recipe_to_dict
 from tlkit.run.auto import resolve_auto_strategy
-from tlkit.data import balanced_class_weights, balanced_sample_weights
-from tlkit.run.build import build_datamodule, build_module, default_run_dir, write_text
+from tlkit.data.datamodule import balanced_class_weights, balanced_sample_weights
+from tlkit.run.build import build_datamodule, build_module, default_run_dir
 from tlkit.run.distributed import RUN_DIR_ENV, check_shared_run_dir, inherited_run_dir, launch_rank
 from tlkit.run.distributed import TimmSyncBatchNorm, check_sync_batchnorm, lightning_strategy, shared_run_stamp
-from tlkit.strategies import STAGED
+from tlkit.model.strategies import STAGED
 from tlkit.run.features import choose_training_inputs, fit_head_closed_form
 from tlkit.run.resume import carry_over_metrics, history_up_to, resume_point
 from tlkit.seeding import BatchSeeding
@@ -91,10 +92,10 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
                     if resume_from else "epoch 1 (it stopped before its first checkpoint)")
     # A resumed run keeps the recipe.yaml it started with (and its auto note).
     if is_rank_zero and not (resume and (run_dir / "recipe.yaml").is_file()):
-        write_text(run_dir / "recipe.yaml", auto_note + yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
-        write_text(run_dir / "classes.json", json.dumps(datamodule.classes, indent=2) + "\n")
+        atomic_write(run_dir / "recipe.yaml", auto_note + yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+        atomic_write(run_dir / "classes.json", json.dumps(datamodule.classes, indent=2) + "\n")
         if datamodule.scan.skipped:
-            write_text(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))
+            atomic_write(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))
 
     datamodule.bad_log = run_dir / "skipped_mid_run.txt"  # data.on_bad_image: skip lists files here
     fit_datamodule, cache_info = choose_training_inputs(recipe, datamodule, module)
@@ -192,6 +193,6 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
         "last_checkpoint": last.best_model_path or checkpoint.last_model_path,
     }
     if is_rank_zero:
-        write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 

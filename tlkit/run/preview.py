@@ -18,7 +18,7 @@ def preview_augment(recipe: Recipe, *, n: int = 16, out: str | Path | None = Non
     """PNG grid of `n` training samples exactly as the model sees them: after augmentation and batch mixing."""
     import numpy as np
 
-    from tlkit.mixing import BatchMixer
+    from tlkit.model.mixing import BatchMixer
     from tlkit.plots import save_image_grid
 
     if n < 1:

@@ -46,7 +46,7 @@ def load_run_recipe(run_dir: str | Path, overrides: list[str] | None = None) -> 
 def resume_point(run_dir: Path, classes: list[str]) -> ResumePoint | None:
     """checkpoints/last.ckpt, read safely (weights_only) and checked against the data; None when the run was killed
     before its first epoch ended (it then starts from the beginning)."""
-    from tlkit.checkpoint import read_checkpoint
+    from tlkit.infer.checkpoint import read_checkpoint
 
     path = run_dir / "checkpoints" / "last.ckpt"
     if not path.is_file():

@@ -1,6 +1,6 @@
 """Recipe -> the tuning tools: check (sanity), lr_find, search (coarse-to-fine), diagnose.
 
-The logic lives in tlkit.sanity / tlkit.search / tlkit.diagnose; this module builds a recipe's model and data
+The logic lives in tlkit.tune.sanity / tlkit.tune.search / tlkit.tune.diagnose; this module builds a recipe's model and data
 for them. A recipe is never edited: variants are derived with --set-style overrides and validated again, and any
 recipe written out (lr-find --write, search's best recipe) is a new file.
 """
@@ -19,12 +19,14 @@ import lightning as L
 import torch
 import yaml
 
+from tlkit.io import save_figure
+from tlkit.io import atomic_write
 from tlkit.errors import TlkitError
 from tlkit.recipe import Recipe, apply_overrides, read_recipe_file, recipe_to_dict, validate_recipe
 from tlkit.run.auto import resolve_auto_strategy
-from tlkit.run.build import build_datamodule, build_module, write_text
+from tlkit.run.build import build_datamodule, build_module
 from tlkit.run.features import choose_training_inputs
-from tlkit.strategies import build_param_groups
+from tlkit.model.strategies import build_param_groups
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ def write_recipe_copy(source: str | Path, overrides: list[str], out: str | Path,
     if out.parent.resolve() != source.parent.resolve():
         raw.setdefault("data", {})["root"] = data_root
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_text(out, yaml.safe_dump(raw, sort_keys=False))
+    atomic_write(out, yaml.safe_dump(raw, sort_keys=False))
     return out
 
 
@@ -84,8 +86,7 @@ def check(recipe: Recipe, *, batches: int = 2, per_class: int = 2, steps: int = 
           tolerance: float | None = None) -> dict:
     """The seeds' steps 1-2: initial loss vs ln(C) with weight decay off, then overfit a tiny subset (no
     augmentation, no weight decay). Returns {'results': [CheckResult, ...], 'passed': bool, ...}."""
-    from tlkit import sanity
-
+    from tlkit.tune import sanity
     tolerance = sanity.DEFAULT_LOSS_TOLERANCE if tolerance is None else tolerance
     quiet = derive(recipe, ["optim.weight_decay=0", "optim.l1=0", "augment=none", "mixing.mixup_alpha=0",
                             "mixing.cutmix_alpha=0"])
@@ -225,9 +226,7 @@ def lr_find(recipe: Recipe, *, out: str | Path | None = None, min_lr: float = 1e
     ax.legend(fontsize=8)
     ax.set_title(f"{recipe.name}: LR range test, {len(lrs)} steps on "
                  f"{'cached features' if cache_info.get('used') else 'images'}", fontsize=10)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out, dpi=110)
     return {"suggestion": suggestion, "png": str(out), "lrs": list(lrs), "losses": list(losses),
             "steps": len(lrs), "recipe_lr": recipe.optim.lr, "strategy": recipe.strategy.kind,
             "inputs": "cached features" if cache_info.get("used") else "images",
@@ -273,8 +272,7 @@ def search(
     runs); trials CSV + markdown per stage, best recipe YAML, lr x wd plane PNG. Resumes from `storage`."""
     import optuna
 
-    from tlkit import search as S
-
+    from tlkit.tune import search as S
     space = space or S.SearchSpace()
     out_dir = Path(out_dir) if out_dir is not None else Path(recipe.output.runs_dir) / recipe.name / "search"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -333,7 +331,7 @@ def search(
                  f"({S.finished(study) - before} new)")
         S.write_csv(rows, out_dir / f"{stage}_trials.csv")
         table = S.markdown_table(rows, title=title)
-        write_text(out_dir / f"{stage}_trials.md", table)
+        atomic_write(out_dir / f"{stage}_trials.md", table)
         stages[stage] = {"rows": rows, "table": table, "space": stage_space.to_attrs(), "epochs": epochs,
                          "wall_s": round(wall, 1), "trial_seconds": round(trial_seconds, 1), "trials": trials,
                          "new": S.finished(study) - before}
@@ -357,7 +355,7 @@ def search(
     if source is not None:
         write_recipe_copy(source, [*(source_overrides or []), *best_overrides], best_path, data_root=recipe.data.root)
     else:
-        write_text(best_path, yaml.safe_dump(recipe_to_dict(derive(recipe, best_overrides)), sort_keys=False))
+        atomic_write(best_path, yaml.safe_dump(recipe_to_dict(derive(recipe, best_overrides)), sort_keys=False))
     png = S.plot_plane({k: v["rows"] for k, v in stages.items()}, out_dir / "search.png",
                        title=f"{recipe.name}: val accuracy over lr x weight decay")
     summary = {
@@ -366,7 +364,7 @@ def search(
                  "val_loss": best.user_attrs.get("val_loss")},
         "stages": {k: {kk: vv for kk, vv in v.items() if kk not in ("trials",)} for k, v in stages.items()},
     }
-    write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
 
@@ -376,7 +374,7 @@ def search(
 
 def diagnose(run_dir: str | Path, *, out: str | Path | None = None, **thresholds) -> dict:
     """Verdict + advice from a run's metrics.csv; curves PNG (default <run_dir>/curves.png) and diagnosis.json."""
-    from tlkit.diagnose import diagnose_curves, plot_curves, read_metrics_csv
+    from tlkit.tune.diagnose import diagnose_curves, plot_curves, read_metrics_csv
 
     run_dir = Path(run_dir)
     curves = read_metrics_csv(run_dir / "metrics.csv")
@@ -385,5 +383,5 @@ def diagnose(run_dir: str | Path, *, out: str | Path | None = None, **thresholds
     png = plot_curves(curves, diagnosis, Path(out) if out else run_dir / "curves.png", title=run_dir.name)
     result = {"verdict": diagnosis.verdict, "reason": diagnosis.reason, "advice": diagnosis.advice,
               "values": diagnosis.values, "png": str(png)}
-    write_text(run_dir / "diagnosis.json", json.dumps(result, indent=2) + "\n")
+    atomic_write(run_dir / "diagnosis.json", json.dumps(result, indent=2) + "\n")
     return result

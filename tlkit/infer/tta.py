@@ -18,14 +18,14 @@ import albumentations as A
 import numpy as np
 import torch
 
-from tlkit.augment import (
+from tlkit.data.augment import (
     CV2_INTERPOLATION,
     build_normalize,
     build_short_side_resize,
     center_crop_box,
     eval_resize_size,
 )
-from tlkit.backbones import Preprocessing
+from tlkit.data.preprocessing import Preprocessing
 from tlkit.errors import TTAError, did_you_mean
 
 NAMED_POLICIES = ("none", "hflip", "ten_crop", "multi_scale")

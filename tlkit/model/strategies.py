@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from tlkit.groups import layer_groups
+from tlkit.model.groups import layer_groups
 
 STRATEGIES = ("linear_probe", "finetune", "lp_ft", "gradual", "layer_decay")
 STAGED = ("lp_ft", "gradual")  # strategies whose trainable set changes during the run
@@ -160,7 +160,7 @@ def group_multipliers(groups: list[dict], config: StrategyConfig, *, steps_per_e
     lp_ft restarts the schedule (warmup included) when fine-tuning begins, for the head too: the probe phase and
     the fine-tune phase are each a whole training run, as in Kumar et al. 2022.
     """
-    from tlkit.schedules import GatedMultiplier
+    from tlkit.model.schedules import GatedMultiplier
 
     out = []
     for g in groups:

@@ -22,10 +22,11 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from tlkit.data import decode
+from tlkit.io import atomic_save
+from tlkit.data.datamodule import decode
 from tlkit.errors import DataError
 from tlkit.seeding import derive_seed, split_epoch_index
-from tlkit.weights import cache_dir
+from tlkit.model.weights import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -168,12 +169,10 @@ class FeatureCache:
 
     def _write(self, entry: Path, key: dict, rows: dict[str, torch.Tensor]) -> None:
         """One file holds the features and their row identities, so one atomic rename commits both."""
-        entry.mkdir(parents=True, exist_ok=True)
         identities = list(rows)
-        tmp = entry / f".tmp{os.getpid()}"
-        save_file({"features": torch.stack([rows[i] for i in identities]).contiguous()}, str(tmp),
-                  metadata={"identities": json.dumps(identities), "key": json.dumps(key, sort_keys=True)})
-        os.replace(tmp, entry / "features.safetensors")
+        atomic_save(entry / "features.safetensors", lambda name: save_file(
+            {"features": torch.stack([rows[i] for i in identities]).contiguous()}, name,
+            metadata={"identities": json.dumps(identities), "key": json.dumps(key, sort_keys=True)}))
 
     def features(self, key: dict, paths: Sequence[str], compute: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
         """Features for `paths` in order: cached rows whose file identity still matches, `compute` for the rest."""

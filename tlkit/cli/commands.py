@@ -1,4 +1,4 @@
-"""What each `tlkit` command does once its arguments are parsed (tlkit.cli parses them and reports errors).
+"""What each `tlkit` command does once its arguments are parsed (tlkit.cli.main parses them and reports errors).
 
 Each handler imports its machinery on first use, so `tlkit --help` and recipe errors stay fast.
 """
@@ -64,7 +64,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from tlkit.evaluate import format_report_table
+    from tlkit.infer.evaluate import format_report_table
     from tlkit.run import evaluate_checkpoint
 
     report = evaluate_checkpoint(
@@ -126,7 +126,7 @@ def _recipe_show(args: argparse.Namespace) -> int:
 
 
 def _groups(args: argparse.Namespace) -> int:
-    from tlkit.groups import groups_table
+    from tlkit.model.groups import groups_table
 
     print(groups_table(args.backbone, coarse=not args.fine))
     return 0
@@ -137,7 +137,7 @@ def _check(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     from tlkit.run.tuning import check
-    from tlkit.sanity import format_results
+    from tlkit.tune.sanity import format_results
 
     report = check(recipe, batches=args.batches, per_class=args.per_class, steps=args.steps, tolerance=args.tolerance)
     if report["strategy_auto"]:
@@ -173,7 +173,7 @@ def _search(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     from tlkit.run.tuning import search
-    from tlkit.search import SearchSpace
+    from tlkit.tune.search import SearchSpace
 
     try:
         space = SearchSpace(tuple(args.lr), tuple(args.weight_decay),
@@ -211,7 +211,7 @@ def _diagnose(args: argparse.Namespace) -> int:
 
 
 def _init_stats(args: argparse.Namespace) -> int:
-    from tlkit.init_stats import format_table, init_statistics, plot_statistics
+    from tlkit.tune.init_stats import format_table, init_statistics, plot_statistics
 
     results = {init: init_statistics(init, args.activation, depth=args.depth, width=args.width,
                                      xavier_gain=args.xavier_gain) for init in args.init}
@@ -224,7 +224,7 @@ def _init_stats(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from tlkit.doctor import default_report_path, diagnose, format_table, write_gallery, write_report
+    from tlkit.data.doctor import default_report_path, diagnose, format_table, write_gallery, write_report
 
     report = diagnose(args.folder, min_size=args.min_size)
     print(format_table(report))

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from tlkit.io import save_figure
 from tlkit.errors import DataNotFoundError
 
 CURVES = ("train_loss", "val_loss", "train_acc", "val_acc")
@@ -139,8 +140,4 @@ def plot_curves(curves: dict[str, list[float]], diagnosis: Diagnosis, out: str |
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"{title}{': ' if title else ''}{diagnosis.verdict} — {diagnosis.reason}", fontsize=10)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)

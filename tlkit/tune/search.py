@@ -21,6 +21,8 @@ import lightning as L
 import optuna
 from typing_extensions import override
 
+from tlkit.io import atomic_open, save_figure
+
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
@@ -166,13 +168,11 @@ def trial_rows(trials: list[optuna.trial.FrozenTrial]) -> list[dict]:
 
 
 def write_csv(rows: list[dict], out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="", encoding="utf-8") as f:
+    with atomic_open(out, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    return out
+    return Path(out)
 
 
 def _fmt(value, kind: str) -> str:
@@ -238,8 +238,4 @@ def plot_plane(stages: dict[str, list[dict]], out: str | Path, title: str = "") 
     if scatter is not None:
         fig.colorbar(scatter, ax=ax, label="val accuracy")
     ax.set_title(title or "search: val accuracy over lr x weight decay", fontsize=10)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)

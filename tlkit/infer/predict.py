@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tlkit.io import atomic_open
 from tlkit.errors import DataNotFoundError
-from tlkit.images import is_image_name
-from tlkit.inference import InferenceResult
+from tlkit.data.images import is_image_name
+from tlkit.infer.inference import InferenceResult
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -73,7 +74,5 @@ def write_predictions_json(rows: Sequence[dict], skipped: Sequence[tuple[str, st
 def _atomic(path: Path, write) -> None:
     if not path.parent.is_dir():
         raise DataNotFoundError(f"Output folder {str(path.parent)!r} does not exist; create it or choose another --out.")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, newline="") as f:
         write(f)
-    os.replace(tmp, path)

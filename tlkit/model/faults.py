@@ -14,25 +14,17 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
 from tlkit.errors import TrainingDivergedError
+from tlkit.io import atomic_open
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save into a temp file in the checkpoint's folder, fsync, then os.replace: a kill while saving leaves
+    """torch.save through tlkit.io.atomic_open (temp file in the same folder, fsync, rename): a kill while saving leaves
     the previous checkpoint intact (the rename is atomic on one filesystem), never a half-written one."""
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            with tmp.open("wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_open(path, "wb") as f:
+            torch.save(checkpoint, f)
 
 
 class FiniteLossGuard(Callback):

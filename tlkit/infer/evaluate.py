@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 
-from tlkit.backbones import Preprocessing
+from tlkit.io import atomic_open, atomic_write
+from tlkit.data.preprocessing import Preprocessing
 from tlkit.errors import DataError
-from tlkit.inference import InferenceResult, predict_files
+from tlkit.infer.inference import InferenceResult, predict_files
 from tlkit.plots import plot_confusion_matrix, plot_top_losses
-from tlkit.tta import DEFAULT_MAX_VIEWS_PER_FORWARD, TTAPolicy
+from tlkit.infer.tta import DEFAULT_MAX_VIEWS_PER_FORWARD, TTAPolicy
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,8 @@ def evaluate_policies(
         "forward_ms_per_image = model forwards only. Timings vary with machine load."
     )
     table = format_report_table(report)
-    _write_text(out_dir / "summary.txt", table + "\n")
-    _write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write(out_dir / "summary.txt", table + "\n")
+    atomic_write(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -243,15 +244,7 @@ def _pct(value: float | None) -> str:
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

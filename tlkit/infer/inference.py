@@ -16,10 +16,10 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from tlkit.backbones import Preprocessing
-from tlkit.images import load_rgb
-from tlkit.precision import autocast, resolve_precision
-from tlkit.tta import DEFAULT_MAX_VIEWS_PER_FORWARD, TTAPolicy, ViewMaker, forward_views, images_per_batch
+from tlkit.data.preprocessing import Preprocessing
+from tlkit.data.images import load_rgb
+from tlkit.infer.precision import autocast, resolve_precision
+from tlkit.infer.tta import DEFAULT_MAX_VIEWS_PER_FORWARD, TTAPolicy, ViewMaker, forward_views, images_per_batch
 
 DECODE_ERRORS = (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError)
 
@@ -34,7 +34,7 @@ class InferenceResult:
     seconds: float = 0.0  # wall time: decode + views + forwards (warm-up excluded)
     forward_seconds: float = 0.0  # model forwards only
     views: int = 1
-    precision: str = "fp32"  # what the forwards ran in (see tlkit.precision)
+    precision: str = "fp32"  # what the forwards ran in (see tlkit.infer.precision)
 
     @property
     def ms_per_image(self) -> float:
@@ -91,7 +91,7 @@ def predict_files(
         warmup: run one untimed forward of the first batch's shape first, so `seconds` measures steady state
             (evaluate's ms/image); predict skips it.
         progress: tqdm bar; None = only on a terminal.
-        precision: fp32 | bf16 | auto (bf16 autocast where the device computes it natively; tlkit.precision).
+        precision: fp32 | bf16 | auto (bf16 autocast where the device computes it natively; tlkit.infer.precision).
     """
     loader = DataLoader(
         _ViewDataset(paths, ViewMaker(policy, preprocessing)),

@@ -1,11 +1,11 @@
 """Activation and gradient statistics through a deep MLP, per init scheme (the 000_… seed's experiment).
 
-Unit-Gaussian inputs go through `depth` layers of Linear(width, width) + activation, initialised with tlkit.heads'
+Unit-Gaussian inputs go through `depth` layers of Linear(width, width) + activation, initialised with tlkit.model.heads'
 schemes; a unit-Gaussian gradient comes back from the output. Good inits keep the activation std and the gradient
 std roughly constant through depth; bad ones make them vanish or explode.
 
 Xavier here is the textbook Glorot (gain 1, as the seed's `init.xavier_uniform_(w)`): it keeps tanh's variance but
-halves ReLU's at every layer, which is what He's factor 2 fixes. tlkit.heads applies the activation's gain to Xavier
+halves ReLU's at every layer, which is what He's factor 2 fixes. tlkit.model.heads applies the activation's gain to Xavier
 (`xavier_gain="activation"`), which for a square ReLU layer is the same variance as He.
 """
 
@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tlkit.io import save_figure
 from tlkit.errors import RecipeError, did_you_mean
-from tlkit.heads import ACTIVATIONS, INITS, init_linear
+from tlkit.model.heads import ACTIVATIONS, INITS, init_linear
 
 
 @dataclass
@@ -102,8 +103,4 @@ def plot_statistics(results: dict[str, list[LayerStats]], out: str | Path, title
         ax.legend()
     if title:
         fig.suptitle(title, fontsize=11)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from pydantic import Field, model_validator  # noqa: E402
 
-from tlkit.backbones import Preprocessing  # noqa: E402
+from tlkit.data.preprocessing import Preprocessing  # noqa: E402
 from tlkit.config import Section  # noqa: E402
 
 CV2_INTERPOLATION = {

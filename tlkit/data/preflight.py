@@ -9,7 +9,7 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
-from tlkit.data import FolderScan
+from tlkit.data.datamodule import FolderScan
 
 IMBALANCE_WARNING = 3.0  # largest / smallest class at which training suggests data.balance
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from tlkit.errors import CheckpointError
-from tlkit.module import TransferModule
+from tlkit.model.module import TransferModule
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -33,10 +33,10 @@ def read_checkpoint(path: str | Path) -> dict:
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> TransferModule:
     """A TransferModule in eval mode, rebuilt from the checkpoint alone (no recipe, no weight download).
 
-    Also takes an exported `model.safetensors` (tlkit.export), so evaluate/predict work on exports too.
+    Also takes an exported `model.safetensors` (tlkit.infer.export), so evaluate/predict work on exports too.
     """
     if Path(path).suffix == ".safetensors":
-        from tlkit.export import load_exported
+        from tlkit.infer.export import load_exported
 
         return load_exported(path, map_location=map_location)
     checkpoint = read_checkpoint(path)

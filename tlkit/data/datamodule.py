@@ -18,10 +18,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from tlkit.augment import TrainAugment, build_eval_transform, build_train_transform
-from tlkit.backbones import Preprocessing
+from tlkit.data.augment import TrainAugment, build_eval_transform, build_train_transform
+from tlkit.data.preprocessing import Preprocessing
 from tlkit.errors import DataError, DataNotFoundError, did_you_mean
-from tlkit.images import is_image_name, load_rgb
+from tlkit.data.images import is_image_name, load_rgb
 from tlkit.seeding import EpochSampler, derive_seed, split_epoch_index, takes_epoch_indices
 
 log = logging.getLogger(__name__)

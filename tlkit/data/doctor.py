@@ -16,9 +16,10 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tlkit.data import VAL_SPLIT_NAMES
+from tlkit.io import atomic_write
+from tlkit.data.datamodule import VAL_SPLIT_NAMES
 from tlkit.errors import DataError, DataNotFoundError, did_you_mean
-from tlkit.images import is_image_name, to_rgb
+from tlkit.data.images import is_image_name, to_rgb
 
 DEFAULT_MIN_SIZE = 32
 # Photos have thousands of distinct colours even at 128 px; scrapers' "image not found" pictures and icons have a few
@@ -234,9 +235,7 @@ def write_report(report: dict, path: str | Path) -> Path:
     path = Path(path)
     if _inside(path, Path(report["root"])):
         raise DataError(f"Refusing to write the report inside the data folder ({path}); pass --json elsewhere.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    return path
+    return atomic_write(path, json.dumps(report, indent=2) + "\n")
 
 
 def gallery_items(report: dict, per_case: int = 4) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""`tlkit` command line: argument parsing and error reporting; tlkit.commands runs each command."""
+"""`tlkit` command line: argument parsing and error reporting; tlkit.cli.commands runs each command."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import argparse
 import logging
 import sys
 
-from tlkit.commands import HANDLERS, format_summary  # noqa: F401  (format_summary: public, tested)
+from tlkit.cli.commands import HANDLERS, format_summary  # noqa: F401  (format_summary: public, tested)
 from tlkit.errors import RecipeError, TlkitError
-from tlkit.precision import PRECISIONS
-from tlkit.tta import AGGREGATES, DEFAULT_MAX_VIEWS_PER_FORWARD
+from tlkit.infer.precision import PRECISIONS
+from tlkit.infer.tta import AGGREGATES, DEFAULT_MAX_VIEWS_PER_FORWARD
 
 EXIT_RECIPE_ERROR = 2
 

@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from tlkit.backbones import Preprocessing, create_backbone
+from tlkit.model.backbones import Preprocessing, create_backbone
 from tlkit.errors import did_you_mean
-from tlkit.heads import HeadSpec, build_head
-from tlkit.mixing import BatchMixer, MixingConfig, soft_target_cross_entropy
-from tlkit.schedules import SCHEDULES
-from tlkit.strategies import STRATEGIES, StrategyConfig, apply_phase, build_optimizer_groups, freeze
-from tlkit.strategies import group_multipliers, plan_groups
-from tlkit.tta import TTAPolicy, normalize_spec, resolve_policy
+from tlkit.model.heads import HeadSpec, build_head
+from tlkit.model.mixing import BatchMixer, MixingConfig, soft_target_cross_entropy
+from tlkit.model.schedules import SCHEDULES
+from tlkit.model.strategies import STRATEGIES, StrategyConfig, apply_phase, build_optimizer_groups, freeze
+from tlkit.model.strategies import group_multipliers, plan_groups
+from tlkit.infer.tta import TTAPolicy, normalize_spec, resolve_policy
 
 from typing_extensions import override
 
@@ -33,13 +33,13 @@ class TransferModule(L.LightningModule):
         classes: class names in label order (e.g. `datamodule.classes`).
         weights: auto | hub | bundled | none | path (DESIGN.md contract 3).
         strategy: "linear_probe" (backbone frozen and in eval mode), "finetune" (backbone LR = lr x backbone_lr_mult),
-            "lp_ft", "gradual" or "layer_decay" (see tlkit.strategies; their settings go in strategy_options).
+            "lp_ft", "gradual" or "layer_decay" (see tlkit.model.strategies; their settings go in strategy_options).
         head: HeadSpec or its dict form; default a single linear layer.
         preprocessing: overrides of the model's pretrained preprocessing (input_size, crop_pct, interpolation, mean, std).
         channels_last: NHWC memory layout; on this 2-core CPU lite0 trains ~1.5x faster (10 -> 16 images/s at 224 px).
         mixing: Mixup/CutMix settings (MixingConfig or its dict); training accuracy then counts the dominant label.
         tta: test-time augmentation policy that evaluate/predict use by default: a name (none, hflip, ten_crop,
-            multi_scale) or a spec dict (see tlkit.tta); stored in checkpoints as plain data.
+            multi_scale) or a spec dict (see tlkit.infer.tta); stored in checkpoints as plain data.
         strategy_options: StrategyConfig fields besides kind/backbone_lr_mult (probe_epochs, unfreeze_every, ...).
     """
 

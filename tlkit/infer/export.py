@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlkit.augment import build_eval_transform, eval_resize_size
+from tlkit.io import atomic_path, atomic_save, atomic_write
+from tlkit.data.augment import build_eval_transform, eval_resize_size
 from tlkit.errors import CheckpointError, ExportError
-from tlkit.images import load_rgb
-from tlkit.module import TransferModule
+from tlkit.data.images import load_rgb
+from tlkit.model.module import TransferModule
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +77,13 @@ def export_safetensors(module: TransferModule, out_dir: str | Path) -> tuple[Pat
     meta = describe_export(module)
     state = {k: v.detach().cpu().contiguous() for k, v in Classifier(module).state_dict().items()}
     weights = out_dir / WEIGHTS_NAME
-    tmp = weights.with_name(f".{weights.name}.tmp{os.getpid()}")
-    save_file(state, str(tmp), metadata={"tlkit": json.dumps(meta)})
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600; an export is meant to be shared like any other file
-    os.replace(tmp, weights)
+    atomic_save(weights, lambda name: save_file(state, name, metadata={"tlkit": json.dumps(meta)}))
     sidecar = write_sidecar(meta, out_dir)
     return weights, sidecar, meta
 
 
 def write_sidecar(meta: dict, out_dir: Path) -> Path:
-    path = Path(out_dir) / SIDECAR_NAME
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(Path(out_dir) / SIDECAR_NAME, json.dumps(meta, indent=2) + "\n")
 
 
 def load_exported(path: str | Path, *, map_location: str | torch.device = "cpu") -> TransferModule:
@@ -136,9 +128,8 @@ def export_onnx(module: TransferModule, path: str | Path, *, opset: int | None =
     model = Classifier(module).eval()
     size = module.preprocessing.input_size
     example = torch.zeros(2, 3, size, size)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
-        with warnings.catch_warnings(), _quiet_loggers("onnxscript", "onnx_ir", "torch.onnx", "torch.export"):
+        with atomic_path(path) as tmp, warnings.catch_warnings(), _quiet_loggers("onnxscript", "onnx_ir", "torch.onnx", "torch.export"):
             warnings.simplefilter("ignore")  # exporter internals warn about its own deprecations
             torch.onnx.export(
                 model,
@@ -153,13 +144,11 @@ def export_onnx(module: TransferModule, path: str | Path, *, opset: int | None =
                 verbose=False,
             )
     except Exception as exc:  # noqa: BLE001 - exporter failures come in many types; the message names the cause
-        tmp.unlink(missing_ok=True)
         detail = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise ExportError(
             f"ONNX export of {module.hparams.backbone} failed ({type(exc).__name__}: {detail}); the safetensors "
             "export still works (use --no-onnx)."
         ) from exc
-    os.replace(tmp, path)
     return path
 
 

@@ -1,0 +1,82 @@
+"""Writing files safely: one atomic-write helper and one figure saver for the whole package.
+
+Every file tlkit writes goes through `atomic_path`: the content lands in a fresh temp file created exclusively
+(`tempfile.mkstemp`, O_EXCL, unpredictable name) in the destination's folder, is flushed to disk, then renamed over
+the destination. A kill mid-write leaves the old file intact; a symlink planted at a guessable temp name cannot
+redirect the write.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; when the block succeeds it replaces `path` (fsynced, normal permissions).
+
+    For libraries that write to a file name (safetensors, torch.onnx, matplotlib). On an exception the temp file is
+    removed and `path` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:  # the writer may have closed without syncing
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are shared like any other file
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w", *, encoding: str | None = "utf-8",
+                newline: str | None = None) -> Iterator[IO[Any]]:
+    """`open(path, mode)` whose result appears at `path` only when the block completes (mode "w" or "wb")."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes whole files; mode must be 'w' or 'wb', got {mode!r}.")
+    with atomic_path(path) as tmp:
+        kwargs = {} if "b" in mode else {"encoding": encoding, "newline": newline}
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    """Write text or bytes to `path` atomically; returns the path."""
+    with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+    return Path(path)
+
+
+def atomic_save(path: str | Path, save: Callable[[str], object]) -> Path:
+    """Call `save(temp_name)` (e.g. `lambda p: save_file(state, p)`), then move the result to `path` atomically."""
+    with atomic_path(path) as tmp:
+        save(str(tmp))
+    return Path(path)
+
+
+def save_figure(fig: Any, path: str | Path, *, dpi: int = 110) -> Path:
+    """Write a matplotlib figure to `path` atomically (format from the suffix) and close it; returns the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        atomic_save(path, lambda name: fig.savefig(name, dpi=dpi, format=path.suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
+    return path
