@@ -34,16 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from bench_augment import loader_throughput  # noqa: E402
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor  # noqa: E402
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from bench_augment import loader_throughput  # noqa: E402
 from tlkit.infer.precision import autocast  # noqa: E402
+from tlkit.model.schedules import LRMultiplier  # noqa: E402
 from tlkit.recipe import LinearProbe, load_recipe  # noqa: E402
 from tlkit.run import build_datamodule, build_module, fit, resolve_preprocessing  # noqa: E402
-from tlkit.model.schedules import LRMultiplier  # noqa: E402
-from tlkit.model.strategies import build_param_groups  # noqa: E402
 
 DEFAULT_RECIPE = "recipes/hymenoptera_finetune.yaml"
 
@@ -125,15 +124,12 @@ def bare_train_rate(recipe, classes, loader) -> float:
     """Images/s of the loop a user would write by hand: same model, groups, SGD, per-step LambdaLR, loss."""
     module = build_module(recipe, classes)  # the same nn.Modules and init, used as a plain torch model
     model = torch.nn.Sequential(module.backbone, module.head).train()
-    o, hp = recipe.optim, module.hparams
-    groups = build_param_groups(module.backbone, module.head, strategy=hp.strategy, lr=o.lr,
-                                weight_decay=o.weight_decay, backbone_lr_mult=hp.backbone_lr_mult)
-    optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
+    optimizer = module.build_optimizer()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LRMultiplier("cosine", total_steps=len(loader)))
     stamps = []
     for images, labels in loader:
         images = images.contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(model(images), labels, label_smoothing=o.label_smoothing)
+        loss = F.cross_entropy(model(images), labels, label_smoothing=recipe.optim.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

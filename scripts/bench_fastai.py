@@ -41,13 +41,11 @@ def fastai_fine_tune(recipe, *, epochs: int) -> dict:
     from fastcore.foundation import L as FastList
 
     from tlkit.model.backbones import create_backbone
-    from tlkit.run import preprocessing_overrides
-
     if epochs < 2:
         raise SystemExit("fastai fine_tune needs at least 2 epochs: 1 frozen + the rest unfrozen")
     started = time.perf_counter()
     body, pre, _ = create_backbone(recipe.backbone.name, recipe.backbone.weights)
-    pre = pre.replace(**preprocessing_overrides(recipe))
+    pre = pre.replace(**recipe.backbone.preprocessing_overrides())
     body.reset_classifier(0, global_pool="")  # feature maps: fastai's head does its own (concat) pooling
     root = Path(recipe.data.root)
     dls = ImageDataLoaders.from_folder(

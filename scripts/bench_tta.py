@@ -58,7 +58,7 @@ def main() -> int:
             paired[name].append(ms / one)
         print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
 
-    print(f"{len(files)} images x {args.rounds} rounds, {module.hparams.backbone} at {module.preprocessing.input_size} "
+    print(f"{len(files)} images x {args.rounds} rounds, {module.hparams.backbone['name']} at {module.preprocessing.input_size} "
           f"px, at most {args.max_views_per_forward} views per forward")
     rows = [("policy", "views", "model ms/image (median; min-max)", "all-in ms/image", "cost / one view", "<= 1.1 k")]
     for name, policy in policies.items():

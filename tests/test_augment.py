@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from tlkit.data.augment import TrainAugment, build_eval_transform, build_train_transform, eval_resize_size
+from tlkit.data.augment import (
+    TrainAugment,
+    build_eval_transform,
+    build_train_transform,
+    eval_resize_size,
+)
 from tlkit.data.preprocessing import Preprocessing
 
 MEAN = (0.5, 0.4, 0.3)
@@ -102,7 +107,8 @@ def test_hflip_one_mirrors_the_image():
 # ---------------------------------------------------------------------------------------------------------------------
 # Presets and the seeds' augmentations
 
-from tlkit.data.augment import PRESETS, TrainAugment as Aug, short_side_range  # noqa: E402
+from tlkit.data.augment import PRESETS, short_side_range  # noqa: E402
+from tlkit.data.augment import TrainAugment as Aug
 
 
 def test_presets_expand_to_explicit_values_and_fields_override_them():

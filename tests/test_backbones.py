@@ -10,10 +10,10 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from tlkit.model import weights as W
 from tlkit.data.augment import build_eval_transform
-from tlkit.model.backbones import create_backbone, model_preprocessing
 from tlkit.errors import BackboneError
+from tlkit.model import weights as W
+from tlkit.model.backbones import create_backbone, model_preprocessing
 
 
 @pytest.fixture

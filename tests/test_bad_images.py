@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_recipe_dict, write_colour_classes
+from zoo import write_zoo
 
 from tlkit.data.datamodule import scan_folder
 from tlkit.errors import DataError
 from tlkit.recipe import validate_recipe
 from tlkit.run import fit
-from zoo import write_zoo
 
 SKIPPED_AT_SCAN = ("empty.png", "notes.txt", "corrupt.jpg", "bomb.png", "link_out.png")
 

@@ -9,9 +9,13 @@ import pytest
 import torch
 from conftest import tiny_recipe_dict, write_colour_classes
 
-from tlkit.infer.checkpoint import load_checkpoint
-from tlkit.data.datamodule import balanced_class_weights, balanced_sample_weights, make_loader
+from tlkit.data.datamodule import (
+    balanced_class_weights,
+    balanced_sample_weights,
+    make_loader,
+)
 from tlkit.errors import RecipeError
+from tlkit.infer.checkpoint import load_checkpoint
 from tlkit.recipe import validate_recipe
 from tlkit.run import fit
 

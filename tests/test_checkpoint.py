@@ -7,8 +7,8 @@ import pickle
 import pytest
 import torch
 
-from tlkit.infer.checkpoint import load_checkpoint
 from tlkit.errors import CheckpointError
+from tlkit.infer.checkpoint import load_checkpoint
 
 
 class _Exploit:

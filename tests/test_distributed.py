@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_recipe_dict, write_colour_classes
 
 from tlkit.run.distributed import lightning_strategy
-
-from conftest import tiny_recipe_dict, write_colour_classes
 
 # Each rank trains through tlkit.run.fit and then saves its in-memory weights, so the test can check that both
 # replicas stayed identical after a group unfroze mid-run (Lightning #20340: unfrozen parameters never synchronised).

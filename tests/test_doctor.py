@@ -8,11 +8,11 @@ import os
 from pathlib import Path
 
 import pytest
+from zoo import ZOO_CASES, write_zoo
 
 from tlkit.cli.main import main
 from tlkit.data.doctor import diagnose
 from tlkit.errors import DataError, DataNotFoundError
-from zoo import ZOO_CASES, write_zoo
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:

@@ -13,8 +13,8 @@ from tlkit.model.module import TransferModule
 
 def test_ema_weights_are_validated_and_saved_raw_ones_kept_for_resume(colour_folder, tmp_path):
     torch.manual_seed(0)
-    module = TransferModule("test_resnet", ["blue", "green", "red"], weights="none", strategy="finetune", lr=0.1,
-                            preprocessing={"input_size": 32})
+    module = TransferModule({"name": "test_resnet", "input_size": 32}, ["blue", "green", "red"], weights="none",
+                            strategy="finetune", optim={"lr": 0.1})
     ema = WeightEMA(decay=0.9)
     last = ModelCheckpoint(dirpath=tmp_path, filename="last", monitor=None)
     dm = ImageFolderDataModule(colour_folder, batch_size=8, num_workers=0, preprocessing=module.preprocessing)
@@ -32,8 +32,8 @@ def test_ema_weights_are_validated_and_saved_raw_ones_kept_for_resume(colour_fol
     assert not torch.equal(raw["head.0.weight"], averaged["head.0.weight"]), "EMA equals the raw weights"
 
     # resume: training continues from the raw weights, the EMA from the saved (averaged) ones
-    resumed = TransferModule("test_resnet", ["blue", "green", "red"], weights="none", strategy="finetune", lr=0.1,
-                             preprocessing={"input_size": 32})
+    resumed = TransferModule({"name": "test_resnet", "input_size": 32}, ["blue", "green", "red"], weights="none",
+                             strategy="finetune", optim={"lr": 0.1})
     ema2 = WeightEMA(decay=0.9)
     seen = {}
 
@@ -51,6 +51,7 @@ def test_ema_weights_are_validated_and_saved_raw_ones_kept_for_resume(colour_fol
 
 def test_recipe_ema_decay_turns_the_callback_on(colour_folder, tmp_path):
     from conftest import tiny_recipe_dict
+
     from tlkit.recipe import validate_recipe
     from tlkit.run import fit
 

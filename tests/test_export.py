@@ -10,12 +10,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tlkit.data.augment import build_eval_transform
-from tlkit.infer.checkpoint import load_checkpoint
 from tlkit.cli.main import main
-from tlkit.errors import CheckpointError
-from tlkit.infer.export import load_exported, onnx_parity
+from tlkit.data.augment import build_eval_transform
 from tlkit.data.images import load_rgb
+from tlkit.errors import CheckpointError
+from tlkit.infer.checkpoint import load_checkpoint
+from tlkit.infer.export import load_exported, onnx_parity
 from tlkit.model.module import TransferModule
 from tlkit.run import evaluate_checkpoint, export_checkpoint
 
@@ -63,8 +63,8 @@ def test_onnx_matches_pytorch_on_real_images(trained_run, exported):
 def test_parity_check_catches_a_graph_of_another_model(trained_run, exported):
     _, out = exported
     torch.manual_seed(1)
-    other = TransferModule("test_resnet", ["blue", "green", "red"], weights="none",
-                           head={"final_init": "normal"}, preprocessing={"input_size": 32})
+    other = TransferModule({"name": "test_resnet", "input_size": 32}, ["blue", "green", "red"], weights="none",
+                           head={"final_init": "normal"})
     parity = onnx_parity(other, out / "model.onnx", torch.randn(4, 3, 32, 32))
     assert not parity["ok"] and parity["max_abs_diff_logits"] > 1e-3
 

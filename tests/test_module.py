@@ -11,15 +11,14 @@ import torch
 from tlkit.data.datamodule import ImageFolderDataModule
 from tlkit.model.module import TransferModule
 from tlkit.model.schedules import LRMultiplier
-from tlkit.model.strategies import build_param_groups
 
 CLASSES = ["blue", "green", "red"]
 
 
-def tiny_module(strategy: str = "linear_probe", **kwargs) -> TransferModule:
+def tiny_module(strategy: str | dict = "linear_probe", **kwargs) -> TransferModule:
     torch.manual_seed(0)
     return TransferModule(
-        "test_efficientnet", CLASSES, weights="none", strategy=strategy, preprocessing={"input_size": 32}, **kwargs
+        {"name": "test_efficientnet", "input_size": 32}, CLASSES, weights="none", strategy=strategy, **kwargs
     )
 
 
@@ -69,17 +68,15 @@ def test_frozen_backbone_builds_no_autograd_graph():
 
 
 def test_linear_probe_optimizes_only_the_head():
-    module = tiny_module("linear_probe")
-    groups = build_param_groups(module.backbone, module.head, strategy="linear_probe", lr=0.1, weight_decay=1e-4)
+    module = tiny_module("linear_probe", optim={"lr": 0.1, "weight_decay": 1e-4})
+    groups = module.optimizer_groups()
     in_groups = {id(p) for g in groups for p in g["params"]}
     assert in_groups == {id(p) for p in module.head.parameters()}
 
 
 def test_finetune_backbone_lr_is_head_lr_times_mult_and_norms_biases_skip_decay():
-    module = tiny_module("finetune")
-    groups = build_param_groups(
-        module.backbone, module.head, strategy="finetune", lr=0.1, weight_decay=1e-4, backbone_lr_mult=0.1
-    )
+    module = tiny_module({"kind": "finetune", "backbone_lr_mult": 0.1}, optim={"lr": 0.1, "weight_decay": 1e-4})
+    groups = module.optimizer_groups()
     by_name = {g["name"]: g for g in groups}
     assert by_name["head"]["lr"] == pytest.approx(0.1)
     assert by_name["backbone"]["lr"] == pytest.approx(0.01)
@@ -118,7 +115,7 @@ def test_channels_last_gives_the_same_outputs_as_contiguous():
 
 
 def test_l1_penalty_is_added_to_the_training_loss():
-    module = tiny_module("linear_probe", l1=0.5, head={"final_init": "normal"})
+    module = tiny_module("linear_probe", optim={"l1": 0.5}, head={"final_init": "normal"})
     weights = [p for p in module.parameters() if p.requires_grad and p.ndim > 1]
     expected = 0.5 * sum(p.abs().sum() for p in weights)
     assert float(module._l1_penalty()) == pytest.approx(float(expected))
@@ -128,7 +125,7 @@ def test_l1_penalty_is_added_to_the_training_loss():
     "kwargs, message",
     [
         ({"strategy": "fine_tune"}, "Did you mean 'finetune'"),
-        ({"optimizer": "adam"}, "Did you mean 'adamw'"),
+        ({"optim": {"name": "adam"}}, "Did you mean 'adamw'"),
         ({"schedule": "cosin"}, "Did you mean 'cosine'"),
     ],
 )
@@ -162,7 +159,7 @@ def test_own_lightning_trainer_without_a_recipe(colour_folder):
     from tlkit import TransferModule as TM
 
     dm = DM(colour_folder, batch_size=8, num_workers=0)
-    model = TM("test_resnet", dm.classes, weights="none", preprocessing={"input_size": 32}, optimizer="adamw", lr=0.3)
+    model = TM({"name": "test_resnet", "input_size": 32}, dm.classes, weights="none", optim={"name": "adamw", "lr": 0.3})
     trainer = L.Trainer(
         max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False,

@@ -12,16 +12,16 @@ import pytest
 import torch
 from conftest import write_colour_classes
 
-from tlkit.data.augment import build_eval_transform
-from tlkit.infer.checkpoint import load_checkpoint
 from tlkit.cli.main import main
+from tlkit.data.augment import build_eval_transform
 from tlkit.data.datamodule import ImageFolderDataModule
 from tlkit.data.images import load_rgb
+from tlkit.infer.checkpoint import load_checkpoint
 from tlkit.infer.inference import predict_files
-from tlkit.model.module import TransferModule
 from tlkit.infer.predict import collect_inputs
-from tlkit.run import predict_checkpoint
 from tlkit.infer.tta import resolve_policy
+from tlkit.model.module import TransferModule
+from tlkit.run import predict_checkpoint
 
 
 @pytest.fixture
@@ -89,8 +89,8 @@ def test_predict_uses_the_checkpoints_tta_policy_unless_told_otherwise(trained_r
 def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
     root = write_colour_classes(tmp_path / "colours", per_class=6)
     torch.manual_seed(0)
-    module = TransferModule("test_resnet", ["blue", "green", "red"], weights="none", strategy="finetune",
-                            head={"hidden": [8]}, preprocessing={"input_size": 32}, tta="hflip")
+    module = TransferModule({"name": "test_resnet", "input_size": 32}, ["blue", "green", "red"], weights="none",
+                            strategy="finetune", head={"hidden": [8]}, tta="hflip")
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=ImageFolderDataModule(root, batch_size=4, num_workers=0))

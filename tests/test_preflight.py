@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from conftest import write_class_folders
+from zoo import write_zoo
 
 import tlkit.data.preflight as preflight_module
 from tlkit.data.datamodule import scan_folder
 from tlkit.data.preflight import exact_duplicates, preflight
-from zoo import write_zoo
 
 
 def test_zoo_warnings_name_leakage_copies_unvalidated_classes_and_skips(tmp_path):

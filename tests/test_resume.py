@@ -14,8 +14,8 @@ import torch
 import yaml
 from conftest import tiny_recipe_dict, write_colour_classes
 
-from tlkit.infer.checkpoint import read_checkpoint
 from tlkit.errors import CheckpointError, RecipeError
+from tlkit.infer.checkpoint import read_checkpoint
 from tlkit.recipe import validate_recipe
 from tlkit.run import fit
 from tlkit.run.resume import load_run_recipe, resume_point

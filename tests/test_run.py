@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import tiny_recipe_dict, write_colour_classes
 
-from tlkit.infer.checkpoint import load_checkpoint, read_checkpoint
 from tlkit.data.generate import write_digits
+from tlkit.infer.checkpoint import load_checkpoint, read_checkpoint
 from tlkit.recipe import validate_recipe
 from tlkit.run import default_run_dir, fit
 

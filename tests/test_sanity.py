@@ -8,6 +8,8 @@ import yaml
 
 from tests.conftest import tiny_recipe_dict, write_colour_classes
 from tlkit.tune import sanity
+
+
 def test_initial_loss_check_passes_near_ln_c_and_fails_far_from_it():
     assert sanity.initial_loss_check(math.log(3) * 1.01, 3).passed
     high = sanity.initial_loss_check(3.0, 3)

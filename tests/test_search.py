@@ -41,9 +41,9 @@ def test_markdown_table_is_sorted_best_first():
 @pytest.mark.slow
 def test_search_writes_reports_and_resumes_after_an_interruption(tmp_path, monkeypatch, capsys):
     """A search that crashed in its 3rd coarse trial, re-run with the same storage, runs only the missing trials."""
-    from PIL import Image
-
     import importlib
+
+    from PIL import Image
 
     from tlkit.cli.main import main
     from tlkit.recipe import load_recipe

@@ -8,16 +8,15 @@ import re
 import lightning as L
 import pytest
 import torch
+from conftest import tiny_recipe_dict
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from tlkit.data.datamodule import ImageFolderDataModule
 from tlkit.model.groups import layer_groups
 from tlkit.model.module import TransferModule
-from tlkit.recipe import validate_recipe
 from tlkit.model.schedules import GatedMultiplier, LRMultiplier
-from tlkit.model.strategies import StrategyConfig, plan_groups
-
-from conftest import tiny_recipe_dict
+from tlkit.model.strategies import LayerDecay
+from tlkit.recipe import validate_recipe
 
 CLASSES = ["blue", "green", "red"]
 LR = 0.05
@@ -25,8 +24,8 @@ LR = 0.05
 
 def staged_module(strategy: str, **options) -> TransferModule:
     torch.manual_seed(0)
-    return TransferModule("test_resnet", CLASSES, weights="none", strategy=strategy, lr=LR, schedule="cosine",
-                          preprocessing={"input_size": 32}, strategy_options=options)
+    return TransferModule({"name": "test_resnet", "input_size": 32}, CLASSES, weights="none",
+                          strategy={"kind": strategy, **options}, optim={"lr": LR}, schedule="cosine")
 
 
 class RecordLR(Callback):
@@ -58,7 +57,7 @@ def datamodule(root, module) -> ImageFolderDataModule:
 
 @pytest.mark.parametrize("arch", ["test_resnet", "test_efficientnet"])
 def test_plan_covers_every_parameter_once_head_first(arch):
-    module = TransferModule(arch, CLASSES, weights="none", strategy="gradual", preprocessing={"input_size": 32})
+    module = TransferModule({"name": arch, "input_size": 32}, CLASSES, weights="none", strategy="gradual")
     specs = module.group_specs
     names = [n for s in specs for n in s.params]
     assert sorted(names) == sorted(n for n, _ in module.named_parameters())
@@ -78,8 +77,8 @@ def test_gradual_explicit_list_leaves_later_groups_frozen_for_good():
 
 def test_layer_decay_lr_factor_is_decay_to_the_depth():
     torch.manual_seed(0)
-    module = TransferModule("test_efficientnet", CLASSES, weights="none", preprocessing={"input_size": 32})
-    specs = plan_groups(module.backbone, module.head, StrategyConfig(kind="layer_decay", layer_decay=0.5, coarse=False))
+    module = TransferModule({"name": "test_efficientnet", "input_size": 32}, CLASSES, weights="none")
+    specs = LayerDecay(decay=0.5, groups="fine").plan(module.backbone, module.head)
     assert [s.lr_mult for s in specs] == [0.5 ** d for d in range(len(specs))]
     assert all(s.unfreeze_epoch == 0 for s in specs)
 
@@ -208,7 +207,7 @@ def test_staged_run_checkpoint_loads_for_inference_and_records_its_phase(colour_
     metrics = fit(recipe, run_dir=tmp_path / "run")
     saved = torch.load(metrics["last_checkpoint"], map_location="cpu", weights_only=True)
     assert saved["tlkit"]["phase"] == {"epoch": 1, "trainable_groups": ["head", "backbone.4"]}
-    assert saved["hyper_parameters"]["strategy_options"]["unfreeze_epochs"] == [1]
+    assert saved["hyper_parameters"]["strategy"]["unfreeze_epochs"] == [1]
     module = load_checkpoint(metrics["last_checkpoint"])
     assert not module.training
     assert torch.equal(module.head[0].weight, saved["state_dict"]["head.0.weight"])
@@ -256,13 +255,14 @@ def test_recipe_rejects_staged_settings_that_cannot_run(tmp_path, strategy, epoc
 
 
 def test_drop_connect_head_drops_weights_in_training_only():
-    from tlkit.model.heads import DropConnectLinear, HeadSpec, build_head
+    from tlkit.model.heads import DropConnectLinear, build_head
+    from tlkit.model.settings import HeadConfig
 
     torch.manual_seed(0)
-    head = build_head(16, 3, HeadSpec(hidden=(8,), drop_connect=0.5))
+    head = build_head(16, 3, HeadConfig(hidden=(8,), drop_connect=0.5))
     layers = [m for m in head if isinstance(m, DropConnectLinear)]
     assert len(layers) == 2 and all(m.p == 0.5 for m in layers)
-    assert HeadSpec.from_dict(HeadSpec(drop_connect=0.5).to_dict()).drop_connect == 0.5
+    assert HeadConfig.model_validate(HeadConfig(drop_connect=0.5).model_dump()).drop_connect == 0.5
     x = torch.randn(4, 16)
     head.eval()
     plain = torch.nn.functional.linear(torch.relu(torch.nn.functional.linear(x, layers[0].weight, layers[0].bias)),

@@ -24,7 +24,7 @@ _EXPORTS = {
     "RecipeError": "tlkit.errors",
     "TTAError": "tlkit.errors",
     "TlkitError": "tlkit.errors",
-    "HeadSpec": "tlkit.model.heads",
+    "HeadConfig": "tlkit.model.settings",
     "build_head": "tlkit.model.heads",
     "ImageFolderDataModule": "tlkit.data.datamodule",
     "scan_folder": "tlkit.data.datamodule",

@@ -80,3 +80,11 @@ def save_figure(fig: Any, path: str | Path, *, dpi: int = 110) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def cache_dir() -> Path:
+    """Where converted weights live: $TLKIT_CACHE, else $XDG_CACHE_HOME/tlkit, else ~/.cache/tlkit."""
+    if os.environ.get("TLKIT_CACHE"):
+        return Path(os.environ["TLKIT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tlkit"

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from tlkit.io import save_figure
 from tlkit.data.images import load_rgb
+from tlkit.io import save_figure
 
 MAX_ANNOTATED_CLASSES = 30  # beyond this the counts overlap; colours still show the structure
 THUMBNAIL = 256

@@ -224,7 +224,13 @@ def _init_stats(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from tlkit.data.doctor import default_report_path, diagnose, format_table, write_gallery, write_report
+    from tlkit.data.doctor import (
+        default_report_path,
+        diagnose,
+        format_table,
+        write_gallery,
+        write_report,
+    )
 
     report = diagnose(args.folder, min_size=args.min_size)
     print(format_table(report))

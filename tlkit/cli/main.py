@@ -8,8 +8,7 @@ import sys
 
 from tlkit.cli.commands import HANDLERS, format_summary  # noqa: F401  (format_summary: public, tested)
 from tlkit.errors import RecipeError, TlkitError
-from tlkit.infer.precision import PRECISIONS
-from tlkit.infer.tta import AGGREGATES, DEFAULT_MAX_VIEWS_PER_FORWARD
+from tlkit.infer.settings import AGGREGATES, DEFAULT_MAX_VIEWS_PER_FORWARD, PRECISIONS
 
 EXIT_RECIPE_ERROR = 2
 

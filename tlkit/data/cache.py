@@ -22,11 +22,10 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from tlkit.io import atomic_save
 from tlkit.data.datamodule import decode
 from tlkit.errors import DataError
+from tlkit.io import atomic_save, cache_dir
 from tlkit.seeding import derive_seed, split_epoch_index
-from tlkit.model.weights import cache_dir
 
 log = logging.getLogger(__name__)
 

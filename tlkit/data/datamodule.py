@@ -17,12 +17,18 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, default_collate
+from typing_extensions import override
 
 from tlkit.data.augment import TrainAugment, build_eval_transform, build_train_transform
+from tlkit.data.images import is_image_name, load_rgb
 from tlkit.data.preprocessing import Preprocessing
 from tlkit.errors import DataError, DataNotFoundError, did_you_mean
-from tlkit.data.images import is_image_name, load_rgb
-from tlkit.seeding import EpochSampler, derive_seed, split_epoch_index, takes_epoch_indices
+from tlkit.seeding import (
+    EpochSampler,
+    derive_seed,
+    split_epoch_index,
+    takes_epoch_indices,
+)
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +301,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or 2 * batch_size
         self.num_workers = resolve_num_workers(num_workers)
         self.scan = scan_folder(self.root, val_fraction=val_fraction, seed=seed)
+        self.val_fraction = val_fraction
         self.seed = seed
         self.sample_weights: list[float] | None = None  # data.balance: sampler (set by run.fit)
         self.first_epoch = 0  # the epoch a resumed run starts at (set by run.fit; see make_loader)
@@ -304,6 +311,14 @@ class ImageFolderDataModule(L.LightningDataModule):
     @property
     def classes(self) -> list[str]:
         return list(self.scan.classes)
+
+    def split_info(self) -> dict:
+        """How the images were split: evaluate re-creates a one-folder layout's val split from it."""
+        return {"layout": self.scan.layout, "val_fraction": self.val_fraction, "seed": self.seed}
+
+    @override
+    def state_dict(self) -> dict:
+        return {"split": self.split_info()}  # Lightning stores it in every checkpoint of a fit with this datamodule
 
     @property
     def num_classes(self) -> int:
@@ -378,9 +393,11 @@ def make_loader(
 class FeatureDataModule(L.LightningDataModule):
     """Train/val loaders over in-memory tensors (cached backbone features) with the image path's batching."""
 
-    def __init__(self, train: Dataset, val: Dataset, *, batch_size: int, eval_batch_size: int, seed: int = 0):
+    def __init__(self, train: Dataset, val: Dataset, *, batch_size: int, eval_batch_size: int, seed: int = 0,
+                 split: dict | None = None):
         super().__init__()
         self.train_set, self.val_set = train, val
+        self.split = split  # the image split the features came from (saved in checkpoints)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.sample_weights: list[float] | None = None  # data.balance: sampler (set by run.fit)
         self.seed = seed
@@ -392,6 +409,10 @@ class FeatureDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return make_loader(self.val_set, batch_size=self.eval_batch_size, shuffle=False, num_workers=0)
+
+    @override
+    def state_dict(self) -> dict:
+        return {"split": self.split} if self.split else {}
 
 
 class PhasedDataModule(L.LightningDataModule):
@@ -419,3 +440,7 @@ class PhasedDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._current().val_dataloader()
+
+    @override
+    def state_dict(self) -> dict:
+        return self.images.state_dict()

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tlkit.io import atomic_write
 from tlkit.data.datamodule import VAL_SPLIT_NAMES
-from tlkit.errors import DataError, DataNotFoundError, did_you_mean
 from tlkit.data.images import is_image_name, to_rgb
+from tlkit.errors import DataError, DataNotFoundError, did_you_mean
+from tlkit.io import atomic_write
 
 DEFAULT_MIN_SIZE = 32
 # Photos have thousands of distinct colours even at 128 px; scrapers' "image not found" pictures and icons have a few

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from tlkit.errors import CheckpointError
-from tlkit.model.module import TransferModule
+from tlkit.model.module import CHECKPOINT_FORMAT, TransferModule
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -41,15 +41,19 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         return load_exported(path, map_location=map_location)
     checkpoint = read_checkpoint(path)
     hparams = dict(checkpoint.get("hyper_parameters") or {})
-    meta = checkpoint["tlkit"]
-    hparams.update(
-        backbone=meta["backbone"],
-        classes=meta["classes"],
-        head=meta["head"],
-        preprocessing=meta["preprocessing"],
-        tta=meta.get("tta"),
-        weights="none",  # every weight comes from the checkpoint's state dict
-    )
+    if checkpoint["tlkit"].get("format", 1) < CHECKPOINT_FORMAT or not isinstance(hparams.get("backbone"), dict):
+        raise CheckpointError(f"{path} was written by an older tlkit (checkpoint format 1); evaluate or export it "
+                              "with tlkit 0.1.0, or retrain it with this version.")
+    hparams["backbone"] = {**hparams["backbone"], "weights": "none"}  # every weight comes from the state dict
     module = TransferModule(**hparams)
     module.load_state_dict(checkpoint["state_dict"], strict=True)
     return module.to(map_location).eval()
+
+
+def saved_split(checkpoint: dict) -> dict:
+    """The data split a checkpoint's run used ({} if unknown): Lightning stores the datamodule's state_dict under its
+    class name, and tlkit's datamodules put the split there."""
+    for value in checkpoint.values():
+        if isinstance(value, dict) and isinstance(value.get("split"), dict):
+            return dict(value["split"])
+    return {}

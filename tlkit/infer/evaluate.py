@@ -10,20 +10,23 @@ import csv
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
+from sklearn.metrics import (
+    confusion_matrix,
+    precision_recall_fscore_support,
+    top_k_accuracy_score,
+)
 
-from tlkit.io import atomic_open, atomic_write
 from tlkit.data.preprocessing import Preprocessing
 from tlkit.errors import DataError
 from tlkit.infer.inference import InferenceResult, predict_files
-from tlkit.plots import plot_confusion_matrix, plot_top_losses
 from tlkit.infer.tta import DEFAULT_MAX_VIEWS_PER_FORWARD, TTAPolicy
+from tlkit.io import atomic_open, atomic_write
+from tlkit.plots import plot_confusion_matrix, plot_top_losses
 
 log = logging.getLogger(__name__)
 

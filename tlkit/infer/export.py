@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlkit.io import atomic_path, atomic_save, atomic_write
 from tlkit.data.augment import build_eval_transform, eval_resize_size
-from tlkit.errors import CheckpointError, ExportError
 from tlkit.data.images import load_rgb
+from tlkit.errors import CheckpointError, ExportError
+from tlkit.io import atomic_path, atomic_save, atomic_write
 from tlkit.model.module import TransferModule
 
 log = logging.getLogger(__name__)
@@ -105,12 +104,9 @@ def load_exported(path: str | Path, *, map_location: str | torch.device = "cpu")
         raise CheckpointError(f"{path} has no tlkit description and no {SIDECAR_NAME} beside it; export it with tlkit.")
     meta = json.loads(embedded) if embedded is not None else json.loads(sidecar.read_text(encoding="utf-8"))
     module = TransferModule(
-        meta["backbone"],
+        {"name": meta["backbone"], "weights": "none", **meta["preprocessing"]},  # every weight comes from the file
         meta["classes"],
-        weights="none",  # every weight comes from the file
-        strategy=meta.get("strategy", "linear_probe"),
         head=meta["head"],
-        preprocessing=meta["preprocessing"],
         tta=meta.get("tta"),
     )
     Classifier(module).load_state_dict(state, strict=True)
@@ -146,7 +142,7 @@ def export_onnx(module: TransferModule, path: str | Path, *, opset: int | None =
     except Exception as exc:  # noqa: BLE001 - exporter failures come in many types; the message names the cause
         detail = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise ExportError(
-            f"ONNX export of {module.hparams.backbone} failed ({type(exc).__name__}: {detail}); the safetensors "
+            f"ONNX export of {module.hparams.backbone['name']} failed ({type(exc).__name__}: {detail}); the safetensors "
             "export still works (use --no-onnx)."
         ) from exc
     return path

@@ -16,10 +16,16 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from tlkit.data.preprocessing import Preprocessing
 from tlkit.data.images import load_rgb
+from tlkit.data.preprocessing import Preprocessing
 from tlkit.infer.precision import autocast, resolve_precision
-from tlkit.infer.tta import DEFAULT_MAX_VIEWS_PER_FORWARD, TTAPolicy, ViewMaker, forward_views, images_per_batch
+from tlkit.infer.tta import (
+    DEFAULT_MAX_VIEWS_PER_FORWARD,
+    TTAPolicy,
+    ViewMaker,
+    forward_views,
+    images_per_batch,
+)
 
 DECODE_ERRORS = (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError)
 

@@ -13,8 +13,7 @@ import contextlib
 import torch
 
 from tlkit.errors import did_you_mean
-
-PRECISIONS = ("auto", "fp32", "bf16")
+from tlkit.infer.settings import PRECISIONS  # noqa: E402
 
 
 def native_bf16(device: torch.device | str = "cpu") -> bool:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from tlkit.io import atomic_open
-from tlkit.errors import DataNotFoundError
 from tlkit.data.images import is_image_name
+from tlkit.errors import DataNotFoundError
 from tlkit.infer.inference import InferenceResult
+from tlkit.io import atomic_open
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[str], list[tuple[str, str]]]:

@@ -27,13 +27,15 @@ from tlkit.data.augment import (
 )
 from tlkit.data.preprocessing import Preprocessing
 from tlkit.errors import TTAError, did_you_mean
+from tlkit.infer.settings import (  # noqa: F401
+    AGGREGATES,
+    CROPS,
+    DEFAULT_MAX_VIEWS_PER_FORWARD,
+    NAMED_POLICIES,
+    POLICIES,
+)
 
-NAMED_POLICIES = ("none", "hflip", "ten_crop", "multi_scale")
-POLICIES = (*NAMED_POLICIES, "custom")
-CROPS = ("center", "five", "full")
-AGGREGATES = ("mean_prob", "mean_logit", "max")
 FIVE_CROPS = ("center", "top_left", "top_right", "bottom_left", "bottom_right")
-DEFAULT_MAX_VIEWS_PER_FORWARD = 64
 
 # Named shortcuts as custom fields; scales () = the eval resize. multi_scale's lengths are computed per model below.
 _NAMED_FIELDS: dict[str, dict[str, Any]] = {

@@ -14,19 +14,13 @@ import timm
 import torch
 from timm.data import resolve_data_config
 
-from tlkit.model import weights as W
 from tlkit.data.preprocessing import INTERPOLATIONS, Preprocessing
-from tlkit.errors import BackboneError, did_you_mean
+from tlkit.errors import BackboneError
+from tlkit.model import weights as W
+from tlkit.model.names import check_backbone_name
 
 log = logging.getLogger(__name__)
 
-
-
-def check_backbone_name(name: str) -> None:
-    """Raise a BackboneError with a did-you-mean when timm has no architecture called `name`."""
-    if not timm.is_model(name):
-        hint = did_you_mean(name, timm.list_models())
-        raise BackboneError(f"Unknown backbone {name!r}.{hint} List names with `timm.list_models('*pattern*')`.")
 
 
 def model_preprocessing(model: torch.nn.Module) -> Preprocessing:

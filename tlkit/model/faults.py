@@ -3,8 +3,6 @@ callbacks with typed arguments; tlkit.run.fit wires them up)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import lightning as L

@@ -11,13 +11,13 @@ layers: their neurons would receive identical gradients forever.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tlkit.errors import RecipeError, did_you_mean
+from tlkit.model.settings import INITS, HeadConfig  # noqa: F401  (INITS: re-exported for init_stats)
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -27,17 +27,6 @@ ACTIVATIONS = {
     "gelu": nn.GELU,
     "tanh": nn.Tanh,
 }
-INITS = (
-    "lecun_normal",
-    "lecun_uniform",
-    "xavier_normal",
-    "xavier_uniform",
-    "he_normal",
-    "he_uniform",
-    "orthogonal",
-    "normal",
-    "zeros",
-)
 DEFAULT_INIT = {
     "relu": "he_normal",
     "leaky_relu": "he_normal",
@@ -47,39 +36,6 @@ DEFAULT_INIT = {
     "tanh": "xavier_normal",
 }
 FINAL_LAYER_INIT = "zeros"
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """What the head is; stored in checkpoints so a head can be rebuilt without the recipe."""
-
-    hidden: tuple[int, ...] = ()
-    activation: str = "relu"
-    dropout: float = 0.0
-    init: str | None = None  # hidden layers; None = the default for the activation
-    final_init: str = FINAL_LAYER_INIT
-    drop_connect: float = 0.0  # probability of dropping each weight of the head's linear layers in training
-
-    def to_dict(self) -> dict:
-        return {
-            "hidden": list(self.hidden),
-            "activation": self.activation,
-            "dropout": self.dropout,
-            "init": self.init,
-            "final_init": self.final_init,
-            "drop_connect": self.drop_connect,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> HeadSpec:
-        return cls(
-            hidden=tuple(int(h) for h in d.get("hidden", ())),
-            activation=d.get("activation", "relu"),
-            dropout=float(d.get("dropout", 0.0)),
-            init=d.get("init"),
-            final_init=d.get("final_init", FINAL_LAYER_INIT),
-            drop_connect=float(d.get("drop_connect", 0.0)),
-        )
 
 
 def init_linear(layer: nn.Linear, scheme: str, activation: str = "relu") -> None:
@@ -134,19 +90,13 @@ class DropConnectLinear(nn.Linear):
         return F.linear(x, F.dropout(self.weight, self.p, self.training), self.bias)
 
 
-def build_head(in_features: int, num_classes: int, spec: HeadSpec = HeadSpec()) -> nn.Sequential:
-    """Linear head (spec.hidden empty) or MLP: [Linear -> activation -> Dropout] per hidden size, then Linear."""
-    if spec.activation not in ACTIVATIONS:
-        raise RecipeError(
-            f"Unknown head activation {spec.activation!r}; expected one of {', '.join(ACTIVATIONS)}."
-            + did_you_mean(spec.activation, ACTIVATIONS)
-        )
+def build_head(in_features: int, num_classes: int, spec: HeadConfig | None = None) -> nn.Sequential:
+    """Linear head (spec.hidden empty) or MLP: [Linear -> activation -> Dropout] per hidden size, then Linear.
+
+    `spec` is validated by HeadConfig (choices, and no zeros init for hidden layers)."""
+    spec = spec or HeadConfig()
     hidden_init = spec.init or DEFAULT_INIT[spec.activation]
-    if spec.hidden and hidden_init == "zeros":
-        raise RecipeError(
-            "head.init: zeros is refused for hidden layers: every neuron would get the same gradient and never "
-            f"diverge. Use {DEFAULT_INIT[spec.activation]} (the default for {spec.activation})."
-        )
+
     def make_linear(fan_in: int, fan_out: int) -> nn.Linear:
         return DropConnectLinear(fan_in, fan_out, spec.drop_connect) if spec.drop_connect > 0 else nn.Linear(fan_in, fan_out)
 
@@ -168,4 +118,4 @@ def build_head(in_features: int, num_classes: int, spec: HeadSpec = HeadSpec()) 
 
 
 
-__all__ = ["ACTIVATIONS", "DEFAULT_INIT", "INITS", "DropConnectLinear", "HeadSpec", "build_head", "init_linear"]
+__all__ = ["ACTIVATIONS", "DEFAULT_INIT", "INITS", "DropConnectLinear", "build_head", "init_linear"]

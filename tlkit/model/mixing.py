@@ -9,28 +9,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
 
-from tlkit.config import Section
-
-
-class MixingConfig(Section):
-    mixup_alpha: float = Field(default=0.0, ge=0)
-    """Mixup Beta(alpha, alpha) concentration; 0 = off, 0.2-0.4 is typical for fine-tuning."""
-    cutmix_alpha: float = Field(default=0.0, ge=0)
-    """CutMix Beta(alpha, alpha) concentration; 0 = off, 1.0 is typical."""
-    prob: float = Field(default=1.0, ge=0, le=1)
-    """Probability that a batch is mixed at all."""
-    switch_prob: float = Field(default=0.5, ge=0, le=1)
-    """When both are on: probability of CutMix instead of Mixup for a batch."""
-    off_last_epochs: int = Field(default=0, ge=0)
-    """Train the last N epochs on clean images (mixed images differ from test images)."""
-
-    @property
-    def enabled(self) -> bool:
-        return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+from tlkit.model.settings import MixingConfig
 
 
 class BatchMixer(torch.nn.Module):

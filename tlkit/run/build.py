@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from datetime import datetime
 from pathlib import Path
 
-from tlkit.model.backbones import Preprocessing, create_backbone
 from tlkit.data.datamodule import ImageFolderDataModule
 from tlkit.data.generate import generate
+from tlkit.model.backbones import Preprocessing, create_backbone
 from tlkit.model.module import TransferModule
 from tlkit.recipe import Recipe
 
@@ -43,59 +42,25 @@ def build_datamodule(recipe: Recipe) -> ImageFolderDataModule:
 
 
 def build_module(recipe: Recipe, classes: list[str], *, class_weights: list[float] | None = None) -> TransferModule:
-    b, o, s = recipe.backbone, recipe.optim, recipe.schedule
+    """The recipe's sections are TransferModule's settings, passed as they are."""
     return TransferModule(
-        b.name,
+        recipe.backbone,
         classes,
-        weights=b.weights,
-        strategy=recipe.strategy.kind,
-        head=recipe.head.model_dump(),
-        optimizer=o.name,
-        lr=o.lr,
-        momentum=o.momentum,
-        weight_decay=o.weight_decay,
-        backbone_lr_mult=getattr(recipe.strategy, "backbone_lr_mult", 0.1),
-        l1=o.l1,
-        label_smoothing=o.label_smoothing,
-        schedule=s.kind,
-        warmup_epochs=s.warmup_epochs,
-        step_epochs=s.step_epochs,
-        gamma=s.gamma,
-        drop_path_rate=b.drop_path_rate,
-        mixing=recipe.mixing.model_dump(),
+        strategy=recipe.strategy,
+        head=recipe.head,
+        optim=recipe.optim,
+        schedule=recipe.schedule,
+        mixing=recipe.mixing,
         tta=recipe.tta.model_dump(),
-        preprocessing=preprocessing_overrides(recipe),
-        strategy_options=strategy_options(recipe),
         class_weights=class_weights,
     )
-
-
-def strategy_options(recipe: Recipe) -> dict:
-    """The strategy section as StrategyConfig fields (see tlkit.model.strategies)."""
-    s = recipe.strategy.model_dump()
-    options = {k: s[k] for k in ("probe_epochs", "unfreeze_every") if k in s}
-    if s.get("unfreeze_epochs"):
-        options["unfreeze_epochs"] = list(s["unfreeze_epochs"])
-    if "decay" in s:
-        options["layer_decay"] = s["decay"]
-    if "groups" in s:
-        options["coarse"] = s["groups"] == "coarse"
-    return options
-
-
-def preprocessing_overrides(recipe: Recipe) -> dict:
-    """The recipe's backbone.* preprocessing fields that are set (they win over the pretrained config)."""
-    b = recipe.backbone
-    values = {"input_size": b.input_size, "crop_pct": b.crop_pct, "interpolation": b.interpolation,
-              "mean": b.mean, "std": b.std}
-    return {k: v for k, v in values.items() if v is not None}
 
 
 def resolve_preprocessing(recipe: Recipe) -> Preprocessing:
     """The preprocessing a run of `recipe` will use, without loading any weights."""
     model, pretrained, _ = create_backbone(recipe.backbone.name, "none")
     del model
-    return pretrained.replace(**preprocessing_overrides(recipe))
+    return pretrained.replace(**recipe.backbone.preprocessing_overrides())
 
 
 

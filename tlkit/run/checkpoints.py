@@ -7,13 +7,23 @@ from pathlib import Path
 
 import torch
 
-from tlkit.infer.checkpoint import load_checkpoint, read_checkpoint
 from tlkit.data.datamodule import resolve_num_workers, scan_folder
 from tlkit.errors import DataError, DataNotFoundError, ExportError, did_you_mean
+from tlkit.infer.checkpoint import load_checkpoint, read_checkpoint, saved_split
 from tlkit.infer.inference import predict_files
+from tlkit.infer.predict import (
+    collect_inputs,
+    top_k_rows,
+    write_predictions_csv,
+    write_predictions_json,
+)
+from tlkit.infer.tta import (
+    DEFAULT_MAX_VIEWS_PER_FORWARD,
+    TTAPolicy,
+    normalize_spec,
+    resolve_policy,
+)
 from tlkit.model.module import TransferModule
-from tlkit.infer.predict import collect_inputs, top_k_rows, write_predictions_csv, write_predictions_json
-from tlkit.infer.tta import DEFAULT_MAX_VIEWS_PER_FORWARD, TTAPolicy, normalize_spec, resolve_policy
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +104,7 @@ def evaluate_checkpoint(
         "data": str(data),
         "split": split,
         "layout": scan.layout,
-        "backbone": module.hparams.backbone,
+        "backbone": module.hparams.backbone["name"],
         "preprocessing": module.preprocessing.to_dict(),
     }
     if scan.layout == "single" and split == "val":
@@ -103,7 +113,9 @@ def evaluate_checkpoint(
                         "defaults), which matches the run only if it used them", checkpoint, data)
         context["val_split"] = {"val_fraction": split_state.get("val_fraction", 0.2), "seed": split_state.get("seed", 42),
                                 "from_checkpoint": bool(split_state)}
-    from tlkit.infer.evaluate import evaluate_policies  # matplotlib and sklearn.metrics: imported only when evaluating
+    from tlkit.infer.evaluate import (
+        evaluate_policies,  # matplotlib and sklearn.metrics: imported only when evaluating
+    )
 
     report = evaluate_policies(
         module, samples, module.classes, policies, module.preprocessing, out_dir,
@@ -118,7 +130,7 @@ def _saved_split(checkpoint: str | Path) -> dict:
     """val_fraction / seed of the training run's split, as fit() recorded them in the checkpoint (else {})."""
     if Path(checkpoint).suffix == ".safetensors":
         return {}
-    saved = read_checkpoint(checkpoint)["tlkit"].get("data_split") or {}
+    saved = saved_split(read_checkpoint(checkpoint))
     return {k: saved[k] for k in ("val_fraction", "seed") if k in saved}
 
 

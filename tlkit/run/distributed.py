@@ -12,7 +12,6 @@ from typing_extensions import override
 
 from tlkit.errors import RecipeError
 
-
 RUN_DIR_ENV = "TLKIT_RUN_DIR"  # set by rank 0 while Lightning launches the other ranks, which re-run the command
 
 

@@ -21,7 +21,11 @@ from tlkit.data.cache import (
     view_seed,
     weights_fingerprint,
 )
-from tlkit.data.datamodule import FeatureDataModule, ImageFolderDataModule, PhasedDataModule
+from tlkit.data.datamodule import (
+    FeatureDataModule,
+    ImageFolderDataModule,
+    PhasedDataModule,
+)
 from tlkit.model.module import TransferModule
 from tlkit.recipe import Recipe
 
@@ -33,15 +37,16 @@ def choose_training_inputs(
 ) -> tuple[L.LightningDataModule, dict]:
     """Images, or cached features when the strategy is a linear probe (or lp_ft's probe phase) and the cache can
     honour the recipe."""
-    if recipe.strategy.kind not in ("linear_probe", "lp_ft") or not recipe.cache.features:
+    cached = module.strategy.cached_epochs(recipe.trainer.epochs)
+    if cached == 0 or not recipe.cache.features:
         return datamodule, {"used": False}
     if recipe.mixing.enabled:
         log.warning("feature cache: Mixup/CutMix mix images, not features, so this linear probe trains on images "
                     "(uncached); set mixing alphas to 0 to use the cache.")
         return datamodule, {"used": False, "reason": "image-space mixing requested"}
     features, info = build_feature_datamodule(recipe, datamodule, module)
-    if recipe.strategy.kind == "lp_ft":  # features while the backbone is frozen, images once it fine-tunes
-        return PhasedDataModule(features, datamodule, recipe.strategy.probe_epochs), {**info, "phase": "probe"}
+    if cached < recipe.trainer.epochs:  # features while the backbone is frozen, images once it fine-tunes
+        return PhasedDataModule(features, datamodule, cached), {**info, "phase": "probe"}
     return features, info
 
 
@@ -105,6 +110,7 @@ def build_feature_datamodule(
                        seed=recipe.seed),
         CachedFeatures(val[keep_val], [label for (_, label), k in zip(datamodule.scan.val, keep_val) if k]),
         batch_size=datamodule.batch_size, eval_batch_size=datamodule.eval_batch_size, seed=recipe.seed,
+        split=datamodule.split_info(),
     )
     return feature_dm, info
 

@@ -14,17 +14,24 @@ import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from tlkit.data.datamodule import balanced_class_weights, balanced_sample_weights
+from tlkit.data.preflight import preflight
 from tlkit.io import atomic_write
 from tlkit.model.ema import WeightEMA
 from tlkit.model.faults import AtomicCheckpointIO, FiniteLossGuard
-from tlkit.data.preflight import preflight
 from tlkit.recipe import Recipe, recipe_to_dict
 from tlkit.run.auto import resolve_auto_strategy
-from tlkit.data.datamodule import balanced_class_weights, balanced_sample_weights
 from tlkit.run.build import build_datamodule, build_module, default_run_dir
-from tlkit.run.distributed import RUN_DIR_ENV, check_shared_run_dir, inherited_run_dir, launch_rank
-from tlkit.run.distributed import TimmSyncBatchNorm, check_sync_batchnorm, lightning_strategy, shared_run_stamp
-from tlkit.model.strategies import STAGED
+from tlkit.run.distributed import (
+    RUN_DIR_ENV,
+    TimmSyncBatchNorm,
+    check_shared_run_dir,
+    check_sync_batchnorm,
+    inherited_run_dir,
+    launch_rank,
+    lightning_strategy,
+    shared_run_stamp,
+)
 from tlkit.run.features import choose_training_inputs, fit_head_closed_form
 from tlkit.run.resume import carry_over_metrics, history_up_to, resume_point
 from tlkit.seeding import BatchSeeding
@@ -74,7 +81,6 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
         if checked["warnings"]:
             log.warning("data: `tlkit doctor %s` inspects every image (modes, placeholders, truncation)",
                         recipe.data.root)
-    module.data_split = {"layout": datamodule.scan.layout, "val_fraction": recipe.data.val_fraction, "seed": recipe.seed}
 
     run_dir = run_dir if run_dir is not None else inherited_run_dir()
     check_shared_run_dir(run_dir is not None)
@@ -125,7 +131,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
         accelerator=recipe.trainer.accelerator,
         devices=recipe.trainer.devices,
         num_nodes=recipe.trainer.num_nodes,
-        strategy=lightning_strategy(recipe.trainer.strategy, staged=recipe.strategy.kind in STAGED),
+        strategy=lightning_strategy(recipe.trainer.strategy, staged=module.strategy.staged),
         sync_batchnorm=recipe.trainer.sync_batchnorm,
         plugins=[*([TimmSyncBatchNorm()] if recipe.trainer.sync_batchnorm else []), AtomicCheckpointIO()],
         precision=recipe.trainer.precision,

@@ -19,14 +19,18 @@ import lightning as L
 import torch
 import yaml
 
-from tlkit.io import save_figure
-from tlkit.io import atomic_write
 from tlkit.errors import TlkitError
-from tlkit.recipe import Recipe, apply_overrides, read_recipe_file, recipe_to_dict, validate_recipe
+from tlkit.io import atomic_write, save_figure
+from tlkit.recipe import (
+    Recipe,
+    apply_overrides,
+    read_recipe_file,
+    recipe_to_dict,
+    validate_recipe,
+)
 from tlkit.run.auto import resolve_auto_strategy
 from tlkit.run.build import build_datamodule, build_module
 from tlkit.run.features import choose_training_inputs
-from tlkit.model.strategies import build_param_groups
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +71,12 @@ def prepare(recipe: Recipe):
     return recipe, decision, datamodule, module, train_dm, cache_info
 
 
-def _optimizer(module, recipe: Recipe, *, weight_decay: float) -> torch.optim.Optimizer:
-    """The recipe's optimizer over the module's parameter groups (as TransferModule.configure_optimizers, no schedule)."""
-    groups = build_param_groups(module.backbone, module.head, strategy=recipe.strategy.kind, lr=recipe.optim.lr,
-                                weight_decay=weight_decay,
-                                backbone_lr_mult=getattr(recipe.strategy, "backbone_lr_mult", 0.1))
-    if recipe.optim.name == "sgd":
-        m = recipe.optim.momentum
-        return torch.optim.SGD(groups, lr=recipe.optim.lr, momentum=m, nesterov=m > 0)
-    return torch.optim.AdamW(groups, lr=recipe.optim.lr)
+def first_epoch_optimizer(module) -> torch.optim.Optimizer:
+    """The module's own optimizer with each group at the LR training gives it in epoch 0 (gated groups at 0)."""
+    optimizer = module.build_optimizer()
+    for group, factor in zip(optimizer.param_groups, module.lr_factors(0)):
+        group["lr"] = module.optim_config.lr * factor
+    return optimizer
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -108,7 +109,7 @@ def check(recipe: Recipe, *, batches: int = 2, per_class: int = 2, steps: int = 
     targets = torch.as_tensor([int(y) for _, y in items])
     module.train()
     torch.manual_seed(quiet.seed)
-    history = sanity.overfit(module, _optimizer(module, quiet, weight_decay=0.0), inputs, targets, steps)
+    history = sanity.overfit(module, first_epoch_optimizer(module), inputs, targets, steps)
     fit_result = sanity.overfit_check(history, num_classes)
     fit_result.values.update(images=len(chosen), lr=quiet.optim.lr)
     results = [loss_result, fit_result]
@@ -189,10 +190,7 @@ def lr_find(recipe: Recipe, *, out: str | Path | None = None, min_lr: float = 1e
     if not 0 < min_lr < max_lr:
         raise TlkitError(f"lr-find: need 0 < --min-lr < --max-lr; got {min_lr:g}, {max_lr:g}.")
     recipe, decision, datamodule, module, train_dm, cache_info = prepare(recipe)
-    mult = getattr(recipe.strategy, "backbone_lr_mult", 1.0)
-    ratios = [mult if g["name"].startswith("backbone") else 1.0
-              for g in build_param_groups(module.backbone, module.head, strategy=recipe.strategy.kind, lr=1.0,
-                                          weight_decay=0.0, backbone_lr_mult=mult)]
+    ratios = module.lr_factors(0)  # each group's LR / the head's, as training sets them in its first epoch
     trainer = L.Trainer(accelerator=recipe.trainer.accelerator, devices=recipe.trainer.devices,
                         precision=recipe.trainer.precision, logger=False, enable_checkpointing=False,
                         enable_progress_bar=recipe.trainer.progress_bar, enable_model_summary=False,
@@ -220,7 +218,9 @@ def lr_find(recipe: Recipe, *, out: str | Path | None = None, min_lr: float = 1e
         ax.plot([lrs[i]], [losses[i]], "o", ms=10, color="red", label=f"suggestion {suggestion:.2g} (steepest fall)")
     ax.axvspan(1e-4, 1e-1, color="green", alpha=0.06, label="seeds' search range 1e-4..1e-1")
     ax.set_xscale("log")
-    ax.set_xlabel("head learning rate" + (f" (backbone x {mult:g})" if recipe.strategy.kind == "finetune" else ""))
+    other = sorted({r for r in ratios if r not in (0.0, 1.0)}, reverse=True)
+    ax.set_xlabel("head learning rate" + (f" (other trained groups x {', '.join(f'{r:.3g}' for r in other[:4])}"
+                                          f"{', ...' if len(other) > 4 else ''})" if other else ""))
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)

@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlkit.io import save_figure
 from tlkit.errors import DataNotFoundError
+from tlkit.io import save_figure
 
 CURVES = ("train_loss", "val_loss", "train_acc", "val_acc")
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tlkit.io import save_figure
 from tlkit.errors import RecipeError, did_you_mean
+from tlkit.io import save_figure
 from tlkit.model.heads import ACTIVATIONS, INITS, init_linear
 
 
