@@ -216,27 +216,40 @@ class TransferModule(L.LightningModule):
         trainer = self._trainer
         return trainer.max_epochs if trainer is not None and trainer.max_epochs not in (None, -1) else None
 
-    @override
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
+        """Loss and metrics of a labelled batch, logged as <split>_loss, <split>_acc, <split>_balanced_acc, ..."""
         images, targets = batch
-        if len(targets) == 0:
+        if len(targets) == 0:  # every file of this batch failed to decode (data.on_bad_image: skip)
             return
         logits = self(images)
-        # Validation loss is plain cross-entropy (no smoothing) so runs with different smoothing compare fairly.
+        # Plain cross-entropy (no smoothing) so runs with different smoothing compare fairly.
         loss = self._loss(logits, targets, smoothing=0.0)
-        self.val_acc(logits, targets)
-        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets),
+        n = len(targets)
+        self.log(f"{split}_loss", loss, on_step=False, on_epoch=True, prog_bar=split == "val", batch_size=n,
                  sync_dist=True)
-        self.log("val_acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
-        self.val_balanced_acc(logits, targets)
-        self.val_macro_f1(logits, targets)
-        self.log("val_balanced_acc", self.val_balanced_acc, on_step=False, on_epoch=True, batch_size=len(targets))
-        self.log("val_macro_f1", self.val_macro_f1, on_step=False, on_epoch=True, batch_size=len(targets))
+        for name in ("acc", "balanced_acc", "macro_f1"):
+            metric = getattr(self, f"{split}_{name}")
+            metric(logits, targets)
+            self.log(f"{split}_{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "acc" and split == "val",
+                     batch_size=n)
 
     @override
-    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(images).softmax(dim=-1)
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    @override
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    @override
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        """Class probabilities; with (images, paths) batches (a prediction datamodule) the paths come back too."""
+        if isinstance(batch, (tuple, list)):
+            images, rest = batch[0], batch[1]
+            paths = list(rest) if isinstance(rest, (list, tuple)) and rest and isinstance(rest[0], str) else None
+        else:
+            images, paths = batch, None
+        return {"probs": self(images).softmax(dim=-1), "paths": paths}
 
     # -- optimisation --------------------------------------------------------------------------------------------
 
