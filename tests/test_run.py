@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+
+import lightning as L
 
 import pytest
 import torch
@@ -12,7 +15,9 @@ from conftest import tiny_recipe_dict, write_colour_classes
 from tlkit.data.generate import write_digits
 from tlkit.infer.checkpoint import load_checkpoint, read_checkpoint
 from tlkit.recipe import validate_recipe
+from tlkit.errors import DataError
 from tlkit.run import default_run_dir, fit
+from tlkit.run.fit import RunDirError
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +132,60 @@ def test_last_checkpoint_holds_the_final_epoch_even_when_best_came_earlier(tiny_
     assert last["epoch"] == metrics["epochs"] - 1 == 2
     assert best["epoch"] < last["epoch"]  # colours are learnt early; later epochs do not beat 100%
     assert metrics["last_checkpoint"].endswith("last.ckpt")
+
+
+def test_a_non_empty_run_dir_is_refused_and_left_as_it_was(tiny_run, tmp_path):
+    recipe, _, run_dir = tiny_run
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(RunDirError, match=r"not empty; continue it with tlkit train --resume .*--overwrite"):
+        fit(recipe, run_dir=run_dir)
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("keep me")
+    with pytest.raises(RunDirError, match="not a tlkit run"):
+        fit(recipe, run_dir=foreign, overwrite=True)
+    assert (foreign / "mine.txt").read_text() == "keep me"
+
+
+def test_overwrite_replaces_an_earlier_run(tmp_path):
+    root = write_colour_classes(tmp_path / "colours", per_class=4)
+    recipe = validate_recipe(tiny_recipe_dict(root, trainer={"epochs": 1}))
+    fit(recipe, run_dir=tmp_path / "run")
+    (tmp_path / "run" / "checkpoints" / "best-v1.ckpt").write_bytes(b"stale")
+    metrics = fit(recipe, run_dir=tmp_path / "run", overwrite=True)
+    assert not (tmp_path / "run" / "checkpoints" / "best-v1.ckpt").exists()
+    assert Path(metrics["best_checkpoint"]).name == "best.ckpt"
+
+
+class _RemoveDataAfterFirstEpoch(L.Callback):
+    def __init__(self, root: Path):
+        self.root = root
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            shutil.move(self.root, self.root.with_name("moved-away"))
+
+
+def test_a_run_whose_data_disappears_stops_instead_of_reporting_success(tmp_path):
+    root = write_colour_classes(tmp_path / "colours", per_class=4)
+    recipe = validate_recipe(tiny_recipe_dict(root, trainer={"epochs": 3}, cache={"features": False},
+                                              data={"on_bad_image": "skip", "batch_size": 4}))
+    with pytest.raises(DataError, match=r"epoch \d: none of the \d+ (training|validation) images could be read"):
+        fit(recipe, run_dir=tmp_path / "run", callbacks=[_RemoveDataAfterFirstEpoch(root)])
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_mid_run_skips_under_the_threshold_are_counted_in_metrics(tmp_path):
+    root = write_colour_classes(tmp_path / "colours", per_class=6)
+    broken = sorted((root / "train").rglob("*.png"))[0]
+    recipe = validate_recipe(tiny_recipe_dict(root, trainer={"epochs": 2}, cache={"features": False},
+                                              data={"on_bad_image": "skip", "max_bad_fraction": 0.5}))
+
+    class Truncate(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            broken.write_bytes(b"not a png any more")
+
+    metrics = fit(recipe, run_dir=tmp_path / "run", callbacks=[Truncate()])
+    assert metrics["skipped_mid_run"]["train"] >= 1
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped_mid_run"] == metrics["skipped_mid_run"]

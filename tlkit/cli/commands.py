@@ -31,6 +31,9 @@ def format_summary(metrics: dict) -> str:
         ("strategy", str(metrics.get("strategy"))),
         ("run directory", str(metrics.get("run_dir"))),
     ]
+    mid_run = metrics.get("skipped_mid_run") or {}
+    if any(mid_run.values()):  # files that vanished or broke after the scan (listed in skipped_mid_run.txt)
+        rows.insert(6, ("skipped mid-run train / val", f"{mid_run.get('train', 0)} / {mid_run.get('val', 0)}"))
     width = max(len(k) for k, _ in rows)
     value_width = max(len(v) for _, v in rows)
     rule = f"+-{'-' * width}-+-{'-' * value_width}-+"
@@ -55,7 +58,9 @@ def _train(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.recipe, overrides)  # fails fast, before any data scan or model build
     from tlkit.run import fit
 
-    metrics = fit(recipe, run_dir=args.resume or args.run_dir, resume=bool(args.resume))
+    if args.resume and args.overwrite:
+        raise RecipeError("--resume continues a run and --overwrite replaces one; give only one of them.")
+    metrics = fit(recipe, run_dir=args.resume or args.run_dir, resume=bool(args.resume), overwrite=args.overwrite)
     from tlkit.run.distributed import launch_rank
 
     if launch_rank() == 0:  # under torchrun / srun every rank trains; one summary is enough

@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a recipe and print a summary")
     _add_recipe_args(train, required=False)
     train.add_argument("--run-dir", help="write the run exactly here (default runs/<recipe>/<timestamp>/)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier run in --run-dir (by default a non-empty run directory is refused)")
     train.add_argument("--resume", metavar="RUN_DIR",
                        help="continue a killed run from its checkpoints/last.ckpt, with the recipe it saved")
     train.add_argument("--no-cache", action="store_true",

@@ -33,6 +33,9 @@ class DataConfig(Section):
     """Class imbalance: sampler = draw training images with replacement so each class is equally likely (seeded);
     loss_weights = weight the training loss by n / (C x count_c) (scikit-learn's "balanced"); none = as the data is.
     Balanced accuracy and macro-F1 are logged either way (val_balanced_acc, val_macro_f1)."""
+    max_bad_fraction: float = Field(default=0.1, ge=0, le=1)
+    """Stop when more than this fraction of an epoch's training or validation images fail to decode mid-run (an
+    epoch with none at all always stops): a vanished data folder must not train on nothing and report success."""
 
 
 class ColorJitter(Section):

@@ -1,5 +1,5 @@
-"""Surviving faults during training: atomic checkpoint writes and a NaN/inf loss guard (plain Lightning plugins and
-callbacks with typed arguments; tlkit.run.fit wires them up)."""
+"""Surviving faults during training: atomic checkpoint writes, a NaN/inf loss guard and a data-health guard (plain
+Lightning plugins and callbacks with typed arguments; tlkit.run.fit wires them up, a Lightning project can too)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
-from tlkit.errors import TrainingDivergedError
+from tlkit.errors import DataError, TrainingDivergedError
 from tlkit.io import atomic_open
 
 
@@ -53,3 +53,73 @@ class FiniteLossGuard(Callback):
             f"Training loss became {float(loss.detach()):g} at {where}; {cause}. Stopped without applying this update; "
             "checkpoints/ (if any) hold the last completed epoch."
         )
+
+
+class DataHealthGuard(Callback):
+    """Count the samples each epoch actually trained and validated on; stop when an epoch had none, or when more than
+    `max_bad_fraction` of its images failed to decode (files deleted, moved or truncated after the scan).
+
+    Under data.on_bad_image: skip a bad file is dropped from its batch (never replaced), so a vanished data folder
+    would otherwise train and validate on nothing and still report success. Missing = the batches' nominal size
+    (the loader's batch_size, the last one capped by the dataset length) minus the samples that arrived.
+    """
+
+    def __init__(self, max_bad_fraction: float = 0.1):
+        self.max_bad_fraction = max_bad_fraction
+        self.skipped = {"train": 0, "val": 0}  # whole run, for the summary and metrics.json
+        self._seen = {"train": 0, "val": 0}
+        self._batches = {"train": 0, "val": 0}
+
+    def _start(self, split: str) -> None:
+        self._seen[split] = self._batches[split] = 0
+
+    def _count(self, split: str, batch: Any) -> None:
+        targets = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+        if torch.is_tensor(targets):
+            self._seen[split] += len(targets)
+            self._batches[split] += 1
+
+    def _check(self, trainer: L.Trainer, split: str, loaders: Any) -> None:
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        batch_size = getattr(loader, "batch_size", None)
+        sampler = getattr(loader, "sampler", None)
+        if not batch_size or sampler is None or self._batches[split] == 0 and not len(sampler):
+            return  # not a map-style loader of ours, or an empty split (reported elsewhere)
+        expected = min(self._batches[split] * batch_size, len(sampler)) if self._batches[split] else len(sampler)
+        missing = max(0, expected - self._seen[split])
+        self.skipped[split] += missing
+        what = "training" if split == "train" else "validation"
+        epoch = trainer.current_epoch + 1
+        if self._seen[split] == 0:
+            raise DataError(f"epoch {epoch}: none of the {expected} {what} images could be read (moved, deleted or "
+                            "unreadable files?); check the data folder, then resume the run with tlkit train --resume.")
+        if missing > self.max_bad_fraction * expected:
+            raise DataError(f"epoch {epoch}: {missing} of {expected} {what} images failed to decode (more than "
+                            f"data.max_bad_fraction={self.max_bad_fraction:g}); see skipped_mid_run.txt in the run "
+                            "directory, repair or remove those files, or raise data.max_bad_fraction.")
+
+    @override
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start("train")
+
+    @override
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._count("train", batch)
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer, "train", trainer.train_dataloader)
+
+    @override
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start("val")
+
+    @override
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        self._count("val", batch)
+
+    @override
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._check(trainer, "val", trainer.val_dataloaders)

@@ -1,69 +1,95 @@
-"""fit(recipe) -> metrics dict: train a recipe and write its run directory (DESIGN.md contract 7)."""
+"""fit(recipe) -> FitResult: train a recipe and write its run directory (DESIGN.md contract 7).
+
+A thin composition of public pieces: the datamodule and TransferModule built from the recipe's sections, Lightning's
+Trainer with tlkit's callbacks (checkpoints, LR monitor, seeding, EMA, loss and data-health guards), plus what only a
+run directory needs: the folder itself (never reused silently), the recipe and classes beside the checkpoints, the
+preflight warnings, resume, and metrics.json.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TypedDict
 
 import lightning as L
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from tlkit.data.datamodule import balanced_class_weights, balanced_sample_weights
+from tlkit.data.datamodule import ImageFolderDataModule, balanced_class_weights, balanced_sample_weights
 from tlkit.data.preflight import preflight
+from tlkit.errors import TlkitError
 from tlkit.io import atomic_write
 from tlkit.model.ema import WeightEMA
-from tlkit.model.faults import AtomicCheckpointIO, FiniteLossGuard
+from tlkit.model.faults import AtomicCheckpointIO, DataHealthGuard, FiniteLossGuard
+from tlkit.model.module import TransferModule
 from tlkit.recipe import Recipe, recipe_to_dict
 from tlkit.run.auto import resolve_auto_strategy
 from tlkit.run.build import build_datamodule, build_module, default_run_dir
-from tlkit.run.distributed import (
-    RUN_DIR_ENV,
-    TimmSyncBatchNorm,
-    check_shared_run_dir,
-    check_sync_batchnorm,
-    inherited_run_dir,
-    launch_rank,
-    lightning_strategy,
-    shared_run_stamp,
-)
+from tlkit.run.distributed import RUN_DIR_ENV, check_shared_run_dir, inherited_run_dir, launch_rank
+from tlkit.run.distributed import TimmSyncBatchNorm, check_sync_batchnorm, lightning_strategy, shared_run_stamp
 from tlkit.run.features import choose_training_inputs, fit_head_closed_form
-from tlkit.run.resume import carry_over_metrics, history_up_to, resume_point
+from tlkit.run.resume import ResumePoint, carry_over_metrics, history_up_to, resume_point
 from tlkit.seeding import BatchSeeding
 
 log = logging.getLogger(__name__)
 
+RUN_MARKERS = ("recipe.yaml", "metrics.csv", "metrics.json", "checkpoints")  # what makes a folder a tlkit run
 
-def _save_closed_form_checkpoints(trainer: L.Trainer, checkpoint: ModelCheckpoint, run_dir: Path) -> None:
-    directory = run_dir / "checkpoints"
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in ("best.ckpt", "last.ckpt"):
-        trainer.save_checkpoint(directory / name)
-    checkpoint.best_model_path = str(directory / "best.ckpt")
-    checkpoint.last_model_path = str(directory / "last.ckpt")
-    score = trainer.callback_metrics.get("val_acc")
-    checkpoint.best_model_score = score.detach().clone() if score is not None else None
+
+class RunDirError(TlkitError, FileExistsError):
+    """The run directory already holds something; tlkit never overwrites a run silently."""
+
+
+class FitResult(TypedDict, total=False):
+    """What fit() returns and writes to metrics.json."""
+
+    val_acc: float | None
+    val_loss: float | None
+    val_balanced_acc: float | None
+    val_macro_f1: float | None
+    best_val_acc: float | None
+    train_acc: float | None
+    train_loss: float | None
+    balance: str
+    epochs: int
+    wall_s: float
+    num_classes: int
+    num_train: int
+    num_val: int
+    skipped_files: int
+    skipped_mid_run: dict[str, int]
+    data_warnings: list[str]
+    feature_cache: dict
+    backbone: str
+    weights: str
+    strategy: str
+    strategy_auto: dict
+    resumed_from_epoch: int
+    run_dir: str
+    best_checkpoint: str
+    last_checkpoint: str
 
 
 def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.Callback] | None = None,
-        resume: bool = False) -> dict:
+        resume: bool = False, overwrite: bool = False) -> FitResult:
     """Train `recipe`; write the run directory; return the final metrics (also written to metrics.json).
 
-    `callbacks` are added to the trainer's (the search's pruning callback uses this). resume=True continues `run_dir`
-    from its checkpoints/last.ckpt (recipe from load_run_recipe); on CPU with the same seed the finished run equals an
-    uninterrupted one (tlkit.seeding). A finished run is not trained again: its metrics.json is returned."""
-    if resume:
-        if run_dir is None:
-            raise ValueError("resume=True needs the run_dir to continue.")
-        finished = Path(run_dir) / "metrics.json"
-        if finished.is_file():
-            log.info("%s already finished (metrics.json exists); nothing to resume.", run_dir)
-            return json.loads(finished.read_text())
+    run_dir: default runs/<recipe name>/<timestamp>/. A folder that already holds files is refused unless
+    resume=True (continue it from checkpoints/last.ckpt, with the recipe from load_run_recipe; on CPU with the same
+    seed the finished run equals an uninterrupted one) or overwrite=True (replace an earlier tlkit run there).
+    callbacks: added to the trainer's (the search's pruning callback uses this). A finished run is not trained again.
+    """
+    if resume and run_dir is not None and (Path(run_dir) / "metrics.json").is_file():
+        log.info("%s already finished (metrics.json exists); nothing to resume.", run_dir)
+        return json.loads((Path(run_dir) / "metrics.json").read_text())
     started = time.perf_counter()
     check_sync_batchnorm(recipe.trainer.sync_batchnorm, recipe.trainer.accelerator)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
@@ -82,35 +108,18 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
             log.warning("data: `tlkit doctor %s` inspects every image (modes, placeholders, truncation)",
                         recipe.data.root)
 
-    run_dir = run_dir if run_dir is not None else inherited_run_dir()
-    check_shared_run_dir(run_dir is not None)
-    if run_dir is None and shared_run_stamp() is not None:
-        run_dir = Path(recipe.output.runs_dir) / recipe.name / shared_run_stamp()
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
-    is_rank_zero = launch_rank() == 0  # under torchrun / srun every rank runs fit(); only rank 0 writes files
-    run_dir.mkdir(parents=True, exist_ok=True)
-    auto_note = f"# strategy: auto -> {auto_decision['kind']} ({auto_decision['reason']})\n" if auto_decision else ""
+    run_dir = prepare_run_dir(recipe, run_dir, resume=resume, overwrite=overwrite)
     resume_from = resume_point(run_dir, datamodule.classes) if resume else None
-    if is_rank_zero and not resume:
-        log.info("run directory: %s (if this run is interrupted: tlkit train --resume %s)", run_dir, run_dir)
-    if resume:
-        log.info("resuming %s from %s", run_dir, f"epoch {resume_from.epoch + 2} ({resume_from.path})"
-                    if resume_from else "epoch 1 (it stopped before its first checkpoint)")
-    # A resumed run keeps the recipe.yaml it started with (and its auto note).
-    if is_rank_zero and not (resume and (run_dir / "recipe.yaml").is_file()):
-        atomic_write(run_dir / "recipe.yaml", auto_note + yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
-        atomic_write(run_dir / "classes.json", json.dumps(datamodule.classes, indent=2) + "\n")
-        if datamodule.scan.skipped:
-            atomic_write(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))
+    if launch_rank() == 0:
+        if resume:
+            log.info("resuming %s from %s", run_dir, f"epoch {resume_from.epoch + 2} ({resume_from.path})"
+                     if resume_from else "epoch 1 (it stopped before its first checkpoint)")
+        else:
+            log.info("run directory: %s (if this run is interrupted: tlkit train --resume %s)", run_dir, run_dir)
+        if not (resume and (run_dir / "recipe.yaml").is_file()):  # a resumed run keeps the recipe it started with
+            _write_run_files(run_dir, recipe, datamodule, auto_decision)
 
-    datamodule.bad_log = run_dir / "skipped_mid_run.txt"  # data.on_bad_image: skip lists files here
-    fit_datamodule, cache_info = choose_training_inputs(recipe, datamodule, module)
-    weights = balanced_sample_weights(train_labels, datamodule.num_classes) if recipe.data.balance == "sampler" else None
-    for dm in (datamodule, fit_datamodule, getattr(fit_datamodule, "features", None)):  # images, cached features
-        if dm is not None and hasattr(dm, "sample_weights"):
-            dm.sample_weights = weights  # data.balance: sampler draws class-balanced batches
-            dm.seed = recipe.seed
-            dm.first_epoch = resume_from.epoch + 1 if resume_from is not None else 0
+    fit_datamodule, cache_info = _training_inputs(recipe, datamodule, module, run_dir, resume_from)
     epochs = recipe.trainer.epochs
     if getattr(recipe.strategy, "solver", "sgd") == "lbfgs":  # the recipe guarantees cached features here
         cache_info["solver"] = fit_head_closed_form(module, fit_datamodule, recipe.seed)
@@ -122,61 +131,15 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
     last = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False
     )
-    steps_per_epoch = max(1, len(datamodule.scan.train) // recipe.data.batch_size)
-    logger = CSVLogger(save_dir=str(run_dir), name="", version="")
-    if resume_from is not None and is_rank_zero:  # keep the killed run's history; the resumed epochs append to it
-        carry_over_metrics(logger, history_up_to(run_dir / "metrics.csv", resume_from))
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator=recipe.trainer.accelerator,
-        devices=recipe.trainer.devices,
-        num_nodes=recipe.trainer.num_nodes,
-        strategy=lightning_strategy(recipe.trainer.strategy, staged=module.strategy.staged),
-        sync_batchnorm=recipe.trainer.sync_batchnorm,
-        plugins=[*([TimmSyncBatchNorm()] if recipe.trainer.sync_batchnorm else []), AtomicCheckpointIO()],
-        precision=recipe.trainer.precision,
-        logger=logger,
-        callbacks=[checkpoint, last, LearningRateMonitor(logging_interval="epoch"), BatchSeeding(recipe.seed),
-                   *([WeightEMA(recipe.optim.ema_decay)] if recipe.optim.ema_decay > 0 else []),
-                   FiniteLossGuard(recipe.optim.lr), *(callbacks or [])],
-        enable_progress_bar=recipe.trainer.progress_bar,
-        enable_model_summary=False,
-        log_every_n_steps=min(50, steps_per_epoch),
-        num_sanity_val_steps=0,
-        reload_dataloaders_every_n_epochs=getattr(fit_datamodule, "reload_every_n_epochs", 0),  # lp_ft: phased
-    )
+    health = DataHealthGuard(recipe.data.max_bad_fraction)
+    trainer = _build_trainer(recipe, run_dir, epochs, fit_datamodule, resume_from,
+                             [checkpoint, last, health, *(callbacks or [])], num_train=len(datamodule.scan.train))
     L.seed_everything(recipe.seed, workers=True, verbose=False)  # both paths start training from the same RNG state
-    with warnings.catch_warnings():
-        # Lightning suggests more workers than a 2-core machine has; the recipe's num_workers is deliberate.
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        # The run dir already holds recipe.yaml and classes.json; the CSV logger only manages metrics.csv.
-        warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
-        # A frozen backbone is in eval mode on purpose (DESIGN.md contract 4).
-        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
-        if epochs == 0:
-            trainer.validate(module, datamodule=fit_datamodule, verbose=False)
-            _save_closed_form_checkpoints(trainer, checkpoint, run_dir)
-        elif resume_from is not None and resume_from.epoch + 1 >= epochs:  # killed after its last checkpoint
-            trainer.validate(module, datamodule=fit_datamodule, ckpt_path=str(resume_from.path), verbose=False)
-        else:
-            # Lightning's ddp launcher starts the other ranks here, re-running this command: they inherit the run dir.
-            previous = os.environ.get(RUN_DIR_ENV)
-            os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
-            try:
-                trainer.fit(module, datamodule=fit_datamodule,
-                            ckpt_path=str(resume_from.path) if resume_from is not None else None)
-            finally:
-                if previous is None:
-                    os.environ.pop(RUN_DIR_ENV, None)
-                else:
-                    os.environ[RUN_DIR_ENV] = previous
+    _train(trainer, module, fit_datamodule, run_dir, epochs, resume_from, checkpoint)
 
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    metrics = {
-        "val_acc": logged.get("val_acc"),
-        "val_loss": logged.get("val_loss"),
-        "val_balanced_acc": logged.get("val_balanced_acc"),
-        "val_macro_f1": logged.get("val_macro_f1"),
+    metrics: FitResult = {
+        **{k: logged.get(k) for k in ("val_acc", "val_loss", "val_balanced_acc", "val_macro_f1")},
         "balance": recipe.data.balance,
         "train_acc": logged.get("train_acc"),
         "train_loss": logged.get("train_loss"),
@@ -187,6 +150,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
         "num_train": len(datamodule.scan.train),
         "num_val": len(datamodule.scan.val),
         "skipped_files": len(datamodule.scan.skipped),
+        "skipped_mid_run": dict(health.skipped),
         "data_warnings": checked["warnings"],
         "feature_cache": cache_info,
         "backbone": recipe.backbone.name,
@@ -198,7 +162,145 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
         "best_checkpoint": checkpoint.best_model_path,
         "last_checkpoint": last.best_model_path or checkpoint.last_model_path,
     }
-    if is_rank_zero:
+    if launch_rank() == 0:
         atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
+
+def prepare_run_dir(recipe: Recipe, run_dir: str | Path | None, *, resume: bool, overwrite: bool) -> Path:
+    """The run's folder, created; an existing non-empty one only with resume or (for an earlier run) overwrite."""
+    if resume and run_dir is None:
+        raise ValueError("resume=True needs the run_dir to continue.")
+    inherited = run_dir is None and inherited_run_dir() is not None  # a DDP rank started by Lightning's launcher
+    run_dir = run_dir if run_dir is not None else inherited_run_dir()
+    check_shared_run_dir(run_dir is not None)
+    if run_dir is None and shared_run_stamp() is not None:
+        run_dir = Path(recipe.output.runs_dir) / recipe.name / shared_run_stamp()
+        inherited = launch_rank() != 0  # every rank of torchrun / srun names the same folder; rank 0 checks it
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
+    if not (resume or inherited or launch_rank() != 0):
+        _refuse_reuse(run_dir, overwrite=overwrite)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _refuse_reuse(run_dir: Path, *, overwrite: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} is a file; choose another --run-dir.")
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    is_run = any((run_dir / name).exists() for name in RUN_MARKERS)
+    if overwrite and is_run:
+        log.warning("replacing the earlier run in %s (--overwrite)", run_dir)
+        shutil.rmtree(run_dir)
+        return
+    if overwrite:
+        raise RunDirError(f"run directory {run_dir} holds files that are not a tlkit run; --overwrite only replaces "
+                          "an earlier run. Choose an empty or new --run-dir.")
+    hint = (f"continue it with tlkit train --resume {run_dir}, replace it with --overwrite, or choose a new "
+            "--run-dir" if is_run else "choose an empty or new --run-dir")
+    raise RunDirError(f"run directory {run_dir} is not empty; {hint}.")
+
+
+def _write_run_files(run_dir: Path, recipe: Recipe, datamodule: ImageFolderDataModule, auto: dict | None) -> None:
+    auto_note = f"# strategy: auto -> {auto['kind']} ({auto['reason']})\n" if auto else ""
+    atomic_write(run_dir / "recipe.yaml", auto_note + yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    atomic_write(run_dir / "classes.json", json.dumps(datamodule.classes, indent=2) + "\n")
+    if datamodule.scan.skipped:
+        atomic_write(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))
+
+
+def _training_inputs(recipe: Recipe, datamodule: ImageFolderDataModule, module: TransferModule, run_dir: Path,
+                     resume_from: ResumePoint | None) -> tuple[L.LightningDataModule, dict]:
+    """Images, or cached features where the strategy allows; balanced sampling and the resume epoch applied."""
+    datamodule.bad_log = run_dir / "skipped_mid_run.txt"  # data.on_bad_image: skip lists files here
+    fit_datamodule, cache_info = choose_training_inputs(recipe, datamodule, module)
+    train_labels = [label for _, label in datamodule.scan.train]
+    weights = (balanced_sample_weights(train_labels, datamodule.num_classes)
+               if recipe.data.balance == "sampler" else None)
+    for dm in (datamodule, fit_datamodule, getattr(fit_datamodule, "features", None)):  # images, cached features
+        if dm is not None and hasattr(dm, "sample_weights"):
+            dm.sample_weights = weights  # data.balance: sampler draws class-balanced batches
+            dm.seed = recipe.seed
+            dm.first_epoch = resume_from.epoch + 1 if resume_from is not None else 0
+    return fit_datamodule, cache_info
+
+
+def _build_trainer(recipe: Recipe, run_dir: Path, epochs: int, fit_datamodule: L.LightningDataModule,
+                   resume_from: ResumePoint | None, callbacks: list[L.Callback], num_train: int) -> L.Trainer:
+    t = recipe.trainer
+    logger = CSVLogger(save_dir=str(run_dir), name="", version="")
+    if resume_from is not None and launch_rank() == 0:  # keep the killed run's history; resumed epochs append to it
+        carry_over_metrics(logger, history_up_to(run_dir / "metrics.csv", resume_from))
+    steps_per_epoch = max(1, num_train // recipe.data.batch_size)
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=lightning_strategy(t.strategy, staged=recipe.strategy.staged),
+        sync_batchnorm=t.sync_batchnorm,
+        plugins=[*([TimmSyncBatchNorm()] if t.sync_batchnorm else []), AtomicCheckpointIO()],
+        precision=t.precision,
+        logger=logger,
+        callbacks=[LearningRateMonitor(logging_interval="epoch"), BatchSeeding(recipe.seed),
+                   *([WeightEMA(recipe.optim.ema_decay)] if recipe.optim.ema_decay > 0 else []),
+                   FiniteLossGuard(recipe.optim.lr), *callbacks],
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=min(50, steps_per_epoch),
+        num_sanity_val_steps=0,
+        reload_dataloaders_every_n_epochs=getattr(fit_datamodule, "reload_every_n_epochs", 0),  # lp_ft: phased
+    )
+
+
+def _train(trainer: L.Trainer, module: TransferModule, fit_datamodule: L.LightningDataModule, run_dir: Path,
+           epochs: int, resume_from: ResumePoint | None, checkpoint: ModelCheckpoint) -> None:
+    with _quiet_intended_warnings():
+        if epochs == 0:  # closed-form head: validate, then write best.ckpt and last.ckpt
+            trainer.validate(module, datamodule=fit_datamodule, verbose=False)
+            _save_closed_form_checkpoints(trainer, checkpoint, run_dir)
+        elif resume_from is not None and resume_from.epoch + 1 >= epochs:  # killed after its last checkpoint
+            trainer.validate(module, datamodule=fit_datamodule, ckpt_path=str(resume_from.path), verbose=False)
+        else:
+            with _run_dir_for_other_ranks(run_dir):
+                trainer.fit(module, datamodule=fit_datamodule,
+                            ckpt_path=str(resume_from.path) if resume_from is not None else None)
+
+
+@contextmanager
+def _quiet_intended_warnings():
+    with warnings.catch_warnings():
+        # Lightning suggests more workers than a 2-core machine has; the recipe's num_workers is deliberate.
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # The run dir already holds recipe.yaml and classes.json; the CSV logger only manages metrics.csv.
+        warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+        # A frozen backbone is in eval mode on purpose (DESIGN.md contract 4).
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
+        yield
+
+
+@contextmanager
+def _run_dir_for_other_ranks(run_dir: Path):
+    """Lightning's ddp launcher starts the other ranks inside trainer.fit, re-running this command: they inherit the
+    run directory through the environment."""
+    previous = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous
+
+
+def _save_closed_form_checkpoints(trainer: L.Trainer, checkpoint: ModelCheckpoint, run_dir: Path) -> None:
+    directory = run_dir / "checkpoints"
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("best.ckpt", "last.ckpt"):
+        trainer.save_checkpoint(directory / name)
+    checkpoint.best_model_path = str(directory / "best.ckpt")
+    checkpoint.last_model_path = str(directory / "last.ckpt")
+    score = trainer.callback_metrics.get("val_acc")
+    checkpoint.best_model_score = score.detach().clone() if score is not None else None
