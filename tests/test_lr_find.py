@@ -96,3 +96,60 @@ def test_sweep_hooks_keep_the_backbone_ratio_and_record_losses():
     assert [g["lr"] for g in groups] == pytest.approx([0.05, 0.5])
     assert hooks.losses == pytest.approx([0.7])
     assert not hasattr(module, "on_train_batch_start")
+
+
+@pytest.mark.parametrize("strategy", [{"kind": "layer_decay", "decay": 0.5, "groups": "coarse"},
+                                      {"kind": "gradual", "unfreeze_every": 1, "groups": "coarse"}])
+def test_check_and_lr_find_apply_the_group_lr_ratios_training_applies(tmp_path, monkeypatch, strategy):
+    """One optimizer builder: the ratios of each group's LR to the head's in training's first step are the ones
+    lr-find sweeps with and check overfits with (layer_decay: decay^depth; gradual: 0 for still-frozen groups)."""
+    import lightning as L
+
+    from tlkit.recipe import validate_recipe
+    from tlkit.run import build_datamodule, build_module, tuning
+    from tlkit.tune import sanity
+
+    def ratios(groups) -> list[float]:
+        lrs = [g["lr"] for g in groups]
+        return [lr / lrs[0] for lr in lrs]  # the head's group comes first
+
+    recipe = validate_recipe(tiny_recipe_dict(write_colour_classes(tmp_path / "c"), backbone={"name": "test_resnet"},
+                                              strategy=strategy, trainer={"epochs": 3}, cache={"features": False}))
+    trained: list[list[float]] = []
+
+    class FirstStep(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            trained.append(ratios(trainer.optimizers[0].param_groups))
+
+    dm = build_datamodule(recipe)
+    module = build_module(recipe, dm.classes)
+    dm.preprocessing = module.preprocessing
+    L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, accelerator="cpu", logger=False,
+              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+              callbacks=[FirstStep()]).fit(module, datamodule=dm)
+    if strategy["kind"] == "layer_decay":
+        assert sorted(set(trained[0]), reverse=True)[:3] == pytest.approx([1.0, 0.5, 0.25])
+    else:
+        assert 0.0 in trained[0] and trained[0][0] == 1.0
+
+    swept: list[list[float]] = []
+    sweep_step = tuning._SweepHooks.on_train_batch_start
+
+    def record_sweep(self, batch, batch_idx):
+        sweep_step(self, batch, batch_idx)
+        swept.append(ratios(self.module.trainer.optimizers[0].param_groups))
+
+    monkeypatch.setattr(tuning._SweepHooks, "on_train_batch_start", record_sweep)
+    tuning.lr_find(recipe, out=tmp_path / "lr.png", num_training=3)
+    assert swept and all(r == pytest.approx(trained[0]) for r in swept)
+
+    checked: list[list[float]] = []
+    overfit = sanity.overfit
+
+    def record_check(module, optimizer, *args, **kwargs):
+        checked.append(ratios(optimizer.param_groups))
+        return overfit(module, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(sanity, "overfit", record_check)
+    tuning.check(recipe, steps=2)
+    assert checked == [pytest.approx(trained[0])]

@@ -336,3 +336,20 @@ def test_tta_errors_are_reported_with_dotted_paths():
 def test_misspelt_tta_policy_gets_did_you_mean():
     with pytest.raises(RecipeError, match="Did you mean 'multi_scale'"):
         load_recipe(None, ["data.root=/data", "tta.policy=multiscale"])
+
+
+def test_python_defaults_are_the_recipe_defaults(colour_folder):
+    """One definition per setting: a TransferModule built with no settings equals the one a minimal recipe
+    (only data.root) builds, section by section and field by field."""
+    from tlkit.model.module import TransferModule
+    from tlkit.run import build_module
+
+    recipe = validate_recipe({"data": {"root": str(colour_folder)}, "backbone": {"name": "test_resnet",
+                                                                               "weights": "none"}})
+    from_recipe = build_module(recipe, ["a", "b"]).hparams
+    from_python = TransferModule("test_resnet", ["a", "b"], weights="none").hparams
+    assert set(from_recipe) == set(from_python)
+    for section in from_recipe:
+        assert from_python[section] == from_recipe[section], section
+    for section in ("strategy", "head", "optim", "schedule", "mixing"):  # and those are the recipe's own defaults
+        assert from_python[section] == getattr(recipe, section).model_dump(mode="json"), section
