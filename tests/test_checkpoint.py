@@ -46,3 +46,37 @@ def test_missing_or_truncated_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(CheckpointError):
         load_checkpoint(path)
+
+
+def test_load_from_checkpoint_rebuilds_offline_for_any_backbone(tmp_path, monkeypatch):
+    """A checkpoint carries every weight: Lightning's own load_from_checkpoint never asks for pretrained weights,
+    even when the run was trained from the hub (weights: auto/hub)."""
+    import lightning as L
+
+    from tlkit.model import backbones
+    from tlkit.model.module import TransferModule
+
+    module = TransferModule({"name": "test_resnet", "input_size": 32}, ["a", "b"], weights="none",
+                            strategy="finetune", head={"final_init": "normal"})
+    module.hparams["backbone"]["weights"] = "hub"  # as if it had been trained from hub weights
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=0)
+    trainer.strategy.connect(module)
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+
+    asked = []
+    real = backbones.create_backbone
+
+    def offline_only(name, weights="auto", **kwargs):
+        asked.append(weights)
+        if weights != "none":
+            raise AssertionError(f"reload asked for {weights!r} weights")
+        return real(name, weights, **kwargs)
+
+    monkeypatch.setattr("tlkit.model.module.create_backbone", offline_only)
+    reloaded = TransferModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    assert asked == ["none"]
+    x = torch.rand(2, 3, 32, 32)
+    module.eval(), reloaded.eval()
+    assert torch.allclose(module(x), reloaded(x))
+    assert reloaded.preprocessing == module.preprocessing
