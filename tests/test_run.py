@@ -189,3 +189,26 @@ def test_mid_run_skips_under_the_threshold_are_counted_in_metrics(tmp_path):
     metrics = fit(recipe, run_dir=tmp_path / "run", callbacks=[Truncate()])
     assert metrics["skipped_mid_run"]["train"] >= 1
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["skipped_mid_run"] == metrics["skipped_mid_run"]
+
+
+def test_provenance_is_recorded_and_reproduce_reports_what_changed(tmp_path, capsys, monkeypatch):
+    from tlkit.cli.main import main
+
+    root = write_colour_classes(tmp_path / "colours", per_class=4)
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(json.dumps(tiny_recipe_dict(root, trainer={"epochs": 1})))
+    argv = ["train", "--recipe", str(recipe_file), "--run-dir", str(tmp_path / "first")]
+    monkeypatch.setattr("sys.argv", ["tlkit", *argv])  # as the shell would start it
+    assert main(argv) == 0
+    saved = json.loads((tmp_path / "first" / "provenance.json").read_text())
+    assert {"torch", "timm", "lightning", "albumentations"} <= set(saved["versions"])
+    assert saved["data"]["files"] == 12 and len(saved["data"]["sha256"]) == 64
+    assert saved["command"][1:4] == ["train", "--recipe", str(recipe_file)]
+    assert saved["hardware"]["cores"] >= 1 and len(saved["recipe_sha256"]) == 16
+
+    shutil.copy(root / "train" / "blue" / "blue_00.png", root / "train" / "blue" / "blue_copy.png")  # data changed
+    capsys.readouterr()
+    assert main(["train", "--reproduce", str(tmp_path / "first"), "--run-dir", str(tmp_path / "again")]) == 0
+    out = capsys.readouterr().out
+    assert f"reproduced {tmp_path / 'first'}:" in out
+    assert "data: 12 files" in out and "13 files" in out

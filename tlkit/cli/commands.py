@@ -6,6 +6,7 @@ Each handler imports its machinery on first use, so `tlkit --help` and recipe er
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def _train(args: argparse.Namespace) -> int:
     from tlkit.recipe import load_recipe
 
     overrides = [*args.overrides, *(["cache.disk=false"] if args.no_cache else [])]
+    if args.reproduce:
+        return _reproduce(args, overrides)
     if args.resume:
         if args.recipe or args.run_dir:
             raise RecipeError("--resume RUN_DIR takes the recipe and the run directory from RUN_DIR; "
@@ -65,6 +68,30 @@ def _train(args: argparse.Namespace) -> int:
 
     if launch_rank() == 0:  # under torchrun / srun every rank trains; one summary is enough
         print(format_summary(metrics))
+    return 0
+
+
+def _reproduce(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Train RUN_DIR's recipe again into a new run directory; say what differs (versions, data, results)."""
+    from tlkit.recipe import load_recipe
+    from tlkit.run import fit, provenance
+
+    source = Path(args.reproduce)
+    if args.recipe or args.resume:
+        raise RecipeError("--reproduce RUN_DIR takes the recipe from RUN_DIR; drop --recipe / --resume.")
+    if not (source / "recipe.yaml").is_file():
+        raise RecipeError(f"--reproduce {source}: no recipe.yaml there; pass a run directory tlkit wrote.")
+    recipe = load_recipe(source / "recipe.yaml", overrides)
+    metrics = fit(recipe, run_dir=args.run_dir, overwrite=args.overwrite)
+    print(format_summary(metrics))
+    before, now = provenance.read(source), provenance.read(Path(metrics["run_dir"]))
+    changes = provenance.differences(before or {}, now or {}) if before else ["the original run has no provenance.json"]
+    old = json.loads((source / "metrics.json").read_text()) if (source / "metrics.json").is_file() else {}
+    if old.get("val_acc") is not None and metrics.get("val_acc") is not None:
+        changes.append(f"val accuracy: {old['val_acc']:.2%} then, {metrics['val_acc']:.2%} now")
+    print(f"reproduced {source}:" if changes else f"reproduced {source}: same versions, data and hardware")
+    for line in changes:
+        print(f"  {line}")
     return 0
 
 

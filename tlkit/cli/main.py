@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a recipe and print a summary")
     _add_recipe_args(train, required=False)
     train.add_argument("--run-dir", help="write the run exactly here (default runs/<recipe>/<timestamp>/)")
+    train.add_argument("--reproduce", metavar="RUN_DIR",
+                       help="train RUN_DIR's recipe again in a new run directory and say what differs (versions, data)")
     train.add_argument("--overwrite", action="store_true",
                        help="replace an earlier run in --run-dir (by default a non-empty run directory is refused)")
     train.add_argument("--resume", metavar="RUN_DIR",

@@ -35,13 +35,15 @@ from tlkit.run.auto import resolve_auto_strategy
 from tlkit.run.build import build_datamodule, build_module, default_run_dir
 from tlkit.run.distributed import RUN_DIR_ENV, check_shared_run_dir, inherited_run_dir, launch_rank
 from tlkit.run.distributed import TimmSyncBatchNorm, check_sync_batchnorm, lightning_strategy, shared_run_stamp
+from tlkit.run import provenance
 from tlkit.run.features import choose_training_inputs, fit_head_closed_form
 from tlkit.run.resume import ResumePoint, carry_over_metrics, history_up_to, resume_point
 from tlkit.seeding import BatchSeeding
 
 log = logging.getLogger(__name__)
 
-RUN_MARKERS = ("recipe.yaml", "metrics.csv", "metrics.json", "checkpoints")  # what makes a folder a tlkit run
+# What makes a folder a tlkit run (--overwrite replaces only such a folder).
+RUN_MARKERS = ("recipe.yaml", "metrics.csv", "metrics.json", "checkpoints", "provenance.json")
 
 
 class RunDirError(TlkitError, FileExistsError):
@@ -204,7 +206,11 @@ def _refuse_reuse(run_dir: Path, *, overwrite: bool) -> None:
 
 def _write_run_files(run_dir: Path, recipe: Recipe, datamodule: ImageFolderDataModule, auto: dict | None) -> None:
     auto_note = f"# strategy: auto -> {auto['kind']} ({auto['reason']})\n" if auto else ""
-    atomic_write(run_dir / "recipe.yaml", auto_note + yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    recipe_text = yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
+    atomic_write(run_dir / "recipe.yaml", auto_note + recipe_text)
+    paths = [p for p, _ in [*datamodule.scan.train, *datamodule.scan.val]]
+    atomic_write(run_dir / "provenance.json",
+                 json.dumps(provenance.collect(recipe_text, recipe.data.root, paths), indent=2) + "\n")
     atomic_write(run_dir / "classes.json", json.dumps(datamodule.classes, indent=2) + "\n")
     if datamodule.scan.skipped:
         atomic_write(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))

@@ -1,0 +1,114 @@
+"""Where a run came from: library versions, git state, command line, recipe hash, data fingerprint, hardware.
+
+Written to <run_dir>/provenance.json at the start of every run, so a result can be traced and repeated;
+`tlkit train --reproduce RUN_DIR` re-runs a run from its directory and compares() says what differs now.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+
+LIBRARIES = ("tlkit", "torch", "torchvision", "timm", "lightning", "albumentations", "torchmetrics", "numpy",
+             "pillow", "opencv-python-headless", "opencv-python")
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries that shape a run (those not installed are left out)."""
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_state(folder: Path) -> dict | None:
+    """Commit and dirty flag of the git work tree holding `folder` (the recipe's), or None outside one."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None
+    return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def data_fingerprint(root: str | Path, paths: Iterable[str]) -> dict:
+    """File count and a hash of every image's path relative to `root`, size and mtime (cheap: no pixel is read)."""
+    digest = hashlib.sha256()
+    paths = sorted(paths)
+    for path in paths:
+        stat = os.stat(path)
+        rel = os.path.relpath(path, root)
+        digest.update(f"{rel}\t{stat.st_size}\t{int(stat.st_mtime)}\n".encode())
+    return {"files": len(paths), "sha256": digest.hexdigest()}
+
+
+def hardware() -> dict:
+    import torch
+
+    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "platform": platform.platform()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def recipe_hash(recipe_text: str) -> str:
+    return hashlib.sha256(recipe_text.encode()).hexdigest()[:16]
+
+
+def collect(recipe_text: str, data_root: str | Path, data_paths: Iterable[str]) -> dict:
+    """Everything above, for provenance.json (git: the repository of the current folder, the user's project)."""
+    return {
+        "versions": library_versions(),
+        "git": git_state(Path.cwd()),
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "python": sys.version.split()[0],
+        "recipe_sha256": recipe_hash(recipe_text),
+        "data": data_fingerprint(data_root, data_paths),
+        "hardware": hardware(),
+    }
+
+
+def differences(before: dict, now: dict) -> list[str]:
+    """What differs between a run's provenance and now, one line each (versions, data, hardware, git commit)."""
+    lines = []
+    for name in sorted(set(before.get("versions", {})) | set(now.get("versions", {}))):
+        a, b = before.get("versions", {}).get(name), now.get("versions", {}).get(name)
+        if a != b:
+            lines.append(f"{name}: {a or 'not installed'} then, {b or 'not installed'} now")
+    if before.get("data") != now.get("data"):
+        a, b = before.get("data") or {}, now.get("data") or {}
+        lines.append(f"data: {a.get('files')} files (fingerprint {str(a.get('sha256'))[:12]}) then, "
+                     f"{b.get('files')} files ({str(b.get('sha256'))[:12]}) now")
+    if (before.get("git") or {}).get("commit") != (now.get("git") or {}).get("commit"):
+        lines.append(f"git commit: {(before.get('git') or {}).get('commit')} then, {(now.get('git') or {}).get('commit')} now")
+    if (before.get("hardware") or {}).get("cpu") != (now.get("hardware") or {}).get("cpu"):
+        lines.append(f"cpu: {(before.get('hardware') or {}).get('cpu')} then, {(now.get('hardware') or {}).get('cpu')} now")
+    return lines
+
+
+def read(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / "provenance.json"
+    return json.loads(path.read_text()) if path.is_file() else None
