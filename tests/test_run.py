@@ -212,3 +212,39 @@ def test_provenance_is_recorded_and_reproduce_reports_what_changed(tmp_path, cap
     out = capsys.readouterr().out
     assert f"reproduced {tmp_path / 'first'}:" in out
     assert "data: 12 files" in out and "13 files" in out
+
+
+def test_tensorboard_and_mlflow_get_hyperparameters_epoch_metrics_lr_and_final_figures(tmp_path):
+    pytest.importorskip("tensorboard", reason="pip install tensorboard (CI installs it with the dev extra)")
+    pytest.importorskip("mlflow", reason="pip install mlflow-skinny (CI installs it with the dev extra)")
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root = write_colour_classes(tmp_path / "colours", per_class=4)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    recipe = validate_recipe(tiny_recipe_dict(root, trainer={"epochs": 2}, logging={
+        "loggers": ["tensorboard", "mlflow"], "mlflow": {"tracking_uri": store, "experiment": "tiny-exp"}}))
+    metrics = fit(recipe, run_dir=tmp_path / "run")
+
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"val_acc", "train_loss", "final/best_val_acc"} <= scalars
+    assert any(tag.startswith("lr-") for tag in scalars)  # per-group LR from LearningRateMonitor
+    assert len(events.Scalars("val_acc")) == 2  # one per epoch
+
+    client = MlflowClient(tracking_uri=store)
+    run = client.search_runs([client.get_experiment_by_name("tiny-exp").experiment_id])[0]
+    assert run.data.metrics["final/best_val_acc"] == pytest.approx(metrics["best_val_acc"])
+    assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 2
+    assert float(run.data.params["optim/lr"]) == 0.05  # hyper-parameters (nested ones flattened by Lightning)
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"recipe.yaml", "provenance.json"}
+
+
+def test_wandb_offline_run_is_written_under_the_run_dir(tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="pip install wandb (CI installs it with the dev extra)")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    root = write_colour_classes(tmp_path / "colours", per_class=4)
+    recipe = validate_recipe(tiny_recipe_dict(root, trainer={"epochs": 1}, logging={"loggers": ["wandb"]}))
+    fit(recipe, run_dir=tmp_path / "run")
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0

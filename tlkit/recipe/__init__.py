@@ -38,11 +38,11 @@ from tlkit.recipe.loading import (
     resolve_path,
     validate_recipe,
 )
-from tlkit.recipe.sections import OutputConfig, Recipe, TrainerConfig
+from tlkit.recipe.sections import LoggingConfig, MLflowConfig, OutputConfig, Recipe, TrainerConfig, WandbConfig
 
 __all__ = [
     "Auto", "BackboneConfig", "CacheConfig", "DataConfig", "Finetune", "Gradual", "HeadConfig", "LayerDecay",
-    "LinearProbe", "LpFt", "MixingConfig", "OptimConfig", "OutputConfig", "Recipe", "ScheduleConfig", "StrategyConfig",
-    "TTAConfig", "TrainAugment", "TrainerConfig", "apply_overrides", "load_recipe", "parse_override",
+    "LinearProbe", "LoggingConfig", "LpFt", "MLflowConfig", "MixingConfig", "OptimConfig", "OutputConfig", "Recipe", "ScheduleConfig", "StrategyConfig",
+    "TTAConfig", "TrainAugment", "TrainerConfig", "WandbConfig", "apply_overrides", "load_recipe", "parse_override",
     "read_recipe_file", "recipe_to_dict", "render_recipe", "resolve_path", "validate_recipe",
 ]

@@ -52,6 +52,36 @@ class OutputConfig(Section):
     """Runs go to <runs_dir>/<recipe name>/<timestamp>/ unless --run-dir is given; relative to the current dir."""
 
 
+class MLflowConfig(Section):
+    tracking_uri: str | None = None
+    """MLflow tracking store (file:, sqlite:, http(s): ...); null = sqlite:///<runs_dir>/mlflow.db, shared by the
+    runs under runs_dir so `mlflow ui --backend-store-uri <that>` compares them."""
+    experiment: str | None = None
+    """MLflow experiment; null = the recipe name."""
+
+
+class WandbConfig(Section):
+    project: str = "tlkit"
+    """Weights & Biases project."""
+    mode: Literal["offline", "online"] = "offline"
+    """offline writes under <run_dir>/wandb and sends nothing (upload later with `wandb sync`); online needs a login."""
+
+
+class LoggingConfig(Section):
+    loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = []
+    """Experiment trackers (Lightning's own loggers) besides metrics.csv, which is always written (resume and
+    diagnose read it). Each gets the hyper-parameters, per-epoch metrics, per-group LR and the final figures."""
+    mlflow: MLflowConfig = MLflowConfig()
+    wandb: WandbConfig = WandbConfig()
+
+    @field_validator("loggers")
+    @classmethod
+    def _each_once(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"list each logger once; got {value}")
+        return value
+
+
 class Recipe(Section):
     version: Literal[1] = 1
     """Recipe format version."""
@@ -71,6 +101,7 @@ class Recipe(Section):
     tta: TTAConfig = TTAConfig()
     cache: CacheConfig = CacheConfig()
     output: OutputConfig = OutputConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
     def _bundled_exists_for_backbone(self) -> Recipe:

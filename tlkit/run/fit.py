@@ -21,9 +21,12 @@ from typing import TypedDict
 import lightning as L
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 
-from tlkit.data.datamodule import ImageFolderDataModule, balanced_class_weights, balanced_sample_weights
+from tlkit.data.datamodule import (
+    ImageFolderDataModule,
+    balanced_class_weights,
+    balanced_sample_weights,
+)
 from tlkit.data.preflight import preflight
 from tlkit.errors import TlkitError
 from tlkit.io import atomic_write
@@ -31,13 +34,27 @@ from tlkit.model.ema import WeightEMA
 from tlkit.model.faults import AtomicCheckpointIO, DataHealthGuard, FiniteLossGuard
 from tlkit.model.module import TransferModule
 from tlkit.recipe import Recipe, recipe_to_dict
+from tlkit.run import provenance
 from tlkit.run.auto import resolve_auto_strategy
 from tlkit.run.build import build_datamodule, build_module, default_run_dir
-from tlkit.run.distributed import RUN_DIR_ENV, check_shared_run_dir, inherited_run_dir, launch_rank
-from tlkit.run.distributed import TimmSyncBatchNorm, check_sync_batchnorm, lightning_strategy, shared_run_stamp
-from tlkit.run import provenance
+from tlkit.run.distributed import (
+    RUN_DIR_ENV,
+    TimmSyncBatchNorm,
+    check_shared_run_dir,
+    check_sync_batchnorm,
+    inherited_run_dir,
+    launch_rank,
+    lightning_strategy,
+    shared_run_stamp,
+)
 from tlkit.run.features import choose_training_inputs, fit_head_closed_form
-from tlkit.run.resume import ResumePoint, carry_over_metrics, history_up_to, resume_point
+from tlkit.run.loggers import FinalFigures, build_loggers
+from tlkit.run.resume import (
+    ResumePoint,
+    carry_over_metrics,
+    history_up_to,
+    resume_point,
+)
 from tlkit.seeding import BatchSeeding
 
 log = logging.getLogger(__name__)
@@ -235,9 +252,9 @@ def _training_inputs(recipe: Recipe, datamodule: ImageFolderDataModule, module: 
 def _build_trainer(recipe: Recipe, run_dir: Path, epochs: int, fit_datamodule: L.LightningDataModule,
                    resume_from: ResumePoint | None, callbacks: list[L.Callback], num_train: int) -> L.Trainer:
     t = recipe.trainer
-    logger = CSVLogger(save_dir=str(run_dir), name="", version="")
+    loggers = build_loggers(recipe, run_dir)  # metrics.csv first
     if resume_from is not None and launch_rank() == 0:  # keep the killed run's history; resumed epochs append to it
-        carry_over_metrics(logger, history_up_to(run_dir / "metrics.csv", resume_from))
+        carry_over_metrics(loggers[0], history_up_to(run_dir / "metrics.csv", resume_from))
     steps_per_epoch = max(1, num_train // recipe.data.batch_size)
     return L.Trainer(
         max_epochs=epochs,
@@ -248,8 +265,8 @@ def _build_trainer(recipe: Recipe, run_dir: Path, epochs: int, fit_datamodule: L
         sync_batchnorm=t.sync_batchnorm,
         plugins=[*([TimmSyncBatchNorm()] if t.sync_batchnorm else []), AtomicCheckpointIO()],
         precision=t.precision,
-        logger=logger,
-        callbacks=[LearningRateMonitor(logging_interval="epoch"), BatchSeeding(recipe.seed),
+        logger=loggers,
+        callbacks=[LearningRateMonitor(logging_interval="epoch"), BatchSeeding(recipe.seed), FinalFigures(run_dir),
                    *([WeightEMA(recipe.optim.ema_decay)] if recipe.optim.ema_decay > 0 else []),
                    FiniteLossGuard(recipe.optim.lr), *callbacks],
         enable_progress_bar=t.progress_bar,

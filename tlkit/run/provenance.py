@@ -16,7 +16,6 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-
 LIBRARIES = ("tlkit", "torch", "torchvision", "timm", "lightning", "albumentations", "torchmetrics", "numpy",
              "pillow", "opencv-python-headless", "opencv-python")
 
