@@ -33,14 +33,20 @@ PENDING = {
     "ImageFilesDataModule": "trainer.test / trainer.predict with ImageFilesDataModule are being added",
     "trainer.test(": "trainer.test / trainer.predict with ImageFilesDataModule are being added",
 }
+# Pages whose blocks take over ~15 s (ONNX export; lr-find + search): they run with `make test-slow`.
+SLOW_PAGES = {"docs/evaluation.md", "docs/tuning.md"}
 # Commands that read a recipe: keep them single-process and quiet (both may also be changed on --resume).
 RECIPE_COMMANDS = {"train", "check", "lr-find", "search", "preview"}
 QUIET = ["--set", "data.num_workers=0", "--set", "trainer.progress_bar=false"]
+# Random tiny features separate a few images more slowly than pretrained ones: the overfit check gets more steps.
+EXTRA = {"check": ["--steps", "400"]}
 
 
 def runnable_blocks(page: Path) -> list[dict]:
     blocks = []
     text = page.read_text(encoding="utf-8")
+    # Examples of the convention itself sit inside ````-fences: blank them out, keeping line numbers.
+    text = re.sub(r"^````.*?^````", lambda m: "\n" * m[0].count("\n"), text, flags=re.S | re.M)
     for match in BLOCK.finditer(text):
         opts = dict(o.split("=", 1) for o in (match["opts"] or "").split() if "=" in o)
         line = text[: match.start()].count("\n") + 1
@@ -54,7 +60,7 @@ def _cases():
         blocks = runnable_blocks(page)
         name = page.relative_to(REPO).as_posix()
         if any(not b["pending"] for b in blocks):
-            yield pytest.param(page, None, id=name)
+            yield pytest.param(page, None, id=name, marks=[pytest.mark.slow] if name in SLOW_PAGES else [])
         for b in blocks:
             if b["pending"]:
                 yield pytest.param(page, b["line"], id=f"{name}:{b['line']}",
@@ -109,7 +115,7 @@ def run_command(command: str) -> int:
     argv = [a for arg in shlex.split(command, comments=True) for a in _expand(arg)]
     if argv[0] == "tlkit":
         extra = QUIET if argv[1] in RECIPE_COMMANDS else []
-        return main(argv[1:] + extra)
+        return main(argv[1:] + extra + EXTRA.get(argv[1], []))
     if argv[0] == "python" and argv[1].startswith("scripts/"):
         extra = QUIET if argv[1] in {f"scripts/{c.replace('-', '_')}.py" for c in RECIPE_COMMANDS} else []
         old = sys.argv

@@ -8,7 +8,9 @@ tests/test_docs.py calls `render_reference()` too.
 
 from __future__ import annotations
 
+import sys
 import typing
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import annotated_types
@@ -33,6 +35,9 @@ def on_page_markdown(markdown: str, page, config, files, **kwargs) -> str:  # Mk
 
 
 def render_reference() -> str:
+    root = str(Path(__file__).resolve().parents[2])  # document the checkout being built, not an installed copy
+    if root not in sys.path:
+        sys.path.insert(0, root)
     from tlkit.recipe import Recipe
 
     out: list[str] = []
