@@ -34,7 +34,7 @@ test-all: $(STAMP)
 DOCS_STAMP := $(VENV)/.docs-installed
 
 $(DOCS_STAMP): $(STAMP)
-	$(BIN)/pip install -q 'mkdocs>=1.6' 'mkdocs-material>=9.5' 'mkdocstrings[python]>=0.26'
+	$(BIN)/pip install -q -e '.[dev,docs]'
 	touch $(DOCS_STAMP)
 
 docs: $(DOCS_STAMP)

@@ -26,7 +26,7 @@ from conftest import write_colour_classes
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 BLOCK = re.compile(
-    r"^<!--\s*runnable(?::\s*(?P<opts>[^>]*?))?\s*-->\s*\n```(?P<lang>\w*)[^\n]*\n(?P<body>.*?)^```", re.S | re.M
+    r"^<!--\s*runnable(?::\s*(?P<opts>[^>]*?))?\s*-->\s*\n```(?P<lang>\w*)[^\n]*\n(?P<body>.*?)^```", re.DOTALL | re.MULTILINE
 )
 # Text in a block -> why it cannot pass yet. Such blocks are self-contained and run as xfail(strict=False).
 PENDING = {
@@ -46,7 +46,7 @@ def runnable_blocks(page: Path) -> list[dict]:
     blocks = []
     text = page.read_text(encoding="utf-8")
     # Examples of the convention itself sit inside ````-fences: blank them out, keeping line numbers.
-    text = re.sub(r"^````.*?^````", lambda m: "\n" * m[0].count("\n"), text, flags=re.S | re.M)
+    text = re.sub(r"^````.*?^````", lambda m: "\n" * m[0].count("\n"), text, flags=re.DOTALL | re.MULTILINE)
     for match in BLOCK.finditer(text):
         opts = dict(o.split("=", 1) for o in (match["opts"] or "").split() if "=" in o)
         line = text[: match.start()].count("\n") + 1
@@ -70,9 +70,9 @@ def _cases():
 @pytest.fixture
 def tiny_world(tmp_path, monkeypatch):
     """A working folder with my_images/ and recipes/, and every backbone replaced by a tiny random one at 32 px."""
-    import tlkit.model.module as module
-    import tlkit.run.build as build
+    from tlkit.model import module
     from tlkit.model.settings import BackboneConfig
+    from tlkit.run import build
 
     real = module.create_backbone
 
@@ -96,7 +96,7 @@ def test_runnable_blocks(page: Path, pending_line: int | None, tiny_world: Path)
             if "file" in block["opts"]:
                 (tiny_world / block["opts"]["file"]).write_text(block["body"], encoding="utf-8")
             elif block["lang"] == "python":
-                exec(compile(block["body"], where, "exec"), {"__name__": "__docs__"})
+                exec(compile(block["body"], where, "exec"), {"__name__": "__docs__"})  # noqa: S102 (the point)
             elif block["lang"] in ("bash", "sh", "console"):
                 for command in shell_commands(block["body"]):
                     assert run_command(command) == 0, f"{where}: {command!r} failed"
