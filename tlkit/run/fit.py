@@ -48,6 +48,7 @@ from tlkit.run.distributed import (
     shared_run_stamp,
 )
 from tlkit.run.features import choose_training_inputs, fit_head_closed_form
+from tlkit.run.console import EpochLines, progress_bars
 from tlkit.run.loggers import FinalFigures, build_loggers
 from tlkit.run.resume import (
     ResumePoint,
@@ -267,9 +268,10 @@ def _build_trainer(recipe: Recipe, run_dir: Path, epochs: int, fit_datamodule: L
         precision=t.precision,
         logger=loggers,
         callbacks=[LearningRateMonitor(logging_interval="epoch"), BatchSeeding(recipe.seed), FinalFigures(run_dir),
+                   *([EpochLines()] if t.progress_bar and not progress_bars(t.progress_bar) else []),
                    *([WeightEMA(recipe.optim.ema_decay)] if recipe.optim.ema_decay > 0 else []),
                    FiniteLossGuard(recipe.optim.lr), *callbacks],
-        enable_progress_bar=t.progress_bar,
+        enable_progress_bar=progress_bars(t.progress_bar),
         enable_model_summary=False,
         log_every_n_steps=min(50, steps_per_epoch),
         num_sanity_val_steps=0,
@@ -298,6 +300,8 @@ def _quiet_intended_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         # The run dir already holds recipe.yaml and classes.json; the CSV logger only manages metrics.csv.
         warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+        # Lightning's own use of a torch API that torch deprecated; nothing a user can act on.
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
         # A frozen backbone is in eval mode on purpose (DESIGN.md contract 4).
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
         yield
