@@ -12,7 +12,6 @@ from pathlib import Path
 
 from tlkit.errors import RecipeError
 
-
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C
 
 

@@ -105,7 +105,9 @@ def describe_os_error(exc: OSError) -> str:
         where = f" {path.with_name(temp['stem'] + temp['suffix']) if temp else path}:"
     cause = _OS_FIXES.get(exc.errno) or (exc.strerror or _one_line(exc) or type(exc).__name__)
     verb = "write" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "access"
-    return f"cannot {verb}{where} {cause}." if where else f"{cause} ({type(exc).__name__})."
+    if where:
+        return f"cannot {verb}{where} {cause}."
+    return f"{cause}." if exc.errno in _OS_FIXES else f"{cause} ({type(exc).__name__})."
 
 
 def build_parser() -> argparse.ArgumentParser:

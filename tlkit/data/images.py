@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,10 @@ def load_rgb(path: str | Path) -> np.ndarray:
 
     Images over the pixel limit are refused from their header (DecompressionBombError), before any pixel is decoded.
     """
-    with Image.open(path) as image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused just below, with the reason
+        image = Image.open(path)
+    with image:
         if exceeds_pixel_limit(*image.size):
             raise Image.DecompressionBombError(
                 f"{image.width}x{image.height} pixels is over the {Image.MAX_IMAGE_PIXELS} pixel limit (PIL's "

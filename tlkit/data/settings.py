@@ -6,7 +6,7 @@ setting). Torch-free, so validating a recipe never imports torch.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 

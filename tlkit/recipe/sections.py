@@ -22,7 +22,6 @@ from tlkit.model.settings import (
 )
 from tlkit.model.strategies import Gradual, LinearProbe, LpFt, StrategyConfig
 
-
 MAX_SEED = 2**32 - 1  # numpy.random.seed accepts 0..2**32-1
 
 
