@@ -82,6 +82,26 @@ def test_resumed_run_equals_the_uninterrupted_run(killed_and_resumed):
         assert final[0][key] == final[1][key], key
 
 
+def test_ctrl_c_tells_how_to_resume_and_the_resumed_run_equals_the_uninterrupted_run(killed_and_resumed, tmp_path):
+    """Ctrl-C (SIGINT to `tlkit train` and its 2 DataLoader workers) in epoch 2: Lightning shuts down gracefully, the
+    CLI names the run and the --resume command, and the resumed run is still exact."""
+    out, _, _ = killed_and_resumed
+    recipe = tmp_path / "resume.yaml"  # the same recipe as the SIGKILL run (data regenerated identically)
+    recipe.write_text((out.parent / "resume.yaml").read_text().replace(str(out.parent), str(tmp_path)))
+    write_colour_classes(tmp_path / "colours")
+    done = _python("scripts/verify_resume.py", "--recipe", str(recipe), "--kill-at", "1:1", "--signal", "INT",
+                   "--whole", str(out / "whole"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "verify_resume.json").read_text())
+    assert report["after_kill"] == {"metrics_json": False, "checkpoint_epoch": 0}
+    message = report["kill_stderr_tail"][-1]
+    killed = tmp_path / "out" / "killed"
+    assert message.startswith("interrupted (Ctrl-C) during epoch 2") and f"tlkit train --resume {killed}" in message
+    assert not any("Traceback" in line for line in report["kill_stderr_tail"])
+    assert "from epoch 2" in report["resume_log"]
+    assert report["metrics_csv_identical"] and report["final_weights_identical"]
+
+
 def test_resuming_a_finished_run_trains_nothing(killed_and_resumed):
     killed = killed_and_resumed[0] / "killed"
     before = (killed / "checkpoints" / "last.ckpt").stat().st_mtime_ns

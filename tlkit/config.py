@@ -12,7 +12,10 @@ from tlkit.errors import RecipeError, did_you_mean
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    # allow_inf_nan=False: every float setting is finite (an lr of inf or nan would pass ge/gt bounds and only
+    # show up as a diverged run).
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True,
+                              allow_inf_nan=False)
 
 
 def settings_from(cls: type[Section], value, *, shorthand: str | None = None):

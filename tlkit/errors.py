@@ -38,6 +38,10 @@ def did_you_mean(value: str, choices: Iterable[str], n: int = 3) -> str:
     return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
 
 
+class StorageError(TlkitError, ValueError):
+    """A search storage URL that cannot be parsed or opened (the message never shows its password)."""
+
+
 class TTAError(TlkitError, ValueError):
     """An unknown or contradictory test-time augmentation policy."""
 

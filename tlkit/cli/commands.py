@@ -6,11 +6,29 @@ Each handler imports its machinery on first use, so `tlkit --help` and recipe er
 from __future__ import annotations
 
 import argparse
+<<<<<<< HEAD
 import json
+=======
+import shlex
+>>>>>>> rel
 import sys
 from pathlib import Path
 
 from tlkit.errors import RecipeError
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C
+
+
+def interrupted_message(run_dir: str | Path | None, epoch: int | None = None) -> str:
+    """Where an interrupted `tlkit train` left its run, and the command that continues it."""
+    if run_dir is None or not Path(run_dir).is_dir():
+        return ("interrupted (Ctrl-C) before training started; if a 'run directory:' line was printed above, "
+                "`tlkit train --resume` that folder to continue, else start the run again.")
+    during = f" during epoch {epoch + 1}" if epoch is not None else ""
+    saved = ("checkpoints/last.ckpt holds the last completed epoch"
+             if (Path(run_dir) / "checkpoints" / "last.ckpt").is_file() else "no epoch had completed yet")
+    return (f"interrupted (Ctrl-C){during}: the run is in {run_dir} ({saved}); continue it with: "
+            f"tlkit train --resume {shlex.quote(str(run_dir))}")
 
 
 def _workers(text: str) -> int | str:
@@ -59,11 +77,23 @@ def _train(args: argparse.Namespace) -> int:
         raise RecipeError("tlkit train needs --recipe FILE (a new run) or --resume RUN_DIR (continue a killed run).")
     else:
         recipe = load_recipe(args.recipe, overrides)  # fails fast, before any data scan or model build
+    from tlkit.model.faults import InterruptNotice
     from tlkit.run import fit
 
+<<<<<<< HEAD
     if args.resume and args.overwrite:
         raise RecipeError("--resume continues a run and --overwrite replaces one; give only one of them.")
     metrics = fit(recipe, run_dir=args.resume or args.run_dir, resume=bool(args.resume), overwrite=args.overwrite)
+=======
+    notice = InterruptNotice()
+    try:
+        metrics = fit(recipe, run_dir=args.resume or args.run_dir, resume=bool(args.resume), callbacks=[notice])
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if isinstance(exc, SystemExit) and not notice.interrupted:
+            raise
+        print(interrupted_message(notice.run_dir or args.resume or args.run_dir, notice.epoch), file=sys.stderr)
+        return EXIT_INTERRUPTED
+>>>>>>> rel
     from tlkit.run.distributed import launch_rank
 
     if launch_rank() == 0:  # under torchrun / srun every rank trains; one summary is enough

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
+import re
 import sys
+from pathlib import Path
 
-from tlkit.cli.commands import HANDLERS, format_summary  # noqa: F401  (format_summary: public, tested)
+from tlkit.cli.commands import EXIT_INTERRUPTED, HANDLERS, format_summary  # noqa: F401  (format_summary: tested)
 from tlkit.errors import RecipeError, TlkitError
 from tlkit.infer.settings import AGGREGATES, DEFAULT_MAX_VIEWS_PER_FORWARD, PRECISIONS
 
@@ -53,8 +57,10 @@ def parse_tta(text: str) -> str | dict:
         return text
     import yaml
 
+    from tlkit.recipe.loading import load_yaml
+
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not a valid YAML mapping ({getattr(exc, 'problem', exc)}).") from None
     if not isinstance(value, dict):
@@ -76,6 +82,32 @@ def _one_line(exc: Exception) -> str:
     if len(lines) > 1 and ": " in last and last.split(": ", 1)[0].rsplit(".", 1)[-1] == type(exc).__name__:
         return last.split(": ", 1)[1]
     return str(exc) if len(lines) <= 1 else last
+
+
+_OS_FIXES = {
+    errno.ENOSPC: "the disk is full; free some space, or write elsewhere (--out, --run-dir, output.runs_dir)",
+    errno.EDQUOT: "the disk quota is used up; free some space, or write elsewhere (--out, --run-dir, output.runs_dir)",
+    errno.EROFS: "the file system is read-only; write elsewhere (--out, --run-dir, output.runs_dir)",
+    errno.EACCES: "permission denied; use a folder you may write to (--out, --run-dir, output.runs_dir) or fix its "
+                  "permissions",
+    errno.EPERM: "operation not permitted; use a folder you may write to (--out, --run-dir, output.runs_dir)",
+}
+# tlkit.io.atomic_path writes <dir>/.<stem>.<8 random chars>.tmp<suffix> first; name the file the user asked for.
+_ATOMIC_TEMP = re.compile(r"^\.(?P<stem>.*)\.[A-Za-z0-9_]{8}\.tmp(?P<suffix>.*)$")
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an OSError: which file, what happened, and what to do about it."""
+    where = ""
+    if exc.filename is not None:
+        path = Path(os.fsdecode(exc.filename))
+        temp = _ATOMIC_TEMP.match(path.name)
+        where = f" {path.with_name(temp['stem'] + temp['suffix']) if temp else path}:"
+    cause = _OS_FIXES.get(exc.errno) or (exc.strerror or _one_line(exc) or type(exc).__name__)
+    verb = "write" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else "access"
+    if where:
+        return f"cannot {verb}{where} {cause}."
+    return f"{cause}." if exc.errno in _OS_FIXES else f"{cause} ({type(exc).__name__})."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,6 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_RECIPE_ERROR
     except TlkitError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # `train` reports its run and the --resume command itself
+        print("interrupted (Ctrl-C); files tlkit had finished writing are complete (each is written atomically).",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # disk full, read-only or forbidden folder: the environment, not a bug, so no traceback
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,26 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) ->
     return image.convert("RGB")
 
 
+def exceeds_pixel_limit(width: int, height: int) -> bool:
+    """True for images larger than the one pixel limit tlkit applies everywhere (training scan, decode, predict,
+    evaluate): PIL's Image.MAX_IMAGE_PIXELS (~89 Mpx; None disables it). PIL itself only warns up to twice that."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return bool(limit) and width * height > limit
+
+
 def load_rgb(path: str | Path) -> np.ndarray:
-    """Read `path` as an HxWx3 uint8 array in display orientation (EXIF transpose applied)."""
-    with Image.open(path) as image:
+    """Read `path` as an HxWx3 uint8 array in display orientation (EXIF transpose applied).
+
+    Images over the pixel limit are refused from their header (DecompressionBombError), before any pixel is decoded.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused just below, with the reason
+        image = Image.open(path)
+    with image:
+        if exceeds_pixel_limit(*image.size):
+            raise Image.DecompressionBombError(
+                f"{image.width}x{image.height} pixels is over the {Image.MAX_IMAGE_PIXELS} pixel limit (PIL's "
+                "Image.MAX_IMAGE_PIXELS); downscale the image, or raise the limit if you trust it"
+            )
         image = ImageOps.exif_transpose(image)
         return np.asarray(to_rgb(image), dtype=np.uint8)

@@ -6,11 +6,14 @@ setting). Torch-free, so validating a recipe never imports torch.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tlkit.config import Section
+
+MAX_BATCH_SIZE = 4096  # beyond this a CPU/GPU batch of images does not fit in memory at any useful input size
+MAX_NUM_WORKERS = 64  # each worker is a process holding a copy of the dataset; more only costs memory
 
 
 class DataConfig(Section):
@@ -18,12 +21,26 @@ class DataConfig(Section):
     """Image folder: root/{train,val}/<class>/ or root/<class>/. Relative paths resolve against the recipe's folder."""
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
     """Held-out fraction (stratified, seeded) when root has no val/valid/test split."""
-    batch_size: int = Field(default=32, gt=0)
-    """Training batch size; 32 fits a 2-core CPU at 224 px."""
-    eval_batch_size: int | None = Field(default=None, gt=0)
-    """Validation batch size; null = 2 x batch_size (no gradients to store)."""
-    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
-    """DataLoader worker processes; auto = min(4, CPU count)."""
+    batch_size: int = Field(default=32, gt=0, le=MAX_BATCH_SIZE)
+    """Training batch size (1-4096); 32 fits a 2-core CPU at 224 px."""
+    eval_batch_size: int | None = Field(default=None, gt=0, le=MAX_BATCH_SIZE)
+    """Validation batch size (1-4096); null = 2 x batch_size (no gradients to store)."""
+    num_workers: int | Literal["auto"] = "auto"
+    """DataLoader worker processes (0-64); auto = min(4, CPU count)."""
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _workers_in_range(cls, value: Any) -> Any:
+        # One check before the union: pydantic would report each member's error (two lines for one mistake).
+        if value == "auto":
+            return value
+        try:
+            count = int(value) if not isinstance(value, (bool, float)) else None
+        except (TypeError, ValueError):
+            count = None
+        if count is None or not 0 <= count <= MAX_NUM_WORKERS:
+            raise ValueError(f"expected auto or 0-{MAX_NUM_WORKERS} worker processes; got {value!r}")
+        return count
     generate: Literal["digits"] | None = None
     """Built-in dataset written to root when root is missing (digits = scikit-learn's 8x8 digits as PNGs)."""
     on_bad_image: Literal["skip", "error"] = "skip"

@@ -90,6 +90,8 @@ def load_exported(path: str | Path, *, map_location: str | torch.device = "cpu")
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
+    from tlkit.infer.checkpoint import load_weights, module_from_metadata
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Exported model {str(path)!r} does not exist; write one with `tlkit export`.")
@@ -102,14 +104,20 @@ def load_exported(path: str | Path, *, map_location: str | torch.device = "cpu")
     sidecar = path.with_name(SIDECAR_NAME)
     if embedded is None and not sidecar.is_file():
         raise CheckpointError(f"{path} has no tlkit description and no {SIDECAR_NAME} beside it; export it with tlkit.")
-    meta = json.loads(embedded) if embedded is not None else json.loads(sidecar.read_text(encoding="utf-8"))
-    module = TransferModule(
-        {"name": meta["backbone"], "weights": "none", **meta["preprocessing"]},  # every weight comes from the file
-        meta["classes"],
-        head=meta["head"],
-        tta=meta.get("tta"),
-    )
-    Classifier(module).load_state_dict(state, strict=True)
+    try:
+        meta = json.loads(embedded) if embedded is not None else json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: its tlkit description is not readable JSON ({type(exc).__name__}); "
+                              "export the model again with `tlkit export`.") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("preprocessing"), dict):
+        raise CheckpointError(f"{path}: its tlkit description has no preprocessing; export it again with `tlkit export`.")
+    module = module_from_metadata(path, {
+        "backbone": {"name": meta.get("backbone"), **meta["preprocessing"], "weights": "none"},  # weights: the file
+        "classes": meta.get("classes"),
+        "head": meta.get("head"),
+        "tta": meta.get("tta"),
+    })
+    load_weights(path, Classifier(module), state)
     return module.to(map_location).eval()
 
 

@@ -14,6 +14,10 @@ CROPS = ("center", "five", "full")
 AGGREGATES = ("mean_prob", "mean_logit", "max")
 DEFAULT_MAX_VIEWS_PER_FORWARD = 64  # memory cap: views per model forward
 PRECISIONS = ("auto", "fp32", "bf16")  # inference precision choices (tlkit.infer.precision)
+# A scale is a short-side resize before cropping: 2048 px covers 1.25 x the eval resize of the largest input size
+# (1024 px); a checkpoint or spec asking for more would allocate huge images (12000 px: 320 MB for one view).
+MAX_TTA_SCALE = 2048
+MAX_TTA_SCALES = 8  # views = scales x crops x flips; 8 x 10 = 80 forwards per image is already slow
 
 
 class TTAConfig(Section):
@@ -23,8 +27,9 @@ class TTAConfig(Section):
     """custom only: center, five (4 corners + centre), or full (whole image resized to the input size); null = center."""
     flip: bool | None = None
     """custom only: add each crop's mirror (five + flip = the classic ten-crop); null = no mirrors."""
-    scales: list[Annotated[int, Field(gt=0)]] | None = None
-    """custom only: short-side lengths (px) to resize to, each followed by the crops; null = the eval resize."""
+    scales: list[Annotated[int, Field(gt=0, le=MAX_TTA_SCALE)]] | None = Field(default=None, max_length=MAX_TTA_SCALES)
+    """custom only: up to 8 short-side lengths (1-2048 px) to resize to, each followed by the crops; null = the eval
+    resize."""
     aggregate: Literal["mean_prob", "mean_logit", "max"] = "mean_prob"
     """How views combine: mean of probabilities is robust to one overconfident view; mean_logit and max also work."""
 

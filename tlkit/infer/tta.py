@@ -31,6 +31,8 @@ from tlkit.infer.settings import (  # noqa: F401
     AGGREGATES,
     CROPS,
     DEFAULT_MAX_VIEWS_PER_FORWARD,
+    MAX_TTA_SCALE,
+    MAX_TTA_SCALES,
     NAMED_POLICIES,
     POLICIES,
 )
@@ -127,6 +129,11 @@ def normalize_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
     bad = [s for s in scales if isinstance(s, bool) or not isinstance(s, int) or s < 1]
     if bad:
         raise TTAError(f"TTA scales are short-side lengths in pixels (positive integers); got {bad[0]!r}.")
+    # Bounded before any image is resized: the spec may come from an untrusted checkpoint (TTAConfig's limits).
+    too_big = [s for s in scales if s > MAX_TTA_SCALE]
+    if too_big or len(scales) > MAX_TTA_SCALES:
+        raise TTAError(f"TTA scales: at most {MAX_TTA_SCALES} lengths of at most {MAX_TTA_SCALE} px; got "
+                       f"{too_big[0] if too_big else f'{len(scales)} lengths'}.")
     if crops == "full" and scales:
         raise TTAError("TTA crops 'full' resizes the whole image to the input size, so scales do not apply; drop them.")
     return {"policy": "custom", "crops": crops, "flip": flip, "scales": [int(s) for s in scales], "aggregate": aggregate}

@@ -22,7 +22,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         with atomic_open(path, "wb") as f:
-            torch.save(checkpoint, f)
+            writer = _KeepWriteError(f)
+            try:
+                torch.save(checkpoint, writer)
+            except RuntimeError:
+                # torch's zip writer turns a failed write (disk full...) into "unexpected pos"; raise the real cause.
+                if writer.error is None:
+                    raise
+                raise OSError(writer.error.errno, writer.error.strerror, str(path)) from None
+
+
+class _KeepWriteError:
+    """A file's write() that remembers the first OSError it raised."""
+
+    def __init__(self, f: Any):
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 class FiniteLossGuard(Callback):
@@ -123,3 +148,27 @@ class DataHealthGuard(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._check(trainer, "val", trainer.val_dataloaders)
+
+
+class InterruptNotice(Callback):
+    """Remembers a Ctrl-C inside trainer.fit/validate and the run directory it hit.
+
+    Lightning catches KeyboardInterrupt itself: it shuts down gracefully (the checkpoints of completed epochs stay)
+    and calls sys.exit(1) with its notice logged at INFO, so a caller only sees SystemExit. The CLI reads this
+    callback to tell an interrupt from other exits and to print the `--resume` command.
+    """
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self.run_dir: str | None = None
+        self.epoch: int | None = None
+
+    @override
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, KeyboardInterrupt):
+            return
+        self.interrupted = True
+        self.epoch = trainer.current_epoch
+        logger = trainer.logger
+        if logger is not None and getattr(logger, "save_dir", None):
+            self.run_dir = str(logger.save_dir)  # fit's CSVLogger writes metrics.csv at the run directory's top

@@ -13,6 +13,10 @@ from pydantic import Field, ValidationInfo, field_validator
 from tlkit.config import Section
 from tlkit.errors import did_you_mean
 
+MAX_INPUT_SIZE = 1024  # px; the largest timm pretrained configs are ~800 px, and memory grows with its square
+MAX_HIDDEN_WIDTH = 8192  # units per head layer; a wider head than the backbone's features only adds memory
+MAX_HIDDEN_LAYERS = 16
+
 INITS = (
     "lecun_normal",
     "lecun_uniform",
@@ -31,8 +35,8 @@ class BackboneConfig(Section):
     """timm architecture; any name from timm.list_models(). lite0 has real ImageNet weights bundled offline."""
     weights: str = "auto"
     """auto | hub | bundled | none | a local file. auto prefers what loads offline: bundled, then the local cache."""
-    input_size: int | None = Field(default=None, ge=16)
-    """Square input side in pixels; null = the model's pretrained input size (224 for lite0)."""
+    input_size: int | None = Field(default=None, ge=16, le=MAX_INPUT_SIZE)
+    """Square input side in pixels, 16-1024; null = the model's pretrained input size (224 for lite0)."""
     crop_pct: float | None = Field(default=None, gt=0, le=1)
     """Eval centre-crop fraction (resize short side to input_size/crop_pct); null = the pretrained config's."""
     interpolation: Literal["bicubic", "bilinear", "nearest", "area"] | None = None
@@ -72,8 +76,8 @@ class BackboneConfig(Section):
 
 
 class HeadConfig(Section):
-    hidden: list[Annotated[int, Field(gt=0)]] = []
-    """Hidden layer widths of an MLP head; [] = a single linear layer (a linear probe)."""
+    hidden: list[Annotated[int, Field(gt=0, le=MAX_HIDDEN_WIDTH)]] = Field(default=[], max_length=MAX_HIDDEN_LAYERS)
+    """Hidden layer widths of an MLP head (at most 16 layers of 1-8192 units); [] = a single linear layer (a probe)."""
     activation: Literal["relu", "leaky_relu", "elu", "selu", "gelu", "tanh"] = "relu"
     """Activation between hidden layers; ReLU first, as the seeds advise."""
     dropout: float = Field(default=0.0, ge=0, lt=1)

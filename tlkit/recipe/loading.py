@@ -14,13 +14,36 @@ from tlkit.errors import RecipeError, did_you_mean
 from tlkit.recipe.sections import Recipe
 
 
+class AliasRefused(yaml.composer.ComposerError):
+    """A YAML alias (*name) in user input."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses aliases: nine nested levels of `&x [*w, *w, ...]` expand to billions of nodes
+    (the 'billion laughs' bomb), and a recipe never needs them. An anchor alone is harmless and allowed."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise AliasRefused(None, None, f"alias *{event.anchor} refused (YAML aliases can expand to gigabytes); "
+                               "write the value out instead", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load for user input (recipes, --set values, --tta mappings), without aliases."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'a.b=value' -> (['a', 'b'], YAML-parsed value)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise RecipeError(f"--set {text!r}: expected section.key=value, e.g. --set optim.lr=0.001.")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
+    except AliasRefused as exc:
+        raise RecipeError(f"--set {text!r}: {exc.problem}.") from None
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str):
@@ -62,11 +85,12 @@ def read_recipe_file(path: str | Path) -> dict:
             hint = did_you_mean(path.name, [p.name for p in path.parent.glob("*.y*ml")])
         raise RecipeError(f"Recipe file {str(path)!r} not found.{hint}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        raise RecipeError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}.") from exc
+        what = "" if isinstance(exc, AliasRefused) else " not valid YAML"
+        raise RecipeError(f"{path}:{what}{at}: {getattr(exc, 'problem', exc)}.") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"{path}: cannot read the recipe ({exc}).") from exc
     if raw is None:

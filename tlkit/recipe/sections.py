@@ -22,6 +22,8 @@ from tlkit.model.settings import (
 )
 from tlkit.model.strategies import Gradual, LinearProbe, LpFt, StrategyConfig
 
+MAX_SEED = 2**32 - 1  # numpy.random.seed accepts 0..2**32-1
+
 
 class TrainerConfig(Section):
     epochs: int = Field(default=10, gt=0)
@@ -86,9 +88,18 @@ class Recipe(Section):
     version: Literal[1] = 1
     """Recipe format version."""
     name: str = "recipe"
-    """Run name (defaults to the file name); runs are grouped under it."""
-    seed: int = 42
-    """Seeds Python, NumPy, torch and loader workers: same seed on CPU gives the same metrics."""
+    """Run name (defaults to the file name); runs are grouped under <runs_dir>/<name>/, so it is one folder name."""
+    seed: int = Field(default=42, ge=0, le=MAX_SEED)
+    """Seeds Python, NumPy, torch and loader workers (0 to 2**32-1, NumPy's range): same seed on CPU, same metrics."""
+
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, name: str) -> str:
+        # The run directory is <runs_dir>/<name>/...: a separator, '..' or an absolute name would write elsewhere.
+        if name in ("", ".", "..") or any(c in name for c in "/\\\0") or name != name.strip():
+            raise ValueError(f"must be a plain folder name (no /, \\ or .. and no surrounding spaces); got {name!r}. "
+                             "Choose where runs go with output.runs_dir or --run-dir")
+        return name
     backbone: BackboneConfig = BackboneConfig()
     strategy: StrategyConfig = LinearProbe()
     head: HeadConfig = HeadConfig()

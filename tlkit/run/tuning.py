@@ -275,8 +275,9 @@ def search(
     from tlkit.tune import search as S
     space = space or S.SearchSpace()
     out_dir = Path(out_dir) if out_dir is not None else Path(recipe.output.runs_dir) / recipe.name / "search"
+    storage = S.check_storage(storage) if storage else S.default_storage(out_dir)
+    shown = S.shown_storage(storage)  # what is printed and written: never the password
     out_dir.mkdir(parents=True, exist_ok=True)
-    storage = storage or f"sqlite:///{(out_dir / 'search.db').resolve()}"
     refine_epochs = refine_epochs or recipe.trainer.epochs
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -319,7 +320,7 @@ def search(
         epochs = int(study.user_attrs["epochs"])
         before = S.finished(study)
         started = time.perf_counter()
-        log.info("%s stage: %d trial(s) of %d epoch(s); %d already done in %s", stage, n, epochs, before, storage)
+        log.info("%s stage: %d trial(s) of %d epoch(s); %d already done in %s", stage, n, epochs, before, shown)
         S.run_stage(study, objective_for(stage, epochs, stage_space), n, progress=progress)
         wall = time.perf_counter() - started
         trials = study.get_trials(deepcopy=False)
@@ -359,7 +360,7 @@ def search(
     png = S.plot_plane({k: v["rows"] for k, v in stages.items()}, out_dir / "search.png",
                        title=f"{recipe.name}: val accuracy over lr x weight decay")
     summary = {
-        "out_dir": str(out_dir), "storage": storage, "best_recipe": str(best_path), "png": str(png),
+        "out_dir": str(out_dir), "storage": shown, "best_recipe": str(best_path), "png": str(png),
         "best": {"stage": best_stage, "trial": best.number, "params": best.params, "val_acc": best.value,
                  "val_loss": best.user_attrs.get("val_loss")},
         "stages": {k: {kk: vv for kk, vv in v.items() if kk not in ("trials",)} for k, v in stages.items()},

@@ -21,6 +21,7 @@ import lightning as L
 import optuna
 from typing_extensions import override
 
+from tlkit.errors import StorageError
 from tlkit.io import atomic_open, save_figure
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -91,15 +92,56 @@ def refine_space(coarse: SearchSpace, trials: list[optuna.trial.FrozenTrial], to
                        [strategy] if strategy else list(coarse.strategies[:1]))
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Storage URLs: built and shown with SQLAlchemy's URL API, never by string formatting (a '?' or '#' in a folder name
+# would start the URL's query or fragment and move the database), and shown or stored only with the password masked.
+
+
+def default_storage(out_dir: str | Path) -> str:
+    """sqlite:///<out_dir>/search.db (absolute), every character of the path escaped as the URL syntax needs."""
+    from sqlalchemy.engine import URL
+
+    database = str((Path(out_dir) / "search.db").resolve())
+    return URL.create("sqlite", database=database).render_as_string(hide_password=False)
+
+
+def check_storage(url: str) -> str:
+    """`url` if SQLAlchemy can parse it; else a StorageError (before any folder or database is created)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError):
+        # The text itself is not repeated: it may hold a password.
+        raise StorageError("--storage: not a database URL; expected e.g. sqlite:///path/search.db or "
+                           "postgresql://user:password@host/dbname (percent-encode @ : / in the password).") from None
+    return url
+
+
+def shown_storage(url: str) -> str:
+    """The storage URL as printed, logged and written to summary.json: the password replaced by ***."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(check_storage(url)).render_as_string(hide_password=True)
+
+
 def open_study(name: str, storage: str, *, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
     """Create or resume a maximising study; heartbeats let a trial killed mid-run be marked failed and retried."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: unchanged since 2.8
         if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # optuna >= 4.9 renamed the retry hook
             retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
         else:
             retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)}
-        rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=60, grace_period=180, **retry)
+        try:
+            rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=60, grace_period=180, **retry)
+        except (SQLAlchemyError, ImportError) as exc:  # bad dialect, missing driver, server or file unreachable
+            cause = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise StorageError(f"Cannot open the search storage {shown_storage(storage)} ({type(exc).__name__}: "
+                               f"{cause}); check the URL, its database driver and the server.") from None
     return optuna.create_study(
         study_name=name, storage=rdb, direction="maximize", sampler=sampler, load_if_exists=True,
         pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
