@@ -40,6 +40,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are shared like any other file
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno is None or exc.filename == str(path):
+            raise
+        # A full or read-only disk hit while writing the temp file: name the file the user asked for.
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_tuning_parsers(sub) -> None:
-    """check, lr-find, search, diagnose, init-stats: the seeds' tuning procedure (tlkit.run.tuning)."""
+    """check, lr-find, search, diagnose, init-stats: the tuning procedure (tlkit.run.tuning)."""
     check = sub.add_parser("check", help="sanity checks: initial loss vs ln(C), overfit a tiny subset (exit 1 on failure)")
     _add_recipe_args(check, positional=True)
     check.add_argument("--batches", type=_positive_int, default=2, help="batches for the initial loss (default 2)")
@@ -221,7 +221,7 @@ def _add_tuning_parsers(sub) -> None:
     search.add_argument("--refine-epochs", type=_positive_int, help="epochs per refine trial (default: the recipe's)")
     search.add_argument("--top-k", type=_positive_int, default=3, help="coarse trials the refine ranges span (default 3)")
     search.add_argument("--lr", nargs=2, type=float, default=[1e-4, 1e-1], metavar=("LOW", "HIGH"),
-                        help="coarse lr range, log-uniform (default 1e-4 1e-1, the seeds')")
+                        help="coarse lr range, log-uniform (default 1e-4 1e-1)")
     search.add_argument("--weight-decay", nargs=2, type=float, default=[1e-6, 1e-2], metavar=("LOW", "HIGH"),
                         help="coarse weight decay range, log-uniform (default 1e-6 1e-2)")
     search.add_argument("--backbone-lr-mult", nargs=2, type=float, metavar=("LOW", "HIGH"),

@@ -43,7 +43,7 @@ def create_backbone(
     """Build timm model `name` with `num_classes=0` (pooled features, `num_features` wide).
 
     Args:
-        weights: auto | hub | bundled | none | a local file path (see DESIGN.md contract 3).
+        weights: auto | hub | bundled | none | a local file path.
 
     Returns:
         (model, preprocessing from its pretrained config, a short description of where the weights came from).

@@ -1,9 +1,9 @@
-"""Classifier heads on pooled backbone features, with the seeds' initialisation schemes.
+"""Classifier heads on pooled backbone features, with initialisation schemes matched to the activation (LeCun, Glorot/Xavier, He).
 
 Init matched to activation (000_… seed): keep each layer's activation variance constant. He (Kaiming) for the ReLU
 family, LeCun for SELU (self-normalising needs Var(w) = 1/fan_in), Xavier (Glorot) for tanh. The final linear layer
 feeds a softmax, not an activation; it defaults to zeros: the linear-probe objective is convex so init does not
-change its optimum, every class starts with equal logits so the initial loss is exactly ln(C) (the seeds' first
+change its optimum, every class starts with equal logits so the initial loss is exactly ln(C) (the first
 sanity check), and distinct per-class gradients break symmetry at the first step. Zeros are refused for hidden
 layers: their neurons would receive identical gradients forever.
 """

@@ -37,7 +37,7 @@ CHECKPOINT_FORMAT = 2  # 2: settings stored as the settings models' dicts (backb
 
 
 class TransferModule(L.LightningModule):
-    """Backbone (timm, `num_classes=0`) -> head, with the seeds' transfer rule built in.
+    """Backbone (timm, `num_classes=0`) -> head, with the transfer rule built in (little data: a linear probe on frozen features; more data: fine-tune with the backbone at ~1/10 of the head's LR).
 
     Every setting is one of tlkit's settings models (the recipe's sections), given as the model, its dict form, or a
     short string where one field says it all; defaults are the recipe's.
@@ -294,7 +294,7 @@ class TransferModule(L.LightningModule):
     # -- checkpoint contract -------------------------------------------------------------------------------------
 
     def describe(self) -> dict:
-        """Everything evaluate/predict/export need besides the weights (DESIGN.md contract 5)."""
+        """Everything evaluate/predict/export need besides the weights."""
         return {
             "format": CHECKPOINT_FORMAT,
             "classes": list(self.classes),
@@ -312,7 +312,7 @@ class TransferModule(L.LightningModule):
         hparams = checkpoint.get("hyper_parameters")
         if isinstance(hparams, dict) and isinstance(hparams.get("backbone"), dict):
             checkpoint["hyper_parameters"] = {**hparams, "backbone": {**hparams["backbone"], "weights": "none"}}
-        if self.phase_epoch is not None:  # the phase a resume continues from (DESIGN.md contract 4)
+        if self.phase_epoch is not None:  # the phase a resume continues from
             checkpoint["tlkit"]["phase"] = {"epoch": self.phase_epoch,
                                             "trainable_groups": self.trainable_groups(self.phase_epoch)}
 

@@ -79,7 +79,7 @@ class HeadConfig(Section):
     hidden: list[Annotated[int, Field(gt=0, le=MAX_HIDDEN_WIDTH)]] = Field(default=[], max_length=MAX_HIDDEN_LAYERS)
     """Hidden layer widths of an MLP head (at most 16 layers of 1-8192 units); [] = a single linear layer (a probe)."""
     activation: Literal["relu", "leaky_relu", "elu", "selu", "gelu", "tanh"] = "relu"
-    """Activation between hidden layers; ReLU first, as the seeds advise."""
+    """Activation between hidden layers; ReLU is the robust first choice."""
     dropout: float = Field(default=0.0, ge=0, lt=1)
     """Dropout before each hidden activation's successor (and before a linear head); 0 = off."""
     init: Literal[INITS] | None = None  # type: ignore[valid-type]

@@ -1,6 +1,6 @@
 """Transfer strategies: which backbone parameters train, from which epoch, and at what learning rate.
 
-The seeds' transfer rule: with little data, freeze the pretrained backbone and train a linear classifier on its
+The transfer rule (Yosinski et al. 2014; CS231n's transfer-learning notes): with little data, freeze the pretrained backbone and train a linear classifier on its
 features; with more data, fine-tune everything with the backbone at about 1/10 of the head's learning rate.
 Beyond it: lp_ft (probe, then fine-tune from the probed head), gradual (unfreeze layer groups from the top every few
 epochs, fastai/ULMFiT style) and layer_decay (LR x decay^depth from the head down, timm's --layer-decay).
@@ -9,7 +9,7 @@ Each kind is one class (settings and behaviour together): it plans the layer gro
 trained epoch of each) and says which epochs the feature cache can serve; the module, fit, check, lr-find and
 search all ask it, and nothing else branches on the kind.
 
-One mechanism for all of them (DESIGN.md contract 4): parameter groups are built once, up front, each with an
+One mechanism for all of them (frozen means frozen): parameter groups are built once, up front, each with an
 `unfreeze_epoch`. Before it a group is gated: LR factor 0 inside the scheduler's own lambda (so any schedule keeps
 working and resume restores it exactly), requires_grad False and its modules in eval() (BatchNorm stats never move).
 The phase is a pure function of (plan, epoch), so every DDP rank and every resume computes the same one.
@@ -91,7 +91,7 @@ class Finetune(_Strategy):
     kind: Literal["finetune"] = "finetune"
     """Train everything, backbone at a lower LR: the rule when there is more data."""
     backbone_lr_mult: float = Field(default=0.1, gt=0, le=1)
-    """Backbone LR = head LR x this; the seeds' rule of thumb is about 1/10."""
+    """Backbone LR = head LR x this; the usual rule of thumb is about 1/10."""
 
     def plan(self, backbone: nn.Module, head: nn.Module) -> list[GroupSpec]:
         return [_head_spec(head), _whole_backbone(backbone, self.backbone_lr_mult, 0)]
@@ -174,7 +174,7 @@ class Auto(_Strategy):
     """Threshold; below it a linear probe (fine-tuning millions of weights on ~100 images/class overfits and, measured
     on hymenoptera's ~120/class, gained nothing over the probe at ~10x the cost)."""
     backbone_lr_mult: float = Field(default=0.1, gt=0, le=1)
-    """Backbone LR multiplier when auto picks finetune; the seeds' 1/10."""
+    """Backbone LR multiplier when auto picks finetune; the usual 1/10."""
 
     def plan(self, backbone: nn.Module, head: nn.Module) -> list[GroupSpec]:
         raise ValueError("strategy kind auto is decided from the data; call resolve(images_per_class) first "
@@ -252,7 +252,7 @@ def apply_phase(module: nn.Module, specs: list[GroupSpec], epoch: int) -> list[s
 
 
 def freeze(module: nn.Module) -> None:
-    """Frozen means frozen: no gradients AND eval mode, so BatchNorm statistics never move (DESIGN.md contract 4)."""
+    """Frozen means frozen: no gradients AND eval mode, so BatchNorm statistics never move."""
     for p in module.parameters():
         p.requires_grad_(False)
     module.eval()

@@ -1,4 +1,4 @@
-"""The only code that turns a Recipe into objects (DESIGN.md layers): fit(recipe) -> metrics dict, the augmentation
+"""The only code that turns a Recipe into objects: fit(recipe) -> metrics dict, the augmentation
 preview, and the checkpoint-driven evaluate / predict / export, which need nothing but the checkpoint."""
 
 from tlkit.run.build import (

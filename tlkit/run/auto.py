@@ -1,4 +1,4 @@
-"""strategy: auto -> linear_probe or finetune, decided from the scanned dataset size (the seeds' transfer rule)."""
+"""strategy: auto -> linear_probe or finetune, decided from the scanned dataset size (the transfer rule)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""fit(recipe) -> FitResult: train a recipe and write its run directory (DESIGN.md contract 7).
+"""fit(recipe) -> FitResult: train a recipe and write its run directory.
 
 A thin composition of public pieces: the datamodule and TransferModule built from the recipe's sections, Lightning's
 Trainer with tlkit's callbacks (checkpoints, LR monitor, seeding, EMA, loss and data-health guards), plus what only a
@@ -302,7 +302,7 @@ def _quiet_intended_warnings():
         warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
         # Lightning's own use of a torch API that torch deprecated; nothing a user can act on.
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
-        # A frozen backbone is in eval mode on purpose (DESIGN.md contract 4).
+        # A frozen backbone is in eval mode on purpose (frozen means frozen: BatchNorm statistics never move).
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
         yield
 

@@ -52,7 +52,10 @@ def resume_point(run_dir: Path, classes: list[str]) -> ResumePoint | None:
     if not path.is_file():
         return None
     checkpoint = read_checkpoint(path)  # a crafted pickle is refused here, before Lightning loads it
-    saved = list(checkpoint["tlkit"]["classes"])
+    saved = checkpoint["tlkit"].get("classes")
+    if not isinstance(saved, list) or not all(isinstance(checkpoint.get(k), int) for k in ("epoch", "global_step")):
+        raise CheckpointError(f"{path} lacks its class list or epoch (edited, or not written by tlkit); start a new "
+                              "run, or restore the run's checkpoints/last.ckpt.")
     if saved != list(classes):
         raise CheckpointError(
             f"{path} was trained on {len(saved)} classes ({', '.join(saved)}) but the data folder now has "

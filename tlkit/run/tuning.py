@@ -85,7 +85,7 @@ def first_epoch_optimizer(module) -> torch.optim.Optimizer:
 
 def check(recipe: Recipe, *, batches: int = 2, per_class: int = 2, steps: int = 50,
           tolerance: float | None = None) -> dict:
-    """The seeds' steps 1-2: initial loss vs ln(C) with weight decay off, then overfit a tiny subset (no
+    """Tuning steps 1-2: initial loss vs ln(C) with weight decay off, then overfit a tiny subset (no
     augmentation, no weight decay). Returns {'results': [CheckResult, ...], 'passed': bool, ...}."""
     from tlkit.tune import sanity
     tolerance = sanity.DEFAULT_LOSS_TOLERANCE if tolerance is None else tolerance
@@ -216,7 +216,7 @@ def lr_find(recipe: Recipe, *, out: str | Path | None = None, min_lr: float = 1e
     if suggestion is not None:
         i = min(range(len(lrs)), key=lambda k: abs(math.log(lrs[k]) - math.log(suggestion)))
         ax.plot([lrs[i]], [losses[i]], "o", ms=10, color="red", label=f"suggestion {suggestion:.2g} (steepest fall)")
-    ax.axvspan(1e-4, 1e-1, color="green", alpha=0.06, label="seeds' search range 1e-4..1e-1")
+    ax.axvspan(1e-4, 1e-1, color="green", alpha=0.06, label="usual search range 1e-4..1e-1")
     ax.set_xscale("log")
     other = sorted({r for r in ratios if r not in (0.0, 1.0)}, reverse=True)
     ax.set_xlabel("head learning rate" + (f" (other trained groups x {', '.join(f'{r:.3g}' for r in other[:4])}"

@@ -1,4 +1,4 @@
-"""Read train/val curves the way the seeds do (001_…, step 6) and say what to change.
+"""Read train/val curves the way CS231n's training notes do and say what to change.
 
 `diagnose_curves` is a pure function over per-epoch arrays, so synthetic curves test every verdict; `read_metrics_csv`
 turns Lightning's CSVLogger file (train and val metrics on separate rows) into those arrays.
@@ -65,7 +65,7 @@ def diagnose_curves(
         gap: train - val accuracy (last epoch) above this is overfitting; so is a val loss that rose 20% above its
             minimum while the train loss kept falling.
         underfit_train_acc: with no gap, a final train accuracy below this is underfitting (the model cannot even fit
-            the training set; the seeds' "no gap" case).
+            the training set; the "no gap" case).
         improving: relative val-loss drop over the last `window` epochs that counts as still improving.
     """
     n = min(len(train_loss), len(val_loss), len(train_acc), len(val_acc))

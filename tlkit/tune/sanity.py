@@ -1,4 +1,4 @@
-"""The seeds' first two tuning steps as verdicts: initial loss ~ ln(C), and overfitting a tiny subset.
+"""The first two steps of the usual tuning procedure (CS231n) as verdicts: initial loss ~ ln(C), and overfitting a tiny subset.
 
 Plain functions over tensors and numbers; tlkit.run.tuning feeds them a recipe's model and data.
 """

@@ -1,4 +1,4 @@
-"""Coarse-to-fine hyperparameter search with Optuna (the seeds' steps 4-5): study logic, no recipes.
+"""Coarse-to-fine hyperparameter search with Optuna (coarse, then fine, as CS231n's tuning notes advise): study logic, no recipes.
 
 Why Optuna: samplers (random for the coarse stage, TPE for the refine stage), per-epoch pruning of hopeless trials,
 and RDB storage — SQLite here, so an interrupted search resumes where it stopped; the same study name on a
