@@ -339,7 +339,7 @@ def test_unwritable_output_is_one_line_and_the_old_file_survives(case, trained_r
         def no_space(fd):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         monkeypatch.setattr(tlkit.io.os, "fsync", no_space)
-        needles = ["error: the disk is full; free some space, or write elsewhere (--out"]
+        needles = [f"cannot write {out}: the disk is full; free some space, or write elsewhere (--out"]
     else:
         def read_only(*args, dir=None, **kwargs):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
