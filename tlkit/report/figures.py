@@ -95,7 +95,7 @@ def lr_figure(runs: list[Run]) -> str | None:
             group = column.split("/", 1)[-1]
             colour = COLOURS[(i if len(runs) > 1 else j) % len(COLOURS)]
             ax.plot(range(1, len(values) + 1), values, LR_DASHES[j % len(LR_DASHES)],
-                    marker=LR_MARKERS[j % len(LR_MARKERS)], markersize=7 - j % 3 * 2, color=colour,
+                    marker=LR_MARKERS[j % len(LR_MARKERS)], markersize=max(3.0, 8 - 1.5 * j), color=colour,  # later on top, smaller
                     label=f"{run.label}: {group}" if len(runs) > 1 else group)
             values_seen += values
     positive = [v for v in values_seen if v > 0]
@@ -104,5 +104,6 @@ def lr_figure(runs: list[Run]) -> str | None:
         ax.set_yscale("log")
     _style_axis(ax, "learning rate")
     ax.set_title("learning rate per parameter group", fontsize=11)
-    ax.legend(fontsize=8, ncol=2 if len(ax.lines) > 6 else 1)
+    # Outside the axes: schedules end where a corner legend would sit.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=2 if len(ax.lines) > 12 else 1)
     return png_uri(fig)

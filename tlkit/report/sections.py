@@ -23,7 +23,7 @@ def fmt(name: str, value) -> str:
     if is_number(value) and ("acc" in name or "F1" in name):
         return f"{value:.2%}"
     if is_number(value) and isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{0.0 if abs(value) < 5e-5 else value:.4f}"  # no "-0.0000" for a loss of -log(1.0)
     return str(value)
 
 
