@@ -52,3 +52,7 @@ class ExportError(TlkitError, ValueError):
 
 class TrainingDivergedError(TlkitError, RuntimeError):
     """The training loss became NaN or infinite; the run stopped before applying that update."""
+
+
+class ReportError(TlkitError, ValueError):
+    """A folder given to `tlkit report` is not a run directory, or the report cannot be written where asked."""

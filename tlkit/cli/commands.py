@@ -266,6 +266,13 @@ def _diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from tlkit.report import write_report
+
+    print(f"wrote {write_report(args.run_dirs, out=args.out)}")
+    return 0
+
+
 def _init_stats(args: argparse.Namespace) -> int:
     from tlkit.tune.init_stats import format_table, init_statistics, plot_statistics
 
@@ -301,5 +308,5 @@ def _doctor(args: argparse.Namespace) -> int:
 HANDLERS = {
     "train": _train, "preview": _preview, "evaluate": _evaluate, "predict": _predict, "export": _export,
     "recipe": _recipe_show, "groups": _groups, "check": _check, "lr-find": _lr_find, "search": _search,
-    "diagnose": _diagnose, "init-stats": _init_stats, "doctor": _doctor,
+    "diagnose": _diagnose, "init-stats": _init_stats, "doctor": _doctor, "report": _report,
 }

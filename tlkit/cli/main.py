@@ -236,6 +236,12 @@ def _add_tuning_parsers(sub) -> None:
     diagnose.add_argument("--out", help="PNG path (default <run_dir>/curves.png)")
     diagnose.add_argument("--gap", type=float, default=0.10, help="train - val accuracy that counts as overfitting")
 
+    report = sub.add_parser("report", help="one self-contained HTML page of a run (curves, evaluation, data warnings, "
+                                           "diagnosis, provenance, recipe), or several runs compared")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by tlkit train")
+    report.add_argument("--out", help="HTML path (default <RUN_DIR>/report.html for one run, ./tlkit-report.html for "
+                                      "several); an existing file is replaced only if it is an earlier report")
+
     init = sub.add_parser("init-stats", help="activation/gradient statistics through a deep MLP per init scheme")
     init.add_argument("--init", nargs="+", default=["xavier_normal", "he_normal"], help="init schemes to compare")
     init.add_argument("--activation", default="relu", help="relu, leaky_relu, elu, selu, gelu, tanh (default relu)")
