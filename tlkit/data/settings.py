@@ -15,9 +15,14 @@ from tlkit.config import Section
 
 class DataConfig(Section):
     root: str
-    """Image folder: root/{train,val}/<class>/ or root/<class>/. Relative paths resolve against the recipe's folder."""
+    """Image folder: root/{train,val,test}/<class>/ (val and test optional) or root/<class>/. Relative paths resolve
+    against the recipe's folder."""
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
-    """Held-out fraction (stratified, seeded) when root has no val/valid/test split."""
+    """Held-out fraction (stratified, seeded) carved from the training images when root has no val/ (or valid/)
+    folder; val chooses the checkpoint."""
+    test_fraction: float = Field(default=0.0, ge=0, lt=1)
+    """Fraction carved as a test split (stratified, seeded) when root has no test/ folder; never used for selection,
+    only by trainer.test. 0 = no test split (small data keeps its images for training)."""
     batch_size: int = Field(default=32, gt=0)
     """Training batch size; 32 fits a 2-core CPU at 224 px."""
     eval_batch_size: int | None = Field(default=None, gt=0)
@@ -33,6 +38,13 @@ class DataConfig(Section):
     """Class imbalance: sampler = draw training images with replacement so each class is equally likely (seeded);
     loss_weights = weight the training loss by n / (C x count_c) (scikit-learn's "balanced"); none = as the data is.
     Balanced accuracy and macro-F1 are logged either way (val_balanced_acc, val_macro_f1)."""
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_images(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction + test_fraction must be below 1 to leave training images; got "
+                             f"{self.val_fraction} + {self.test_fraction}")
+        return self
 
 
 class ColorJitter(Section):

@@ -14,7 +14,7 @@ import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from tlkit.data.datamodule import balanced_class_weights, balanced_sample_weights
+from tlkit.data.datamodule import balanced_class_weights
 from tlkit.data.preflight import preflight
 from tlkit.io import atomic_write
 from tlkit.model.ema import WeightEMA
@@ -73,7 +73,6 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
     class_weights = (balanced_class_weights(train_labels, datamodule.num_classes)
                      if recipe.data.balance == "loss_weights" else None)
     module = build_module(recipe, datamodule.classes, class_weights=class_weights)
-    datamodule.preprocessing = module.preprocessing
     checked = preflight(datamodule.scan, balance=recipe.data.balance, crop_size=module.preprocessing.input_size)
     if launch_rank() == 0:  # the doctor's cheap pass: what the scan already read, plus duplicates by size
         for line in checked["warnings"]:
@@ -103,14 +102,9 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
         if datamodule.scan.skipped:
             atomic_write(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))
 
-    datamodule.bad_log = run_dir / "skipped_mid_run.txt"  # data.on_bad_image: skip lists files here
-    fit_datamodule, cache_info = choose_training_inputs(recipe, datamodule, module)
-    weights = balanced_sample_weights(train_labels, datamodule.num_classes) if recipe.data.balance == "sampler" else None
-    for dm in (datamodule, fit_datamodule, getattr(fit_datamodule, "features", None)):  # images, cached features
-        if dm is not None and hasattr(dm, "sample_weights"):
-            dm.sample_weights = weights  # data.balance: sampler draws class-balanced batches
-            dm.seed = recipe.seed
-            dm.first_epoch = resume_from.epoch + 1 if resume_from is not None else 0
+    fit_datamodule, cache_info = choose_training_inputs(  # data.on_bad_image: skip lists files in bad_log
+        recipe, datamodule, module, bad_log=run_dir / "skipped_mid_run.txt",
+        first_epoch=resume_from.epoch + 1 if resume_from is not None else 0)
     epochs = recipe.trainer.epochs
     if getattr(recipe.strategy, "solver", "sgd") == "lbfgs":  # the recipe guarantees cached features here
         cache_info["solver"] = fit_head_closed_form(module, fit_datamodule, recipe.seed)
@@ -143,7 +137,6 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
         enable_model_summary=False,
         log_every_n_steps=min(50, steps_per_epoch),
         num_sanity_val_steps=0,
-        reload_dataloaders_every_n_epochs=getattr(fit_datamodule, "reload_every_n_epochs", 0),  # lp_ft: phased
     )
     L.seed_everything(recipe.seed, workers=True, verbose=False)  # both paths start training from the same RNG state
     with warnings.catch_warnings():
