@@ -156,6 +156,25 @@ def _inspect_image(path: Path, min_size: int) -> tuple[list[str], str | None]:
     return cases, None
 
 
+def _file_cases(path: Path, class_dir: Path, root: Path, min_size: int) -> tuple[list[str], bool]:
+    """(the cases of one entry below a class folder, whether training uses the file)."""
+    if any(part.startswith(".") for part in path.relative_to(class_dir).parts):
+        return ["hidden"], False
+    if path.is_symlink() and not _inside(path, root):
+        return ["symlink_outside_root"], False  # never read: it may point anywhere
+    problem = link_problem(path) if path.is_symlink() else None
+    if problem is not None:
+        return ["symlink_loop" if "loop" in problem else "broken_symlink"], False
+    if not path.is_file():
+        return [], False  # a folder linked inside root (os.walk does not follow it)
+    if path.stat().st_size == 0:
+        return ["zero_byte"], False
+    if not is_image_name(path):
+        return ["non_image"], False
+    cases, error = _inspect_image(path, min_size)
+    return ([*cases, error], False) if error else (cases, True)
+
+
 def diagnose(root: str | Path, *, min_size: int = DEFAULT_MIN_SIZE) -> dict:
     """Report every special case under root. Raises DataNotFoundError / DataError only if the folder is unusable."""
     root = Path(root)
@@ -174,30 +193,10 @@ def diagnose(root: str | Path, *, min_size: int = DEFAULT_MIN_SIZE) -> dict:
         for class_dir in classes:
             good = 0
             for path in _walk(class_dir):
-                rel = path.relative_to(class_dir)
-                if any(part.startswith(".") for part in rel.parts):
-                    found["hidden"].append(str(path))
-                    continue
-                if path.is_symlink() and not _inside(path, root):
-                    found["symlink_outside_root"].append(str(path))  # never read: it may point anywhere
-                    continue
-                problem = link_problem(path) if path.is_symlink() else None
-                if problem is not None:
-                    found["symlink_loop" if "loop" in problem else "broken_symlink"].append(str(path))
-                    continue
-                if not path.is_file():
-                    continue
-                if path.stat().st_size == 0:
-                    found["zero_byte"].append(str(path))
-                    continue
-                if not is_image_name(path):
-                    found["non_image"].append(str(path))
-                    continue
-                cases, error = _inspect_image(path, min_size)
+                cases, usable = _file_cases(path, class_dir, root, min_size)
                 for case in cases:
                     found[case].append(str(path))
-                if error:
-                    found[error].append(str(path))
+                if not usable:
                     continue
                 good += 1
                 hashes[hashlib.sha256(path.read_bytes()).hexdigest()].append((split, str(path)))
