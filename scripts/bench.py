@@ -70,7 +70,7 @@ def fixed_batches(recipe, steps: int) -> tuple[list[tuple[torch.Tensor, torch.Te
     """`steps` augmented training batches decoded once, so every contender trains on identical tensors."""
     datamodule = build_datamodule(recipe)
     module = build_module(recipe, datamodule.classes)
-    datamodule.preprocessing = module.preprocessing
+    datamodule = datamodule.replace(preprocessing=module.preprocessing, cache=False)
     datamodule.setup("fit")
     batches = []
     for images, labels in datamodule.train_dataloader():

@@ -152,3 +152,15 @@ def test_lbfgs_with_an_mlp_head_is_a_recipe_error():
     with pytest.raises(RecipeError, match="lbfgs needs head.hidden must be"):
         validate_recipe({"data": {"root": "x"}, "strategy": {"kind": "linear_probe", "solver": "lbfgs"},
                          "head": {"hidden": [8]}})
+
+
+def test_check_on_lp_ft_reads_the_probe_phase_from_the_cache(tmp_path):
+    """tlkit check sets up the training datamodule without a Trainer; lp_ft's first epoch is served from features."""
+    from tlkit.run.tuning import check
+
+    root = write_colour_classes(tmp_path / "c", per_class=6)
+    recipe = probe_recipe(root, tmp_path / "cache", strategy={"kind": "lp_ft", "probe_epochs": 1},
+                          trainer={"epochs": 2})
+    report = check(recipe, steps=5)
+    assert report["inputs"] == "cached features" and report["strategy"] == "lp_ft"
+    assert report["results"][0].passed  # the initial loss is ln(C) on the head over cached features

@@ -45,7 +45,7 @@ def test_split_layout_reads_train_and_val_folders(split_root):
     assert all(Path(p).parent.name == scan.classes[label] for p, label in scan.train + scan.val)
 
 
-@pytest.mark.parametrize("val_name", ["valid", "validation", "test"])
+@pytest.mark.parametrize("val_name", ["valid", "validation"])
 def test_split_layout_accepts_other_validation_folder_names(tmp_path, make_class_folders, val_name):
     make_class_folders(tmp_path / "train", {"cat": 2, "dog": 2})
     make_class_folders(tmp_path / val_name, {"cat": 1, "dog": 1})
@@ -128,9 +128,9 @@ def test_val_class_missing_from_train_is_a_data_error(split_root, make_class_fol
         scan_folder(split_root)
 
 
-def test_train_folder_without_val_folder_is_a_data_error(tmp_path, make_class_folders):
-    make_class_folders(tmp_path / "train", {"cat": 2, "dog": 2})
-    with pytest.raises(DataError, match=r"has train/ but no validation folder"):
+def test_val_or_test_folder_without_train_folder_is_a_data_error(tmp_path, make_class_folders):
+    make_class_folders(tmp_path / "test", {"cat": 2, "dog": 2})
+    with pytest.raises(DataError, match=r"has test/ but no train/ folder"):
         scan_folder(tmp_path)
 
 
@@ -221,3 +221,136 @@ def test_datamodule_without_preprocessing_or_model_asks_for_one(split_root):
     dm = ImageFolderDataModule(split_root, num_workers=0)
     with pytest.raises(ValueError, match=r"needs preprocessing"):
         dm.setup("fit")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Honest splits: val chooses checkpoints, test is never used for selection
+
+
+def _paths(samples) -> set[str]:
+    return {p for p, _ in samples}
+
+
+def test_split_layout_with_a_test_folder_keeps_test_out_of_train_and_val(split_root, make_class_folders):
+    make_class_folders(split_root / "test", {"cat": 2, "dog": 1})
+    scan = scan_folder(split_root)
+    assert scan.layout == "split"
+    assert all("/val/" in p for p in _paths(scan.val))
+    assert all("/test/" in p for p in _paths(scan.test)) and labels_of(scan.test) == {0: 2, 1: 1}
+    assert not any("/test/" in p for p in _paths(scan.train) | _paths(scan.val))
+
+
+def test_train_and_test_folders_carve_val_from_train_seeded_and_stratified(tmp_path, make_class_folders):
+    make_class_folders(tmp_path / "train", {"cat": 10, "dog": 5})
+    make_class_folders(tmp_path / "test", {"cat": 3, "dog": 3})
+    scan = scan_folder(tmp_path, val_fraction=0.2, seed=1)
+    assert scan.layout == "carved"
+    assert labels_of(scan.val) == {0: 2, 1: 1}  # per class
+    assert all("/train/" in p for p in _paths(scan.train) | _paths(scan.val))
+    assert not _paths(scan.train) & _paths(scan.val)
+    assert all("/test/" in p for p in _paths(scan.test)) and len(scan.test) == 6
+    assert scan_folder(tmp_path, val_fraction=0.2, seed=1).val == scan.val
+    assert scan_folder(tmp_path, val_fraction=0.2, seed=2).val != scan.val
+
+
+def test_train_folder_alone_carves_val_from_it(tmp_path, make_class_folders):
+    make_class_folders(tmp_path / "train", {"cat": 4, "dog": 4})
+    scan = scan_folder(tmp_path, val_fraction=0.25)
+    assert scan.layout == "carved" and labels_of(scan.val) == {0: 1, 1: 1} and scan.test == []
+
+
+def test_flat_folder_has_no_test_split_by_default(single_root):
+    assert scan_folder(single_root).test == []
+
+
+def test_flat_folder_test_fraction_carves_a_disjoint_stratified_test_split(single_root):
+    scan = scan_folder(single_root, val_fraction=0.2, test_fraction=0.3, seed=4)
+    assert labels_of(scan.val) == {0: 2, 1: 2, 2: 2} and labels_of(scan.test) == {0: 3, 1: 3, 2: 3}
+    train, val, test = _paths(scan.train), _paths(scan.val), _paths(scan.test)
+    assert not (train & val or train & test or val & test) and len(train | val | test) == 30
+    # val does not depend on test_fraction: a checkpoint's val split is re-created from (val_fraction, seed)
+    assert scan_folder(single_root, val_fraction=0.2, seed=4).val == scan.val
+
+
+def test_a_class_too_small_for_a_test_image_keeps_its_train_and_val(tmp_path, make_class_folders):
+    make_class_folders(tmp_path, {"cat": 2, "dog": 10})
+    scan = scan_folder(tmp_path, val_fraction=0.2, test_fraction=0.2)
+    assert labels_of(scan.train)[0] == 1 and labels_of(scan.val)[0] == 1 and labels_of(scan.test) == {1: 2}
+
+
+def test_test_class_missing_from_train_is_a_data_error(split_root, make_class_folders):
+    make_class_folders(split_root / "test", {"fox": 1})
+    with pytest.raises(DataError, match=r"test has classes missing from .*train: fox"):
+        scan_folder(split_root)
+
+
+def test_fractions_are_validated_by_data_config(single_root):
+    from tlkit.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="val_fraction \\+ test_fraction must be below 1"):
+        ImageFolderDataModule(single_root, val_fraction=0.5, test_fraction=0.5)
+    with pytest.raises(RecipeError, match="batch_size"):
+        ImageFolderDataModule(single_root, batch_size=0)
+
+
+def test_datamodule_defaults_are_the_recipe_defaults(single_root):
+    import inspect
+
+    from tlkit.recipe import validate_recipe
+    from tlkit.recipe.sections import Recipe
+
+    params = inspect.signature(ImageFolderDataModule).parameters
+    recipe = validate_recipe({"data": {"root": str(single_root)}})
+    for name in recipe.data.model_fields:
+        if name in params and name != "root":
+            assert params[name].default == getattr(recipe.data, name), name
+    assert params["seed"].default == Recipe.model_fields["seed"].default
+    dm = ImageFolderDataModule(single_root)
+    assert dm.cache == recipe.cache and dm.augment == recipe.augment
+
+
+def test_replace_reuses_the_scan_unless_the_split_changes(single_root):
+    dm = ImageFolderDataModule(single_root, num_workers=0, seed=3)
+    same = dm.replace(first_epoch=2, bad_log="x.txt", balance="sampler")
+    assert same.scan is dm.scan and same.first_epoch == 2 and same.sample_weights is not None
+    other = dm.replace(seed=4)
+    assert other.scan is not dm.scan and other.scan.val != dm.scan.val
+    with pytest.raises(TypeError, match="unknown argument"):
+        dm.replace(colour="red")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Symlinks
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_a_split_folder_linked_outside_the_root_is_refused(tmp_path, make_class_folders, split):
+    root = tmp_path / "data"
+    for name in {"train", "val", "test"} - {split}:
+        make_class_folders(root / name, {"cat": 2, "dog": 2})
+    make_class_folders(tmp_path / "elsewhere", {"cat": 2, "dog": 2})
+    (root / split).symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(DataError, match=rf"{split} is a symlink to .*elsewhere, outside the data folder"):
+        scan_folder(root)
+
+
+def test_a_split_folder_linked_inside_the_root_is_followed(tmp_path, make_class_folders):
+    root = tmp_path / "data"
+    make_class_folders(root / "train", {"cat": 2, "dog": 2})
+    make_class_folders(root / "versions" / "val_v2", {"cat": 1, "dog": 1})
+    (root / "val").symlink_to(root / "versions" / "val_v2")
+    assert len(scan_folder(root).val) == 2
+
+
+def test_symlink_loops_and_broken_links_are_skipped_and_listed(split_root):
+    folder = split_root / "train" / "cat"
+    (folder / "loop_a.png").symlink_to(folder / "loop_b.png")
+    (folder / "loop_b.png").symlink_to(folder / "loop_a.png")
+    (folder / "gone.png").symlink_to(folder / "missing.png")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "up").symlink_to(folder / "sub")  # a directory loop: never walked into
+    scan = scan_folder(split_root)
+    skipped = {Path(p).name: why for p, why in scan.skipped}
+    assert skipped["loop_a.png"] == skipped["loop_b.png"] == "symlink loop (never reaches a file)"
+    assert skipped["gone.png"] == "broken symlink (target missing)"
+    assert labels_of(scan.train) == {0: 3, 1: 4}

@@ -29,10 +29,7 @@ BLOCK = re.compile(
     r"^<!--\s*runnable(?::\s*(?P<opts>[^>]*?))?\s*-->\s*\n```(?P<lang>\w*)[^\n]*\n(?P<body>.*?)^```", re.DOTALL | re.MULTILINE
 )
 # Text in a block -> why it cannot pass yet. Such blocks are self-contained and run as xfail(strict=False).
-PENDING = {
-    "ImageFilesDataModule": "trainer.test / trainer.predict with ImageFilesDataModule are being added",
-    "trainer.test(": "trainer.test / trainer.predict with ImageFilesDataModule are being added",
-}
+PENDING: dict[str, str] = {}
 # Pages whose blocks take over ~15 s (ONNX export; lr-find + search): they run with `make test-slow`.
 SLOW_PAGES = {"docs/evaluation.md", "docs/tuning.md"}
 # Commands that read a recipe: keep them single-process and quiet (both may also be changed on --resume).
@@ -161,8 +158,6 @@ def test_docs_have_no_paths_outside_the_repository():
             assert bad not in text, f"{page.name} mentions {bad!r}"
 
 
-@pytest.mark.xfail(strict=False, reason="field docstrings in tlkit/model/settings.py and tlkit/model/strategies.py "
-                                        "still say 'the seeds'; they feed the generated recipe reference")
 def test_generated_reference_uses_words_for_users():
     sys.path.insert(0, str(REPO / "docs" / "hooks"))
     try:

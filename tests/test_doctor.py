@@ -112,3 +112,33 @@ def test_doctor_writes_a_gallery_of_the_files_worth_a_look_beside_the_json(zoo_r
     assert "b1.png == leak_b1.png" in captions
     shown = {Path(path).name for path, _ in items}
     assert not shown & {"bomb.png", "link_out.png", "corrupt.jpg", "truncated.jpg", "empty.png"}  # never decoded
+
+
+def test_doctor_reports_symlink_loops_and_split_folders_linked_outside_in_one_line(tmp_path, capsys):
+    from conftest import write_class_folders
+
+    root = tmp_path / "data"
+    write_class_folders(root / "train", {"a": 2, "b": 2})
+    write_class_folders(tmp_path / "elsewhere", {"a": 1, "b": 1})
+    (root / "val").symlink_to(tmp_path / "elsewhere")
+    (root / "train" / "a" / "x.png").symlink_to(root / "train" / "a" / "y.png")
+    (root / "train" / "a" / "y.png").symlink_to(root / "train" / "a" / "x.png")
+    code = main(["doctor", str(root), "--json", str(tmp_path / "r.json")])
+    out = capsys.readouterr()
+    assert code == 0 and "Traceback" not in out.err + out.out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert sorted(Path(p).name for p in _case(report, "symlink_loop")) == ["x.png", "y.png"]
+    assert _case(report, "symlink_outside_root") == [str(root / "val")]
+    assert "val" not in report["class_counts"]  # never read
+
+
+def test_doctor_refuses_a_train_folder_linked_outside_in_one_line(tmp_path, capsys):
+    from conftest import write_class_folders
+
+    root = tmp_path / "data"
+    write_class_folders(tmp_path / "elsewhere", {"a": 1, "b": 1})
+    root.mkdir()
+    (root / "train").symlink_to(tmp_path / "elsewhere")
+    code = main(["doctor", str(root), "--json", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err and "symlink leaving the data folder" in err

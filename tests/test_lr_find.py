@@ -123,7 +123,6 @@ def test_check_and_lr_find_apply_the_group_lr_ratios_training_applies(tmp_path, 
 
     dm = build_datamodule(recipe)
     module = build_module(recipe, dm.classes)
-    dm.preprocessing = module.preprocessing
     L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, accelerator="cpu", logger=False,
               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
               callbacks=[FirstStep()]).fit(module, datamodule=dm)

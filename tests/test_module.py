@@ -23,7 +23,8 @@ def tiny_module(strategy: str | dict = "linear_probe", **kwargs) -> TransferModu
 
 
 def quick_fit(module: TransferModule, root, epochs: int = 2) -> None:
-    dm = ImageFolderDataModule(root, batch_size=8, num_workers=0, preprocessing=module.preprocessing)
+    # cache=False: these tests check the image path (a frozen backbone's BatchNorm under train mode)
+    dm = ImageFolderDataModule(root, batch_size=8, num_workers=0, preprocessing=module.preprocessing, cache=False)
     trainer = L.Trainer(
         max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,

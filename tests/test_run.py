@@ -248,3 +248,21 @@ def test_wandb_offline_run_is_written_under_the_run_dir(tmp_path, monkeypatch):
     fit(recipe, run_dir=tmp_path / "run")
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
+
+
+def test_a_test_folder_is_evaluated_once_at_the_end_and_never_chooses_checkpoints(tmp_path):
+    root = write_colour_classes(tmp_path / "colours", per_class=6)
+    for image in sorted((root / "val").rglob("*.png"))[::2]:  # half of val becomes the test split
+        target = root / "test" / image.parent.name / image.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(image, target)
+    recipe = validate_recipe(tiny_recipe_dict(root, backbone={"name": "test_resnet"},
+                                              optim={"name": "adamw", "lr": 0.3}, trainer={"epochs": 2}))
+    metrics = fit(recipe, run_dir=tmp_path / "run")
+    assert metrics["num_test"] == 3 and metrics["num_val"] == 3
+    assert metrics["test_acc"] is not None and 0 <= metrics["test_acc"] <= 1
+    assert metrics["val_acc"] is not None  # val metrics are not replaced by the test pass
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["test_acc"] == metrics["test_acc"]
+    csv_text = (tmp_path / "run" / "metrics.csv").read_text()
+    assert "test_acc" in csv_text.splitlines()[0]  # logged once, at the end

@@ -47,6 +47,8 @@ def format_summary(metrics: dict) -> str:
         ("strategy", str(metrics.get("strategy"))),
         ("run directory", str(metrics.get("run_dir"))),
     ]
+    if metrics.get("test_acc") is not None:  # evaluated once, with the checkpoint val chose
+        rows.insert(2, ("test accuracy", f"{metrics['test_acc']:.2%} ({metrics.get('num_test')} images)"))
     mid_run = metrics.get("skipped_mid_run") or {}
     if any(mid_run.values()):  # files that vanished or broke after the scan (listed in skipped_mid_run.txt)
         rows.insert(6, ("skipped mid-run train / val", f"{mid_run.get('train', 0)} / {mid_run.get('val', 0)}"))

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from tlkit.data.datamodule import decode
+from tlkit.data.images import BadSample, decode
 from tlkit.errors import DataError
 from tlkit.io import atomic_save, cache_dir
 from tlkit.seeding import derive_seed, split_epoch_index
@@ -192,22 +192,36 @@ class FeatureCache:
 class CachedFeatures(Dataset):
     """Training set over cached features: views (K, N, D) -> one view per image per draw (K=1: no randomness).
 
+    Rows stay aligned with the image samples they came from (the same indices, so a sampler, balance weights and an
+    lp_ft switch to images see the same dataset); a non-finite row marks a file that failed to decode during
+    extraction and is served as a BadSample, which the collate drops, as the image path drops the file.
+
     Epoch-indexed (tlkit.seeding): given (index, epoch), the view is drawn from (seed, epoch, index)."""
 
     epoch_indexed = True
 
-    def __init__(self, views: torch.Tensor, labels: Sequence[int], *, seed: int = 0):
+    def __init__(self, views: torch.Tensor, labels: Sequence[int], *, seed: int = 0,
+                 paths: Sequence[str] | None = None):
         if views.ndim == 2:
             views = views[None]
         self.views = views
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
         self.seed = seed
+        self.paths = list(paths) if paths is not None else None
+        self.finite = views.isfinite().all(dim=2).all(dim=0)  # per image: every view extracted
 
     def __len__(self) -> int:
         return self.views.shape[1]
 
-    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def usable(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(views, labels) of the rows that were extracted (the closed-form probe fits on these)."""
+        return self.views[:, self.finite], self.labels[self.finite]
+
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor] | BadSample:
         index, epoch = split_epoch_index(index)
+        if not self.finite[index]:
+            path = self.paths[index] if self.paths is not None else f"row {index}"
+            return BadSample(path, "failed to decode during feature extraction")
         if len(self.views) == 1:
             view = 0
         elif epoch is not None:

@@ -1,28 +1,39 @@
-"""Image-folder data: scan, split, decode, and the Lightning DataModule.
+"""Image-folder data for Lightning: decode, loaders, and ImageFolderDataModule (train / val / test / predict, with
+cached backbone features while the fitted module's backbone is frozen).
 
-Layouts: root/{train,val|valid|validation|test}/<class>/* or root/<class>/* (then a seeded, stratified val split).
+Scanning and splitting live in tlkit.data.scan (re-exported here); cached features in tlkit.data.features.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from typing_extensions import override
 
+from tlkit.config import settings_from
 from tlkit.data.augment import TrainAugment, build_eval_transform, build_train_transform
-from tlkit.data.images import is_image_name, load_rgb
+from tlkit.data.cache import CachedFeatures, extraction_device
+from tlkit.data.features import Extraction, FeatureSplits, PhasedDataset, extract_splits
+from tlkit.data.images import BadSample, decode
 from tlkit.data.preprocessing import Preprocessing
-from tlkit.errors import DataError, DataNotFoundError, did_you_mean
+from tlkit.data.scan import (  # noqa: F401  (re-exported: the names' historical home)
+    VAL_SPLIT_NAMES,
+    FolderScan,
+    leaves_root,
+    scan_folder,
+    stratified_split,
+)
+from tlkit.data.settings import CacheConfig, DataConfig
+from tlkit.errors import DataError
 from tlkit.seeding import (
     EpochSampler,
     derive_seed,
@@ -32,186 +43,14 @@ from tlkit.seeding import (
 
 log = logging.getLogger(__name__)
 
-VAL_SPLIT_NAMES = ("val", "valid", "validation", "test")
-
-
-@dataclass
-class FolderScan:
-    """What a data root holds: class names and (path, label) samples per split, plus files that were skipped."""
-
-    classes: list[str]
-    train: list[tuple[str, int]]
-    val: list[tuple[str, int]]
-    layout: str  # "split" (train/ + val/) or "single" (one folder, split by val_fraction)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (width, height), from the header
-
-
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def leaves_root(path: Path, root: Path) -> bool:
-    """True when `path` is a symlink whose target lies outside `root` (such links are never followed: they could
-    point anywhere, and a folder copied elsewhere would silently change)."""
-    if not path.is_symlink():
-        return False
-    return not Path(os.path.realpath(path)).is_relative_to(Path(os.path.realpath(root)))
-
-
-def _list_images(class_dir: Path, skipped: list[tuple[str, str]], root: Path,
-                 sizes: dict[str, tuple[int, int]]) -> list[str]:
-    """Image files below class_dir (recursive, sorted), their header sizes recorded in `sizes`. Non-images,
-    unreadable headers, decompression bombs and symlinks leaving `root` are skipped and listed."""
-    files = []
-    for path in sorted(class_dir.rglob("*")):
-        if any(part.startswith(".") for part in path.relative_to(class_dir).parts):
-            continue
-        if leaves_root(path, root):
-            skipped.append((str(path), "symlink leaving the data folder (not followed)"))
-            continue
-        if not path.is_file():
-            continue
-        if not is_image_name(path):
-            skipped.append((str(path), "not an image file extension"))
-            continue
-        try:
-            with Image.open(path) as im:  # reads the header only: cheap, catches empty and non-image files
-                width, height = im.size
-        except Image.DecompressionBombError:
-            skipped.append((str(path), "decompression bomb: refused from its header"))
-            continue
-        except (UnidentifiedImageError, OSError) as exc:
-            skipped.append((str(path), f"unreadable: {type(exc).__name__}"))
-            continue
-        if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:  # PIL only warns below 2x the limit
-            skipped.append((str(path), f"decompression bomb: {width}x{height} pixels, refused from its header"))
-            continue
-        files.append(str(path))
-        sizes[str(path)] = (width, height)
-    return files
-
-
-def _collect(folder: Path, classes: list[str], skipped: list[tuple[str, str]], root: Path,
-             sizes: dict[str, tuple[int, int]]) -> list[tuple[str, int]]:
-    samples = []
-    for label, name in enumerate(classes):
-        class_dir = folder / name
-        if leaves_root(class_dir, root):
-            skipped.append((str(class_dir), "symlink leaving the data folder (not followed)"))
-        elif class_dir.is_dir():
-            samples += [(p, label) for p in _list_images(class_dir, skipped, root, sizes)]
-    return samples
-
-
-def scan_folder(root: str | Path, *, val_fraction: float = 0.2, seed: int = 42) -> FolderScan:
-    """Find classes and samples under root; raises DataNotFoundError / DataError with the fix in one line."""
-    root = Path(root)
-    if not root.is_dir():
-        parent = root.parent
-        hint = did_you_mean(root.name, [p.name for p in parent.iterdir()]) if parent.is_dir() else ""
-        raise DataNotFoundError(
-            f"Data folder {str(root)!r} does not exist.{hint} Point data.root at a folder of class subfolders "
-            "(e.g. --set data.root=/path/to/images)."
-        )
-    skipped: list[tuple[str, str]] = []
-    sizes: dict[str, tuple[int, int]] = {}
-    train_dir = root / "train"
-    val_dir = next((root / n for n in VAL_SPLIT_NAMES if (root / n).is_dir()), None)
-    if train_dir.is_dir() and val_dir is not None:
-        classes = [p.name for p in _class_dirs(train_dir)]
-        _check_classes(classes, train_dir)
-        extra = sorted({p.name for p in _class_dirs(val_dir)} - set(classes))
-        if extra:
-            raise DataError(
-                f"{val_dir} has classes missing from {train_dir}: {', '.join(extra)}. "
-                "Add training images for them or remove them from the validation folder."
-            )
-        train = _collect(train_dir, classes, skipped, root, sizes)
-        val = _collect(val_dir, classes, skipped, root, sizes)
-        layout = "split"
-    else:
-        if val_dir is not None and not train_dir.is_dir():
-            raise DataError(
-                f"{root} has {val_dir.name}/ but no train/ folder; add train/<class>/ images beside it, "
-                "or point data.root at a folder of class subfolders."
-            )
-        if train_dir.is_dir():
-            raise DataError(
-                f"{root} has train/ but no validation folder ({'/, '.join(VAL_SPLIT_NAMES)}/). "
-                "Add one, or point data.root at train/ to split it by data.val_fraction."
-            )
-        classes = [p.name for p in _class_dirs(root)]
-        _check_classes(classes, root)
-        samples = _collect(root, classes, skipped, root, sizes)
-        train, val = stratified_split(samples, val_fraction=val_fraction, seed=seed)
-        layout = "single"
-    empty = [c for i, c in enumerate(classes) if not any(label == i for _, label in train)]
-    if empty:
-        raise DataError(f"No training images for class(es) {', '.join(empty)} under {root}; add images or remove the folders.")
-    if not val:
-        raise DataError(f"No validation images found under {root}; add images to the validation folder.")
-    for path, reason in skipped:
-        log.warning("skipped %s (%s)", path, reason)
-    return FolderScan(classes=classes, train=train, val=val, layout=layout, skipped=skipped, sizes=sizes)
-
-
-def _check_classes(classes: list[str], folder: Path) -> None:
-    if len(classes) < 2:
-        found = f"only {classes[0]!r}" if classes else "none"
-        raise DataError(
-            f"{folder} needs at least 2 class subfolders (found {found}); put each class's images in its own folder."
-        )
-
-
-def stratified_split(
-    samples: Sequence[tuple[str, int]], *, val_fraction: float, seed: int
-) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    """Seeded per-class split: round(n * val_fraction) of each class to val, clamped so that every class keeps at
-    least one image on each side."""
-    by_class: dict[int, list[tuple[str, int]]] = {}
-    for sample in sorted(samples):
-        by_class.setdefault(sample[1], []).append(sample)
-    small = sorted(label for label, items in by_class.items() if len(items) < 2)
-    if small:
-        raise DataError(
-            f"Cannot split a class with fewer than 2 images into train and val (class indices {small}); "
-            "add images or provide train/ and val/ folders."
-        )
-    rng = random.Random(seed)
-    train: list[tuple[str, int]] = []
-    val: list[tuple[str, int]] = []
-    for label in sorted(by_class):
-        items = by_class[label][:]
-        rng.shuffle(items)
-        n_val = min(len(items) - 1, max(1, round(len(items) * val_fraction)))
-        val += items[:n_val]
-        train += items[n_val:]
-    return sorted(train), sorted(val)
-
-
-def decode(path: str) -> np.ndarray:
-    """load_rgb with a one-line DataError naming the file; never substitutes another sample (that would silently
-    change the data the user thinks they trained on)."""
-    try:
-        return load_rgb(path)
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
-        raise DataError(f"Cannot decode {path} ({type(exc).__name__}: {exc}); remove or repair the file.") from exc
-
-
 BAD_IMAGE_POLICIES = ("skip", "error")
-
-
-@dataclass(frozen=True)
-class BadSample:
-    """What ImageDataset returns under on_bad="skip" for a file that no longer decodes; collate_skipping_bad drops it."""
-
-    path: str
-    reason: str
+MIXING_NEEDS_IMAGES = ("feature cache: Mixup/CutMix mix images, not features, so this linear probe trains on images "
+                       "(uncached); set mixing alphas to 0 to use the cache.")
 
 
 class ImageDataset(Dataset):
-    """(path, label) samples decoded to RGB and passed through `transform`.
+    """(path, label) samples decoded to RGB and passed through `transform`; returns (image, label), or with
+    with_paths=True (image, path) (prediction: the caller needs to know which file each row is).
 
     on_bad="error" raises DataError naming a file that fails to decode; "skip" returns a BadSample instead (the
     collate drops it, never substituting another image) and appends "path<TAB>reason" to `bad_log` when set (a file,
@@ -224,7 +63,7 @@ class ImageDataset(Dataset):
     epoch_indexed = True
 
     def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable, *, on_bad: str = "error",
-                 bad_log: Path | None = None, seed: int = 0):
+                 bad_log: Path | None = None, seed: int = 0, with_paths: bool = False):
         if on_bad not in BAD_IMAGE_POLICIES:
             raise ValueError(f"on_bad must be one of {', '.join(BAD_IMAGE_POLICIES)}; got {on_bad!r}.")
         self.samples = list(samples)
@@ -232,11 +71,12 @@ class ImageDataset(Dataset):
         self.on_bad = on_bad
         self.bad_log = bad_log
         self.seed = seed
+        self.with_paths = with_paths
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, int] | BadSample:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, int | str] | BadSample:
         index, epoch = split_epoch_index(index)
         path, label = self.samples[index]
         try:
@@ -248,11 +88,11 @@ class ImageDataset(Dataset):
             if self.bad_log is not None:
                 with open(self.bad_log, "a") as f:
                     f.write(f"{path}\t{str(exc).splitlines()[0]}\n")
-            return BadSample(path, str(exc))
+            return BadSample(path, str(exc).splitlines()[0])
         reseed = getattr(self.transform, "reseed", None)
         if epoch is not None and reseed is not None:
             reseed(derive_seed(self.seed, "sample", epoch, index))
-        return self.transform(image), label
+        return self.transform(image), (path if self.with_paths else label)
 
 
 def collate_skipping_bad(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,88 +103,47 @@ def collate_skipping_bad(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.empty(0), torch.empty(0, dtype=torch.long)
 
 
+class PathBatch(NamedTuple):
+    """A prediction batch as the loader yields it; the datamodule's on_before_batch_transfer records `bad` and hands
+    the module (images, paths), which TransferModule.predict_step turns into {"probs", "paths"}."""
+
+    images: torch.Tensor
+    paths: list[str]
+    bad: list[tuple[str, str]]
+
+
+def collate_paths(batch: list) -> PathBatch:
+    good = [item for item in batch if not isinstance(item, BadSample)]
+    bad = [(item.path, item.reason) for item in batch if isinstance(item, BadSample)]
+    if not good:
+        return PathBatch(torch.empty(0), [], bad)
+    return PathBatch(torch.stack([image for image, _ in good]), [path for _, path in good], bad)
+
+
+class PathBatches(L.LightningDataModule):
+    """Base of datamodules whose predict loader yields PathBatch: files that fail to decode are listed in
+    `self.skipped` (in the main process, whichever worker decoded them) and an all-bad batch becomes an empty one
+    of the right shape, so predict_step never sees a malformed tensor."""
+
+    skipped: list[tuple[str, str]]
+    input_size: int | None = None
+
+    @override
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if not isinstance(batch, PathBatch):
+            return batch
+        self.skipped.extend(batch.bad)
+        images = batch.images
+        if images.ndim != 4:
+            size = self.input_size or 1
+            images = torch.empty(0, 3, size, size)
+        return images, batch.paths
+
+
 def resolve_num_workers(num_workers: int | str) -> int:
     if num_workers == "auto":
         return min(4, os.cpu_count() or 1)
     return int(num_workers)
-
-
-class ImageFolderDataModule(L.LightningDataModule):
-    """Image folder -> train/val DataLoaders with the backbone's preprocessing.
-
-    Class names are available right after construction (`dm.classes`), so a model can be built from them.
-    When `preprocessing` is None it is taken from the LightningModule being fitted (its `preprocessing` attribute).
-    """
-
-    def __init__(
-        self,
-        root: str | Path,
-        *,
-        preprocessing: Preprocessing | None = None,
-        augment: TrainAugment | None = None,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int | str = "auto",
-        val_fraction: float = 0.2,
-        seed: int = 42,
-        on_bad_image: str = "error",
-    ):
-        super().__init__()
-        self.on_bad_image = on_bad_image
-        self.bad_log: Path | None = None  # set by the runner: where files that fail to decode mid-run are listed
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
-        self.root = Path(root)
-        self.preprocessing = preprocessing
-        self.augment = augment if augment is not None else TrainAugment()
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or 2 * batch_size
-        self.num_workers = resolve_num_workers(num_workers)
-        self.scan = scan_folder(self.root, val_fraction=val_fraction, seed=seed)
-        self.val_fraction = val_fraction
-        self.seed = seed
-        self.sample_weights: list[float] | None = None  # data.balance: sampler (set by run.fit)
-        self.first_epoch = 0  # the epoch a resumed run starts at (set by run.fit; see make_loader)
-        self.train_set: ImageDataset | None = None
-        self.val_set: ImageDataset | None = None
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.scan.classes)
-
-    def split_info(self) -> dict:
-        """How the images were split: evaluate re-creates a one-folder layout's val split from it."""
-        return {"layout": self.scan.layout, "val_fraction": self.val_fraction, "seed": self.seed}
-
-    @override
-    def state_dict(self) -> dict:
-        return {"split": self.split_info()}  # Lightning stores it in every checkpoint of a fit with this datamodule
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.scan.classes)
-
-    def setup(self, stage: str | None = None) -> None:
-        pre = self.preprocessing
-        if pre is None:
-            module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
-            pre = getattr(module, "preprocessing", None)
-            if pre is None:
-                raise ValueError(
-                    "ImageFolderDataModule needs preprocessing: pass preprocessing=model.preprocessing, "
-                    "or fit a model that has a `preprocessing` attribute (TransferModule does)."
-                )
-            self.preprocessing = pre
-        bad = {"on_bad": self.on_bad_image, "bad_log": self.bad_log, "seed": self.seed}
-        self.train_set = ImageDataset(self.scan.train, build_train_transform(pre, self.augment), **bad)
-        self.val_set = ImageDataset(self.scan.val, build_eval_transform(pre), **bad)
-
-    def train_dataloader(self) -> DataLoader:
-        return make_loader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-                           sample_weights=self.sample_weights, seed=self.seed, epoch=self.first_epoch)
-
-    def val_dataloader(self) -> DataLoader:
-        return make_loader(self.val_set, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers)
 
 
 def balanced_sample_weights(labels: Sequence[int], num_classes: int) -> list[float]:
@@ -360,9 +159,26 @@ def balanced_class_weights(labels: Sequence[int], num_classes: int) -> list[floa
     return [float(len(labels) / (num_classes * c)) if c else 0.0 for c in counts]
 
 
+class OrderedEpochSampler(Sampler):
+    """0..n-1 in order as (index, epoch) pairs: evaluation order, but a PhasedDataset still knows the epoch
+    (Lightning calls set_epoch on validation samplers while fitting)."""
+
+    def __init__(self, n: int):
+        self.n, self.epoch = n, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return ((index, self.epoch) for index in range(self.n))
+
+
 def make_loader(
     dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int,
-    sample_weights: Sequence[float] | None = None, seed: int = 0, epoch: int = 0,
+    sample_weights: Sequence[float] | None = None, seed: int = 0, epoch: int = 0, collate_fn: Callable | None = None,
 ) -> DataLoader:
     """The one DataLoader policy for images and cached features, so both paths see the same batches.
 
@@ -371,12 +187,15 @@ def make_loader(
     its first set_epoch call, and on resume does not create another, so a resumed run's loader must know its epoch.
     sample_weights: draw with replacement instead of shuffling (data.balance: sampler).
     """
-    sampler = None
+    sampler: Sampler | None = None
     if shuffle:
         sampler = EpochSampler(len(dataset), seed=seed, weights=sample_weights, with_epoch=takes_epoch_indices(dataset))
         sampler.set_epoch(epoch)
     elif sample_weights is not None:
         raise ValueError("sample_weights draw a training order; they need shuffle=True.")
+    elif isinstance(dataset, PhasedDataset):
+        sampler = OrderedEpochSampler(len(dataset))
+        sampler.set_epoch(epoch)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -386,61 +205,265 @@ def make_loader(
         pin_memory=torch.cuda.is_available(),
         # A trailing batch of 1 breaks BatchNorm in train mode; reshuffling each epoch keeps every image in play.
         drop_last=shuffle and len(dataset) > batch_size,
-        collate_fn=collate_skipping_bad,
+        collate_fn=collate_fn or collate_skipping_bad,
     )
 
 
-class FeatureDataModule(L.LightningDataModule):
-    """Train/val loaders over in-memory tensors (cached backbone features) with the image path's batching."""
-
-    def __init__(self, train: Dataset, val: Dataset, *, batch_size: int, eval_batch_size: int, seed: int = 0,
-                 split: dict | None = None):
-        super().__init__()
-        self.train_set, self.val_set = train, val
-        self.split = split  # the image split the features came from (saved in checkpoints)
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.sample_weights: list[float] | None = None  # data.balance: sampler (set by run.fit)
-        self.seed = seed
-        self.first_epoch = 0  # the epoch a resumed run starts at (set by run.fit; see make_loader)
-
-    def train_dataloader(self) -> DataLoader:
-        return make_loader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=0,
-                           sample_weights=self.sample_weights, seed=self.seed, epoch=self.first_epoch)
-
-    def val_dataloader(self) -> DataLoader:
-        return make_loader(self.val_set, batch_size=self.eval_batch_size, shuffle=False, num_workers=0)
-
-    @override
-    def state_dict(self) -> dict:
-        return {"split": self.split} if self.split else {}
+def _unlimited(epochs: int | None) -> int:
+    """Trainer max_epochs, with None / -1 (train until stopped) as 'more epochs than any plan has'."""
+    return sys.maxsize if epochs is None or epochs < 0 else int(epochs)
 
 
-class PhasedDataModule(L.LightningDataModule):
-    """Cached features before `switch_epoch`, images from then on (lp_ft: the probe phase reuses the feature cache).
+_DATA_DEFAULTS = DataConfig.model_fields
 
-    Both give the same number of batches per epoch (same batching), so the LR schedule is unchanged. The Trainer must
-    reload dataloaders every epoch (`reload_every_n_epochs`).
+
+class ImageFolderDataModule(PathBatches):
+    """Image folder -> train / val / test / predict DataLoaders with the backbone's preprocessing.
+
+    Splits (tlkit.data.scan): train/ + val/ (+ test/); train/ (+ test/) with val carved from train; or one folder
+    of classes with val_fraction / test_fraction carved from it. val chooses checkpoints; test only ever feeds
+    `trainer.test`. Class names are available right after construction (`dm.classes`), so a model can be built.
+
+    Feature cache: when the fitted module's strategy says leading epochs train only the head on a frozen backbone
+    (`module.strategy.cached_epochs(trainer.max_epochs)`: a linear probe all of them, lp_ft its probe epochs), those
+    epochs are served from the backbone's features, extracted once (cache.views augmented views per training image)
+    and kept on disk (cache.disk); the other epochs, and Mixup/CutMix runs (they mix images), read images.
+    `dm.cache_info` says what happened.
+
+    Args mirror DataConfig (validated by it, same defaults), plus:
+        preprocessing: eval geometry and normalisation; None = the fitted module's `preprocessing`.
+        augment: training augmentation (TrainAugment, its dict or a preset name); default the recipe's.
+        cache: CacheConfig, its dict, or False for images every epoch; default the recipe's (on, 1 view, on disk).
+        seed: split, shuffling, augmentation and cached-view draws.
+        first_epoch: the epoch a resumed fit starts at (its loader must start there; see make_loader).
+        bad_log: a file listing images that fail to decode mid-run (on_bad_image: skip).
+        scan: a FolderScan of `root` made with the same fractions and seed (skips re-reading every header).
     """
 
-    reload_every_n_epochs = 1
-
-    def __init__(self, features: L.LightningDataModule, images: L.LightningDataModule, switch_epoch: int):
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        preprocessing: Preprocessing | None = None,
+        augment: TrainAugment | Mapping | str | None = None,
+        cache: CacheConfig | Mapping | bool | None = None,
+        batch_size: int = _DATA_DEFAULTS["batch_size"].default,
+        eval_batch_size: int | None = _DATA_DEFAULTS["eval_batch_size"].default,
+        num_workers: int | str = _DATA_DEFAULTS["num_workers"].default,
+        val_fraction: float = _DATA_DEFAULTS["val_fraction"].default,
+        test_fraction: float = _DATA_DEFAULTS["test_fraction"].default,
+        seed: int = 42,
+        on_bad_image: str = _DATA_DEFAULTS["on_bad_image"].default,
+        balance: str = _DATA_DEFAULTS["balance"].default,
+        first_epoch: int = 0,
+        bad_log: str | Path | None = None,
+        scan: FolderScan | None = None,
+    ):
         super().__init__()
-        self.features, self.images, self.switch_epoch = features, images, switch_epoch
+        self.config = settings_from(DataConfig, {
+            "root": str(root), "batch_size": batch_size, "eval_batch_size": eval_batch_size,
+            "num_workers": num_workers, "val_fraction": val_fraction, "test_fraction": test_fraction,
+            "on_bad_image": on_bad_image, "balance": balance})
+        if first_epoch < 0:
+            raise ValueError(f"first_epoch must be >= 0; got {first_epoch}.")
+        self.root = Path(root)
+        self.preprocessing = preprocessing
+        self.augment = settings_from(TrainAugment, augment, shorthand="preset")
+        self.cache = settings_from(CacheConfig, {"features": False} if cache is False else
+                                   None if cache is True else cache)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or 2 * batch_size
+        self.num_workers = resolve_num_workers(num_workers)
+        self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
+        self.on_bad_image, self.balance = on_bad_image, balance
+        self.first_epoch = first_epoch
+        self.bad_log = Path(bad_log) if bad_log is not None else None
+        self.scan = scan if scan is not None else scan_folder(
+            self.root, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+        self.sample_weights = (balanced_sample_weights([y for _, y in self.scan.train], self.num_classes)
+                               if balance == "sampler" else None)
+        self.skipped: list[tuple[str, str]] = []  # predict: files that failed to decode
+        self.cache_info: dict = {"used": False}
+        self._features: FeatureSplits | None = None
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+        self.predict_set: Dataset | None = None
 
-    def setup(self, stage: str) -> None:
-        self.images.setup(stage)
+    def replace(self, **changes: Any) -> ImageFolderDataModule:
+        """A new datamodule with `changes` to the constructor arguments, reusing this scan when the split is
+        unchanged (fit derives its training datamodule this way instead of setting attributes)."""
+        args = {"root": self.root, "preprocessing": self.preprocessing, "augment": self.augment,
+                "cache": self.cache, "batch_size": self.batch_size, "eval_batch_size": self.config.eval_batch_size,
+                "num_workers": self.config.num_workers, "val_fraction": self.val_fraction,
+                "test_fraction": self.test_fraction, "seed": self.seed, "on_bad_image": self.on_bad_image,
+                "balance": self.balance, "first_epoch": self.first_epoch, "bad_log": self.bad_log}
+        unknown = sorted(set(changes) - set(args))
+        if unknown:
+            raise TypeError(f"replace() got unknown argument(s) {', '.join(unknown)}; expected {', '.join(args)}.")
+        split_keys = ("root", "val_fraction", "test_fraction", "seed")
+        same_split = all(changes.get(k, args[k]) == args[k] for k in split_keys)
+        return ImageFolderDataModule(**{**args, **changes}, scan=self.scan if same_split else None)
 
-    def _current(self) -> L.LightningDataModule:
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        return self.features if epoch < self.switch_epoch else self.images
+    @property
+    def classes(self) -> list[str]:
+        return list(self.scan.classes)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._current().train_dataloader()
+    @property
+    def num_classes(self) -> int:
+        return len(self.scan.classes)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._current().val_dataloader()
+    @property
+    def class_weights(self) -> list[float]:
+        """Balanced loss weights of the training split (data.balance: loss_weights): TransferModule(class_weights=)."""
+        return balanced_class_weights([y for _, y in self.scan.train], self.num_classes)
+
+    def split_info(self) -> dict:
+        """How the images were split: evaluate re-creates a carved val (and test) split from it."""
+        return {"layout": self.scan.layout, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
+                "seed": self.seed}
 
     @override
     def state_dict(self) -> dict:
-        return self.images.state_dict()
+        return {"split": self.split_info()}  # Lightning stores it in every checkpoint of a fit with this datamodule
+
+    # -- setup -----------------------------------------------------------------------------------------------------
+
+    @override
+    def setup(self, stage: str) -> None:
+        trainer = self.trainer
+        if trainer is None:  # called directly (no Trainer): images, with the given preprocessing
+            self.setup_for(None, stage=stage)
+            return
+        self.setup_for(trainer.lightning_module, stage=stage, epochs=trainer.max_epochs,
+                       device=trainer.strategy.root_device)
+
+    def setup_for(self, module: L.LightningModule | None, *, stage: str = "fit", epochs: int | None = None,
+                  device: torch.device | None = None) -> None:
+        """setup() for `module` without a Trainer (tlkit check and lr-find use it; setup() calls it): `epochs` is
+        the fit's length (None = unlimited), `device` where features are extracted (None: CUDA when available)."""
+        pre = self._preprocessing(module)
+        self.input_size = pre.input_size
+        eval_transform = build_eval_transform(pre)
+        bad = {"on_bad": self.on_bad_image, "bad_log": self.bad_log, "seed": self.seed}
+        if stage == "fit":
+            images = (ImageDataset(self.scan.train, build_train_transform(pre, self.augment), **bad),
+                      ImageDataset(self.scan.val, eval_transform, **bad))
+            self.train_set, self.val_set = self._fit_sets(module, pre, images, _unlimited(epochs), device)
+        elif stage == "validate":
+            frozen = self._frozen_features(module)
+            self.val_set = frozen.val if frozen is not None else ImageDataset(self.scan.val, eval_transform, **bad)
+        elif stage == "test":
+            self.test_set = ImageDataset(self.scan.test, eval_transform, **bad)
+        elif stage == "predict":
+            self.predict_set = ImageDataset(self.scan.val, eval_transform, **bad, with_paths=True)
+
+    def _preprocessing(self, module: Any) -> Preprocessing:
+        """The given preprocessing, else the module's, which then stays the datamodule's (`dm.preprocessing` says
+        what its loaders use; a later setup for another module must not silently change it)."""
+        if self.preprocessing is None:
+            self.preprocessing = getattr(module, "preprocessing", None)
+        if self.preprocessing is None:
+            raise ValueError(
+                "ImageFolderDataModule needs preprocessing: pass preprocessing=model.preprocessing, "
+                "or fit a model that has a `preprocessing` attribute (TransferModule does)."
+            )
+        return self.preprocessing
+
+    def _fit_sets(self, module: Any, pre: Preprocessing, images: tuple[Dataset, Dataset], epochs: int,
+                  device: torch.device | None) -> tuple[Dataset, Dataset]:
+        """(train, val) datasets of a fit: features for the epochs the strategy can serve from a frozen backbone,
+        images for the rest (a PhasedDataset when both occur)."""
+        switch, reason = self._cache_plan(module, epochs)
+        if switch <= self.first_epoch:  # nothing to serve from the cache (a resumed lp_ft past its probe phase too)
+            self.cache_info = {"used": False, **({"reason": reason} if reason else {})}
+            return images
+        features = self._feature_splits(module, pre, device)
+        self.cache_info = dict(features.info)
+        if switch >= epochs:
+            return features.train, features.val
+        self.cache_info["phase"] = "probe"
+        self.cache_info["switch_epoch"] = switch
+        return PhasedDataset(features.train, images[0], switch), PhasedDataset(features.val, images[1], switch)
+
+    def _cache_plan(self, module: Any, epochs: int) -> tuple[int, str | None]:
+        """(epoch the feature phase ends at, why there is none): the module's strategy decides; Mixup/CutMix and
+        cache.features: false opt out."""
+        strategy = getattr(module, "strategy", None)
+        if not self.cache.features:
+            return 0, "cache.features is off"
+        if strategy is None or not hasattr(strategy, "cached_epochs") or not hasattr(module, "backbone"):
+            return 0, "the module has no tlkit strategy (module.strategy.cached_epochs) and backbone"
+        switch = strategy.cached_epochs(epochs)
+        if switch == 0:
+            return 0, f"strategy {getattr(strategy, 'kind', type(strategy).__name__)} trains the backbone"
+        if getattr(module, "mixer", None) is not None:
+            log.warning(MIXING_NEEDS_IMAGES)
+            return 0, "image-space mixing requested"
+        return switch, None
+
+    def _feature_splits(self, module: Any, pre: Preprocessing, device: torch.device | None) -> FeatureSplits:
+        """The backbone's features of train (K views) and val, extracted once per set of weights: a second setup
+        (trainer.fit after tlkit check, lr-find, a validate) reuses them when the backbone is unchanged."""
+        from tlkit.data.cache import weights_fingerprint
+
+        if (self._features is not None and self._features.preprocessing == pre
+                and self._features.fingerprint == weights_fingerprint(module.backbone)):
+            return self._features
+        run = Extraction(device=device or extraction_device("auto"), eval_batch_size=self.eval_batch_size,
+                         num_workers=self.num_workers, channels_last=bool(getattr(module, "channels_last", False)),
+                         on_bad=self.on_bad_image, bad_log=self.bad_log)
+        self._features = extract_splits(self.scan, module, pre, augment=self.augment, cache=self.cache,
+                                        seed=self.seed, run=run)
+        return self._features
+
+    def _frozen_features(self, module: Any) -> FeatureSplits | None:
+        """Features already extracted from this module's backbone while it is frozen (a linear probe's validate
+        after an lbfgs fit), else None: validating on them equals validating on images, minus the backbone."""
+        from tlkit.data.cache import weights_fingerprint
+
+        if self._features is None or module is None or not getattr(module, "backbone_frozen", False):
+            return None
+        return self._features if self._features.fingerprint == weights_fingerprint(module.backbone) else None
+
+    def feature_splits(self) -> FeatureSplits | None:
+        """The cached features a fit set up (None when it trains on images only); the closed-form probe reads them."""
+        return self._features
+
+    # -- loaders ---------------------------------------------------------------------------------------------------
+
+    def _workers(self, dataset: Dataset) -> int:
+        return 0 if isinstance(dataset, CachedFeatures) else self.num_workers  # in-memory rows need no decoding
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        return make_loader(self._ready(self.train_set, "fit"), batch_size=self.batch_size, shuffle=True,
+                           num_workers=self._workers(self.train_set), sample_weights=self.sample_weights,
+                           seed=self.seed, epoch=self.first_epoch)
+
+    @override
+    def val_dataloader(self) -> DataLoader:
+        return make_loader(self._ready(self.val_set, "fit or validate"), batch_size=self.eval_batch_size,
+                           shuffle=False, num_workers=self._workers(self.val_set), epoch=self.first_epoch)
+
+    @override
+    def test_dataloader(self) -> DataLoader:
+        if not self.scan.test:
+            raise DataError(
+                f"{self.root} has no test split; add {self.root}/test/<class>/ images, or carve one from the "
+                "training images with test_fraction (data.test_fraction), e.g. 0.1."
+            )
+        return make_loader(self._ready(self.test_set, "test"), batch_size=self.eval_batch_size, shuffle=False,
+                           num_workers=self.num_workers)
+
+    @override
+    def predict_dataloader(self) -> DataLoader:
+        """The val split's images as (images, paths) batches: trainer.predict returns {"probs", "paths"} per batch."""
+        return make_loader(self._ready(self.predict_set, "predict"), batch_size=self.eval_batch_size, shuffle=False,
+                           num_workers=self.num_workers, collate_fn=collate_paths)
+
+    @staticmethod
+    def _ready(dataset: Dataset | None, stage: str) -> Dataset:
+        if dataset is None:
+            raise RuntimeError(f"call setup({stage!r}) first (a Trainer does it); the datasets are built there.")
+        return dataset

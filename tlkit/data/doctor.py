@@ -1,8 +1,9 @@
 """Dataset doctor: inspect an image folder read-only and report every case tlkit treats specially.
 
 `diagnose(root)` returns a JSON-able report; `format_table(report)` renders it. The folder is never modified:
-files are opened read-only, symlinks that leave the root are reported and not followed, and decompression bombs
-are judged from their header alone (never decoded).
+files are opened read-only, symlinks that leave the root (split folders included) are reported and not followed,
+broken links and symlink loops are reported, and decompression bombs are judged from their header alone (never
+decoded).
 """
 
 from __future__ import annotations
@@ -16,8 +17,14 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tlkit.data.datamodule import VAL_SPLIT_NAMES
 from tlkit.data.images import is_image_name, to_rgb
+from tlkit.data.scan import (
+    TEST_SPLIT_NAME,
+    TRAIN_SPLIT_NAME,
+    VAL_SPLIT_NAMES,
+    leaves_root,
+    link_problem,
+)
 from tlkit.errors import DataError, DataNotFoundError, did_you_mean
 from tlkit.io import atomic_write
 
@@ -36,7 +43,9 @@ ACTIONS = {
     "corrupt": "skipped at scan (unreadable header), listed in skipped.txt",
     "truncated": "header reads, pixels do not: data.on_bad_image=skip drops it mid-run and lists it; error stops",
     "decompression_bomb": "refused from its header (never decoded), listed in skipped.txt",
-    "symlink_outside_root": "not followed, listed in skipped.txt",
+    "symlink_outside_root": "not followed, listed in skipped.txt (a train/val/test folder linked outside: refused)",
+    "symlink_loop": "skipped at scan (the link never reaches a file), listed in skipped.txt",
+    "broken_symlink": "skipped at scan (the link's target is missing), listed in skipped.txt",
     "too_small": "used; upscaled to the crop (check these are not thumbnails)",
     "mode_L": "converted to RGB (grey copied to 3 channels)",
     "mode_LA": "alpha composited on white, then RGB",
@@ -52,6 +61,7 @@ ACTIONS = {
     "empty_class_folder": "no images: a train class without images is an error; an empty val class is evaluated on nothing",
     "class_only_in_train": "trained, but never validated",
     "class_only_in_val": "error at training: every val class needs training images",
+    "class_only_in_test": "error at training: every test class needs training images",
     "duplicate_within_split": "used as is (over-weights those images); consider removing copies",
     "duplicate_across_splits": "LEAKAGE: the same bytes in train and val inflate val metrics; remove one copy",
 }
@@ -61,12 +71,25 @@ GALLERY_CASES = ("placeholder_like", "duplicate_across_splits", "duplicate_withi
                  "mode_P_transparency", "mode_RGBA", "mode_LA", "mode_CMYK", "mode_I;16")
 
 
-def _split_dirs(root: Path) -> dict[str, Path]:
-    """{"train": ..., "val": ...} for the split layout, else {"all": root}."""
-    val_dir = next((root / n for n in VAL_SPLIT_NAMES if (root / n).is_dir()), None)
-    if (root / "train").is_dir() and val_dir is not None:
-        return {"train": root / "train", "val": val_dir}
-    return {"all": root}
+def _split_dirs(root: Path) -> tuple[dict[str, Path], list[str]]:
+    """({"train": ..., "val": ..., "test": ...} as present, or {"all": root}; split folders linked outside root,
+    which are reported and never read)."""
+    if not (root / TRAIN_SPLIT_NAME).is_dir() and not (root / TRAIN_SPLIT_NAME).is_symlink():
+        return {"all": root}, []
+    splits: dict[str, Path] = {}
+    outside: list[str] = []
+    for split, names in (("train", (TRAIN_SPLIT_NAME,)), ("val", VAL_SPLIT_NAMES), ("test", (TEST_SPLIT_NAME,))):
+        path = next((root / n for n in names if (root / n).is_dir() or (root / n).is_symlink()), None)
+        if path is None:
+            continue
+        if leaves_root(path, root):
+            outside.append(str(path))
+        elif path.is_dir():
+            splits[split] = path
+    if "train" not in splits:
+        raise DataError(f"{root / TRAIN_SPLIT_NAME} is a symlink leaving the data folder (or not a folder); the "
+                        "doctor does not follow it. Move the folder inside the data folder, or inspect its target.")
+    return splits, outside
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -74,11 +97,8 @@ def _class_dirs(folder: Path) -> list[Path]:
 
 
 def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
+    """Whether path's real location is inside root (os.path.realpath: a symlink loop cannot raise here)."""
+    return Path(os.path.realpath(path)).is_relative_to(Path(os.path.realpath(root)))
 
 
 def _walk(class_dir: Path):
@@ -136,6 +156,25 @@ def _inspect_image(path: Path, min_size: int) -> tuple[list[str], str | None]:
     return cases, None
 
 
+def _file_cases(path: Path, class_dir: Path, root: Path, min_size: int) -> tuple[list[str], bool]:
+    """(the cases of one entry below a class folder, whether training uses the file)."""
+    if any(part.startswith(".") for part in path.relative_to(class_dir).parts):
+        return ["hidden"], False
+    if path.is_symlink() and not _inside(path, root):
+        return ["symlink_outside_root"], False  # never read: it may point anywhere
+    problem = link_problem(path) if path.is_symlink() else None
+    if problem is not None:
+        return ["symlink_loop" if "loop" in problem else "broken_symlink"], False
+    if not path.is_file():
+        return [], False  # a folder linked inside root (os.walk does not follow it)
+    if path.stat().st_size == 0:
+        return ["zero_byte"], False
+    if not is_image_name(path):
+        return ["non_image"], False
+    cases, error = _inspect_image(path, min_size)
+    return ([*cases, error], False) if error else (cases, True)
+
+
 def diagnose(root: str | Path, *, min_size: int = DEFAULT_MIN_SIZE) -> dict:
     """Report every special case under root. Raises DataNotFoundError / DataError only if the folder is unusable."""
     root = Path(root)
@@ -143,8 +182,9 @@ def diagnose(root: str | Path, *, min_size: int = DEFAULT_MIN_SIZE) -> dict:
         parent = root.parent
         hint = did_you_mean(root.name, [p.name for p in parent.iterdir()]) if parent.is_dir() else ""
         raise DataNotFoundError(f"Data folder {str(root)!r} does not exist.{hint} Pass a folder of class subfolders.")
-    splits = _split_dirs(root)
+    splits, outside = _split_dirs(root)
     found: dict[str, list[str]] = defaultdict(list)
+    found["symlink_outside_root"] += outside
     counts: dict[str, dict[str, int]] = {}
     hashes: dict[str, list[tuple[str, str]]] = defaultdict(list)  # sha256 -> [(split, path)]
     for split, split_dir in splits.items():
@@ -153,26 +193,10 @@ def diagnose(root: str | Path, *, min_size: int = DEFAULT_MIN_SIZE) -> dict:
         for class_dir in classes:
             good = 0
             for path in _walk(class_dir):
-                rel = path.relative_to(class_dir)
-                if any(part.startswith(".") for part in rel.parts):
-                    found["hidden"].append(str(path))
-                    continue
-                if path.is_symlink() and not _inside(path, root):
-                    found["symlink_outside_root"].append(str(path))  # never read: it may point anywhere
-                    continue
-                if not path.is_file():
-                    continue
-                if path.stat().st_size == 0:
-                    found["zero_byte"].append(str(path))
-                    continue
-                if not is_image_name(path):
-                    found["non_image"].append(str(path))
-                    continue
-                cases, error = _inspect_image(path, min_size)
+                cases, usable = _file_cases(path, class_dir, root, min_size)
                 for case in cases:
                     found[case].append(str(path))
-                if error:
-                    found[error].append(str(path))
+                if not usable:
                     continue
                 good += 1
                 hashes[hashlib.sha256(path.read_bytes()).hexdigest()].append((split, str(path)))
@@ -185,11 +209,13 @@ def diagnose(root: str | Path, *, min_size: int = DEFAULT_MIN_SIZE) -> dict:
             f"{splits[main]} needs at least 2 class subfolders (found {len(counts[main])}); "
             "put each class's images in its own folder."
         )
+    train_has = {c for c, n in counts.get("train", {}).items() if n}
     if "val" in counts:
-        train_has = {c for c, n in counts["train"].items() if n}
         val_has = {c for c, n in counts["val"].items() if n}
         found["class_only_in_train"] = sorted(train_has - val_has)
         found["class_only_in_val"] = sorted(val_has - train_has)
+    if "test" in counts:
+        found["class_only_in_test"] = sorted({c for c, n in counts["test"].items() if n} - train_has)
     for copies in hashes.values():
         if len(copies) > 1:
             case = "duplicate_across_splits" if len({s for s, _ in copies}) > 1 else "duplicate_within_split"
@@ -197,7 +223,7 @@ def diagnose(root: str | Path, *, min_size: int = DEFAULT_MIN_SIZE) -> dict:
     nonzero = [n for n in counts[main].values() if n]
     return {
         "root": str(root),
-        "layout": "split" if "val" in counts else "single",
+        "layout": "split" if "val" in counts else "carved" if "train" in counts else "single",
         "min_size": min_size,
         "class_counts": counts,
         "imbalance_ratio": (max(nonzero) / min(nonzero)) if nonzero else None,

@@ -1,12 +1,16 @@
-"""Decode one image file to RGB uint8 numpy: EXIF orientation applied, every mode converted, alpha composited."""
+"""Decode one image file to RGB uint8 numpy: EXIF orientation applied, every mode converted, alpha composited;
+failures are a one-line DataError or, for datasets that skip bad files, a BadSample."""
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tlkit.errors import DataError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 BACKGROUND = (255, 255, 255)  # transparent pixels become white, as most viewers show them
@@ -59,3 +63,21 @@ def load_rgb(path: str | Path) -> np.ndarray:
             )
         image = ImageOps.exif_transpose(image)
         return np.asarray(to_rgb(image), dtype=np.uint8)
+
+
+def decode(path: str) -> np.ndarray:
+    """load_rgb with a one-line DataError naming the file; never substitutes another sample (that would silently
+    change the data the user thinks they trained on)."""
+    try:
+        return load_rgb(path)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
+        raise DataError(f"Cannot decode {path} ({type(exc).__name__}: {exc}); remove or repair the file.") from exc
+
+
+@dataclass(frozen=True)
+class BadSample:
+    """What a dataset returns under on_bad="skip" for a file that no longer decodes (or whose cached feature row is
+    missing); the collate functions drop it, never substituting another sample."""
+
+    path: str
+    reason: str

@@ -9,7 +9,7 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
-from tlkit.data.datamodule import FolderScan
+from tlkit.data.scan import FolderScan
 
 IMBALANCE_WARNING = 3.0  # largest / smallest class at which training suggests data.balance
 
@@ -55,12 +55,13 @@ def preflight(scan: FolderScan, *, balance: str = "none", crop_size: int | None 
     unvalidated = [name for c, name in enumerate(scan.classes) if c not in val_labels]
     if scan.val and unvalidated:
         warnings.append(f"no validation images for {', '.join(unvalidated)}: trained, never validated")
-    duplicates = exact_duplicates({"train": [p for p, _ in scan.train], "val": [p for p, _ in scan.val]})
+    duplicates = exact_duplicates({name: [p for p, _ in samples] for name, samples in
+                                   (("train", scan.train), ("val", scan.val), ("test", scan.test)) if samples})
     across = [d for d in duplicates if len({group for group, _ in d}) > 1]
     within = [d for d in duplicates if len({group for group, _ in d}) == 1]
     if across:
         example = " == ".join(path for _, path in across[0])
-        warnings.append(f"{len(across)} image(s) are byte-identical in train and val (leakage: val metrics are "
+        warnings.append(f"{len(across)} image(s) are byte-identical across splits (leakage: val/test metrics are "
                         f"inflated), e.g. {example}; remove one copy")
     if within:
         warnings.append(f"{len(within)} image(s) have exact copies in the same split (over-weighted), e.g. "

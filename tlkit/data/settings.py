@@ -18,9 +18,14 @@ MAX_NUM_WORKERS = 64  # each worker is a process holding a copy of the dataset; 
 
 class DataConfig(Section):
     root: str
-    """Image folder: root/{train,val}/<class>/ or root/<class>/. Relative paths resolve against the recipe's folder."""
+    """Image folder: root/{train,val,test}/<class>/ (val and test optional) or root/<class>/. Relative paths resolve
+    against the recipe's folder."""
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
-    """Held-out fraction (stratified, seeded) when root has no val/valid/test split."""
+    """Held-out fraction (stratified, seeded) carved from the training images when root has no val/ (or valid/)
+    folder; val chooses the checkpoint."""
+    test_fraction: float = Field(default=0.0, ge=0, lt=1)
+    """Fraction carved as a test split (stratified, seeded) when root has no test/ folder; never used for selection,
+    evaluated once at the end. 0 = no test split (small data keeps its images for training)."""
     batch_size: int = Field(default=32, gt=0, le=MAX_BATCH_SIZE)
     """Training batch size (1-4096); 32 fits a 2-core CPU at 224 px."""
     eval_batch_size: int | None = Field(default=None, gt=0, le=MAX_BATCH_SIZE)
@@ -53,6 +58,13 @@ class DataConfig(Section):
     max_bad_fraction: float = Field(default=0.1, ge=0, le=1)
     """Stop when more than this fraction of an epoch's training or validation images fail to decode mid-run (an
     epoch with none at all always stops): a vanished data folder must not train on nothing and report success."""
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_images(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction + test_fraction must be below 1 to leave training images; got "
+                             f"{self.val_fraction} + {self.test_fraction}")
+        return self
 
 
 class ColorJitter(Section):

@@ -12,13 +12,12 @@ from tlkit.run.checkpoints import (
     export_checkpoint,
     predict_checkpoint,
 )
-from tlkit.run.features import build_feature_datamodule, choose_training_inputs
+from tlkit.run.features import choose_training_inputs
 from tlkit.run.fit import fit
 from tlkit.run.preview import _soft_label_title, preview_augment  # noqa: F401  (tested)
 
 __all__ = [
     "build_datamodule",
-    "build_feature_datamodule",
     "build_module",
     "choose_training_inputs",
     "default_run_dir",

@@ -36,8 +36,11 @@ def build_datamodule(recipe: Recipe) -> ImageFolderDataModule:
         eval_batch_size=d.eval_batch_size,
         num_workers=d.num_workers,
         val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
         seed=recipe.seed,
         on_bad_image=d.on_bad_image,
+        balance=d.balance,
+        cache=recipe.cache,
     )
 
 

@@ -94,9 +94,10 @@ def evaluate_checkpoint(
     module = load_checkpoint(checkpoint)
     policies = resolve_policies(module, tta, aggregate)  # bad policy names fail before any data scan
     split_state = _saved_split(checkpoint)
-    scan = scan_folder(data, val_fraction=split_state.get("val_fraction", 0.2), seed=split_state.get("seed", 42))
+    scan = scan_folder(data, val_fraction=split_state.get("val_fraction", 0.2),
+                       test_fraction=split_state.get("test_fraction", 0.0), seed=split_state.get("seed", 42))
     to_model = match_classes(scan.classes, module.classes, data)
-    chosen = scan.val if split == "val" else scan.train + scan.val
+    chosen = scan.val if split == "val" else scan.train + scan.val + scan.test
     samples = [(path, to_model[label]) for path, label in chosen]
     out_dir = Path(out) if out is not None else default_eval_dir(checkpoint)
     context = {
@@ -127,11 +128,12 @@ def evaluate_checkpoint(
 
 
 def _saved_split(checkpoint: str | Path) -> dict:
-    """val_fraction / seed of the training run's split, as fit() recorded them in the checkpoint (else {})."""
+    """val_fraction / test_fraction / seed of the training run's split, as its datamodule recorded them in the
+    checkpoint (else {})."""
     if Path(checkpoint).suffix == ".safetensors":
         return {}
     saved = saved_split(read_checkpoint(checkpoint))
-    return {k: saved[k] for k in ("val_fraction", "seed") if k in saved}
+    return {k: saved[k] for k in ("val_fraction", "test_fraction", "seed") if k in saved}
 
 
 def predict_checkpoint(

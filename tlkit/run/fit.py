@@ -22,11 +22,7 @@ import lightning as L
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from tlkit.data.datamodule import (
-    ImageFolderDataModule,
-    balanced_class_weights,
-    balanced_sample_weights,
-)
+from tlkit.data.datamodule import ImageFolderDataModule
 from tlkit.data.preflight import preflight
 from tlkit.errors import TlkitError
 from tlkit.io import atomic_write
@@ -76,6 +72,11 @@ class FitResult(TypedDict, total=False):
     val_balanced_acc: float | None
     val_macro_f1: float | None
     best_val_acc: float | None
+    test_acc: float | None
+    test_loss: float | None
+    test_balanced_acc: float | None
+    test_macro_f1: float | None
+    num_test: int
     train_acc: float | None
     train_loss: float | None
     balance: str
@@ -115,31 +116,20 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     datamodule = build_datamodule(recipe)
     recipe, auto_decision = resolve_auto_strategy(recipe, datamodule)
-    train_labels = [label for _, label in datamodule.scan.train]
-    class_weights = (balanced_class_weights(train_labels, datamodule.num_classes)
-                     if recipe.data.balance == "loss_weights" else None)
-    module = build_module(recipe, datamodule.classes, class_weights=class_weights)
-    datamodule.preprocessing = module.preprocessing
-    checked = preflight(datamodule.scan, balance=recipe.data.balance, crop_size=module.preprocessing.input_size)
-    if launch_rank() == 0:  # the doctor's cheap pass: what the scan already read, plus duplicates by size
-        for line in checked["warnings"]:
-            log.warning("data: %s", line)
-        if checked["warnings"]:
-            log.warning("data: `tlkit doctor %s` inspects every image (modes, placeholders, truncation)",
-                        recipe.data.root)
+    module = build_module(recipe, datamodule.classes,
+                          class_weights=datamodule.class_weights if recipe.data.balance == "loss_weights" else None)
+    warnings_found = _preflight(recipe, datamodule, module)
 
     run_dir = prepare_run_dir(recipe, run_dir, resume=resume, overwrite=overwrite)
     resume_from = resume_point(run_dir, datamodule.classes) if resume else None
     if launch_rank() == 0:
-        if resume:
-            log.info("resuming %s from %s", run_dir, f"epoch {resume_from.epoch + 2} ({resume_from.path})"
-                     if resume_from else "epoch 1 (it stopped before its first checkpoint)")
-        else:
-            log.info("run directory: %s (if this run is interrupted: tlkit train --resume %s)", run_dir, run_dir)
+        _announce(run_dir, resume, resume_from)
         if not (resume and (run_dir / "recipe.yaml").is_file()):  # a resumed run keeps the recipe it started with
             _write_run_files(run_dir, recipe, datamodule, auto_decision)
 
-    fit_datamodule, cache_info = _training_inputs(recipe, datamodule, module, run_dir, resume_from)
+    fit_datamodule, cache_info = choose_training_inputs(  # data.on_bad_image: skip lists files in bad_log
+        recipe, datamodule, module, bad_log=run_dir / "skipped_mid_run.txt",
+        first_epoch=resume_from.epoch + 1 if resume_from is not None else 0)
     epochs = recipe.trainer.epochs
     if getattr(recipe.strategy, "solver", "sgd") == "lbfgs":  # the recipe guarantees cached features here
         cache_info["solver"] = fit_head_closed_form(module, fit_datamodule, recipe.seed)
@@ -156,22 +146,25 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
                              [checkpoint, last, health, *(callbacks or [])], num_train=len(datamodule.scan.train))
     L.seed_everything(recipe.seed, workers=True, verbose=False)  # both paths start training from the same RNG state
     _train(trainer, module, fit_datamodule, run_dir, epochs, resume_from, checkpoint)
-
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    tested = _test_once(trainer, module, fit_datamodule, checkpoint) if datamodule.scan.test else {}
+
     metrics: FitResult = {
         **{k: logged.get(k) for k in ("val_acc", "val_loss", "val_balanced_acc", "val_macro_f1")},
-        "balance": recipe.data.balance,
+        "best_val_acc": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        **tested,
         "train_acc": logged.get("train_acc"),
         "train_loss": logged.get("train_loss"),
-        "best_val_acc": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "balance": recipe.data.balance,
         "epochs": int(trainer.current_epoch),
         "wall_s": round(time.perf_counter() - started, 2),
         "num_classes": len(datamodule.classes),
         "num_train": len(datamodule.scan.train),
         "num_val": len(datamodule.scan.val),
+        "num_test": len(datamodule.scan.test),
         "skipped_files": len(datamodule.scan.skipped),
         "skipped_mid_run": dict(health.skipped),
-        "data_warnings": checked["warnings"],
+        "data_warnings": warnings_found,
         "feature_cache": cache_info,
         "backbone": recipe.backbone.name,
         "weights": module.weights_source,
@@ -185,6 +178,40 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
     if launch_rank() == 0:
         atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _preflight(recipe: Recipe, datamodule: ImageFolderDataModule, module: TransferModule) -> list[str]:
+    """The doctor's cheap pass at training start (what the scan already read, plus duplicates by size)."""
+    checked = preflight(datamodule.scan, balance=recipe.data.balance, crop_size=module.preprocessing.input_size)
+    if launch_rank() == 0:
+        for line in checked["warnings"]:
+            log.warning("data: %s", line)
+        if checked["warnings"]:
+            log.warning("data: `tlkit doctor %s` inspects every image (modes, placeholders, truncation)",
+                        recipe.data.root)
+    return checked["warnings"]
+
+
+def _announce(run_dir: Path, resume: bool, resume_from: ResumePoint | None) -> None:
+    if resume:
+        log.info("resuming %s from %s", run_dir, f"epoch {resume_from.epoch + 2} ({resume_from.path})"
+                 if resume_from else "epoch 1 (it stopped before its first checkpoint)")
+    else:
+        log.info("run directory: %s (if this run is interrupted: tlkit train --resume %s)", run_dir, run_dir)
+
+
+def _test_once(trainer: L.Trainer, module: TransferModule, datamodule: L.LightningDataModule,
+               checkpoint: ModelCheckpoint) -> dict:
+    """The test split, evaluated once with the checkpoint val chose (never used for any choice itself)."""
+    best = checkpoint.best_model_path if checkpoint.best_model_path and Path(checkpoint.best_model_path).is_file() \
+        else None
+    with _quiet_intended_warnings():
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
+    scores = results[0] if results else {}
+    log.info("test split (checkpoint %s): accuracy %s", Path(best).name if best else "final weights",
+             f"{scores['test_acc']:.2%}" if "test_acc" in scores else "n/a")
+    return {k: float(scores[k]) if k in scores else None
+            for k in ("test_acc", "test_loss", "test_balanced_acc", "test_macro_f1")}
 
 
 def prepare_run_dir(recipe: Recipe, run_dir: str | Path | None, *, resume: bool, overwrite: bool) -> Path:
@@ -234,22 +261,6 @@ def _write_run_files(run_dir: Path, recipe: Recipe, datamodule: ImageFolderDataM
         atomic_write(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))
 
 
-def _training_inputs(recipe: Recipe, datamodule: ImageFolderDataModule, module: TransferModule, run_dir: Path,
-                     resume_from: ResumePoint | None) -> tuple[L.LightningDataModule, dict]:
-    """Images, or cached features where the strategy allows; balanced sampling and the resume epoch applied."""
-    datamodule.bad_log = run_dir / "skipped_mid_run.txt"  # data.on_bad_image: skip lists files here
-    fit_datamodule, cache_info = choose_training_inputs(recipe, datamodule, module)
-    train_labels = [label for _, label in datamodule.scan.train]
-    weights = (balanced_sample_weights(train_labels, datamodule.num_classes)
-               if recipe.data.balance == "sampler" else None)
-    for dm in (datamodule, fit_datamodule, getattr(fit_datamodule, "features", None)):  # images, cached features
-        if dm is not None and hasattr(dm, "sample_weights"):
-            dm.sample_weights = weights  # data.balance: sampler draws class-balanced batches
-            dm.seed = recipe.seed
-            dm.first_epoch = resume_from.epoch + 1 if resume_from is not None else 0
-    return fit_datamodule, cache_info
-
-
 def _build_trainer(recipe: Recipe, run_dir: Path, epochs: int, fit_datamodule: L.LightningDataModule,
                    resume_from: ResumePoint | None, callbacks: list[L.Callback], num_train: int) -> L.Trainer:
     t = recipe.trainer
@@ -275,7 +286,6 @@ def _build_trainer(recipe: Recipe, run_dir: Path, epochs: int, fit_datamodule: L
         enable_model_summary=False,
         log_every_n_steps=min(50, steps_per_epoch),
         num_sanity_val_steps=0,
-        reload_dataloaders_every_n_epochs=getattr(fit_datamodule, "reload_every_n_epochs", 0),  # lp_ft: phased
     )
 
 

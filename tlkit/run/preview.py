@@ -24,9 +24,7 @@ def preview_augment(recipe: Recipe, *, n: int = 16, out: str | Path | None = Non
     if n < 1:
         raise ValueError(f"--n must be at least 1; got {n}.")
     L.seed_everything(recipe.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(recipe)
-    pre = resolve_preprocessing(recipe)
-    datamodule.preprocessing = pre
+    datamodule = build_datamodule(recipe).replace(preprocessing=resolve_preprocessing(recipe), cache=False)
     datamodule.setup("fit")
     dataset = datamodule.train_set
     order = torch.randperm(len(dataset))[:n].tolist()

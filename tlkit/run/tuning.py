@@ -64,10 +64,7 @@ def prepare(recipe: Recipe):
     datamodule = build_datamodule(recipe)
     recipe, decision = resolve_auto_strategy(recipe, datamodule)
     module = build_module(recipe, datamodule.classes)
-    datamodule.preprocessing = module.preprocessing
     train_dm, cache_info = choose_training_inputs(recipe, datamodule, module)
-    if train_dm is datamodule:
-        datamodule.setup("fit")
     return recipe, decision, datamodule, module, train_dm, cache_info
 
 
