@@ -24,7 +24,8 @@ def preview_augment(recipe: Recipe, *, n: int = 16, out: str | Path | None = Non
     if n < 1:
         raise ValueError(f"--n must be at least 1; got {n}.")
     L.seed_everything(recipe.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(recipe).replace(preprocessing=resolve_preprocessing(recipe), cache=False)
+    pre = resolve_preprocessing(recipe)
+    datamodule = build_datamodule(recipe).replace(preprocessing=pre, cache=False)
     datamodule.setup("fit")
     dataset = datamodule.train_set
     order = torch.randperm(len(dataset))[:n].tolist()
