@@ -38,12 +38,12 @@ def write_zoo(root: str | Path, *, per_class: int = 6, size: int = 40, val_only_
     """Write the zoo under root. val_only_class=False leaves out the one case that makes training refuse the folder."""
     root = Path(root)
     colours = {"a": (200, 40, 40), "b": (40, 40, 200)}
-    for split, n in (("train", per_class), ("val", max(2, per_class // 2))):
-        for name, rgb in colours.items():
+    for s, (split, n) in enumerate((("train", per_class), ("val", max(2, per_class // 2)))):
+        for c, (name, rgb) in enumerate(colours.items()):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.fromarray(_pixels(rgb, size, hash((split, name, i)) % 1000)).save(folder / f"{name}{i}.png")
+            for i in range(n):  # a distinct seed per image: only the planted copies below may be duplicates
+                Image.fromarray(_pixels(rgb, size, 1000 + 100 * (2 * s + c) + i)).save(folder / f"{name}{i}.png")
     a, b = root / "train" / "a", root / "train" / "b"
     good = _pixels(colours["a"], size, 7)
     (a / "empty.png").write_bytes(b"")

@@ -1,4 +1,4 @@
-"""evaluate / predict / export: everything comes from the checkpoint (DESIGN.md contract 5), nothing from a recipe."""
+"""evaluate / predict / export: everything comes from the self-describing checkpoint, nothing from a recipe."""
 
 from __future__ import annotations
 
