@@ -148,36 +148,43 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
     _train(trainer, module, fit_datamodule, run_dir, epochs, resume_from, checkpoint)
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     tested = _test_once(trainer, module, fit_datamodule, checkpoint) if datamodule.scan.test else {}
+    metrics = _result(recipe, datamodule, module, logged, tested, trainer=trainer, checkpoints=(checkpoint, last),
+                      health=health, extras={"data_warnings": warnings_found, "feature_cache": cache_info,
+                                             **({"strategy_auto": auto_decision} if auto_decision else {})})
+    metrics["wall_s"] = round(time.perf_counter() - started, 2)
+    if resume:
+        metrics["resumed_from_epoch"] = resume_from.epoch + 1 if resume_from else 0
+    metrics["run_dir"] = str(run_dir)
+    if launch_rank() == 0:
+        atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
 
-    metrics: FitResult = {
+
+def _result(recipe: Recipe, datamodule: ImageFolderDataModule, module: TransferModule, logged: dict, tested: dict,
+            *, trainer: L.Trainer, checkpoints: tuple[ModelCheckpoint, ModelCheckpoint], health: DataHealthGuard,
+            extras: dict) -> FitResult:
+    best, last = checkpoints
+    return {
         **{k: logged.get(k) for k in ("val_acc", "val_loss", "val_balanced_acc", "val_macro_f1")},
-        "best_val_acc": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "best_val_acc": float(best.best_model_score) if best.best_model_score is not None else None,
         **tested,
         "train_acc": logged.get("train_acc"),
         "train_loss": logged.get("train_loss"),
         "balance": recipe.data.balance,
         "epochs": int(trainer.current_epoch),
-        "wall_s": round(time.perf_counter() - started, 2),
         "num_classes": len(datamodule.classes),
         "num_train": len(datamodule.scan.train),
         "num_val": len(datamodule.scan.val),
         "num_test": len(datamodule.scan.test),
         "skipped_files": len(datamodule.scan.skipped),
         "skipped_mid_run": dict(health.skipped),
-        "data_warnings": warnings_found,
-        "feature_cache": cache_info,
         "backbone": recipe.backbone.name,
         "weights": module.weights_source,
         "strategy": recipe.strategy.kind,
-        **({"strategy_auto": auto_decision} if auto_decision else {}),
-        **({"resumed_from_epoch": resume_from.epoch + 1 if resume_from else 0} if resume else {}),
-        "run_dir": str(run_dir),
-        "best_checkpoint": checkpoint.best_model_path,
-        "last_checkpoint": last.best_model_path or checkpoint.last_model_path,
+        **extras,
+        "best_checkpoint": best.best_model_path,
+        "last_checkpoint": last.best_model_path or best.last_model_path,
     }
-    if launch_rank() == 0:
-        atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    return metrics
 
 
 def _preflight(recipe: Recipe, datamodule: ImageFolderDataModule, module: TransferModule) -> list[str]:
