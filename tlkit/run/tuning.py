@@ -270,30 +270,74 @@ def search(
     import optuna
 
     from tlkit.tune import search as S
+
     space = space or S.SearchSpace()
     out_dir = Path(out_dir) if out_dir is not None else Path(recipe.output.runs_dir) / recipe.name / "search"
     storage = S.check_storage(storage) if storage else S.default_storage(out_dir)
-    shown = S.shown_storage(storage)  # what is printed and written: never the password
     out_dir.mkdir(parents=True, exist_ok=True)
-    refine_epochs = refine_epochs or recipe.trainer.epochs
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stages = _SearchStages(recipe, out_dir, storage, progress=progress, keep_checkpoints=keep_checkpoints)
+    coarse = stages.run("coarse", coarse_trials, coarse_epochs, space,
+                        lambda done: optuna.samplers.RandomSampler(seed=recipe.seed + done))
+    best_trials, best_stage = S.ranked(stages.done["coarse"]["trials"]), "coarse"
+    if refine_trials > 0:
+        fine = S.refine_space(space, coarse.get_trials(deepcopy=False), top_k=top_k)
+        stages.run("refine", refine_trials, refine_epochs or recipe.trainer.epochs, fine,
+                   lambda done: optuna.samplers.TPESampler(seed=recipe.seed + done,
+                                                           n_startup_trials=min(3, refine_trials)))
+        if S.ranked(stages.done["refine"]["trials"]):
+            best_trials, best_stage = S.ranked(stages.done["refine"]["trials"]), "refine"
+    if not best_trials:
+        raise TlkitError("search: no trial completed; see the log above (every trial failed or was pruned).")
+    best = best_trials[0]
+    best_overrides = _trial_overrides(recipe, best.params, stages.done[best_stage]["epochs"])
+    best_path = out_dir / "best_recipe.yaml"
+    if source is not None:
+        write_recipe_copy(source, [*(source_overrides or []), *best_overrides], best_path, data_root=recipe.data.root)
+    else:
+        atomic_write(best_path, yaml.safe_dump(recipe_to_dict(derive(recipe, best_overrides)), sort_keys=False))
+    png = S.plot_plane({k: v["rows"] for k, v in stages.done.items()}, out_dir / "search.png",
+                       title=f"{recipe.name}: val accuracy over lr x weight decay")
+    summary = {
+        "out_dir": str(out_dir), "storage": stages.shown, "best_recipe": str(best_path), "png": str(png),
+        "best": {"stage": best_stage, "trial": best.number, "params": best.params, "val_acc": best.value,
+                 "val_loss": best.user_attrs.get("val_loss")},
+        "stages": {k: {kk: vv for kk, vv in v.items() if kk not in ("trials",)} for k, v in stages.done.items()},
+    }
+    atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
 
-    def objective_for(stage: str, epochs: int, stage_space: S.SearchSpace):
-        def objective(trial: optuna.Trial) -> float:
-            from tlkit.run.fit import fit
 
-            params = stage_space.sample(trial)
-            trial_recipe = derive(recipe, [*_trial_overrides(recipe, params, epochs), "trainer.progress_bar=false"])
-            run_dir = out_dir / stage / f"trial_{trial.number:03d}"
+class _SearchStages:
+    """Runs the stages of one search: each trial is a fit() of a derived recipe in its own folder; each stage's
+    trials are written as CSV and markdown. `done[stage]` keeps what the summary needs."""
+
+    def __init__(self, recipe: Recipe, out_dir: Path, storage, *, progress: bool, keep_checkpoints: bool):
+        from tlkit.tune import search as S
+
+        self.S, self.recipe, self.out_dir, self.storage = S, recipe, out_dir, storage
+        self.shown = S.shown_storage(storage)  # what is printed and written: never the password
+        self.progress, self.keep_checkpoints = progress, keep_checkpoints
+        self.done: dict[str, dict] = {}
+
+    def objective(self, stage: str, epochs: int, space):
+        import optuna
+
+        from tlkit.run.fit import fit
+
+        def trial_value(trial: optuna.Trial) -> float:
+            params = space.sample(trial)
+            trial_recipe = derive(self.recipe, [*_trial_overrides(self.recipe, params, epochs),
+                                                "trainer.progress_bar=false"])
+            run_dir = self.out_dir / stage / f"trial_{trial.number:03d}"
             if run_dir.exists():  # a retried trial of a killed process starts clean
                 shutil.rmtree(run_dir)
-            pruning = S.PruneOnValAcc(trial)
+            pruning = self.S.PruneOnValAcc(trial)
             metrics = fit(trial_recipe, run_dir=run_dir, callbacks=[pruning])
-            if not keep_checkpoints:
+            if not self.keep_checkpoints:
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-            for key in ("val_acc", "val_loss", "best_val_acc", "wall_s", "epochs"):
+            for key in ("val_acc", "val_loss", "best_val_acc", "wall_s", "epochs", "strategy"):
                 trial.set_user_attr(key, metrics.get(key))
-            trial.set_user_attr("strategy", metrics.get("strategy"))
             trial.set_user_attr("run_dir", str(run_dir))
             log.info("%s trial %d: lr %.2e wd %.2e -> val acc %.2f%%, val loss %.3f (%.1f s)%s", stage, trial.number,
                      params["lr"], params["weight_decay"], 100 * metrics["val_acc"], metrics["val_loss"],
@@ -302,68 +346,38 @@ def search(
             if pruning.pruned_at is not None:
                 raise optuna.TrialPruned()
             return float(metrics["val_acc"])
-        return objective
 
-    stages: dict[str, dict] = {}
+        return trial_value
 
-    def run(stage: str, n: int, epochs: int, stage_space: S.SearchSpace, sampler_for) -> optuna.Study:
-        study = S.open_study(f"{recipe.name}-{stage}", storage, sampler=sampler_for(0))
+    def run(self, stage: str, n: int, epochs: int, space, sampler_for):
+        S = self.S
+        study = S.open_study(f"{self.recipe.name}-{stage}", self.storage, sampler=sampler_for(0))
         # A fixed seed would replay trial 0's parameters on resume: offset it by the trials already done.
         study.sampler = sampler_for(S.finished(study))
         if "space" not in study.user_attrs:
-            study.set_user_attr("space", stage_space.to_attrs())
+            study.set_user_attr("space", space.to_attrs())
             study.set_user_attr("epochs", epochs)
-        stage_space = S.SearchSpace.from_attrs(study.user_attrs["space"])
+        space = S.SearchSpace.from_attrs(study.user_attrs["space"])  # a resumed study keeps its own space
         epochs = int(study.user_attrs["epochs"])
         before = S.finished(study)
         started = time.perf_counter()
-        log.info("%s stage: %d trial(s) of %d epoch(s); %d already done in %s", stage, n, epochs, before, shown)
-        S.run_stage(study, objective_for(stage, epochs, stage_space), n, progress=progress)
+        log.info("%s stage: %d trial(s) of %d epoch(s); %d already done in %s", stage, n, epochs, before, self.shown)
+        S.run_stage(study, self.objective(stage, epochs, space), n, progress=self.progress)
         wall = time.perf_counter() - started
         trials = study.get_trials(deepcopy=False)
         rows = S.trial_rows(trials)
         trial_seconds = sum(r["wall_s"] or 0 for r in rows)
-        title = (f"{stage}: {len(rows)} trials x {epochs} epoch(s), lr {stage_space.lr[0]:.2e}..{stage_space.lr[1]:.2e}, "
-                 f"wd {stage_space.weight_decay[0]:.2e}..{stage_space.weight_decay[1]:.2e}; "
+        title = (f"{stage}: {len(rows)} trials x {epochs} epoch(s), lr {space.lr[0]:.2e}..{space.lr[1]:.2e}, "
+                 f"wd {space.weight_decay[0]:.2e}..{space.weight_decay[1]:.2e}; "
                  f"sum of trial fit times {trial_seconds:.1f} s, this invocation {wall:.1f} s "
                  f"({S.finished(study) - before} new)")
-        S.write_csv(rows, out_dir / f"{stage}_trials.csv")
+        S.write_csv(rows, self.out_dir / f"{stage}_trials.csv")
         table = S.markdown_table(rows, title=title)
-        atomic_write(out_dir / f"{stage}_trials.md", table)
-        stages[stage] = {"rows": rows, "table": table, "space": stage_space.to_attrs(), "epochs": epochs,
-                         "wall_s": round(wall, 1), "trial_seconds": round(trial_seconds, 1), "trials": trials,
-                         "new": S.finished(study) - before}
+        atomic_write(self.out_dir / f"{stage}_trials.md", table)
+        self.done[stage] = {"rows": rows, "table": table, "space": space.to_attrs(), "epochs": epochs,
+                            "wall_s": round(wall, 1), "trial_seconds": round(trial_seconds, 1), "trials": trials,
+                            "new": S.finished(study) - before}
         return study
-
-    coarse = run("coarse", coarse_trials, coarse_epochs, space,
-                 lambda done: optuna.samplers.RandomSampler(seed=recipe.seed + done))
-    best_trials = S.ranked(stages["coarse"]["trials"])
-    best_stage = "coarse"
-    if refine_trials > 0:
-        fine = S.refine_space(space, coarse.get_trials(deepcopy=False), top_k=top_k)
-        run("refine", refine_trials, refine_epochs, fine,
-            lambda done: optuna.samplers.TPESampler(seed=recipe.seed + done, n_startup_trials=min(3, refine_trials)))
-        if S.ranked(stages["refine"]["trials"]):
-            best_trials, best_stage = S.ranked(stages["refine"]["trials"]), "refine"
-    if not best_trials:
-        raise TlkitError("search: no trial completed; see the log above (every trial failed or was pruned).")
-    best = best_trials[0]
-    best_overrides = _trial_overrides(recipe, best.params, stages[best_stage]["epochs"])
-    best_path = out_dir / "best_recipe.yaml"
-    if source is not None:
-        write_recipe_copy(source, [*(source_overrides or []), *best_overrides], best_path, data_root=recipe.data.root)
-    else:
-        atomic_write(best_path, yaml.safe_dump(recipe_to_dict(derive(recipe, best_overrides)), sort_keys=False))
-    png = S.plot_plane({k: v["rows"] for k, v in stages.items()}, out_dir / "search.png",
-                       title=f"{recipe.name}: val accuracy over lr x weight decay")
-    summary = {
-        "out_dir": str(out_dir), "storage": shown, "best_recipe": str(best_path), "png": str(png),
-        "best": {"stage": best_stage, "trial": best.number, "params": best.params, "val_acc": best.value,
-                 "val_loss": best.user_attrs.get("val_loss")},
-        "stages": {k: {kk: vv for kk, vv in v.items() if kk not in ("trials",)} for k, v in stages.items()},
-    }
-    atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-    return summary
 
 
 # ---------------------------------------------------------------------------------------------------------------------
