@@ -6,11 +6,8 @@ Each handler imports its machinery on first use, so `tlkit --help` and recipe er
 from __future__ import annotations
 
 import argparse
-<<<<<<< HEAD
 import json
-=======
 import shlex
->>>>>>> rel
 import sys
 from pathlib import Path
 
@@ -80,20 +77,17 @@ def _train(args: argparse.Namespace) -> int:
     from tlkit.model.faults import InterruptNotice
     from tlkit.run import fit
 
-<<<<<<< HEAD
     if args.resume and args.overwrite:
         raise RecipeError("--resume continues a run and --overwrite replaces one; give only one of them.")
-    metrics = fit(recipe, run_dir=args.resume or args.run_dir, resume=bool(args.resume), overwrite=args.overwrite)
-=======
     notice = InterruptNotice()
     try:
-        metrics = fit(recipe, run_dir=args.resume or args.run_dir, resume=bool(args.resume), callbacks=[notice])
+        metrics = fit(recipe, run_dir=args.resume or args.run_dir, resume=bool(args.resume), overwrite=args.overwrite,
+                      callbacks=[notice])
     except (KeyboardInterrupt, SystemExit) as exc:
         if isinstance(exc, SystemExit) and not notice.interrupted:
             raise
         print(interrupted_message(notice.run_dir or args.resume or args.run_dir, notice.epoch), file=sys.stderr)
         return EXIT_INTERRUPTED
->>>>>>> rel
     from tlkit.run.distributed import launch_rank
 
     if launch_rank() == 0:  # under torchrun / srun every rank trains; one summary is enough
