@@ -10,6 +10,7 @@ import lightning as L
 import torch
 
 from tlkit.data.augment import build_eval_transform, build_train_transform
+from tlkit.data.preprocessing import EVAL_PREPROCESSING_ID
 from tlkit.data.cache import (
     CachedFeatures,
     FeatureCache,
@@ -68,7 +69,7 @@ def build_feature_datamodule(
     directory = (recipe.cache.dir or default_feature_dir()) if recipe.cache.disk else None
     cache = FeatureCache(directory)
     base_key = {"format": 2, "backbone": recipe.backbone.name, "weights": weights_fingerprint(module.backbone),
-                "preprocessing": pre.to_dict(), "versions": code_versions()}
+                "preprocessing": pre.to_dict(), "versions": code_versions(), "eval": EVAL_PREPROCESSING_ID}
 
     device = extraction_device(recipe.trainer.accelerator)
 
