@@ -11,8 +11,8 @@ The eval preprocessing, exactly (`describe_eval_preprocessing` writes the same i
    `PIL.Image.Image.resize((w, h), resample=PIL_RESAMPLE[interpolation], reducing_gap=None)` on the RGB uint8 image.
    The long side becomes int(R * long / short) (truncated, float64), and an image already that size is not
    resampled. Pillow's filters widen with the scale factor when downscaling, so the downscale is antialiased.
-3. Centre-crop S x S (S = input_size) at top = int(round((h - S) / 2)), left = int(round((w - S) / 2)) (Python's
-   round: halves to even).
+3. Centre-crop S x S (S = input_size) at top = round((h - S) / 2), left = round((w - S) / 2) (Python's round:
+   halves to even), as torchvision's CenterCrop.
 4. float32: (x / 255 - mean) / std per channel, each step in float32; layout CHW, channel order RGB.
 Steps 2-4 are torchvision's Resize(R) + CenterCrop(S) + ToTensor + Normalize on a PIL image, i.e. timm's eval
 transform (`timm.data.create_transform(**data_config)`); tests/test_augment.py checks the outputs are identical.
@@ -187,7 +187,7 @@ def resize_short_side(rgb: np.ndarray, short_side: int, interpolation: str) -> n
 def crop_origin(crop: str, height: int, width: int, size: int) -> tuple[int, int]:
     """Top-left (y, x) of a size x size crop named `crop`; the centre one rounds as torchvision's CenterCrop."""
     if crop == "center":
-        return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+        return round((height - size) / 2), round((width - size) / 2)  # round(): halves to even
     y = 0 if crop.startswith("top") else height - size
     x = 0 if crop.endswith("left") else width - size
     return y, x
@@ -263,7 +263,7 @@ def describe_eval_preprocessing(pre: Preprocessing) -> dict:
         },
         "crop": {
             "size": [size, size],
-            "arithmetic": f"top = int(round((h - {size}) / 2)), left = int(round((w - {size}) / 2)), Python round "
+            "arithmetic": f"top = round((h - {size}) / 2), left = round((w - {size}) / 2), Python's round "
                           "(halves to even); rows top..top+S, columns left..left+S",
         },
         "normalize": {"formula": "(float32(x) / 255 - mean) / std, each operation in float32",

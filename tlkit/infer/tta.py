@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tlkit.data.preprocessing import (  # noqa: F401  (crop_origin, View: re-exported)
+from tlkit.data.preprocessing import (
     Preprocessing,
     View,
     crop_origin,

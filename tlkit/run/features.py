@@ -10,7 +10,6 @@ import lightning as L
 import torch
 
 from tlkit.data.augment import build_eval_transform, build_train_transform
-from tlkit.data.preprocessing import EVAL_PREPROCESSING_ID
 from tlkit.data.cache import (
     CachedFeatures,
     FeatureCache,
@@ -27,6 +26,7 @@ from tlkit.data.datamodule import (
     ImageFolderDataModule,
     PhasedDataModule,
 )
+from tlkit.data.preprocessing import EVAL_PREPROCESSING_ID
 from tlkit.model.module import TransferModule
 from tlkit.recipe import Recipe
 

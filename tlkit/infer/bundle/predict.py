@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Predict with a tlkit export without tlkit or torch: numpy, Pillow and onnxruntime only.
 
     pip install -r requirements.txt
@@ -13,6 +12,7 @@ Prints path, top-1 label and probability per image; --csv writes path, label_1, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import sys
@@ -21,9 +21,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # preprocessing.py lives beside this file (also under `python -I`)
 
-import numpy as np  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
-from preprocessing import Preprocessing, View, as_rgb, eval_resize_size, make_views  # noqa: E402
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from preprocessing import Preprocessing, View, as_rgb, eval_resize_size, make_views
 
 DECODE_ERRORS = (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError)
 
@@ -94,13 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no image could be read; pass image files (JPEG, PNG, ...).", file=sys.stderr)
         return 1
     if args.csv:
-        out = sys.stdout if args.csv == "-" else open(args.csv, "w", newline="", encoding="utf-8")
-        writer = csv.writer(out)
-        writer.writerow(["path"] + [f"{n}_{i}" for i in range(1, k + 1) for n in ("label", "prob")])
-        writer.writerows([r["path"], *[x for lab, p in zip(r["labels"], r["probs"]) for x in (lab, f"{p:.6f}")]]
-                         for r in rows)
-        if out is not sys.stdout:
-            out.close()
+        to_stdout = args.csv == "-"
+        with contextlib.nullcontext(sys.stdout) if to_stdout else open(args.csv, "w", newline="", encoding="utf-8") as out:
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(["path"] + [f"{n}_{i}" for i in range(1, k + 1) for n in ("label", "prob")])
+            writer.writerows([r["path"], *[x for lab, p in zip(r["labels"], r["probs"]) for x in (lab, f"{p:.6f}")]]
+                             for r in rows)
     if args.json:
         Path(args.json).write_text(json.dumps({"classes": model.classes, "predictions": rows}, indent=1) + "\n",
                                    encoding="utf-8")
