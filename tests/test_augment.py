@@ -80,6 +80,31 @@ def test_eval_with_crop_pct_one_keeps_the_whole_image():
     torch.testing.assert_close(whole, normalised(image), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest"])
+def test_eval_transform_is_timms_eval_transform_exactly(interpolation):
+    # The claim in docs/recipes.md: timm's create_transform (torchvision Resize + CenterCrop + ToTensor + Normalize on
+    # a PIL image) gives bit-identical input, for odd sizes that exercise the long-side and crop rounding.
+    from PIL import Image
+    from timm.data import create_transform
+
+    for size, crop_pct in [(224, 0.875), (224, 0.882), (32, 0.9)]:
+        p = Preprocessing(input_size=size, crop_pct=crop_pct, interpolation=interpolation, mean=MEAN, std=STD)
+        timm_eval = create_transform(input_size=(3, size, size), crop_pct=crop_pct, interpolation=interpolation,
+                                     mean=MEAN, std=STD)
+        for i, (h, w) in enumerate([(301, 401), (401, 300), (17, 9), (257, 1000), (size, size + 1)]):
+            image = random_image(h, w, seed=i)
+            assert torch.equal(build_eval_transform(p)(image), timm_eval(Image.fromarray(image)))
+
+
+def test_eval_resize_truncates_the_long_side_and_centre_crop_rounds_halves_to_even():
+    from tlkit.data.preprocessing import crop_origin, short_side_shape
+
+    assert short_side_shape(300, 401, 256) == (256, 342)  # 256 * 401 / 300 = 342.19
+    assert short_side_shape(299, 200, 256) == (382, 256)  # 256 * 299 / 200 = 382.72 -> 382, not 383
+    assert crop_origin("center", 257, 260, 224) == (16, 18)  # 33 / 2 = 16.5 -> 16 (even); 36 / 2 = 18
+    assert crop_origin("center", 259, 224, 224) == (18, 0)  # 35 / 2 = 17.5 -> 18 (even)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Train
 
@@ -107,7 +132,7 @@ def test_hflip_one_mirrors_the_image():
 # ---------------------------------------------------------------------------------------------------------------------
 # Presets and the seeds' augmentations
 
-from tlkit.data.augment import PRESETS, short_side_range  # noqa: E402
+from tlkit.data.augment import PRESETS, short_side_range
 from tlkit.data.augment import TrainAugment as Aug
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -112,3 +113,65 @@ def test_collect_inputs_keeps_order_and_reports_missing_paths(tmp_path, make_ima
     files, missing = collect_inputs([c, tmp_path / "b", a, tmp_path / "nope.png"])
     assert files == [str(c), str(a)]  # a file named twice is predicted once; hidden files are not collected
     assert missing == [(str(tmp_path / "nope.png"), "no such file or folder")]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# In memory: tlkit.Predictor
+
+
+def test_predictor_gives_tlkit_predicts_numbers_for_paths_pil_images_and_arrays(trained_run, tmp_path):
+    from PIL import Image
+
+    import tlkit
+
+    files = sorted(str(p) for p in (trained_run[0] / "val").rglob("*.png"))[:6]
+    predictor = tlkit.Predictor.from_checkpoint(checkpoint_of(trained_run))  # the checkpoint's hflip
+    assert predictor.policy.num_views == 2
+    summary = predict_checkpoint(checkpoint_of(trained_run), files, out=tmp_path / "p.csv", top_k=3)
+    from_paths = predictor.predict(files, top_k=3)
+    assert [p.source for p in from_paths] == files
+    for row, got in zip(summary["rows"], from_paths):
+        assert got.labels == row["labels"] and got.label == row["labels"][0]
+        np.testing.assert_allclose(got.probs, row["probs"], atol=1e-6, rtol=0)
+        assert got.probabilities.shape == (3,) and abs(float(got.probabilities.sum()) - 1) < 1e-5
+    expected = predictor.probabilities(files)
+    rgb = load_rgb(files[0])
+    same = [Image.open(files[0]), rgb, np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])]  # PIL, RGB, RGBA
+    for image in same:
+        np.testing.assert_allclose(predictor.predict(image).probabilities, expected[0], atol=1e-6, rtol=0)
+    grey = predictor.predict(rgb[:, :, 1])  # HxW greyscale is read as L, like a greyscale file
+    assert grey.label in predictor.classes and len(grey.labels) == 3 and grey.source is None
+
+
+def test_predictor_takes_a_batch_array_and_refuses_other_dtypes(trained_run):
+    predictor = Predictor_from(trained_run, tta="none")
+    batch = np.random.default_rng(0).integers(0, 256, (4, 20, 30, 3), dtype=np.uint8)
+    assert len(predictor.predict(batch, top_k=1)) == 4
+    with pytest.raises(ValueError, match=r"must be uint8 .* got float64"):
+        predictor.predict(np.zeros((20, 30, 3)))
+
+
+def Predictor_from(trained_run, **kwargs):
+    from tlkit.infer.predictor import Predictor
+
+    return Predictor.from_checkpoint(checkpoint_of(trained_run), **kwargs)
+
+
+def test_predict_refuses_to_overwrite_and_writes_csv_to_stdout(trained_run, tmp_path, capsys):
+    files = [str(p) for p in sorted((trained_run[0] / "val").rglob("*.png"))[:2]]
+    out = tmp_path / "p.csv"
+    out.write_text("earlier predictions\n")
+    args = ["predict", "--checkpoint", str(checkpoint_of(trained_run)), *files, "--out", str(out)]
+    assert main(args) == 1
+    assert "p.csv already exists; pass --overwrite" in capsys.readouterr().err
+    assert out.read_text() == "earlier predictions\n"
+    assert main([*args, "--overwrite"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0].split() == ["file", "label", "prob"] and files[0] in printed
+    assert f"predicted 2 image(s) with hflip (2 view(s)) -> {out}" in printed
+    assert main(["predict", "--checkpoint", str(checkpoint_of(trained_run)), *files, "--out", "-", "--top-k", "1"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()  # the CSV alone: no table, no summary line on stdout
+    assert lines[0] == "path,label_1,prob_1" and [line.split(",")[0] for line in lines[1:]] == files
+    assert all(len(line.split(",")) == 3 for line in lines)
+    assert "-> stdout" in captured.err and not (tmp_path / "-").exists() and not Path("-").exists()

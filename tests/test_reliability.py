@@ -326,7 +326,7 @@ def test_ctrl_c_during_training_names_the_run_and_the_resume_command(recipe_file
 
 def _predict_args(trained_run, out: Path) -> list:
     return ["predict", "--checkpoint", trained_run[1] / "checkpoints" / "last.ckpt", trained_run[0] / "val",
-            "--out", out]
+            "--out", out, "--overwrite"]
 
 
 @pytest.mark.parametrize("case", ["disk_full", "read_only"])

@@ -141,20 +141,36 @@ def _predict(args: argparse.Namespace) -> int:
     summary = predict_checkpoint(
         args.checkpoint, args.inputs, out=args.out, json_out=args.json_out, top_k=args.top_k, tta=args.tta,
         aggregate=args.aggregate, num_workers=_workers(args.num_workers),
-        max_views_per_forward=args.max_views_per_forward, precision=args.precision,
+        max_views_per_forward=args.max_views_per_forward, precision=args.precision, overwrite=args.overwrite,
     )
     for path, why in summary["skipped"]:
         print(f"skipped {path}: {why}", file=sys.stderr)
-    written = summary["csv"] + (f" and {summary['json']}" if "json" in summary else "")
+    to_stdout = summary["csv"] == "-"  # stdout carries the CSV alone; the table and summary would corrupt it
+    if not to_stdout:
+        print(format_predictions_table(summary["rows"]))
+    written = ("stdout" if to_stdout else summary["csv"]) + (f" and {summary['json']}" if "json" in summary else "")
     print(f"predicted {summary['predicted']} image(s) with {summary['policy']} ({summary['views']} view(s)) -> "
-          f"{written}; skipped {len(summary['skipped'])}")
+          f"{written}; skipped {len(summary['skipped'])}", file=sys.stderr if to_stdout else sys.stdout)
     return 0
+
+
+def format_predictions_table(rows: list[dict], limit: int = 20) -> str:
+    """file, top-1 label, probability for the first `limit` images (the rest: in the CSV)."""
+    shown = rows[:limit]
+    width = max([4] + [len(r["path"]) for r in shown])
+    label_width = max([5] + [len(r["labels"][0]) for r in shown])
+    lines = [f"{'file':<{width}}  {'label':<{label_width}}  prob"]
+    lines += [f"{r['path']:<{width}}  {r['labels'][0]:<{label_width}}  {r['probs'][0]:.3f}" for r in shown]
+    if len(rows) > limit:
+        lines.append(f"... and {len(rows) - limit} more")
+    return "\n".join(lines)
 
 
 def _export(args: argparse.Namespace) -> int:
     from tlkit.run import export_checkpoint
 
-    summary = export_checkpoint(args.checkpoint, args.out, images=args.images, onnx=not args.no_onnx, atol=args.atol)
+    summary = export_checkpoint(args.checkpoint, args.out, images=args.images, onnx=not args.no_onnx, atol=args.atol,
+                                tta=args.tta)
     print(f"wrote {summary['weights']} and {summary['sidecar']} (loads back identically)")
     if "onnx" in summary:
         parity = summary["onnx_parity"]
@@ -163,6 +179,8 @@ def _export(args: argparse.Namespace) -> int:
             f"logits {parity['max_abs_diff_logits']:.2e}, probabilities {parity['max_abs_diff_probs']:.2e}, "
             f"top-1 agreement {parity['top1_agreement']:.0%}"
         )
+        print(f"standalone bundle (numpy + Pillow + onnxruntime, TTA {summary['tta']}): "
+              f"python {Path(summary['out_dir']) / 'predict.py'} IMAGE...")
     return 0
 
 

@@ -111,7 +111,10 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tlkit import __version__
+
     parser = argparse.ArgumentParser(prog="tlkit", description="Transfer learning for image classification.")
+    parser.add_argument("--version", action="version", version=f"tlkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a recipe and print a summary")
@@ -154,8 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="top-k labels for image files and folders, as CSV (and JSON)")
     _add_checkpoint_arg(predict)
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
-    predict.add_argument("--out", default="predictions.csv", help="CSV file to write (default: predictions.csv)")
+    predict.add_argument("--out", default="predictions.csv",
+                         help="CSV file to write (default: predictions.csv in the current folder; '-' = stdout)")
     predict.add_argument("--json", dest="json_out", help="also write predictions and skipped files as JSON here")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="replace an existing --out/--json file (by default an existing one is refused)")
     predict.add_argument("--top-k", type=_positive_int, default=5, help="labels per image (default: 5, at most the classes)")
     predict.add_argument(
         "--tta", type=parse_tta,
@@ -164,9 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--aggregate", choices=AGGREGATES, help="how views combine (default: mean_prob)")
     _add_inference_args(predict)
 
-    export = sub.add_parser("export", help="safetensors + JSON sidecar, and ONNX checked against PyTorch")
+    export = sub.add_parser(
+        "export", help="safetensors + JSON sidecar, ONNX checked against PyTorch, and a standalone predict.py"
+    )
     _add_checkpoint_arg(export)
-    export.add_argument("--out", required=True, help="folder for model.safetensors, model.json, model.onnx")
+    export.add_argument("--out", required=True, help="folder for model.safetensors, model.json, model.onnx and the "
+                                                     "standalone bundle (predict.py, preprocessing.py, requirements.txt)")
+    export.add_argument("--tta", type=parse_tta,
+                        help="TTA policy whose views the bundle's predict.py uses (default: the checkpoint's own)")
     export.add_argument(
         "--images", nargs="+", default=[], metavar="PATH",
         help="real images (files or folders) for the ONNX parity check, e.g. the validation folder",

@@ -1,14 +1,13 @@
 """Train and eval transforms (albumentations on numpy HWC uint8 -> normalised CHW float tensor).
 
-The eval transform is the single preprocessing function shared by validation, predict, TTA and export
-(DESIGN.md contract 6): resize the short side to input_size / crop_pct, centre-crop input_size, normalise —
-the same recipe as timm's eval preprocessing. Training augmentation (the seeds' list: flips, random crops and scales,
+The eval transform is tlkit.data.preprocessing.eval_preprocess (numpy + Pillow, shared by validation, predict, TTA
+and export: DESIGN.md contract 6) wrapped as a tensor; it equals timm's eval transform on PIL images. Every pipeline
+here ends in that module's `normalize`, so train and eval normalise identically. Training augmentation (the seeds' list: flips, random crops and scales,
 colour jitter, lens distortion, Cutout) is configured by TrainAugment, usually through a preset.
 """
 
 from __future__ import annotations
 
-import math
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # never phone home at import
@@ -18,7 +17,13 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tlkit.data.preprocessing import Preprocessing  # noqa: E402
+from tlkit.data.preprocessing import (  # noqa: E402,F401  (eval_resize_size: re-exported)
+    Preprocessing,
+    eval_crop,
+    eval_preprocess,
+    eval_resize_size,
+    normalize,
+)
 from tlkit.data.settings import (  # noqa: E402,F401
     PRESET_NAMES,
     PRESETS,
@@ -42,7 +47,8 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 class _AlbumentationsToTensor:
-    """Callable: uint8 HWC numpy -> float CHW tensor through an albumentations pipeline.
+    """Callable: uint8 HWC numpy -> float CHW tensor: optional eval geometry, an albumentations pipeline on uint8,
+    then preprocessing.normalize.
 
     albumentations keeps its own RNG, untouched by global seeding. We seed it from torch's initial seed in the
     process that runs it: in the main process that is the run's seed, in a DataLoader worker it is torch's per-worker
@@ -50,8 +56,10 @@ class _AlbumentationsToTensor:
     workers never repeat each other's.
     """
 
-    def __init__(self, pipeline: A.Compose):
+    def __init__(self, pipeline: A.Compose, pre: Preprocessing, *, eval_geometry: bool = False):
         self.pipeline = pipeline
+        self.pre = pre
+        self.eval_geometry = eval_geometry  # crop "center": start from the eval preprocessing's own patch
         self._seeded_for: tuple[int, int] | None = None
 
     def reseed(self, seed: int) -> None:
@@ -64,49 +72,31 @@ class _AlbumentationsToTensor:
         if key != self._seeded_for:
             self.pipeline.set_random_seed(torch.initial_seed() % 2**32)
             self._seeded_for = key
-        return _to_tensor(self.pipeline(image=image)["image"])
+        if self.eval_geometry:
+            image = np.ascontiguousarray(eval_crop(image, self.pre))
+        return torch.from_numpy(normalize(self.pipeline(image=image)["image"], self.pre))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.pipeline!r})"
 
 
-def _normalize(pre: Preprocessing) -> A.Normalize:
-    return A.Normalize(mean=pre.mean, std=pre.std, max_pixel_value=255.0)
+class EvalTransform:
+    """Callable: RGB uint8 HWC numpy -> float32 CHW tensor through preprocessing.eval_preprocess. Deterministic."""
+
+    def __init__(self, pre: Preprocessing):
+        self.pre = pre
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(eval_preprocess(image, self.pre))
+
+    def __repr__(self) -> str:
+        return f"EvalTransform({self.pre})"
 
 
-def eval_resize_size(pre: Preprocessing) -> int:
-    """Short-side length before the centre crop, as timm computes it."""
-    return math.floor(pre.input_size / pre.crop_pct)
-
-
-def build_short_side_resize(pre: Preprocessing, short_side: int) -> A.SmallestMaxSize:
-    """Resize so the short side is `short_side`, with the contract's interpolation (the eval transform's first step;
-    TTA views use it at other lengths)."""
-    return A.SmallestMaxSize(
-        max_size=short_side,
-        interpolation=CV2_INTERPOLATION[pre.interpolation],
-        area_for_downscale="image",  # antialiased downscale, closer to PIL's resize than plain cubic
-    )
-
-
-def build_normalize(pre: Preprocessing) -> A.Normalize:
-    """uint8 HWC -> float32 (x/255 - mean) / std: the eval transform's last step, shared with TTA views."""
-    return _normalize(pre)
-
-
-def center_crop_box(height: int, width: int, size: int) -> tuple[int, int]:
-    """Top-left (y, x) of the centred size x size crop, rounded as albumentations' CenterCrop rounds it."""
-    return (height - size) // 2, (width - size) // 2
-
-
-def _eval_geometry(pre: Preprocessing) -> list[A.BasicTransform]:
-    size = pre.input_size
-    return [build_short_side_resize(pre, eval_resize_size(pre)), A.CenterCrop(height=size, width=size)]
-
-
-def build_eval_transform(pre: Preprocessing) -> _AlbumentationsToTensor:
-    """Resize short side to input_size/crop_pct, centre-crop input_size, normalise. Deterministic."""
-    return _AlbumentationsToTensor(A.Compose([*_eval_geometry(pre), build_normalize(pre)], strict=True))
+def build_eval_transform(pre: Preprocessing) -> EvalTransform:
+    """Resize short side to input_size/crop_pct (Pillow), centre-crop input_size, normalise: the one eval
+    preprocessing (tlkit.data.preprocessing) as a tensor transform."""
+    return EvalTransform(pre)
 
 
 def short_side_range(pre: Preprocessing, aug: TrainAugment) -> tuple[int, int]:
@@ -117,9 +107,9 @@ def short_side_range(pre: Preprocessing, aug: TrainAugment) -> tuple[int, int]:
 
 
 def _crop_steps(pre: Preprocessing, aug: TrainAugment) -> list[A.BasicTransform]:
+    # Random crops stay in albumentations (cv2, area-averaged downscale): only the eval path must be reproducible
+    # outside tlkit, and that one is Pillow's (tlkit.data.preprocessing).
     size, interpolation = pre.input_size, CV2_INTERPOLATION[pre.interpolation]
-    if aug.crop == "center":
-        return _eval_geometry(pre)
     if aug.crop == "short_side":
         low, high = short_side_range(pre, aug)
         return [
@@ -138,7 +128,7 @@ def _crop_steps(pre: Preprocessing, aug: TrainAugment) -> list[A.BasicTransform]
 def build_train_transform(pre: Preprocessing, aug: TrainAugment | None = None) -> _AlbumentationsToTensor:
     """Geometry (crop, flips, rotation, lens) -> colour (jitter, grey, blur) -> Cutout -> normalise."""
     aug = aug or TrainAugment()
-    steps = _crop_steps(pre, aug)
+    steps = [] if aug.crop == "center" else _crop_steps(pre, aug)  # center: the eval patch, made before the pipeline
     if aug.hflip > 0:
         steps.append(A.HorizontalFlip(p=aug.hflip))
     if aug.vflip > 0:
@@ -163,5 +153,4 @@ def build_train_transform(pre: Preprocessing, aug: TrainAugment | None = None) -
     if c.p > 0:
         steps.append(A.CoarseDropout(num_holes_range=tuple(c.holes), hole_height_range=tuple(c.size),
                                      hole_width_range=tuple(c.size), fill=c.fill, p=c.p))
-    steps.append(_normalize(pre))
-    return _AlbumentationsToTensor(A.Compose(steps, strict=True))
+    return _AlbumentationsToTensor(A.Compose(steps, strict=True), pre, eval_geometry=aug.crop == "center")

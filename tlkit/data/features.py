@@ -26,7 +26,7 @@ from tlkit.data.cache import (
     view_seed,
     weights_fingerprint,
 )
-from tlkit.data.preprocessing import Preprocessing
+from tlkit.data.preprocessing import EVAL_PREPROCESSING_ID, Preprocessing
 from tlkit.data.scan import FolderScan
 from tlkit.data.settings import CacheConfig
 from tlkit.seeding import split_epoch_index
@@ -80,7 +80,8 @@ def extract_splits(scan: FolderScan, module: Any, pre: Preprocessing, *, augment
     store = FeatureCache(directory)
     fingerprint = weights_fingerprint(backbone)
     base_key = {"format": CACHE_KEY_FORMAT, "backbone": backbone_name(module), "weights": fingerprint,
-                "preprocessing": pre.to_dict(), "versions": code_versions()}
+                "preprocessing": pre.to_dict(), "versions": code_versions(),
+                "eval": EVAL_PREPROCESSING_ID}  # features from another eval resize must not be reused
 
     def compute(transform, desc: str, view: int | None = None):
         def forward(paths: list[str]) -> torch.Tensor:

@@ -1,8 +1,12 @@
-"""Export a trained model (backbone + head): safetensors + JSON preprocessing sidecar, and ONNX with a parity check.
+"""Export a trained model (backbone + head): safetensors + JSON sidecar, ONNX with a parity check, and a bundle.
 
 The sidecar (`model.json`) is the checkpoint's self-description (DESIGN.md contract 5): classes, backbone, head,
-preprocessing, TTA policy, plus the input/output contract of the exported graph. The same JSON is embedded in the
+preprocessing, TTA policy, plus the input/output contract of the exported graph, the eval preprocessing spelled out
+step by step (`eval_preprocessing`) and the concrete TTA views (`tta_views`). The same JSON is embedded in the
 safetensors metadata, so the weights file alone is enough to load the model back (`load_exported`).
+
+With ONNX, the folder is also a standalone bundle (`write_bundle`): predict.py + tlkit's preprocessing.py (copied
+verbatim) + requirements.txt run the model with numpy, Pillow and onnxruntime only, with tlkit's exact numbers.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlkit.data.augment import build_eval_transform, eval_resize_size
+import tlkit.data.preprocessing
+from tlkit.data.augment import build_eval_transform
 from tlkit.data.images import load_rgb
+from tlkit.data.preprocessing import describe_eval_preprocessing, eval_resize_size
 from tlkit.errors import CheckpointError, ExportError
+from tlkit.infer.tta import TTAPolicy, resolve_policy
 from tlkit.io import atomic_path, atomic_save, atomic_write
 from tlkit.model.module import TransferModule
 
@@ -30,6 +37,9 @@ EXPORT_FORMAT = 1
 WEIGHTS_NAME = "model.safetensors"
 ONNX_NAME = "model.onnx"
 SIDECAR_NAME = "model.json"
+BUNDLE_FILES = ("predict.py", "preprocessing.py", "requirements.txt")
+# The bundle's only dependencies (Image.Resampling: Pillow 9.1+); predict.py imports nothing else outside stdlib.
+BUNDLE_REQUIREMENTS = "numpy>=1.22\nPillow>=9.1\nonnxruntime>=1.16\n"
 DEFAULT_PARITY_ATOL = 1e-3  # logits; float32 kernels of two runtimes differ by ~1e-5, a wrong graph by far more
 
 
@@ -45,10 +55,12 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
-def describe_export(module: TransferModule) -> dict:
-    """The sidecar: the checkpoint's self-description plus the exported graph's input and output contract."""
+def describe_export(module: TransferModule, policy: TTAPolicy | None = None) -> dict:
+    """The sidecar: the checkpoint's self-description, the exported graph's input and output contract, the exact eval
+    preprocessing and the views of `policy` (default: the checkpoint's TTA policy)."""
     pre = module.preprocessing
     size = pre.input_size
+    policy = policy or resolve_policy(module.tta_spec, pre)
     return {
         "export_format": EXPORT_FORMAT,
         **module.describe(),
@@ -58,22 +70,35 @@ def describe_export(module: TransferModule) -> dict:
             "dtype": "float32",
             "layout": "NCHW, RGB",
             "preprocessing": (
-                f"decode to RGB; resize the short side to {eval_resize_size(pre)} px ({pre.interpolation}); "
-                f"centre-crop {size}x{size}; x / 255; (x - mean) / std"
+                f"decode to RGB; resize the short side to {eval_resize_size(pre)} px with Pillow "
+                f"({pre.interpolation}); centre-crop {size}x{size}; x / 255; (x - mean) / std. Exactly: "
+                "eval_preprocessing below"
             ),
         },
         "output": {"name": "logits", "shape": ["batch", len(module.classes)], "activation": "softmax over classes"},
+        "eval_preprocessing": describe_eval_preprocessing(pre),
+        "tta_views": {
+            "policy": policy.label,
+            "aggregate": policy.aggregate,
+            "views": [{"scale": v.scale, "crop": v.crop, "flip": v.flip} for v in policy.views],
+            "how": "each view: resize the short side to `scale` (crop 'full': the whole image to input_size x "
+                   "input_size), take `crop` at input_size (center as eval_preprocessing.crop; corners flush with "
+                   "the edges), normalise, mirror left-right if `flip`; softmax per view, then `aggregate`: "
+                   "mean_prob = mean of the softmaxes, mean_logit = softmax of the mean logit, max = per-class "
+                   "max renormalised to sum 1",
+        },
         "files": {"weights": WEIGHTS_NAME},
     }
 
 
-def export_safetensors(module: TransferModule, out_dir: str | Path) -> tuple[Path, Path, dict]:
+def export_safetensors(module: TransferModule, out_dir: str | Path, *,
+                       policy: TTAPolicy | None = None) -> tuple[Path, Path, dict]:
     """Write model.safetensors (backbone.* and head.* tensors, description in its metadata) and model.json."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = describe_export(module)
+    meta = describe_export(module, policy)
     state = {k: v.detach().cpu().contiguous() for k, v in Classifier(module).state_dict().items()}
     weights = out_dir / WEIGHTS_NAME
     atomic_save(weights, lambda name: save_file(state, name, metadata={"tlkit": json.dumps(meta)}))
@@ -83,6 +108,18 @@ def export_safetensors(module: TransferModule, out_dir: str | Path) -> tuple[Pat
 
 def write_sidecar(meta: dict, out_dir: Path) -> Path:
     return atomic_write(Path(out_dir) / SIDECAR_NAME, json.dumps(meta, indent=2) + "\n")
+
+
+def write_bundle(out_dir: str | Path) -> list[Path]:
+    """predict.py, preprocessing.py (tlkit.data.preprocessing's source, verbatim: one definition) and
+    requirements.txt beside model.onnx and model.json."""
+    out_dir = Path(out_dir)
+    sources = {
+        "predict.py": Path(__file__).with_name("bundle") / "predict.py",
+        "preprocessing.py": Path(tlkit.data.preprocessing.__file__),
+    }
+    written = [atomic_write(out_dir / name, src.read_text(encoding="utf-8")) for name, src in sources.items()]
+    return [*written, atomic_write(out_dir / "requirements.txt", BUNDLE_REQUIREMENTS)]
 
 
 def load_exported(path: str | Path, *, map_location: str | torch.device = "cpu") -> TransferModule:

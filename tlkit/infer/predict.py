@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from tlkit.data.images import is_image_name
-from tlkit.errors import DataNotFoundError
+from tlkit.errors import DataError, DataNotFoundError
 from tlkit.infer.inference import InferenceResult
 from tlkit.io import atomic_open
 
@@ -54,11 +55,27 @@ def top_k_rows(result: InferenceResult, paths: Sequence[str], classes: Sequence[
     ]
 
 
-def write_predictions_csv(rows: Sequence[dict], path: str | Path, k: int) -> Path:
-    """Columns: path, label_1, prob_1, ..., label_k, prob_k."""
-    path = Path(path)
+STDOUT = "-"
+
+
+def check_outputs(paths: Sequence[str | Path | None], *, overwrite: bool) -> None:
+    """Refuse, before any work, to replace an existing output file unless `overwrite` ('-' is stdout)."""
+    for path in paths:
+        if path is not None and str(path) != STDOUT and Path(path).exists() and not overwrite:
+            raise DataError(f"{path} already exists; pass --overwrite to replace it, or choose another --out/--json.")
+
+
+def write_predictions_csv(rows: Sequence[dict], path: str | Path, k: int) -> Path | str:
+    """Columns: path, label_1, prob_1, ..., label_k, prob_k. path '-' writes to stdout."""
     header = ["path"] + [f"{name}_{i}" for i in range(1, k + 1) for name in ("label", "prob")]
     body = [[r["path"], *[x for label, p in zip(r["labels"], r["probs"]) for x in (label, f"{p:.6f}")]] for r in rows]
+    if str(path) == STDOUT:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(body)
+        sys.stdout.flush()
+        return STDOUT
+    path = Path(path)
     _atomic(path, lambda f: (csv.writer(f).writerow(header), csv.writer(f).writerows(body)))
     return path
 

@@ -4,8 +4,9 @@ A TTA *spec* is plain data that travels in checkpoints: `{"policy": name, "aggre
 shortcuts, plus `crops`, `flip` and `scales` for `policy: custom`. It becomes concrete views only against a
 Preprocessing, because "the eval resize" and the multi-scale lengths depend on the model's input size.
 
-Views are built from the eval transform's own steps (augment.build_short_side_resize / build_normalize /
-center_crop_box), so policy `none` is exactly the eval transform (DESIGN.md contract 6, tested).
+Views are made by tlkit.data.preprocessing.make_views, from the eval preprocessing's own steps (Pillow short-side
+resize, crop, normalise), so policy `none` is exactly the eval transform (DESIGN.md contract 6, tested) and the
+export bundle makes the same views with the same code.
 """
 
 from __future__ import annotations
@@ -14,18 +15,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import albumentations as A
 import numpy as np
 import torch
 
-from tlkit.data.augment import (
-    CV2_INTERPOLATION,
-    build_normalize,
-    build_short_side_resize,
-    center_crop_box,
+from tlkit.data.preprocessing import (
+    Preprocessing,
+    View,
     eval_resize_size,
+    make_views,
 )
-from tlkit.data.preprocessing import Preprocessing
 from tlkit.errors import TTAError, did_you_mean
 from tlkit.infer.settings import (  # noqa: F401
     AGGREGATES,
@@ -46,15 +44,6 @@ _NAMED_FIELDS: dict[str, dict[str, Any]] = {
     "ten_crop": {"crops": "five", "flip": True},
     "multi_scale": {"crops": "center", "flip": True},
 }
-
-
-@dataclass(frozen=True)
-class View:
-    """One view: resize the short side to `scale` px, take `crop` at the input size, optionally mirror it."""
-
-    scale: int
-    crop: str  # center | top_left | top_right | bottom_left | bottom_right | full
-    flip: bool
 
 
 @dataclass(frozen=True)
@@ -177,51 +166,17 @@ def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
 # Views
 
 
-def crop_origin(crop: str, height: int, width: int, size: int) -> tuple[int, int]:
-    """Top-left (y, x) of a size x size crop named `crop` in a height x width image."""
-    if crop == "center":
-        return center_crop_box(height, width, size)
-    y = 0 if crop.startswith("top") else height - size
-    x = 0 if crop.endswith("left") else width - size
-    return y, x
-
-
 class ViewMaker:
-    """Callable: RGB uint8 HWC image -> float tensor [num_views, 3, S, S], in the policy's view order.
-
-    Each scale is resized once and each crop normalised once; a mirrored view is its crop flipped (normalisation is
-    per pixel, so flipping before or after it is the same).
-    """
+    """Callable: RGB uint8 HWC image -> float tensor [num_views, 3, S, S], in the policy's view order
+    (tlkit.data.preprocessing.make_views)."""
 
     def __init__(self, policy: TTAPolicy, pre: Preprocessing):
         self.policy = policy
+        self.pre = pre
         self.size = pre.input_size
-        self._resize = {v.scale: build_short_side_resize(pre, v.scale) for v in policy.views if v.crop != "full"}
-        self._squash = A.Resize(
-            height=self.size, width=self.size, interpolation=CV2_INTERPOLATION[pre.interpolation],
-            area_for_downscale="image",
-        )
-        self._normalize = build_normalize(pre)
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        resized: dict[int, np.ndarray] = {}
-        crops: dict[tuple[int, str], torch.Tensor] = {}
-        out = []
-        for view in self.policy.views:
-            key = (view.scale, view.crop)
-            if key not in crops:
-                if view.crop == "full":
-                    patch = self._squash(image=image)["image"]
-                else:
-                    if view.scale not in resized:
-                        resized[view.scale] = self._resize[view.scale](image=image)["image"]
-                    scaled = resized[view.scale]
-                    y, x = crop_origin(view.crop, scaled.shape[0], scaled.shape[1], self.size)
-                    patch = scaled[y : y + self.size, x : x + self.size]
-                normalised = self._normalize(image=np.ascontiguousarray(patch))["image"]
-                crops[key] = torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
-            out.append(crops[key].flip(-1) if view.flip else crops[key])
-        return torch.stack(out)
+        return torch.from_numpy(make_views(image, self.policy.views, self.pre))
 
     def __repr__(self) -> str:
         return f"ViewMaker({self.policy.label}, {self.policy.num_views} views at {self.size} px)"

@@ -38,7 +38,14 @@ from tlkit.recipe.loading import (
     resolve_path,
     validate_recipe,
 )
-from tlkit.recipe.sections import LoggingConfig, MLflowConfig, OutputConfig, Recipe, TrainerConfig, WandbConfig
+from tlkit.recipe.sections import (
+    LoggingConfig,
+    MLflowConfig,
+    OutputConfig,
+    Recipe,
+    TrainerConfig,
+    WandbConfig,
+)
 
 __all__ = [
     "Auto", "BackboneConfig", "CacheConfig", "DataConfig", "Finetune", "Gradual", "HeadConfig", "LayerDecay",

@@ -12,6 +12,7 @@ from tlkit.errors import DataError, DataNotFoundError, ExportError, did_you_mean
 from tlkit.infer.checkpoint import load_checkpoint, read_checkpoint, saved_split
 from tlkit.infer.inference import predict_files
 from tlkit.infer.predict import (
+    check_outputs,
     collect_inputs,
     top_k_rows,
     write_predictions_csv,
@@ -149,11 +150,14 @@ def predict_checkpoint(
     max_views_per_forward: int = DEFAULT_MAX_VIEWS_PER_FORWARD,
     progress: bool | None = None,
     precision: str = "fp32",
+    overwrite: bool = False,
 ) -> dict:
     """Top-k labels for every readable image among `inputs` (files or folders, recursive), written as CSV (and JSON).
 
+    out '-' writes the CSV to stdout. An existing output file is refused (DataError) unless overwrite=True.
     Unreadable or missing files are skipped and listed; raises DataError only when nothing could be predicted.
     """
+    check_outputs([out, json_out], overwrite=overwrite)
     module = load_checkpoint(checkpoint)
     spec = module.tta_spec if tta in (None, "checkpoint") else tta
     if aggregate is not None:
@@ -188,11 +192,14 @@ def export_checkpoint(
     images: list[str | Path] | None = None,
     onnx: bool = True,
     atol: float = 1e-3,
+    tta: str | dict | None = None,
 ) -> dict:
-    """model.safetensors + model.json (+ model.onnx checked against PyTorch on `images` with onnxruntime).
+    """model.safetensors + model.json (+ model.onnx checked against PyTorch on `images` with onnxruntime, and the
+    standalone bundle: predict.py, preprocessing.py, requirements.txt).
 
-    The safetensors file is loaded back and must predict exactly what the checkpoint predicts. Raises ExportError
-    when the ONNX graph disagrees with PyTorch by more than `atol` on any logit.
+    tta: the policy whose views model.json lists for the bundle (default: the checkpoint's own). The safetensors file
+    is loaded back and must predict exactly what the checkpoint predicts. Raises ExportError when the ONNX graph
+    disagrees with PyTorch by more than `atol` on any logit.
     """
     from tlkit.infer.export import (
         ONNX_NAME,
@@ -201,12 +208,14 @@ def export_checkpoint(
         load_exported,
         onnx_parity,
         parity_inputs,
+        write_bundle,
         write_sidecar,
     )
 
     module = load_checkpoint(checkpoint)
+    policy = resolve_policy(module.tta_spec if tta in (None, "checkpoint") else tta, module.preprocessing)
     out_dir = Path(out_dir)
-    weights, sidecar, meta = export_safetensors(module, out_dir)
+    weights, sidecar, meta = export_safetensors(module, out_dir, policy=policy)
     files, _ = collect_inputs(images or [])
     if files:
         inputs, used = parity_inputs(module, files)
@@ -235,5 +244,6 @@ def export_checkpoint(
                 f"ONNX output differs from PyTorch: max abs logit diff {parity['max_abs_diff_logits']:.3g} > {atol:g} "
                 f"(top-1 agreement {parity['top1_agreement']:.0%}); do not ship {onnx_path}, use the safetensors export."
             )
+        summary.update(bundle=[str(p) for p in write_bundle(out_dir)], tta=policy.label)
     return summary
 

@@ -33,6 +33,7 @@ from tlkit.recipe import Recipe, recipe_to_dict
 from tlkit.run import provenance
 from tlkit.run.auto import resolve_auto_strategy
 from tlkit.run.build import build_datamodule, build_module, default_run_dir
+from tlkit.run.console import EpochLines, progress_bars
 from tlkit.run.distributed import (
     RUN_DIR_ENV,
     TimmSyncBatchNorm,
@@ -44,7 +45,6 @@ from tlkit.run.distributed import (
     shared_run_stamp,
 )
 from tlkit.run.features import choose_training_inputs, fit_head_closed_form
-from tlkit.run.console import EpochLines, progress_bars
 from tlkit.run.loggers import FinalFigures, build_loggers
 from tlkit.run.resume import (
     ResumePoint,
