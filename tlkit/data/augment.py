@@ -1,9 +1,9 @@
 """Train and eval transforms (albumentations on numpy HWC uint8 -> normalised CHW float tensor).
 
 The eval transform is tlkit.data.preprocessing.eval_preprocess (numpy + Pillow, shared by validation, predict, TTA
-and export: DESIGN.md contract 6) wrapped as a tensor; it equals timm's eval transform on PIL images. Every pipeline
-here ends in that module's `normalize`, so train and eval normalise identically. Training augmentation (the seeds' list: flips, random crops and scales,
-colour jitter, lens distortion, Cutout) is configured by TrainAugment, usually through a preset.
+and export) wrapped as a tensor; it equals timm's eval transform on PIL images. Every pipeline here ends in that
+module's `normalize`, so train and eval normalise identically. Training augmentation (the usual list: flips, random
+crops and scales, colour jitter, lens distortion, Cutout) is configured by TrainAugment, usually through a preset.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The eval-time input contract of a backbone, and the one eval preprocessing (DESIGN.md contracts 5 and 6).
+"""The eval-time input contract of a backbone, and the one eval preprocessing.
 
 Validation, evaluate, predict, every TTA view and export call `eval_preprocess` / `make_views` below. This module
 needs only numpy and Pillow on purpose: `tlkit export` copies it verbatim into the export bundle, where predict.py
@@ -46,7 +46,7 @@ CROPS = ("center", "top_left", "top_right", "bottom_left", "bottom_right", "full
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """The eval-time input contract of a backbone; travels into checkpoints and exports (DESIGN.md contract 5)."""
+    """The eval-time input contract of a backbone; travels into checkpoints and exports."""
 
     input_size: int
     crop_pct: float

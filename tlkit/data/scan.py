@@ -1,6 +1,6 @@
 """Scan an image folder into honest splits: classes, (path, label) samples per split, and the files skipped.
 
-Layouts (DESIGN.md "Data"):
+Layouts:
 - root/train/<class>/ + root/{val,valid,validation}/<class>/ (+ root/test/<class>/): val chooses checkpoints,
   test is only ever evaluated;
 - root/train/<class>/ (+ root/test/<class>/) without a val folder: val is carved from train (seeded, stratified,

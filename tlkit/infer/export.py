@@ -1,6 +1,6 @@
 """Export a trained model (backbone + head): safetensors + JSON sidecar, ONNX with a parity check, and a bundle.
 
-The sidecar (`model.json`) is the checkpoint's self-description (DESIGN.md contract 5): classes, backbone, head,
+The sidecar (`model.json`) is the checkpoint's self-description: classes, backbone, head,
 preprocessing, TTA policy, plus the input/output contract of the exported graph, the eval preprocessing spelled out
 step by step (`eval_preprocessing`) and the concrete TTA views (`tta_views`). The same JSON is embedded in the
 safetensors metadata, so the weights file alone is enough to load the model back (`load_exported`).
@@ -208,7 +208,7 @@ def _quiet_loggers(*names: str):
 
 
 def parity_inputs(module: TransferModule, images: Sequence[str | Path], *, limit: int = 16) -> tuple[torch.Tensor, list[str]]:
-    """Real images through the eval transform (the one preprocessing, contract 6); unreadable files are skipped."""
+    """Real images through the eval transform (the one eval preprocessing); unreadable files are skipped."""
     transform = build_eval_transform(module.preprocessing)
     tensors, used = [], []
     # Evenly spaced through the list, so a sorted folder contributes every class, not just the first one.

@@ -5,7 +5,7 @@ shortcuts, plus `crops`, `flip` and `scales` for `policy: custom`. It becomes co
 Preprocessing, because "the eval resize" and the multi-scale lengths depend on the model's input size.
 
 Views are made by tlkit.data.preprocessing.make_views, from the eval preprocessing's own steps (Pillow short-side
-resize, crop, normalise), so policy `none` is exactly the eval transform (DESIGN.md contract 6, tested) and the
+resize, crop, normalise), so policy `none` is exactly the eval transform (tested) and the
 export bundle makes the same views with the same code.
 """
 
