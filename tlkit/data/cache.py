@@ -109,7 +109,7 @@ def extraction_device(accelerator: str) -> torch.device:
 @torch.no_grad()  # features are inputs to the head; a trainable backbone (lp_ft) must not keep their graph
 def extract(backbone: torch.nn.Module, paths: Sequence[str], transform: Callable, *, seeds: Sequence[int] | None,
             batch_size: int, num_workers: int, desc: str, channels_last: bool = True,
-            device: torch.device = torch.device("cpu"), on_bad: str = "error") -> torch.Tensor:
+            device: torch.device = torch.device("cpu"), on_bad: str = "error", progress: bool = True) -> torch.Tensor:
     """Pooled features (len(paths), num_features) of `paths` through `transform`, one batched forward per batch.
     on_bad="skip": a file that fails to decode gets a NaN row (the caller drops it); "error" raises DataError."""
     home = next(backbone.parameters()).device
@@ -117,7 +117,7 @@ def extract(backbone: torch.nn.Module, paths: Sequence[str], transform: Callable
     loader = DataLoader(_ViewDataset(paths, transform, seeds, on_bad), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=_collate_views)
     out = []
-    for images, good in tqdm(loader, desc=desc, unit="batch", leave=False):
+    for images, good in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         rows = torch.full((len(good), getattr(backbone, "num_features", 0)), float("nan"))
         if images is not None:
             images = images.to(device)

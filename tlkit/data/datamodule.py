@@ -412,10 +412,16 @@ class ImageFolderDataModule(PathBatches):
             return self._features
         run = Extraction(device=device or extraction_device("auto"), eval_batch_size=self.eval_batch_size,
                          num_workers=self.num_workers, channels_last=bool(getattr(module, "channels_last", False)),
-                         on_bad=self.on_bad_image, bad_log=self.bad_log)
+                         on_bad=self.on_bad_image, bad_log=self.bad_log, progress=self._progress_bar())
         self._features = extract_splits(self.scan, module, pre, augment=self.augment, cache=self.cache,
                                         seed=self.seed, run=run)
         return self._features
+
+    def _progress_bar(self) -> bool:
+        """Show the extraction bar when the trainer shows its own (trainer.progress_bar and a terminal in tlkit
+        train); outside a Trainer, when stderr is a terminal."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.progress_bar_callback is not None if trainer is not None else sys.stderr.isatty()
 
     def _frozen_features(self, module: Any) -> FeatureSplits | None:
         """Features already extracted from this module's backbone while it is frozen (a linear probe's validate

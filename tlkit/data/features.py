@@ -57,6 +57,7 @@ class Extraction:
     channels_last: bool = True
     on_bad: str = "error"
     bad_log: Path | None = None
+    progress: bool = True  # a progress bar while extracting (off when the trainer shows none, e.g. not a terminal)
 
 
 def backbone_name(module: Any) -> str:
@@ -88,7 +89,8 @@ def extract_splits(scan: FolderScan, module: Any, pre: Preprocessing, *, augment
             seeds = None if view is None else [view_seed(seed, view, p) for p in paths]
             return extract(backbone, paths, transform, seeds=seeds, device=run.device,
                            batch_size=extraction_batch_size(run.device, run.eval_batch_size),
-                           num_workers=run.num_workers, desc=desc, channels_last=run.channels_last, on_bad=run.on_bad)
+                           num_workers=run.num_workers, desc=desc, channels_last=run.channels_last, on_bad=run.on_bad,
+                           progress=run.progress)
         return forward
 
     train_paths = [p for p, _ in scan.train]
