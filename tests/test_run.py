@@ -143,7 +143,7 @@ def test_a_non_empty_run_dir_is_refused_and_left_as_it_was(tiny_run, tmp_path):
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "mine.txt").write_text("keep me")
-    with pytest.raises(RunDirError, match="not a tlkit run"):
+    with pytest.raises(RunDirError, match="does not hold an earlier tlkit run"):
         fit(recipe, run_dir=foreign, overwrite=True)
     assert (foreign / "mine.txt").read_text() == "keep me"
 
@@ -266,3 +266,22 @@ def test_a_test_folder_is_evaluated_once_at_the_end_and_never_chooses_checkpoint
     assert saved["test_acc"] == metrics["test_acc"]
     csv_text = (tmp_path / "run" / "metrics.csv").read_text()
     assert "test_acc" in csv_text.splitlines()[0]  # logged once, at the end
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path, monkeypatch):
+    """A project folder with a recipe.yaml of its own is not a run: --overwrite refuses it, and the current folder
+    or home are never replaced even if they look like one."""
+    root = write_colour_classes(tmp_path / "colours", per_class=4)
+    recipe = validate_recipe(tiny_recipe_dict(root, trainer={"epochs": 1}))
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "recipe.yaml").write_text("data: {root: x}\n")
+    (project / "src" / "important.py").write_text("keep = True\n")
+    with pytest.raises(RunDirError, match="does not hold an earlier tlkit run"):
+        fit(recipe, run_dir=project, overwrite=True)
+    assert (project / "src" / "important.py").read_text() == "keep = True\n"
+    fit(recipe, run_dir=tmp_path / "run")
+    monkeypatch.chdir(tmp_path / "run")
+    with pytest.raises(RunDirError, match="current folder"):
+        fit(recipe, run_dir=".", overwrite=True)
+    assert (tmp_path / "run" / "metrics.json").is_file()

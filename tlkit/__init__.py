@@ -30,7 +30,7 @@ _EXPORTS = {
     "ImageFilesDataModule": "tlkit.data.files",
     "CacheConfig": "tlkit.data.settings",
     "DataConfig": "tlkit.data.settings",
-    "scan_folder": "tlkit.data.datamodule",
+    "scan_folder": "tlkit.data.scan",
     "LayerGroup": "tlkit.model.groups",
     "layer_groups": "tlkit.model.groups",
     "Preprocessing": "tlkit.data.preprocessing",

@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once at import, not while other threads create files
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 @contextmanager
@@ -38,7 +41,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:  # the writer may have closed without syncing
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are shared like any other file
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are shared like any other file
         os.replace(tmp, path)
     except OSError as exc:
         if exc.errno is None or exc.filename == str(path):

@@ -28,10 +28,6 @@ def interrupted_message(run_dir: str | Path | None, epoch: int | None = None) ->
             f"tlkit train --resume {shlex.quote(str(run_dir))}")
 
 
-def _workers(text: str) -> int | str:
-    return text if text == "auto" else int(text)
-
-
 def format_summary(metrics: dict) -> str:
     """A small two-column table of the numbers a user looks at first."""
     acc = metrics.get("val_acc")
@@ -63,6 +59,8 @@ def _train(args: argparse.Namespace) -> int:
     from tlkit.recipe import load_recipe
 
     overrides = [*args.overrides, *(["cache.disk=false"] if args.no_cache else [])]
+    if args.resume and args.overwrite:
+        raise RecipeError("--resume continues a run and --overwrite replaces one; give only one of them.")
     if args.reproduce:
         return _reproduce(args, overrides)
     if args.resume:
@@ -79,8 +77,6 @@ def _train(args: argparse.Namespace) -> int:
     from tlkit.model.faults import InterruptNotice
     from tlkit.run import fit
 
-    if args.resume and args.overwrite:
-        raise RecipeError("--resume continues a run and --overwrite replaces one; give only one of them.")
     notice = InterruptNotice()
     try:
         metrics = fit(recipe, run_dir=args.resume or args.run_dir, resume=bool(args.resume), overwrite=args.overwrite,
@@ -127,7 +123,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     report = evaluate_checkpoint(
         args.checkpoint, args.data, tta=args.tta, aggregate=args.aggregate, out=args.out, split=args.split,
-        num_workers=_workers(args.num_workers), max_views_per_forward=args.max_views_per_forward,
+        num_workers=args.num_workers, max_views_per_forward=args.max_views_per_forward,
         top_losses=args.top_losses, precision=args.precision,
     )
     print(format_report_table(report))
@@ -140,7 +136,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     summary = predict_checkpoint(
         args.checkpoint, args.inputs, out=args.out, json_out=args.json_out, top_k=args.top_k, tta=args.tta,
-        aggregate=args.aggregate, num_workers=_workers(args.num_workers),
+        aggregate=args.aggregate, num_workers=args.num_workers,
         max_views_per_forward=args.max_views_per_forward, precision=args.precision, overwrite=args.overwrite,
     )
     for path, why in summary["skipped"]:

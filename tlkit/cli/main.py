@@ -37,7 +37,7 @@ def _add_checkpoint_arg(parser: argparse.ArgumentParser) -> None:
 
 def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--num-workers", default="0",
+        "--num-workers", default=0, type=_workers,
         help="image-decoding worker processes (default 0: on a small CPU they compete with the model; auto = min(4, CPUs))",
     )
     parser.add_argument(
@@ -65,6 +65,19 @@ def parse_tta(text: str) -> str | dict:
         raise argparse.ArgumentTypeError(f"{text!r} is not a valid YAML mapping ({getattr(exc, 'problem', exc)}).") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"{text!r}: expected a mapping like '{{policy: custom, crops: five}}'.")
+    return value
+
+
+def _workers(text: str) -> int | str:
+    """--num-workers: auto or a count 0-64 (checked here, so a typo is an argparse error, not a traceback)."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number of processes; got {text!r}") from None
+    if not 0 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"expected 0-64 worker processes; got {value}")
     return value
 
 

@@ -163,11 +163,3 @@ class PhasedDataset(Dataset):
         # A plain index (no epoch: tlkit check, a direct look) reads the first phase, as epoch 0 would.
         source = self.features if (epoch or 0) < self.switch_epoch else self.images
         return source[index]
-
-
-def phase_of(dataset: Dataset, epoch: int) -> str:
-    """'features' or 'images': what `dataset` serves in `epoch` (for logs and tests)."""
-    if isinstance(dataset, PhasedDataset):
-        return "features" if epoch < dataset.switch_epoch else "images"
-    return "features" if isinstance(dataset, CachedFeatures) else "images"
-

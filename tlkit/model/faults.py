@@ -108,8 +108,10 @@ class DataHealthGuard(Callback):
         loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
         batch_size = getattr(loader, "batch_size", None)
         sampler = getattr(loader, "sampler", None)
-        if not batch_size or sampler is None or self._batches[split] == 0 and not len(sampler):
-            return  # not a map-style loader of ours, or an empty split (reported elsewhere)
+        if not batch_size or not hasattr(sampler, "__len__"):
+            return  # an iterable dataset or a custom loader: nothing to count against
+        if self._batches[split] == 0 and not len(sampler):
+            return  # an empty split (reported elsewhere)
         expected = min(self._batches[split] * batch_size, len(sampler)) if self._batches[split] else len(sampler)
         missing = max(0, expected - self._seen[split])
         self.skipped[split] += missing

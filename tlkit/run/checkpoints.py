@@ -235,15 +235,16 @@ def export_checkpoint(
     if onnx:
         onnx_path = export_onnx(module, out_dir / ONNX_NAME)
         parity = {**onnx_parity(module, onnx_path, inputs, atol=atol), "inputs": source}
+        if not parity["ok"]:  # never leave a graph behind that a Predictor or a user would pick up
+            onnx_path.unlink(missing_ok=True)
+            raise ExportError(
+                f"ONNX output differs from PyTorch: max abs logit diff {parity['max_abs_diff_logits']:.3g} > {atol:g} "
+                f"(top-1 agreement {parity['top1_agreement']:.0%}); {onnx_path.name} was removed: use the safetensors export."
+            )
         meta["files"]["onnx"] = ONNX_NAME
         meta["onnx_parity"] = parity
         write_sidecar(meta, out_dir)
         summary.update(onnx=str(onnx_path), onnx_parity=parity)
-        if not parity["ok"]:
-            raise ExportError(
-                f"ONNX output differs from PyTorch: max abs logit diff {parity['max_abs_diff_logits']:.3g} > {atol:g} "
-                f"(top-1 agreement {parity['top1_agreement']:.0%}); do not ship {onnx_path}, use the safetensors export."
-            )
         summary.update(bundle=[str(p) for p in write_bundle(out_dir)], tta=policy.label)
     return summary
 

@@ -56,8 +56,10 @@ from tlkit.seeding import BatchSeeding
 
 log = logging.getLogger(__name__)
 
-# What makes a folder a tlkit run (--overwrite replaces only such a folder).
+# Any of these makes a non-empty folder look like a run (the refusal message suggests --resume).
 RUN_MARKERS = ("recipe.yaml", "metrics.csv", "metrics.json", "checkpoints", "provenance.json")
+# --overwrite deletes the folder, so it needs files only tlkit writes together (a user's project may hold a recipe.yaml).
+RUN_SIGNATURE = ("recipe.yaml", "classes.json", "metrics.csv")
 
 
 class RunDirError(TlkitError, FileExistsError):
@@ -142,7 +144,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
         dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False
     )
     health = DataHealthGuard(recipe.data.max_bad_fraction)
-    trainer = _build_trainer(recipe, run_dir, epochs, fit_datamodule, resume_from,
+    trainer = _build_trainer(recipe, run_dir, epochs, resume_from,
                              [checkpoint, last, health, *(callbacks or [])], num_train=len(datamodule.scan.train))
     L.seed_everything(recipe.seed, workers=True, verbose=False)  # both paths start training from the same RNG state
     _train(trainer, module, fit_datamodule, run_dir, epochs, resume_from, checkpoint)
@@ -225,14 +227,12 @@ def prepare_run_dir(recipe: Recipe, run_dir: str | Path | None, *, resume: bool,
     """The run's folder, created; an existing non-empty one only with resume or (for an earlier run) overwrite."""
     if resume and run_dir is None:
         raise ValueError("resume=True needs the run_dir to continue.")
-    inherited = run_dir is None and inherited_run_dir() is not None  # a DDP rank started by Lightning's launcher
-    run_dir = run_dir if run_dir is not None else inherited_run_dir()
+    run_dir = run_dir if run_dir is not None else inherited_run_dir()  # DDP ranks started by Lightning's launcher
     check_shared_run_dir(run_dir is not None)
-    if run_dir is None and shared_run_stamp() is not None:
+    if run_dir is None and shared_run_stamp() is not None:  # every rank of torchrun / srun names the same folder
         run_dir = Path(recipe.output.runs_dir) / recipe.name / shared_run_stamp()
-        inherited = launch_rank() != 0  # every rank of torchrun / srun names the same folder; rank 0 checks it
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
-    if not (resume or inherited or launch_rank() != 0):
+    if launch_rank() == 0 and not resume:  # other ranks join the folder rank 0 checked and filled
         _refuse_reuse(run_dir, overwrite=overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
@@ -244,12 +244,15 @@ def _refuse_reuse(run_dir: Path, *, overwrite: bool) -> None:
     if not run_dir.is_dir() or not any(run_dir.iterdir()):
         return
     is_run = any((run_dir / name).exists() for name in RUN_MARKERS)
-    if overwrite and is_run:
+    protected = {Path.cwd().resolve(), Path.home().resolve(), *Path.cwd().resolve().parents}
+    deletable = all((run_dir / name).is_file() for name in RUN_SIGNATURE) and run_dir.resolve() not in protected
+    if overwrite and deletable:
         log.warning("replacing the earlier run in %s (--overwrite)", run_dir)
         shutil.rmtree(run_dir)
         return
     if overwrite:
-        raise RunDirError(f"run directory {run_dir} holds files that are not a tlkit run; --overwrite only replaces "
+        raise RunDirError(f"run directory {run_dir} does not hold an earlier tlkit run (or is the current folder, "
+                          "home or one of their parents); --overwrite only replaces "
                           "an earlier run. Choose an empty or new --run-dir.")
     hint = (f"continue it with tlkit train --resume {run_dir}, replace it with --overwrite, or choose a new "
             "--run-dir" if is_run else "choose an empty or new --run-dir")
@@ -268,8 +271,8 @@ def _write_run_files(run_dir: Path, recipe: Recipe, datamodule: ImageFolderDataM
         atomic_write(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))
 
 
-def _build_trainer(recipe: Recipe, run_dir: Path, epochs: int, fit_datamodule: L.LightningDataModule,
-                   resume_from: ResumePoint | None, callbacks: list[L.Callback], num_train: int) -> L.Trainer:
+def _build_trainer(recipe: Recipe, run_dir: Path, epochs: int, resume_from: ResumePoint | None,
+                   callbacks: list[L.Callback], num_train: int) -> L.Trainer:
     t = recipe.trainer
     loggers = build_loggers(recipe, run_dir)  # metrics.csv first
     if resume_from is not None and launch_rank() == 0:  # keep the killed run's history; resumed epochs append to it

@@ -63,7 +63,8 @@ def prepare(recipe: Recipe):
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     datamodule = build_datamodule(recipe)
     recipe, decision = resolve_auto_strategy(recipe, datamodule)
-    module = build_module(recipe, datamodule.classes)
+    module = build_module(recipe, datamodule.classes,
+                          class_weights=datamodule.class_weights if recipe.data.balance == "loss_weights" else None)
     train_dm, cache_info = choose_training_inputs(recipe, datamodule, module)
     return recipe, decision, datamodule, module, train_dm, cache_info
 
