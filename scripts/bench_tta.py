@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from tlkit.data.images import collect_inputs  # noqa: E402
 from tlkit.infer.checkpoint import load_checkpoint  # noqa: E402
 from tlkit.infer.inference import predict_files  # noqa: E402
-from tlkit.infer.predict import collect_inputs  # noqa: E402
 from tlkit.infer.tta import DEFAULT_MAX_VIEWS_PER_FORWARD, resolve_policy  # noqa: E402
 
 

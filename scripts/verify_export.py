@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", help="policy for the bundle (named: none, hflip, ten_crop, multi_scale)")
     parser.add_argument("--atol", type=float, default=1e-4)
     args = parser.parse_args(argv)
-    from tlkit.infer.predict import collect_inputs
+    from tlkit.data.images import collect_inputs
     from tlkit.run import export_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:

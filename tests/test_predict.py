@@ -16,10 +16,9 @@ from conftest import write_colour_classes
 from tlkit.cli.main import main
 from tlkit.data.augment import build_eval_transform
 from tlkit.data.datamodule import ImageFolderDataModule
-from tlkit.data.images import load_rgb
+from tlkit.data.images import collect_inputs, load_rgb
 from tlkit.infer.checkpoint import load_checkpoint
 from tlkit.infer.inference import predict_files
-from tlkit.infer.predict import collect_inputs
 from tlkit.infer.tta import resolve_policy
 from tlkit.model.module import TransferModule
 from tlkit.run import predict_checkpoint

@@ -7,15 +7,14 @@ import shutil
 from pathlib import Path
 
 import lightning as L
-
 import pytest
 import torch
 from conftest import tiny_recipe_dict, write_colour_classes
 
 from tlkit.data.generate import write_digits
+from tlkit.errors import DataError
 from tlkit.infer.checkpoint import load_checkpoint, read_checkpoint
 from tlkit.recipe import validate_recipe
-from tlkit.errors import DataError
 from tlkit.run import default_run_dir, fit
 from tlkit.run.fit import RunDirError
 

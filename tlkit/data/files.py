@@ -17,12 +17,10 @@ from tlkit.data.datamodule import (
     make_loader,
     resolve_num_workers,
 )
+from tlkit.data.images import collect_inputs
 from tlkit.data.preprocessing import Preprocessing
 from tlkit.data.scan import read_header
 from tlkit.errors import DataNotFoundError
-from tlkit.infer.predict import (
-    collect_inputs,  # the CLI's own rule for what is an input
-)
 
 log = logging.getLogger(__name__)
 

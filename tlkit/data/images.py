@@ -6,6 +6,7 @@ module and must decode exactly as training and predict do.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,31 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", 
 
 def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files as given, folders searched recursively for image files (hidden ones skipped). Returns (files, missing).
+
+    A path that does not exist is reported in `missing` with the reason; it is not an error on its own, so one typo
+    in a long list does not stop the rest.
+    """
+    files: list[str] = []
+    missing: list[tuple[str, str]] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(
+                str(p) for p in path.rglob("*")
+                if p.is_file() and is_image_name(p) and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                missing.append((str(path), "folder has no image files"))
+            files += found
+        elif path.is_file():
+            files.append(str(path))
+        else:
+            missing.append((str(path), "no such file or folder"))
+    return list(dict.fromkeys(files)), missing  # each file once, in the order given
 
 
 def decode(path: str) -> np.ndarray:

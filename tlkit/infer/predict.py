@@ -10,35 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit.data.images import is_image_name
 from tlkit.errors import DataError, DataNotFoundError
 from tlkit.infer.inference import InferenceResult
 from tlkit.io import atomic_open
-
-
-def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Files as given, folders searched recursively for image files (hidden ones skipped). Returns (files, missing).
-
-    A path that does not exist is reported in `missing` with the reason; it is not an error on its own, so one typo
-    in a long list does not stop the rest.
-    """
-    files: list[str] = []
-    missing: list[tuple[str, str]] = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found = sorted(
-                str(p) for p in path.rglob("*")
-                if p.is_file() and is_image_name(p) and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
-            if not found:
-                missing.append((str(path), "folder has no image files"))
-            files += found
-        elif path.is_file():
-            files.append(str(path))
-        else:
-            missing.append((str(path), "no such file or folder"))
-    return list(dict.fromkeys(files)), missing  # each file once, in the order given
 
 
 def top_k_rows(result: InferenceResult, paths: Sequence[str], classes: Sequence[str], k: int) -> list[dict]:

@@ -6,21 +6,13 @@ import base64
 import io
 from pathlib import Path
 
+from tlkit.plots import _pyplot
 from tlkit.report.runs import Run
 
 TRAIN_STYLE, VAL_STYLE = "--", "-"
 LR_DASHES, LR_MARKERS = ("-", "--", ":", "-."), ("o", "s", "^", "D", "v")
 # Colour-blind-safe palette (Okabe-Ito) so overlaid runs stay distinguishable.
 COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def png_uri(fig, dpi: int = 100) -> str:

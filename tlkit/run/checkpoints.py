@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 
 from tlkit.data.datamodule import resolve_num_workers, scan_folder
+from tlkit.data.images import collect_inputs
 from tlkit.errors import DataError, DataNotFoundError, ExportError, did_you_mean
 from tlkit.infer.checkpoint import load_checkpoint, read_checkpoint, saved_split
 from tlkit.infer.inference import predict_files
 from tlkit.infer.predict import (
     check_outputs,
-    collect_inputs,
     top_k_rows,
     write_predictions_csv,
     write_predictions_json,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -61,3 +63,20 @@ class EpochLines(L.Callback):
 def _fmt(name: str, value: Any) -> str:
     value = float(value)
     return f"{value:.2%}" if name.endswith("_acc") else f"{value:.4f}"
+
+
+@contextmanager
+def quiet_intended_warnings(*patterns: str):
+    """Mute the warnings Lightning gives about states tlkit sets on purpose (plus `patterns`)."""
+    with warnings.catch_warnings():
+        # Lightning suggests more workers than a 2-core machine has; the recipe's num_workers is deliberate.
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # The run dir already holds recipe.yaml and classes.json; the CSV logger only manages metrics.csv.
+        warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
+        # Lightning's own use of a torch API that torch deprecated; nothing a user can act on.
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+        # A frozen backbone is in eval mode on purpose (frozen means frozen: BatchNorm statistics never move).
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
+        for pattern in patterns:
+            warnings.filterwarnings("ignore", message=pattern)
+        yield

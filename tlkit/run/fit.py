@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import time
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypedDict
@@ -33,7 +32,7 @@ from tlkit.recipe import Recipe, recipe_to_dict
 from tlkit.run import provenance
 from tlkit.run.auto import resolve_auto_strategy
 from tlkit.run.build import build_datamodule, build_module, default_run_dir
-from tlkit.run.console import EpochLines, progress_bars
+from tlkit.run.console import EpochLines, progress_bars, quiet_intended_warnings
 from tlkit.run.distributed import (
     RUN_DIR_ENV,
     TimmSyncBatchNorm,
@@ -214,7 +213,7 @@ def _test_once(trainer: L.Trainer, module: TransferModule, datamodule: L.Lightni
     """The test split, evaluated once with the checkpoint val chose (never used for any choice itself)."""
     best = checkpoint.best_model_path if checkpoint.best_model_path and Path(checkpoint.best_model_path).is_file() \
         else None
-    with _quiet_intended_warnings():
+    with quiet_intended_warnings():
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
     scores = results[0] if results else {}
     log.info("test split (checkpoint %s): accuracy %s", Path(best).name if best else "final weights",
@@ -301,7 +300,7 @@ def _build_trainer(recipe: Recipe, run_dir: Path, epochs: int, resume_from: Resu
 
 def _train(trainer: L.Trainer, module: TransferModule, fit_datamodule: L.LightningDataModule, run_dir: Path,
            epochs: int, resume_from: ResumePoint | None, checkpoint: ModelCheckpoint) -> None:
-    with _quiet_intended_warnings():
+    with quiet_intended_warnings():
         if epochs == 0:  # closed-form head: validate, then write best.ckpt and last.ckpt
             trainer.validate(module, datamodule=fit_datamodule, verbose=False)
             _save_closed_form_checkpoints(trainer, checkpoint, run_dir)
@@ -311,20 +310,6 @@ def _train(trainer: L.Trainer, module: TransferModule, fit_datamodule: L.Lightni
             with _run_dir_for_other_ranks(run_dir):
                 trainer.fit(module, datamodule=fit_datamodule,
                             ckpt_path=str(resume_from.path) if resume_from is not None else None)
-
-
-@contextmanager
-def _quiet_intended_warnings():
-    with warnings.catch_warnings():
-        # Lightning suggests more workers than a 2-core machine has; the recipe's num_workers is deliberate.
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        # The run dir already holds recipe.yaml and classes.json; the CSV logger only manages metrics.csv.
-        warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
-        # Lightning's own use of a torch API that torch deprecated; nothing a user can act on.
-        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
-        # A frozen backbone is in eval mode on purpose (frozen means frozen: BatchNorm statistics never move).
-        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
-        yield
 
 
 @contextmanager

@@ -12,7 +12,6 @@ import logging
 import math
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import lightning as L
@@ -30,6 +29,7 @@ from tlkit.recipe import (
 )
 from tlkit.run.auto import resolve_auto_strategy
 from tlkit.run.build import build_datamodule, build_module
+from tlkit.run.console import progress_bars, quiet_intended_warnings
 from tlkit.run.features import choose_training_inputs
 
 log = logging.getLogger(__name__)
@@ -191,15 +191,12 @@ def lr_find(recipe: Recipe, *, out: str | Path | None = None, min_lr: float = 1e
     ratios = module.lr_factors(0)  # each group's LR / the head's, as training sets them in its first epoch
     trainer = L.Trainer(accelerator=recipe.trainer.accelerator, devices=recipe.trainer.devices,
                         precision=recipe.trainer.precision, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=recipe.trainer.progress_bar, enable_model_summary=False,
+                        enable_progress_bar=progress_bars(recipe.trainer.progress_bar), enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0,
                         default_root_dir=str(Path(out).parent) if out else None)
     started = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
-        warnings.filterwarnings("ignore", message=".*limit_val_batches=0.*")
-        warnings.filterwarnings("ignore", message=".*`max_epochs` was not set.*")  # the finder bounds the steps
+    # The finder bounds the steps itself and validates nothing: its max_epochs / limit_val_batches notes are moot.
+    with quiet_intended_warnings(".*limit_val_batches=0.*", ".*`max_epochs` was not set.*"):
         with _SweepHooks(module, ratios) as raw:
             finder = Tuner(trainer).lr_find(module, datamodule=train_dm, min_lr=min_lr, max_lr=max_lr,
                                             num_training=num_training, update_attr=False)
