@@ -26,6 +26,7 @@ from tlkit.infer.tta import (
     forward_views,
     images_per_batch,
     normalize_spec,
+    policy_for,
     resolve_policy,
 )
 
@@ -64,7 +65,7 @@ class Predictor:
         from tlkit.infer.checkpoint import load_checkpoint
 
         module = load_checkpoint(path, map_location=device)
-        policy = resolve_policy(module.tta_spec if tta in (None, "checkpoint") else tta, module.preprocessing)
+        policy = policy_for(module, tta)
         return cls(_torch_forward(module), module.classes, module.preprocessing, policy, **kwargs)
 
     @classmethod

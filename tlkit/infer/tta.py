@@ -74,6 +74,15 @@ class TTAPolicy:
 # Specs (plain data) -> policies
 
 
+def policy_for(module, tta: str | Mapping[str, Any] | None = None, aggregate: str | None = None) -> TTAPolicy:
+    """The policy to run: `tta` (a name, a spec, or None / 'checkpoint' = the one stored with the model), with
+    `aggregate` overriding how its views combine."""
+    spec = module.tta_spec if tta in (None, "checkpoint") else tta
+    if aggregate is not None:
+        spec = {**normalize_spec(spec), "aggregate": aggregate}
+    return resolve_policy(spec, module.preprocessing)
+
+
 def normalize_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
     """Validate a spec and return its canonical plain-dict form (what checkpoints store).
 

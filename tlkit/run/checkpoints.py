@@ -21,8 +21,7 @@ from tlkit.infer.predict import (
 from tlkit.infer.tta import (
     DEFAULT_MAX_VIEWS_PER_FORWARD,
     TTAPolicy,
-    normalize_spec,
-    resolve_policy,
+    policy_for,
 )
 from tlkit.model.module import TransferModule
 
@@ -40,10 +39,7 @@ def resolve_policies(
     specs: list[str | dict] = ["none", *(requested if requested else ["checkpoint"])]
     policies: dict[str, TTAPolicy] = {}
     for spec in specs:
-        spec = module.tta_spec if spec == "checkpoint" else spec
-        if aggregate is not None:
-            spec = {**normalize_spec(spec), "aggregate": aggregate}
-        policy = resolve_policy(spec, module.preprocessing)
+        policy = policy_for(module, spec, aggregate)
         policies.setdefault(policy.label, policy)
     return list(policies.values())
 
@@ -159,10 +155,7 @@ def predict_checkpoint(
     """
     check_outputs([out, json_out], overwrite=overwrite)
     module = load_checkpoint(checkpoint)
-    spec = module.tta_spec if tta in (None, "checkpoint") else tta
-    if aggregate is not None:
-        spec = {**normalize_spec(spec), "aggregate": aggregate}
-    policy = resolve_policy(spec, module.preprocessing)
+    policy = policy_for(module, tta, aggregate)
     files, missing = collect_inputs(inputs)
     if not files:
         first = f" ({missing[0][0]}: {missing[0][1]})" if missing else ""
@@ -213,7 +206,7 @@ def export_checkpoint(
     )
 
     module = load_checkpoint(checkpoint)
-    policy = resolve_policy(module.tta_spec if tta in (None, "checkpoint") else tta, module.preprocessing)
+    policy = policy_for(module, tta)
     out_dir = Path(out_dir)
     weights, sidecar, meta = export_safetensors(module, out_dir, policy=policy)
     files, _ = collect_inputs(images or [])
