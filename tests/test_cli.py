@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 from conftest import tiny_recipe_dict, write_colour_classes
 
-from tlkit.cli.main import EXIT_RECIPE_ERROR, format_summary, main
+from tlkit.cli.commands import format_summary
+from tlkit.cli.main import EXIT_RECIPE_ERROR, main
 
 REPO = Path(__file__).resolve().parents[1]
 

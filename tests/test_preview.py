@@ -8,7 +8,8 @@ from PIL import Image
 
 from tlkit.cli.main import main
 from tlkit.recipe import validate_recipe
-from tlkit.run import _soft_label_title, preview_augment
+from tlkit.run import preview_augment
+from tlkit.run.preview import _soft_label_title
 
 
 def test_preview_writes_a_png_grid(tmp_path):

@@ -10,7 +10,7 @@ import re
 import sys
 from pathlib import Path
 
-from tlkit.cli.commands import EXIT_INTERRUPTED, HANDLERS, format_summary  # noqa: F401  (format_summary: tested)
+from tlkit.cli.commands import EXIT_INTERRUPTED, HANDLERS
 from tlkit.errors import RecipeError, TlkitError
 from tlkit.infer.settings import AGGREGATES, DEFAULT_MAX_VIEWS_PER_FORWARD, PRECISIONS
 

@@ -14,7 +14,7 @@ from tlkit.run.checkpoints import (
 )
 from tlkit.run.features import choose_training_inputs
 from tlkit.run.fit import fit
-from tlkit.run.preview import _soft_label_title, preview_augment  # noqa: F401  (tested)
+from tlkit.run.preview import preview_augment
 
 __all__ = [
     "build_datamodule",
