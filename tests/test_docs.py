@@ -145,7 +145,7 @@ def test_every_recipe_field_is_in_the_reference():
     text = render_reference()
     assert MARKER in (REPO / "docs" / "recipe-reference.md").read_text(encoding="utf-8")
     for section in ("backbone", "strategy", "head", "data", "augment", "mixing", "optim", "schedule", "trainer",
-                    "tta", "cache", "output"):
+                    "tta", "cache", "output", "logging"):
         assert f"## `{section}`" in text
     assert set(Recipe.model_fields) <= set(re.findall(r"## `(\w+)`", text)) | {"version", "name", "seed"}
     assert "| `jitter.hue` |" in text and "| `probe_epochs` |" in text and "| `backbone_lr_mult` |" in text
