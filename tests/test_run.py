@@ -221,8 +221,9 @@ def test_tensorboard_and_mlflow_get_hyperparameters_epoch_metrics_lr_and_final_f
 
     root = write_colour_classes(tmp_path / "colours", per_class=4)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    recipe = validate_recipe(tiny_recipe_dict(root, trainer={"epochs": 2}, logging={
-        "loggers": ["tensorboard", "mlflow"], "mlflow": {"tracking_uri": store, "experiment": "tiny-exp"}}))
+    recipe = validate_recipe(tiny_recipe_dict(root, trainer={"epochs": 2}, output={"runs_dir": str(tmp_path / "runs")},
+                                              logging={"loggers": ["tensorboard", "mlflow"],
+                                                       "mlflow": {"tracking_uri": store, "experiment": "tiny-exp"}}))
     metrics = fit(recipe, run_dir=tmp_path / "run")
 
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
@@ -237,6 +238,7 @@ def test_tensorboard_and_mlflow_get_hyperparameters_epoch_metrics_lr_and_final_f
     assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 2
     assert float(run.data.params["optim/lr"]) == 0.05  # hyper-parameters (nested ones flattened by Lightning)
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"recipe.yaml", "provenance.json"}
+    assert (tmp_path / "runs" / "mlflow-artifacts").is_dir()  # not ./mlruns of the current folder
 
 
 def test_wandb_offline_run_is_written_under_the_run_dir(tmp_path, monkeypatch):

@@ -47,7 +47,7 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision", choices=PRECISIONS, default="fp32",
         help="fp32 (default); bf16 = bfloat16 autocast, ~2.6x faster on CPUs with AMX but it flipped 1 of 153 "
-             "hymenoptera predictions; auto = bf16 only where native (AMX, AVX512-BF16, Ampere+). README 'Performance'",
+             "hymenoptera predictions; auto = bf16 only where native (AMX, AVX512-BF16, Ampere+); see the benchmarks page",
     )
 
 

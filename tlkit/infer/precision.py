@@ -3,7 +3,7 @@
 On CPUs with AMX or AVX512-BF16 (recent Xeons) and on bf16-capable GPUs, bf16 autocast speeds up convolutions
 and matmuls while weights stay fp32; elsewhere bf16 is emulated and slower, so `auto` picks it only when native.
 fp32 stays the default: scripts/bench.py measured bf16 2.6x faster on an AMX Xeon, but it flipped 1 of 153
-hymenoptera predictions of a fine-tuned model, so bf16 is opt-in (README 'Performance').
+hymenoptera predictions of a fine-tuned model, so bf16 is opt-in (measured on the benchmarks page of the docs).
 """
 
 from __future__ import annotations

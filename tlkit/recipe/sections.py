@@ -46,7 +46,8 @@ class TrainerConfig(Section):
     sync_batchnorm: bool = False
     """Synchronise BatchNorm statistics across DDP processes (helps with small per-device batches); CUDA only."""
     progress_bar: bool = True
-    """Show Lightning's progress bar."""
+    """Show progress bars on a terminal; when output goes to a file or CI, one line per epoch instead (false:
+    neither)."""
 
 
 class OutputConfig(Section):

@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 # Any of these makes a non-empty folder look like a run (the refusal message suggests --resume).
 RUN_MARKERS = ("recipe.yaml", "metrics.csv", "metrics.json", "checkpoints", "provenance.json")
-# --overwrite deletes the folder, so it needs files only tlkit writes together (a user's project may hold a recipe.yaml).
+# --overwrite deletes the folder, so it needs files only tlkit writes together (a project may hold a recipe.yaml).
 RUN_SIGNATURE = ("recipe.yaml", "classes.json", "metrics.csv")
 
 

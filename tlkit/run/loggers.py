@@ -44,13 +44,18 @@ def build_loggers(recipe: Recipe, run_dir: Path) -> list[Logger]:
     if "tensorboard" in config.loggers:
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False))
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="",
+                                         default_hp_metric=False))
     if "mlflow" in config.loggers:
         from lightning.pytorch.loggers import MLFlowLogger
 
         uri = config.mlflow.tracking_uri or default_mlflow_uri(recipe.output.runs_dir)
+        # A local store would put artifacts in ./mlruns of whatever folder tlkit runs from; keep them under
+        # runs_dir. A tracking server decides for itself.
+        local = not uri.startswith(("http://", "https://", "databricks"))
+        artifacts = (Path(recipe.output.runs_dir).resolve() / "mlflow-artifacts").as_uri() if local else None
         loggers.append(MLFlowLogger(experiment_name=config.mlflow.experiment or recipe.name, tracking_uri=uri,
-                                    run_name=run_name))
+                                    run_name=run_name, artifact_location=artifacts))
     if "wandb" in config.loggers:
         from lightning.pytorch.loggers import WandbLogger
 

@@ -101,10 +101,10 @@ def differences(before: dict, now: dict) -> list[str]:
         a, b = before.get("data") or {}, now.get("data") or {}
         lines.append(f"data: {a.get('files')} files (fingerprint {str(a.get('sha256'))[:12]}) then, "
                      f"{b.get('files')} files ({str(b.get('sha256'))[:12]}) now")
-    if (before.get("git") or {}).get("commit") != (now.get("git") or {}).get("commit"):
-        lines.append(f"git commit: {(before.get('git') or {}).get('commit')} then, {(now.get('git') or {}).get('commit')} now")
-    if (before.get("hardware") or {}).get("cpu") != (now.get("hardware") or {}).get("cpu"):
-        lines.append(f"cpu: {(before.get('hardware') or {}).get('cpu')} then, {(now.get('hardware') or {}).get('cpu')} now")
+    for label, section, key in (("git commit", "git", "commit"), ("cpu", "hardware", "cpu")):
+        then, current = (before.get(section) or {}).get(key), (now.get(section) or {}).get(key)
+        if then != current:
+            lines.append(f"{label}: {then} then, {current} now")
     return lines
 
 
