@@ -325,7 +325,7 @@ def test_custom_tta_fields_are_accepted_for_policy_custom():
 
 def test_tta_errors_are_reported_with_dotted_paths():
     with pytest.raises(RecipeError) as info:
-        load_recipe(None, ["data.root=/data", "tta.policy=ten_crop", "tta.flip=true", "tta.aggregate=mean",
+        load_recipe(None, ["data.root=/data", "tta.policy=ten_crop", "tta.flip=false", "tta.aggregate=mean",
                            "tta.scale=[1]"])
     message = str(info.value)
     assert "tta.flip: only applies to policy: custom" in message

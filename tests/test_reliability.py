@@ -153,7 +153,7 @@ BAD_CHECKPOINTS = {
     "old_format": (lambda run: _edited(run, lambda c: c["tlkit"].update(format=1)), ["older tlkit"]),
     "hostile_tta_scales": (lambda run: _edited(run, lambda c: c["hyper_parameters"].update(
         tta={"policy": "custom", "crops": "center", "flip": False, "scales": [12000], "aggregate": "mean_prob"})),
-        ["invalid metadata", "2048 px", "12000"]),
+        ["invalid metadata", "less than or equal to 2048", "12000"]),
     "hostile_input_size": (lambda run: _edited(run, _set_hparam("backbone", input_size=100_000)),
                            ["invalid metadata", "backbone.input_size", "1024"]),
 }
@@ -195,7 +195,7 @@ def test_bad_export_is_one_line(case, exported, trained_run, tmp_path, capsys):
         description, needles = json.dumps(meta), ["weights do not fit"]
     else:
         meta["tta"] = {"policy": "custom", "scales": [12000]}
-        description, needles = json.dumps(meta), ["invalid metadata", "2048 px"]
+        description, needles = json.dumps(meta), ["invalid metadata", "less than or equal to 2048"]
     bad = tmp_path / "model.safetensors"
     save_file(state, str(bad), metadata={"tlkit": description})
     with untouched(bad):

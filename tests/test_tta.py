@@ -226,10 +226,10 @@ def test_unknown_policy_is_an_error_with_a_suggestion():
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"policy": "ten_crop", "crops": "center"}, "only apply to policy 'custom'"),
+        ({"policy": "ten_crop", "crops": "center"}, "only applies to policy: custom"),
         ({"policy": "custom", "crops": "full", "scales": [64]}, "scales do not apply"),
-        ({"policy": "custom", "scales": [0]}, "positive integers"),
-        ({"policy": "custom", "flip": "yes"}, "true or false"),
+        ({"policy": "custom", "scales": [0]}, "TTA scales.0: Input should be greater than 0"),
+        ({"policy": "custom", "flip": "yes"}, "TTA flip: Input should be a valid boolean"),
         ({"policy": "custom", "corps": "five"}, "Did you mean 'crops'"),
     ],
 )

@@ -25,25 +25,19 @@ from tlkit.data.preprocessing import (
     make_views,
 )
 from tlkit.errors import TTAError, did_you_mean
-from tlkit.infer.settings import (  # noqa: F401
+from tlkit.infer.settings import (  # noqa: F401  (AGGREGATES, CROPS, POLICIES: re-exported for callers)
     AGGREGATES,
     CROPS,
     DEFAULT_MAX_VIEWS_PER_FORWARD,
-    MAX_TTA_SCALE,
-    MAX_TTA_SCALES,
+    NAMED_FIELDS,
     NAMED_POLICIES,
     POLICIES,
+    TTAConfig,
 )
 
 FIVE_CROPS = ("center", "top_left", "top_right", "bottom_left", "bottom_right")
 
 # Named shortcuts as custom fields; scales () = the eval resize. multi_scale's lengths are computed per model below.
-_NAMED_FIELDS: dict[str, dict[str, Any]] = {
-    "none": {"crops": "center", "flip": False},
-    "hflip": {"crops": "center", "flip": True},
-    "ten_crop": {"crops": "five", "flip": True},
-    "multi_scale": {"crops": "center", "flip": True},
-}
 
 
 @dataclass(frozen=True)
@@ -84,57 +78,22 @@ def policy_for(module, tta: str | Mapping[str, Any] | None = None, aggregate: st
 
 
 def normalize_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
-    """Validate a spec and return its canonical plain-dict form (what checkpoints store).
+    """Validate a spec through TTAConfig and return its canonical plain-dict form (what checkpoints store).
 
-    Accepts a policy name ('ten_crop'), a dict (a recipe's `tta` section), or None (= 'none').
+    Accepts a policy name ('ten_crop'), a dict (a recipe's `tta` section), or None (= 'none'). A spec may come from an
+    untrusted checkpoint: TTAConfig bounds the scales before any image is resized.
     """
-    if spec is None:
-        spec = "none"
-    if isinstance(spec, str):
-        spec = {"policy": spec}
-    if not isinstance(spec, Mapping):
+    from pydantic import ValidationError
+
+    from tlkit.config import describe_error
+
+    data = {"policy": "none" if spec is None else spec} if spec is None or isinstance(spec, str) else spec
+    if not isinstance(data, Mapping):
         raise TTAError(f"A TTA policy is a name ({', '.join(NAMED_POLICIES)}) or a mapping; got {spec!r}.")
-    unknown = sorted(set(spec) - {"policy", "crops", "flip", "scales", "aggregate"})
-    if unknown:
-        raise TTAError(
-            f"Unknown TTA key(s) {', '.join(unknown)}; expected policy, crops, flip, scales, aggregate."
-            + did_you_mean(unknown[0], ("policy", "crops", "flip", "scales", "aggregate"))
-        )
-    policy = str(spec.get("policy", "none"))
-    _check_choice("TTA policy", policy, POLICIES)
-    aggregate = str(spec.get("aggregate") or "mean_prob")
-    _check_choice("TTA aggregation", aggregate, AGGREGATES)
-    if policy != "custom":
-        # A named policy fixes crops/flip/scales; restating its own values is fine, anything else is a contradiction.
-        given = {k: spec[k] for k in ("crops", "flip", "scales") if spec.get(k) is not None}
-        named = {**_NAMED_FIELDS[policy], "scales": []}
-        clashing = sorted(k for k, v in given.items() if (list(v) if k == "scales" else v) != named[k])
-        if clashing:
-            raise TTAError(
-                f"TTA {', '.join(clashing)} only apply to policy 'custom'; policy {policy!r} fixes them. "
-                "Set policy: custom, or drop them."
-            )
-        return {"policy": policy, "aggregate": aggregate}
-    crops = str(spec.get("crops") or "center")
-    _check_choice("TTA crops", crops, CROPS)
-    flip = spec.get("flip")
-    flip = False if flip is None else flip
-    if not isinstance(flip, bool):
-        raise TTAError(f"TTA flip must be true or false; got {flip!r}.")
-    scales = spec.get("scales") or []
-    if isinstance(scales, (int, float)):
-        scales = [scales]
-    bad = [s for s in scales if isinstance(s, bool) or not isinstance(s, int) or s < 1]
-    if bad:
-        raise TTAError(f"TTA scales are short-side lengths in pixels (positive integers); got {bad[0]!r}.")
-    # Bounded before any image is resized: the spec may come from an untrusted checkpoint (TTAConfig's limits).
-    too_big = [s for s in scales if s > MAX_TTA_SCALE]
-    if too_big or len(scales) > MAX_TTA_SCALES:
-        raise TTAError(f"TTA scales: at most {MAX_TTA_SCALES} lengths of at most {MAX_TTA_SCALE} px; got "
-                       f"{too_big[0] if too_big else f'{len(scales)} lengths'}.")
-    if crops == "full" and scales:
-        raise TTAError("TTA crops 'full' resizes the whole image to the input size, so scales do not apply; drop them.")
-    return {"policy": "custom", "crops": crops, "flip": flip, "scales": [int(s) for s in scales], "aggregate": aggregate}
+    try:
+        return TTAConfig.model_validate(dict(data)).canonical()
+    except ValidationError as exc:
+        raise TTAError("; ".join(f"TTA {describe_error(e, TTAConfig)}" for e in exc.errors())) from None
 
 
 def multi_scale_lengths(pre: Preprocessing) -> list[int]:
@@ -148,7 +107,7 @@ def resolve_policy(spec: str | Mapping[str, Any] | None, pre: Preprocessing) -> 
     """Turn a spec into the concrete views for `pre` (input size, crop_pct). Raises TTAError for bad specs."""
     canonical = normalize_spec(spec)
     policy = canonical["policy"]
-    fields = canonical if policy == "custom" else {**_NAMED_FIELDS[policy], "scales": []}
+    fields = canonical if policy == "custom" else {**NAMED_FIELDS[policy], "scales": []}
     scales = list(fields["scales"]) or [eval_resize_size(pre)]
     if policy == "multi_scale":
         scales = multi_scale_lengths(pre)
