@@ -133,13 +133,19 @@ def _expand(arg: str) -> list[str]:
     return [arg]
 
 
-def test_every_recipe_field_is_in_the_reference():
-    """The recipe reference page is generated from the settings models: every field, with its reason."""
+def _reference_hook():
+    """(MARKER, render_reference) from the MkDocs hook that generates the recipe reference page."""
     sys.path.insert(0, str(REPO / "docs" / "hooks"))
     try:
         from recipe_reference import MARKER, render_reference
     finally:
         sys.path.pop(0)
+    return MARKER, render_reference
+
+
+def test_every_recipe_field_is_in_the_reference():
+    """The recipe reference page is generated from the settings models: every field, with its reason."""
+    MARKER, render_reference = _reference_hook()
     from tlkit.recipe import Recipe
 
     text = render_reference()
@@ -159,11 +165,7 @@ def test_docs_have_no_paths_outside_the_repository():
 
 
 def test_generated_reference_uses_words_for_users():
-    sys.path.insert(0, str(REPO / "docs" / "hooks"))
-    try:
-        from recipe_reference import render_reference
-    finally:
-        sys.path.pop(0)
+    _, render_reference = _reference_hook()
     text = render_reference()
     for internal in ("seeds", "DESIGN.md", "contract "):
         assert internal not in text, f"the recipe reference says {internal!r}: reword the field docstring"
