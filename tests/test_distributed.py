@@ -110,3 +110,29 @@ def test_sync_batchnorm_on_cpu_is_a_clear_error_before_training(colour_folder, t
     with pytest.raises(RecipeError, match="sync_batchnorm needs CUDA"):
         fit(recipe, run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # ~15 s: two fresh Python processes
+def test_lp_ft_under_ddp_probes_on_cached_features_then_fine_tunes_in_sync(tmp_path):
+    """lp_ft's probe epoch is served from the feature cache and its fine-tune epoch from images, inside one loader
+    per split: both ranks must see the same switch and end with identical weights."""
+    root = write_colour_classes(tmp_path / "colours")
+    recipe = tiny_recipe_dict(root, backbone={"name": "test_resnet"}, strategy={"kind": "lp_ft", "probe_epochs": 1},
+                              data={"batch_size": 4}, trainer={"epochs": 2, "devices": 2, "strategy": "ddp"})
+    recipe_path = tmp_path / "ddp.yaml"
+    recipe_path.write_text(yaml.safe_dump(recipe))
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(script), str(recipe_path), str(run_dir)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["feature_cache"]["used"]
+    rank0, rank1 = (torch.load(run_dir / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for key, value in rank0["final"].items():
+        assert torch.equal(value, rank1["final"][key]), f"replicas diverged at {key}"
+    moved = {k for k, v in rank0["final"].items() if not torch.equal(v, rank0["initial"][k])}
+    assert any(k.startswith("backbone.") for k in moved), "the fine-tune epoch did not train the backbone"
