@@ -48,12 +48,8 @@ def test_staged_strategies_get_find_unused_parameters_under_ddp():
     assert lightning_strategy("auto", staged=True) == "auto"
 
 
-@pytest.mark.slow  # ~15 s each: two fresh Python processes import torch + Lightning
-@pytest.mark.parametrize("launcher", ["torchrun", "lightning"])
-def test_two_process_ddp_fit_on_cpu_trains_in_sync_and_writes_once(tmp_path, launcher):
-    root = write_colour_classes(tmp_path / "colours")
-    recipe = tiny_recipe_dict(root, backbone={"name": "test_resnet"}, strategy={"kind": "gradual", "unfreeze_every": 1},
-                              data={"batch_size": 4}, trainer={"epochs": 2, "devices": 2, "strategy": "ddp"})
+def run_two_ranks(tmp_path: Path, recipe: dict, launcher: str) -> Path:
+    """Train `recipe` in two CPU processes started by torchrun or by Lightning's own launcher; the run directory."""
     recipe_path = tmp_path / "ddp.yaml"
     recipe_path.write_text(yaml.safe_dump(recipe))
     script = tmp_path / "rank.py"
@@ -68,6 +64,16 @@ def test_two_process_ddp_fit_on_cpu_trains_in_sync_and_writes_once(tmp_path, lau
         env["MASTER_PORT"] = str(free_port())
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+@pytest.mark.slow  # ~15 s each: two fresh Python processes import torch + Lightning
+@pytest.mark.parametrize("launcher", ["torchrun", "lightning"])
+def test_two_process_ddp_fit_on_cpu_trains_in_sync_and_writes_once(tmp_path, launcher):
+    root = write_colour_classes(tmp_path / "colours")
+    recipe = tiny_recipe_dict(root, backbone={"name": "test_resnet"}, strategy={"kind": "gradual", "unfreeze_every": 1},
+                              data={"batch_size": 4}, trainer={"epochs": 2, "devices": 2, "strategy": "ddp"})
+    run_dir = run_two_ranks(tmp_path, recipe, launcher)
     if launcher == "lightning":
         (run_dir,) = (tmp_path / "runs" / "tiny").iterdir()  # one run directory, shared by both ranks
 
@@ -119,16 +125,7 @@ def test_lp_ft_under_ddp_probes_on_cached_features_then_fine_tunes_in_sync(tmp_p
     root = write_colour_classes(tmp_path / "colours")
     recipe = tiny_recipe_dict(root, backbone={"name": "test_resnet"}, strategy={"kind": "lp_ft", "probe_epochs": 1},
                               data={"batch_size": 4}, trainer={"epochs": 2, "devices": 2, "strategy": "ddp"})
-    recipe_path = tmp_path / "ddp.yaml"
-    recipe_path.write_text(yaml.safe_dump(recipe))
-    script = tmp_path / "rank.py"
-    script.write_text(RANK_SCRIPT)
-    run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(script), str(recipe_path), str(run_dir)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = run_two_ranks(tmp_path, recipe, "torchrun")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["feature_cache"]["used"]
     rank0, rank1 = (torch.load(run_dir / f"rank{r}.pt", weights_only=True) for r in (0, 1))
