@@ -189,6 +189,17 @@ class FeatureCache:
         return torch.stack([rows[i] for i in identities])
 
 
+def targets(labels: Sequence, num_classes: int | None = None) -> torch.Tensor:
+    """Training targets of samples' labels: int64 (N,) class indices, or with num_classes (multi-label data, labels
+    are tuples of class indices) float32 (N, num_classes) multi-hot rows."""
+    if num_classes is None:
+        return torch.as_tensor(list(labels), dtype=torch.long)
+    out = torch.zeros(len(labels), num_classes, dtype=torch.float32)
+    for row, label in enumerate(labels):
+        out[row, list(label)] = 1.0
+    return out
+
+
 class CachedFeatures(Dataset):
     """Training set over cached features: views (K, N, D) -> one view per image per draw (K=1: no randomness).
 
@@ -200,12 +211,13 @@ class CachedFeatures(Dataset):
 
     epoch_indexed = True
 
-    def __init__(self, views: torch.Tensor, labels: Sequence[int], *, seed: int = 0,
+    def __init__(self, views: torch.Tensor, labels: Sequence[int] | torch.Tensor, *, seed: int = 0,
                  paths: Sequence[str] | None = None):
         if views.ndim == 2:
             views = views[None]
         self.views = views
-        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        # class indices (N,), or a (N, C) float multi-hot tensor for multi-label data (see `targets`)
+        self.labels = labels if isinstance(labels, torch.Tensor) else targets(labels)
         self.seed = seed
         self.paths = list(paths) if paths is not None else None
         self.finite = views.isfinite().all(dim=2).all(dim=0)  # per image: every view extracted

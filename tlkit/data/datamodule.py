@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,6 +34,7 @@ from tlkit.data.scan import (  # noqa: F401  (re-exported: the names' historical
     stratified_split,
 )
 from tlkit.data.settings import CacheConfig, DataConfig
+from tlkit.data.table import TABLE_LAYOUT, scan_data
 from tlkit.errors import DataError
 from tlkit.seeding import (
     EpochSampler,
@@ -52,6 +54,9 @@ class ImageDataset(Dataset):
     """(path, label) samples decoded to RGB and passed through `transform`; returns (image, label), or with
     with_paths=True (image, path) (prediction: the caller needs to know which file each row is).
 
+    Multi-label samples, (path, tuple of class indices), need num_classes: the label is then a float32 multi-hot
+    tensor of shape (num_classes,), so a batch's targets are (B, C) float32.
+
     on_bad="error" raises DataError naming a file that fails to decode; "skip" returns a BadSample instead (the
     collate drops it, never substituting another image) and appends "path<TAB>reason" to `bad_log` when set (a file,
     so DataLoader worker processes can record it too).
@@ -63,10 +68,13 @@ class ImageDataset(Dataset):
     epoch_indexed = True
 
     def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable, *, on_bad: str = "error",
-                 bad_log: Path | None = None, seed: int = 0, with_paths: bool = False):
+                 bad_log: Path | None = None, seed: int = 0, with_paths: bool = False, num_classes: int | None = None):
         if on_bad not in BAD_IMAGE_POLICIES:
             raise ValueError(f"on_bad must be one of {', '.join(BAD_IMAGE_POLICIES)}; got {on_bad!r}.")
         self.samples = list(samples)
+        if num_classes is None and any(isinstance(y, tuple) for _, y in self.samples):
+            raise ValueError("multi-label samples (path, (class indices...)) need num_classes for their targets.")
+        self.num_classes = num_classes
         self.transform = transform
         self.on_bad = on_bad
         self.bad_log = bad_log
@@ -92,7 +100,14 @@ class ImageDataset(Dataset):
         reseed = getattr(self.transform, "reseed", None)
         if epoch is not None and reseed is not None:
             reseed(derive_seed(self.seed, "sample", epoch, index))
-        return self.transform(image), (path if self.with_paths else label)
+        return self.transform(image), (path if self.with_paths else self._target(label))
+
+    def _target(self, label: int | tuple[int, ...]) -> int | torch.Tensor:
+        if self.num_classes is None:
+            return label
+        target = torch.zeros(self.num_classes, dtype=torch.float32)
+        target[list(label)] = 1.0
+        return target
 
 
 def collate_skipping_bad(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,8 +161,14 @@ def resolve_num_workers(num_workers: int | str) -> int:
     return int(num_workers)
 
 
-def balanced_sample_weights(labels: Sequence[int], num_classes: int) -> list[float]:
-    """Per-sample draw weights 1 / count(class): every class is equally likely in a weighted draw."""
+def balanced_sample_weights(labels: Sequence[int] | Sequence[tuple[int, ...]], num_classes: int) -> list[float]:
+    """Per-sample draw weights 1 / count(class): every class is equally likely in a weighted draw. Multi-label
+    labels (tuples): 1 / count of the image's rarest class, so images carrying a rare class are drawn as often as
+    that class needs; images with no class count as one more group."""
+    if labels and isinstance(labels[0], tuple):
+        counts = Counter(c for label in labels for c in label)
+        empty = sum(1 for label in labels if not label)
+        return [1.0 / min(counts[c] for c in label) if label else 1.0 / empty for label in labels]
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
     return [1.0 / counts[label] for label in labels]
 
@@ -157,6 +178,13 @@ def balanced_class_weights(labels: Sequence[int], num_classes: int) -> list[floa
     checkpoints that store them stay weights_only-loadable."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
     return [float(len(labels) / (num_classes * c)) if c else 0.0 for c in counts]
+
+
+def positive_class_weights(labels: Sequence[tuple[int, ...]], num_classes: int) -> list[float]:
+    """Multi-label loss weights: negatives / positives per class, BCE's pos_weight (a class on 10% of the images
+    weighs its positives 9x, so missing it costs as much as false alarms); 1.0 for a class without positives."""
+    positives = Counter(c for label in labels for c in label)
+    return [float((len(labels) - positives[c]) / positives[c]) if positives[c] else 1.0 for c in range(num_classes)]
 
 
 class OrderedEpochSampler(Sampler):
@@ -224,6 +252,10 @@ class ImageFolderDataModule(PathBatches):
     of classes with val_fraction / test_fraction carved from it. val chooses checkpoints; test only ever feeds
     `trainer.test`. Class names are available right after construction (`dm.classes`), so a model can be built.
 
+    Labels may instead come from a table (tlkit.data.table): source="csv" reads root/<csv>, and `table=` (or
+    `ImageFolderDataModule.from_dataframe`) takes a pandas DataFrame, with the same columns and checks. Multi-label
+    tables (`dm.multi_label`) give (B, C) float32 multi-hot targets.
+
     Feature cache: when the fitted module's strategy says leading epochs train only the head on a frozen backbone
     (`module.strategy.cached_epochs(trainer.max_epochs)`: a linear probe all of them, lp_ft its probe epochs), those
     epochs are served from the backbone's features, extracted once (cache.views augmented views per training image)
@@ -258,12 +290,19 @@ class ImageFolderDataModule(PathBatches):
         first_epoch: int = 0,
         bad_log: str | Path | None = None,
         scan: FolderScan | None = None,
+        source: str = _DATA_DEFAULTS["source"].default,
+        csv: str = _DATA_DEFAULTS["csv"].default,
+        multi_label: bool | None = _DATA_DEFAULTS["multi_label"].default,
+        label_delimiter: str = _DATA_DEFAULTS["label_delimiter"].default,
+        table: Any = None,
     ):
         super().__init__()
         self.config = settings_from(DataConfig, {
             "root": str(root), "batch_size": batch_size, "eval_batch_size": eval_batch_size,
             "num_workers": num_workers, "val_fraction": val_fraction, "test_fraction": test_fraction,
-            "on_bad_image": on_bad_image, "balance": balance})
+            "on_bad_image": on_bad_image, "balance": balance, "source": source,
+            **({"csv": csv} if source == "csv" else {}), "multi_label": multi_label,
+            "label_delimiter": label_delimiter})
         if first_epoch < 0:
             raise ValueError(f"first_epoch must be >= 0; got {first_epoch}.")
         self.root = Path(root)
@@ -278,8 +317,11 @@ class ImageFolderDataModule(PathBatches):
         self.on_bad_image, self.balance = on_bad_image, balance
         self.first_epoch = first_epoch
         self.bad_log = Path(bad_log) if bad_log is not None else None
-        self.scan = scan if scan is not None else scan_folder(
-            self.root, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+        self.labels_from = {"source": source, "csv": csv, "multi_label": multi_label, "label_delimiter": label_delimiter}
+        self.table = table
+        self.scan = scan if scan is not None else scan_data(
+            self.root, **self.labels_from, table=table, val_fraction=val_fraction, test_fraction=test_fraction,
+            seed=seed)
         self.sample_weights = (balanced_sample_weights([y for _, y in self.scan.train], self.num_classes)
                                if balance == "sampler" else None)
         self.skipped: list[tuple[str, str]] = []  # predict: files that failed to decode
@@ -290,6 +332,12 @@ class ImageFolderDataModule(PathBatches):
         self.test_set: Dataset | None = None
         self.predict_set: Dataset | None = None
 
+    @classmethod
+    def from_dataframe(cls, df: Any, root: str | Path, **kwargs: Any) -> ImageFolderDataModule:
+        """A datamodule over a pandas DataFrame with columns path,label[,split] (or path + one 0/1 column per class),
+        paths relative to root; the other arguments are the constructor's. Checked exactly as a CSV is."""
+        return cls(root, table=df, **kwargs)
+
     def replace(self, **changes: Any) -> ImageFolderDataModule:
         """A new datamodule with `changes` to the constructor arguments, reusing this scan when the split is
         unchanged (fit derives its training datamodule this way instead of setting attributes)."""
@@ -297,12 +345,14 @@ class ImageFolderDataModule(PathBatches):
                 "cache": self.cache, "batch_size": self.batch_size, "eval_batch_size": self.config.eval_batch_size,
                 "num_workers": self.config.num_workers, "val_fraction": self.val_fraction,
                 "test_fraction": self.test_fraction, "seed": self.seed, "on_bad_image": self.on_bad_image,
-                "balance": self.balance, "first_epoch": self.first_epoch, "bad_log": self.bad_log}
+                "balance": self.balance, "first_epoch": self.first_epoch, "bad_log": self.bad_log,
+                **self.labels_from, "table": self.table}
         unknown = sorted(set(changes) - set(args))
         if unknown:
             raise TypeError(f"replace() got unknown argument(s) {', '.join(unknown)}; expected {', '.join(args)}.")
-        split_keys = ("root", "val_fraction", "test_fraction", "seed")
-        same_split = all(changes.get(k, args[k]) == args[k] for k in split_keys)
+        split_keys = ("root", "val_fraction", "test_fraction", "seed", *self.labels_from, "table")
+        same_split = all(changes[k] is args[k] if k == "table" else changes[k] == args[k]  # a DataFrame: identity
+                         for k in split_keys if k in changes)
         return ImageFolderDataModule(**{**args, **changes}, scan=self.scan if same_split else None)
 
     @property
@@ -314,14 +364,28 @@ class ImageFolderDataModule(PathBatches):
         return len(self.scan.classes)
 
     @property
+    def multi_label(self) -> bool:
+        """Several labels per image (a table with a;b labels or 0/1 class columns): targets are (B, C) multi-hot."""
+        return self.scan.multi_label
+
+    @property
     def class_weights(self) -> list[float]:
-        """Balanced loss weights of the training split (data.balance: loss_weights): TransferModule(class_weights=)."""
-        return balanced_class_weights([y for _, y in self.scan.train], self.num_classes)
+        """Loss weights of the training split (data.balance: loss_weights), for TransferModule(class_weights=):
+        n / (C x count_c) per class; multi-label: negatives / positives per class (BCE's pos_weight)."""
+        labels = [y for _, y in self.scan.train]
+        if self.multi_label:
+            return positive_class_weights(labels, self.num_classes)
+        return balanced_class_weights(labels, self.num_classes)
 
     def split_info(self) -> dict:
-        """How the images were split: evaluate re-creates a carved val (and test) split from it."""
-        return {"layout": self.scan.layout, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
+        """How the images were split and labelled: evaluate re-creates a carved val (and test) split from it."""
+        info = {"layout": self.scan.layout, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
                 "seed": self.seed}
+        if self.table is not None:
+            return {**info, "source": "dataframe", "multi_label": self.multi_label}
+        if self.labels_from["source"] == "csv":
+            return {**info, **self.labels_from, "multi_label": self.multi_label}
+        return info
 
     @override
     def state_dict(self) -> dict:
@@ -345,7 +409,8 @@ class ImageFolderDataModule(PathBatches):
         pre = self._preprocessing(module)
         self.input_size = pre.input_size
         eval_transform = build_eval_transform(pre)
-        bad = {"on_bad": self.on_bad_image, "bad_log": self.bad_log, "seed": self.seed}
+        bad = {"on_bad": self.on_bad_image, "bad_log": self.bad_log, "seed": self.seed,
+               "num_classes": self.num_classes if self.multi_label else None}
         if stage == "fit":
             images = (ImageDataset(self.scan.train, build_train_transform(pre, self.augment), **bad),
                       ImageDataset(self.scan.val, eval_transform, **bad))
@@ -455,8 +520,10 @@ class ImageFolderDataModule(PathBatches):
     @override
     def test_dataloader(self) -> DataLoader:
         if not self.scan.test:
+            where = ("mark rows split=test in the table" if self.scan.layout == TABLE_LAYOUT
+                     else f"add {self.root}/test/<class>/ images")
             raise DataError(
-                f"{self.root} has no test split; add {self.root}/test/<class>/ images, or carve one from the "
+                f"{self.root} has no test split; {where}, or carve one from the "
                 "training images with test_fraction (data.test_fraction), e.g. 0.1."
             )
         return make_loader(self._ready(self.test_set, "test"), batch_size=self.eval_batch_size, shuffle=False,

@@ -23,6 +23,7 @@ from tlkit.data.cache import (
     default_feature_dir,
     extract,
     extraction_batch_size,
+    targets,
     view_seed,
     weights_fingerprint,
 )
@@ -114,9 +115,11 @@ def extract_splits(scan: FolderScan, module: Any, pre: Preprocessing, *, augment
             "extracted": store.stats.misses, "seconds": round(time.perf_counter() - started, 2)}
     log.info("feature cache: %d train x %d view(s) + %d val; %d rows from disk, %d extracted, %.1f s",
              len(train_paths), len(views), len(val_paths), info["from_disk"], info["extracted"], info["seconds"])
+    num_classes = len(scan.classes) if scan.multi_label else None  # multi-label: (N, C) multi-hot targets
     splits = FeatureSplits(
-        train=CachedFeatures(torch.stack(views), [label for _, label in scan.train], seed=seed, paths=train_paths),
-        val=CachedFeatures(val, [label for _, label in scan.val], paths=val_paths),
+        train=CachedFeatures(torch.stack(views), targets([y for _, y in scan.train], num_classes), seed=seed,
+                             paths=train_paths),
+        val=CachedFeatures(val, targets([y for _, y in scan.val], num_classes), paths=val_paths),
         fingerprint=fingerprint, preprocessing=pre, info=info,
     )
     _list_undecodable(splits, run.bad_log)

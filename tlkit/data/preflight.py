@@ -37,12 +37,17 @@ def exact_duplicates(groups: dict[str, Sequence[str]]) -> list[list[tuple[str, s
     return [found for found in copies.values() if len(found) > 1]
 
 
+def class_counts(samples: Sequence[tuple], num_classes: int) -> list[int]:
+    """Images per class; multi-label samples (tuples of class indices) count once for each class they carry."""
+    counts = Counter(c for _, y in samples for c in (y if isinstance(y, tuple) else (y,)))
+    return [counts[c] for c in range(num_classes)]
+
+
 def preflight(scan: FolderScan, *, balance: str = "none", crop_size: int | None = None) -> dict:
     """{"warnings": [one line each], "duplicates_across": n, "duplicates_within": n, "imbalance_ratio": r,
     "smaller_than_crop": n}. crop_size: the model's input size; shorter image sides are counted (from headers)."""
     warnings: list[str] = []
-    per_class = Counter(label for _, label in scan.train)
-    counts = [per_class[c] for c in range(len(scan.classes))]
+    counts = class_counts(scan.train, len(scan.classes))  # multi-label: images carrying each class
     present = [n for n in counts if n]
     ratio = max(present) / min(present) if present else None
     if ratio is not None and ratio >= IMBALANCE_WARNING:
@@ -51,8 +56,8 @@ def preflight(scan: FolderScan, *, balance: str = "none", crop_size: int | None 
                   else f"data.balance: {balance} is on")
         warnings.append(f"class imbalance {ratio:.1f}x ({scan.classes[largest]} {max(present)} vs "
                         f"{scan.classes[smallest]} {min(present)} training images); {advice}")
-    val_labels = {label for _, label in scan.val}
-    unvalidated = [name for c, name in enumerate(scan.classes) if c not in val_labels]
+    val_counts = class_counts(scan.val, len(scan.classes))
+    unvalidated = [name for c, name in enumerate(scan.classes) if not val_counts[c]]
     if scan.val and unvalidated:
         warnings.append(f"no validation images for {', '.join(unvalidated)}: trained, never validated")
     duplicates = exact_duplicates({name: [p for p, _ in samples] for name, samples in

@@ -19,7 +19,7 @@ import errno
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,12 +36,13 @@ TEST_SPLIT_NAME = "test"
 LAYOUTS = ("split", "carved", "single")
 LINK_OUTSIDE = "symlink leaving the data folder (not followed)"
 
-Sample = tuple[str, int]
+Sample = tuple[str, int]  # multi-label data: (path, tuple of sorted class indices, possibly empty)
 
 
 @dataclass
 class FolderScan:
-    """What a data root holds: class names and (path, label) samples per split, plus files that were skipped."""
+    """What a data root holds: class names and (path, label) samples per split, plus files that were skipped.
+    Multi-label data (from a table) has (path, (class indices...)) samples and multi_label=True."""
 
     classes: list[str]
     train: list[Sample]
@@ -51,6 +52,7 @@ class FolderScan:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (width, height), from the header
     test: list[Sample] = field(default_factory=list)  # evaluated once at the end, never used for selection
+    multi_label: bool = False
 
 
 def leaves_root(path: Path, root: Path) -> bool:
@@ -216,17 +218,20 @@ def _check_classes(classes: list[str], folder: Path) -> None:
 
 
 def stratified_split(
-    samples: Sequence[Sample], *, val_fraction: float, seed: int, test_fraction: float = 0.0
+    samples: Sequence[Sample], *, val_fraction: float, seed: int, test_fraction: float = 0.0,
+    key: Callable[[Sample], int] | None = None,
 ) -> tuple[list[Sample], list[Sample], list[Sample]]:
     """Seeded per-class split into (train, val, test). Each class is shuffled once; round(n * val_fraction) images
     go to val (at least 1, leaving at least 1 to train), then round(n * test_fraction) to test (at least 1 when the
     fraction is > 0 and the class has images to spare). val does not depend on test_fraction, so a checkpoint's
-    val split is re-created from (val_fraction, seed) alone. A fraction of 0 carves nothing."""
+    val split is re-created from (val_fraction, seed) alone. A fraction of 0 carves nothing.
+
+    key: the stratum of a sample instead of its label (multi-label data); a stratum of one image stays in train."""
     by_class: dict[int, list[Sample]] = {}
     for sample in sorted(samples):
-        by_class.setdefault(sample[1], []).append(sample)
+        by_class.setdefault(sample[1] if key is None else key(sample), []).append(sample)
     small = sorted(label for label, items in by_class.items() if len(items) < 2)
-    if small and val_fraction > 0:
+    if small and val_fraction > 0 and key is None:
         raise DataError(
             f"Cannot split a class with fewer than 2 images into train and val (class indices {small}); "
             "add images or provide train/ and val/ folders."

@@ -18,8 +18,19 @@ MAX_NUM_WORKERS = 64  # each worker is a process holding a copy of the dataset; 
 
 class DataConfig(Section):
     root: str
-    """Image folder: root/{train,val,test}/<class>/ (val and test optional) or root/<class>/. Relative paths resolve
-    against the recipe's folder."""
+    """Image folder: root/{train,val,test}/<class>/ (val and test optional) or root/<class>/; with source: csv, the
+    folder holding the table and the images it lists. Relative paths resolve against the recipe's folder."""
+    source: Literal["folder", "csv"] = "folder"
+    """Where labels come from: folder = class subfolder names; csv = a table (data.csv) listing each image's path and
+    label(s)."""
+    csv: str = "labels.csv"
+    """source: csv: the table, relative to root, with columns path,label[,split] or path,<class1>,<class2>,...[,split]
+    (0/1 per class); image paths in it are relative to the table's own folder and must stay inside root."""
+    multi_label: bool | None = None
+    """Several labels per image: null = decide from the table (multi-label when a label cell holds label_delimiter or
+    the table has 0/1 class columns); class folders are always single-label."""
+    label_delimiter: str = Field(default=";", min_length=1, max_length=8)
+    """Separator between the labels of one image in a table's label column (a;b), for multi-label data."""
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
     """Held-out fraction (stratified, seeded) carved from the training images when root has no val/ (or valid/)
     folder; val chooses the checkpoint."""
@@ -58,6 +69,19 @@ class DataConfig(Section):
     max_bad_fraction: float = Field(default=0.1, ge=0, le=1)
     """Stop when more than this fraction of an epoch's training or validation images fail to decode mid-run (an
     epoch with none at all always stops): a vanished data folder must not train on nothing and report success."""
+
+    @model_validator(mode="after")
+    def _labels_match_source(self) -> DataConfig:
+        if self.source == "folder" and self.csv != DataConfig.model_fields["csv"].default:
+            raise ValueError(f"csv is set ({self.csv!r}) but source is folder; add source: csv to read labels from "
+                             "the table, or remove csv")
+        if self.source == "folder" and self.multi_label:
+            raise ValueError("multi_label: true needs labels from a table (source: csv); class folders give each "
+                             "image one label")
+        if "," in self.label_delimiter or self.label_delimiter != self.label_delimiter.strip():
+            raise ValueError(f"label_delimiter must not contain commas or surrounding spaces; got "
+                             f"{self.label_delimiter!r} (the default ';' reads a;b)")
+        return self
 
     @model_validator(mode="after")
     def _fractions_leave_training_images(self) -> DataConfig:

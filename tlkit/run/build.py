@@ -41,6 +41,10 @@ def build_datamodule(recipe: Recipe) -> ImageFolderDataModule:
         on_bad_image=d.on_bad_image,
         balance=d.balance,
         cache=recipe.cache,
+        source=d.source,
+        csv=d.csv,
+        multi_label=d.multi_label,
+        label_delimiter=d.label_delimiter,
     )
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from tlkit.data.datamodule import resolve_num_workers, scan_folder
+from tlkit.data.datamodule import resolve_num_workers
+from tlkit.data.table import scan_data
 from tlkit.data.images import collect_inputs
 from tlkit.errors import DataError, DataNotFoundError, ExportError, did_you_mean
 from tlkit.infer.checkpoint import load_checkpoint, read_checkpoint, saved_split
@@ -91,8 +92,7 @@ def evaluate_checkpoint(
     module = load_checkpoint(checkpoint)
     policies = resolve_policies(module, tta, aggregate)  # bad policy names fail before any data scan
     split_state = _saved_split(checkpoint)
-    scan = scan_folder(data, val_fraction=split_state.get("val_fraction", 0.2),
-                       test_fraction=split_state.get("test_fraction", 0.0), seed=split_state.get("seed", 42))
+    scan = scan_data(data, **split_state)  # a table-labelled run re-reads the same table
     to_model = match_classes(scan.classes, module.classes, data)
     chosen = scan.val if split == "val" else scan.train + scan.val + scan.test
     samples = [(path, to_model[label]) for path, label in chosen]
@@ -130,7 +130,8 @@ def _saved_split(checkpoint: str | Path) -> dict:
     if Path(checkpoint).suffix == ".safetensors":
         return {}
     saved = saved_split(read_checkpoint(checkpoint))
-    return {k: saved[k] for k in ("val_fraction", "test_fraction", "seed") if k in saved}
+    keys = ("val_fraction", "test_fraction", "seed", "source", "csv", "multi_label", "label_delimiter")
+    return {k: saved[k] for k in keys if k in saved and not (k == "source" and saved[k] == "dataframe")}
 
 
 def predict_checkpoint(

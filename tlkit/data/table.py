@@ -1,0 +1,384 @@
+"""Labels in a table: a CSV file (data.source: csv) or a pandas DataFrame, scanned into the same FolderScan as class
+folders, so loaders, the feature cache, saved splits, preflight and evaluate work unchanged.
+
+Two forms, both with an optional `split` column (train / val / test; valid and validation mean val):
+- path,label[,split]: one class name per row, or several joined by the delimiter (a;b) for multi-label data;
+- path,<class1>,<class2>,...[,split]: a 0/1 cell per class (multi-label unless data.multi_label is false, when each
+  row must have exactly one 1).
+Image paths are relative to the table's folder (a DataFrame's: root) and must stay inside root. Classes are the
+sorted names, as with folders. Without a split column, val (and test) are carved with the seeded split of the folder
+scan: stratified by class for single-label data; for multi-label data, by each image's rarest label.
+
+`parse_table` collects every problem of a table (the doctor lists them all); `scan_table` / `scan_dataframe` refuse
+the ones that would make training wrong and skip, listing them, files that are missing or unreadable.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tlkit.data.scan import (
+    LINK_OUTSIDE,
+    FolderScan,
+    _existing_root,
+    read_header,
+    stratified_split,
+)
+from tlkit.errors import DataError, DataNotFoundError, did_you_mean
+
+log = logging.getLogger(__name__)
+
+PATH, LABEL, SPLIT = "path", "label", "split"
+SPLIT_VALUES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+ONE, ZERO = frozenset({"1", "1.0", "true", "yes"}), frozenset({"0", "0.0", "false", "no"})
+TABLE_LAYOUT = "table"
+MAX_LISTED = 3  # examples named in an error message; the doctor lists all
+
+# Problems that make a table unusable for training: case -> (what is wrong, how to fix it).
+REFUSED = {
+    "empty_path": ("an empty path cell", "give every row an image path"),
+    "path_outside_root": ("a path leaving the data folder",
+                          "move the images inside data.root (paths are relative to the table's folder)"),
+    "duplicate_path": ("an image listed twice", "list each image once (several labels go in one cell: a;b)"),
+    "empty_label": ("no label", "give every row a class name (or set data.multi_label: true for images with none)"),
+    "several_labels": ("not exactly one label while data.multi_label is false",
+                       "set data.multi_label: true (or null), or give one label per row"),
+    "bad_class_cell": ("a class cell that is not 0 or 1", "write 1 where the image has the class, else 0"),
+    "bad_split": ("a split value other than train, val or test", "use train, val or test (or drop the column)"),
+}
+
+
+@dataclass
+class Table:
+    """A table as read: column names and rows of text cells, with where each row came from (for messages)."""
+
+    name: str  # the CSV file's path, or "DataFrame"
+    base: Path  # the folder image paths are relative to
+    columns: list[str]
+    rows: list[dict[str, str]]
+    places: list[str]  # "labels.csv line 7" / "DataFrame row 5", aligned with rows
+
+
+@dataclass
+class TableRow:
+    place: str
+    written: str  # the path as the table writes it
+    path: str  # absolute, normalised
+    labels: tuple[str, ...]
+    split: str | None
+
+
+@dataclass
+class ParsedTable:
+    """The usable rows, the classes, the label form and every problem found (case -> ["place: detail", ...])."""
+
+    rows: list[TableRow]
+    classes: list[str]
+    multi_label: bool
+    form: str  # "label" (path,label) or "columns" (0/1 per class)
+    problems: dict[str, list[str]] = field(default_factory=dict)
+    has_split: bool = False
+
+
+# -- reading ----------------------------------------------------------------------------------------------------------
+
+def _header(cells: list[str]) -> list[str]:
+    names = [c.strip() for c in cells]
+    return [n.lower() if n.lower() in (PATH, LABEL, SPLIT) else n for n in names]
+
+
+def _check_columns(columns: list[str], name: str) -> None:
+    repeated = sorted(c for c, n in Counter(columns).items() if n > 1)
+    if repeated:
+        raise DataError(f"{name}: the header repeats column(s) {', '.join(map(repr, repeated))}; give each column "
+                        "one name.")
+    if PATH not in columns:
+        hint = did_you_mean(PATH, columns) or next(
+            (f" Rename {c!r} to 'path'?" for c in columns if c.lower() in ("file", "filename", "image", "filepath",
+                                                                          "image_path", "img", "name")), "")
+        raise DataError(f"{name}: no 'path' column in the header (found {', '.join(map(repr, columns)) or 'none'})."
+                        f"{hint} Expected path,label[,split] or path,<class1>,<class2>,...[,split].")
+    if "" in columns:
+        raise DataError(f"{name}: the header has an empty column name; name every column (path,label[,split]).")
+    if len(columns) == 1:
+        raise DataError(f"{name}: only a 'path' column; add a label column (path,label) or one 0/1 column per class.")
+
+
+def read_csv_table(path: str | Path) -> Table:
+    """Read a CSV with the standard library; DataError naming the file (and line) and the fix when unusable."""
+    path = Path(path)
+    if not path.is_file():
+        parent = path.parent
+        hint = did_you_mean(path.name, [p.name for p in parent.iterdir()]) if parent.is_dir() else ""
+        raise DataNotFoundError(f"Label table {str(path)!r} does not exist.{hint} data.csv is relative to data.root "
+                                "(e.g. --set data.csv=labels.csv).")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets often write a BOM
+            records = [(reader_line, cells) for reader_line, cells in _records(csv.reader(f)) if any(
+                c.strip() for c in cells)]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as CSV UTF-8.") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc}); check quoting around commas.") from None
+    if not records:
+        raise DataError(f"{path} is empty; expected a header line such as path,label[,split] and one row per image.")
+    (_, head), body = records[0], records[1:]
+    columns = _header(head)
+    _check_columns(columns, str(path))
+    rows, places = [], []
+    for line, cells in body:
+        if len(cells) != len(columns):
+            raise DataError(f"{path} line {line}: {len(cells)} cell(s) where the header has {len(columns)}; quote "
+                            "cells that contain commas, and give every row one cell per column.")
+        rows.append({c: v.strip() for c, v in zip(columns, cells)})
+        places.append(f"{path.name} line {line}")
+    if not rows:
+        raise DataError(f"{path} has a header but no rows; add one row per image.")
+    return Table(name=str(path), base=path.parent, columns=columns, rows=rows, places=places)
+
+
+def _records(reader):
+    """(line number where the row ends, cells): the line a user sees in an editor for one-line rows."""
+    for cells in reader:
+        yield reader.line_num, cells
+
+
+def _cell_text(value: Any, delimiter: str) -> str:
+    if value is None or (isinstance(value, float) and value != value):  # NaN: pandas' empty cell
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return delimiter.join(sorted(str(v) for v in value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def dataframe_table(df: Any, root: str | Path, *, delimiter: str = ";") -> Table:
+    """A pandas DataFrame (or anything with .columns and .to_dict('records')) as a Table whose paths are relative to
+    root. A label cell may also be a list of class names (multi-label)."""
+    if not hasattr(df, "columns") or not hasattr(df, "to_dict"):
+        raise DataError(f"Expected a pandas DataFrame with columns path,label[,split]; got {type(df).__name__}.")
+    columns = _header([str(c) for c in df.columns])
+    _check_columns(columns, "DataFrame")
+    rows = [{c: _cell_text(v, delimiter) for c, v in zip(columns, record.values())}
+            for record in df.to_dict(orient="records")]
+    if not rows:
+        raise DataError("The DataFrame has no rows; add one row per image.")
+    places = [f"DataFrame row {index}" for index in getattr(df, "index", range(len(rows)))]
+    return Table(name="DataFrame", base=Path(root), columns=columns, rows=rows, places=places)
+
+
+# -- parsing ----------------------------------------------------------------------------------------------------------
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+def _labels(table: Table, row: dict[str, str], place: str, class_columns: list[str], multi_label: bool | None,
+            delimiter: str, problems: dict[str, list[str]]) -> tuple[str, ...] | None:
+    """The row's class names (sorted, distinct), or None when a problem makes the row unusable."""
+    if not class_columns:
+        cell = row[LABEL]
+        names = tuple(sorted({n.strip() for n in cell.split(delimiter) if n.strip()}))
+        if len(names) > 1 and multi_label is False:
+            problems["several_labels"].append(f"{place}: {cell!r}")
+            return None
+        return names
+    bad = [c for c in class_columns if row[c].lower() not in ONE | ZERO]
+    if bad:
+        problems["bad_class_cell"].append(f"{place}: {bad[0]}={row[bad[0]]!r}")
+        return None
+    names = tuple(c for c in sorted(class_columns) if row[c].lower() in ONE)
+    if multi_label is False and len(names) != 1:
+        problems["several_labels"].append(f"{place}: {len(names)} classes marked 1")
+        return None
+    if not names:
+        problems["no_labels"].append(place)
+    return names
+
+
+def parse_table(table: Table, root: str | Path, *, multi_label: bool | None = None,
+                delimiter: str = ";") -> ParsedTable:
+    """Every row checked: path (present, inside root, listed once), labels, split. Files are not opened here."""
+    root_abs = os.path.abspath(root)
+    base = os.path.abspath(table.base)
+    class_columns = [c for c in table.columns if c not in (PATH, LABEL, SPLIT)] if LABEL not in table.columns else []
+    if LABEL in table.columns and len(table.columns) > 2 + (SPLIT in table.columns):
+        extra = [c for c in table.columns if c not in (PATH, LABEL, SPLIT)]
+        raise DataError(f"{table.name}: a 'label' column and other columns ({', '.join(map(repr, extra))}); use "
+                        "path,label[,split], or path plus one 0/1 column per class without 'label'.")
+    problems: dict[str, list[str]] = {case: [] for case in (*REFUSED, "no_labels", "class_without_images")}
+    rows: list[TableRow] = []
+    first: dict[str, str] = {}
+    for row, place in zip(table.rows, table.places):
+        written = row[PATH]
+        if not written:
+            problems["empty_path"].append(place)
+            continue
+        path = os.path.normpath(os.path.join(base, os.path.expanduser(written)))
+        if not _inside(path, root_abs):
+            problems["path_outside_root"].append(f"{place}: {written!r}")
+            continue
+        if path in first:
+            problems["duplicate_path"].append(f"{place}: {written!r} (first on {first[path]})")
+            continue
+        first[path] = place
+        split = None
+        if SPLIT in table.columns:
+            split = SPLIT_VALUES.get(row[SPLIT].lower())
+            if split is None:
+                hint = did_you_mean(row[SPLIT].lower(), SPLIT_VALUES)
+                problems["bad_split"].append(f"{place}: {row[SPLIT]!r}{hint}")
+                continue
+        labels = _labels(table, row, place, class_columns, multi_label, delimiter, problems)
+        if labels is not None:
+            rows.append(TableRow(place, written, path, labels, split))
+    if class_columns:
+        decided = multi_label is not False
+        classes = sorted(class_columns)
+    else:  # an empty label cell: an image with none of the classes (multi-label), else a mistake
+        decided = multi_label if multi_label is not None else any(len(r.labels) > 1 for r in rows)
+        problems["no_labels" if decided else "empty_label"] += [r.place for r in rows if not r.labels]
+        rows = [r for r in rows if r.labels or decided]
+        classes = sorted({name for r in rows for name in r.labels})
+    present = {name for r in rows for name in r.labels}
+    problems["class_without_images"] = [c for c in classes if c not in present]
+    return ParsedTable(rows=rows, classes=classes, multi_label=decided, form="columns" if class_columns else "label",
+                       problems={k: v for k, v in problems.items() if v}, has_split=SPLIT in table.columns)
+
+
+# -- scanning ---------------------------------------------------------------------------------------------------------
+
+def refuse_problems(parsed: ParsedTable, name: str) -> None:
+    """DataError for the first refused problem, naming up to MAX_LISTED rows and the fix."""
+    found = [(case, items) for case, items in parsed.problems.items() if case in REFUSED]
+    if not found:
+        return
+    case, items = found[0]
+    what, fix = REFUSED[case]
+    listed = "; ".join(items[:MAX_LISTED]) + (f"; and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
+    others = sum(len(i) for _, i in found[1:])
+    more = f" ({others} other problem(s) too: tlkit doctor {name} lists every one)" if others else ""
+    raise DataError(f"{len(items)} row(s) with {what}: {listed}. Fix: {fix}.{more}")
+
+
+def _usable_files(rows: list[TableRow], root: str | Path, name: str, skipped: list[tuple[str, str]],
+                  sizes: dict[str, tuple[int, int]]) -> list[TableRow]:
+    """Rows whose file exists, stays inside root through links, and has a readable image header; the others are
+    skipped and listed, as the folder scan skips unreadable files."""
+    real_root = os.path.realpath(root)
+    usable, missing = [], []
+    for row in rows:
+        if not os.path.lexists(row.path):
+            missing.append(row)
+            skipped.append((row.path, f"missing (listed on {row.place})"))
+            continue
+        if not _inside(os.path.realpath(row.path), real_root):
+            skipped.append((row.path, LINK_OUTSIDE))
+            continue
+        size, reason = read_header(Path(row.path))
+        if reason is not None:
+            skipped.append((row.path, reason))
+            continue
+        sizes[row.path] = size
+        usable.append(row)
+    if rows and len(missing) == len(rows):
+        raise DataError(f"None of the {len(rows)} images listed in {name} exist (first: {missing[0].place}: "
+                        f"{missing[0].written!r} -> {missing[0].path}); paths are relative to the table's folder.")
+    return usable
+
+
+def _stratum(labels: tuple[int, ...], counts: Counter) -> int:
+    """Multi-label split stratum: the image's rarest label (-1 for an image with none)."""
+    return min(labels, key=lambda c: (counts[c], c)) if labels else -1
+
+
+def _carve(samples: list, *, multi_label: bool, val_fraction: float, test_fraction: float, seed: int):
+    if not multi_label:
+        return stratified_split(samples, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    counts = Counter(c for _, labels in samples for c in labels)
+    return stratified_split(samples, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                            key=lambda s: _stratum(s[1], counts))
+
+
+def scan_parsed(parsed: ParsedTable, root: str | Path, name: str, *, val_fraction: float = 0.2,
+                test_fraction: float = 0.0, seed: int = 42) -> FolderScan:
+    """FolderScan of a parsed table: refused problems raise, unusable files are skipped and listed, splits come
+    from the split column or are carved (seeded) from the training rows."""
+    refuse_problems(parsed, name)
+    if not parsed.multi_label and len(parsed.classes) < 2:
+        raise DataError(f"{name} names {len(parsed.classes)} class(es) ({', '.join(parsed.classes) or 'none'}); "
+                        "single-label training needs at least 2.")
+    skipped: list[tuple[str, str]] = []
+    sizes: dict[str, tuple[int, int]] = {}
+    rows = _usable_files(parsed.rows, root, name, skipped, sizes)
+    index = {c: i for i, c in enumerate(parsed.classes)}
+    by_split: dict[str | None, list] = {"train": [], "val": [], "test": [], None: []}
+    for row in rows:
+        ids = tuple(sorted(index[c] for c in row.labels))
+        by_split[row.split].append((row.path, ids if parsed.multi_label else ids[0]))
+    pool = by_split["train"] + by_split[None]
+    train, val, test = _carve(pool, multi_label=parsed.multi_label,
+                              val_fraction=0.0 if by_split["val"] else val_fraction,
+                              test_fraction=0.0 if by_split["test"] else test_fraction, seed=seed)
+    val, test = sorted(by_split["val"]) or val, sorted(by_split["test"]) or test
+    _check_training_classes(parsed, train, val, name)
+    for path, reason in skipped:
+        log.warning("skipped %s (%s)", path, reason)
+    return FolderScan(classes=list(parsed.classes), train=train, val=val, layout=TABLE_LAYOUT, skipped=skipped,
+                      sizes=sizes, test=test, multi_label=parsed.multi_label)
+
+
+def _check_training_classes(parsed: ParsedTable, train: list, val: list, name: str) -> None:
+    seen = {c for _, y in train for c in (y if parsed.multi_label else (y,))}
+    empty = [c for i, c in enumerate(parsed.classes) if i not in seen]
+    if empty:
+        raise DataError(f"No training images for class(es) {', '.join(empty)} in {name}; add rows for them (split "
+                        "train) or remove the class.")
+    if not val:
+        raise DataError(f"No validation images in {name}; mark some rows split=val, or drop the split column so "
+                        "val is carved by data.val_fraction.")
+
+
+def scan_table(root: str | Path, csv_name: str | Path = "labels.csv", *, multi_label: bool | None = None,
+               label_delimiter: str = ";", val_fraction: float = 0.2, test_fraction: float = 0.0,
+               seed: int = 42) -> FolderScan:
+    """Scan data.root/<csv_name> (data.source: csv) into a FolderScan."""
+    root = _existing_root(root)
+    table = read_csv_table(root / csv_name)
+    parsed = parse_table(table, root, multi_label=multi_label, delimiter=label_delimiter)
+    return scan_parsed(parsed, root, table.name, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+
+
+def scan_dataframe(df: Any, root: str | Path, *, multi_label: bool | None = None, label_delimiter: str = ";",
+                   val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 42) -> FolderScan:
+    """Scan a DataFrame whose paths are relative to root: the same checks as a CSV."""
+    root = _existing_root(root)
+    table = dataframe_table(df, root, delimiter=label_delimiter)
+    parsed = parse_table(table, root, multi_label=multi_label, delimiter=label_delimiter)
+    return scan_parsed(parsed, root, table.name, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+
+
+def scan_data(root: str | Path, *, source: str = "folder", csv: str = "labels.csv", multi_label: bool | None = None,
+              label_delimiter: str = ";", val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 42,
+              table: Any = None) -> FolderScan:
+    """The scan for any data source: class folders, a CSV under root, or a DataFrame (`table`)."""
+    from tlkit.data.scan import scan_folder
+
+    split = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    if table is not None:
+        return scan_dataframe(table, root, multi_label=multi_label, label_delimiter=label_delimiter, **split)
+    if source == "csv":
+        return scan_table(root, csv, multi_label=multi_label, label_delimiter=label_delimiter, **split)
+    if multi_label:
+        raise DataError("multi_label: true needs labels from a table (data.source: csv); class folders give each "
+                        "image one label.")
+    return scan_folder(root, **split)
