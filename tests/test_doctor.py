@@ -142,3 +142,90 @@ def test_doctor_refuses_a_train_folder_linked_outside_in_one_line(tmp_path, caps
     code = main(["doctor", str(root), "--json", str(tmp_path / "r.json")])
     err = capsys.readouterr().err
     assert code != 0 and "Traceback" not in err and "symlink leaving the data folder" in err
+
+
+# -- label tables (CSV) -------------------------------------------------------------------------------------------------
+
+def _messy_table(tmp_path: Path) -> Path:
+    """A table with one row per problem the doctor reports for CSVs, next to good rows for classes a and b."""
+    from conftest import write_image
+
+    root = tmp_path / "tab"
+    for i in range(6):
+        write_image(root / "img" / f"{i}.png", size=(40, 40), seed=i)
+    write_image(tmp_path / "outside.png", size=(40, 40), seed=99)
+    (root / "img" / "copy.png").write_bytes((root / "img" / "0.png").read_bytes())
+    (root / "img" / "empty.png").write_bytes(b"")
+    lines = ["path,label,split",
+             "img/0.png,a,train", "img/1.png,b,train", "img/2.png,a,val", "img/3.png,b,val",
+             "img/4.png,c,val",            # class c: only in val
+             "img/0.png,a,train",          # duplicate row
+             "../outside.png,a,train",     # escapes the folder
+             str(tmp_path / "outside.png") + ",b,train",  # absolute, outside
+             "img/gone.png,a,train",       # missing file
+             "img/5.png,,train",           # empty label
+             ",a,train",                   # empty path
+             "img/6.png,b,vaal",           # bad split
+             "img/copy.png,b,val",         # same bytes as img/0.png in train: leakage
+             "img/empty.png,b,train"]      # zero-byte file
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root / "labels.csv"
+
+
+def test_doctor_lists_every_table_problem_with_its_line(tmp_path, capsys):
+    table = _messy_table(tmp_path)
+    before = _tree_hashes(table.parent)
+    out = tmp_path / "reports" / "tab.json"
+    assert main(["doctor", str(table), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    cases = report["cases"]
+    assert report["layout"] == "table" and report["table"] == str(table)
+    assert cases["duplicate_path"]["items"] == ["labels.csv line 7: 'img/0.png' (first on labels.csv line 2)"]
+    assert [i.split(":")[0] for i in cases["path_outside_root"]["items"]] == ["labels.csv line 8", "labels.csv line 9"]
+    assert cases["missing_file"]["items"] == ["labels.csv line 10: 'img/gone.png'"]
+    assert cases["empty_label"]["items"] == ["labels.csv line 11"]
+    assert cases["empty_path"]["items"] == ["labels.csv line 12"]
+    assert cases["bad_split"]["items"] == ["labels.csv line 13: 'vaal' Did you mean 'val' or 'valid'?"]
+    assert cases["class_only_in_val"]["items"] == ["c"]
+    assert cases["zero_byte"]["items"] == [str(table.parent / "img" / "empty.png")]
+    assert cases["duplicate_across_splits"]["count"] == 1
+    assert report["class_counts"]["train"] == {"a": 1, "b": 1, "c": 0}
+    printed = capsys.readouterr().out
+    assert "path_outside_root" in printed and "refused" in printed
+    assert _tree_hashes(table.parent) == before  # read-only
+
+
+def test_doctor_table_via_csv_option_and_default_report_name(tmp_path, monkeypatch):
+    table = _messy_table(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["doctor", str(table.parent), "--csv", "labels.csv"]) == 0
+    assert (tmp_path / "runs" / "doctor" / "tab-labels.json").is_file()
+
+
+def test_doctor_reports_a_class_column_without_images(tmp_path):
+    from conftest import write_image
+
+    from tlkit.data.doctor import diagnose_table
+
+    root = tmp_path / "cols"
+    for i in range(4):
+        write_image(root / f"{i}.png", size=(40, 40), seed=i)
+    (root / "labels.csv").write_text("path,cat,dog,fox\n0.png,1,0,0\n1.png,1,1,0\n2.png,0,1,0\n3.png,0,0,0\n")
+    report = diagnose_table(root / "labels.csv")
+    assert report["multi_label"] is True
+    assert report["cases"]["class_without_images"]["items"] == ["fox"]
+    assert report["cases"]["no_labels"]["items"] == ["labels.csv line 5"]
+    assert report["class_counts"] == {"all": {"cat": 2, "dog": 2, "fox": 0}}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "labels.csv is empty"),
+    ("image,label\n0.png,a\n", "no 'path' column"),
+])
+def test_doctor_unusable_table_is_one_line(tmp_path, capsys, text, message):
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "labels.csv").write_text(text)
+    assert main(["doctor", str(root / "labels.csv"), "--json", str(tmp_path / "r.json")]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err

@@ -352,3 +352,26 @@ def test_train_and_evaluate_on_a_csv(tmp_path, capsys):
 
     split = saved_split(read_checkpoint(checkpoint))
     assert (split["source"], split["csv"], split["seed"], split["test_fraction"]) == ("csv", "labels.csv", 0, 0.2)
+
+
+def test_cached_features_of_multi_label_data_carry_multi_hot_targets(tmp_path, preprocessing):
+    """The feature cache stores features keyed by file only; targets come from the scan, so (N, C) float rows."""
+    from types import SimpleNamespace
+
+    from tlkit.data.augment import TrainAugment
+    from tlkit.data.features import Extraction, extract_splits
+    from tlkit.data.settings import CacheConfig
+    from tlkit.model.backbones import create_backbone
+
+    root = multi_label_root(tmp_path)
+    scan = scan_table(root)
+    backbone, _, _ = create_backbone("test_resnet", "none")
+    splits = extract_splits(scan, SimpleNamespace(backbone=backbone, hparams={}), preprocessing,
+                            augment=TrainAugment(preset="none"), cache=CacheConfig(dir=str(tmp_path / "cache")),
+                            seed=0, run=Extraction(device=torch.device("cpu"), eval_batch_size=4, num_workers=0,
+                                                   progress=False))
+    views, targets = splits.train.usable()
+    assert views.shape[:2] == (1, 8) and targets.dtype == torch.float32 and targets.shape == (8, 3)
+    assert targets[2].tolist() == [1, 1, 0] and targets[5].tolist() == [0, 0, 0]  # rows follow scan.train
+    feature, target = splits.val[(0, 0)]  # val is sorted by path: images/10.png first
+    assert target.tolist() == [1, 1, 1] and feature.ndim == 1

@@ -31,6 +31,8 @@ _EXPORTS = {
     "CacheConfig": "tlkit.data.settings",
     "DataConfig": "tlkit.data.settings",
     "scan_folder": "tlkit.data.scan",
+    "scan_table": "tlkit.data.table",
+    "write_mosaics": "tlkit.data.generate",
     "LayerGroup": "tlkit.model.groups",
     "layer_groups": "tlkit.model.groups",
     "Preprocessing": "tlkit.data.preprocessing",

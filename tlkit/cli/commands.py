@@ -311,9 +311,15 @@ def _doctor(args: argparse.Namespace) -> int:
         write_report,
     )
 
-    report = diagnose(args.folder, min_size=args.min_size)
+    table = _doctor_table(args)
+    if table is not None:
+        from tlkit.data.doctor import diagnose_table
+
+        report = diagnose_table(table, min_size=args.min_size)
+    else:
+        report = diagnose(args.folder, min_size=args.min_size)
     print(format_table(report))
-    written = write_report(report, args.json_out or default_report_path(args.folder))
+    written = write_report(report, args.json_out or default_report_path(table or args.folder))
     print(f"report: {written}")
     gallery = write_gallery(report, written.with_suffix(".png"))
     if gallery is not None:
@@ -321,8 +327,32 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor_table(args: argparse.Namespace) -> Path | None:
+    """The label table the doctor checks: FOLDER --csv NAME, or FOLDER itself when it is a .csv file; else None."""
+    if args.csv:
+        return Path(args.folder) / args.csv
+    return Path(args.folder) if Path(args.folder).suffix.lower() == ".csv" else None
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from tlkit.data.generate import write_digits, write_mosaics
+
+    if args.kind == "digits":
+        print(f"digits: {write_digits(args.out)}")
+        return 0
+    counts = {s: getattr(args, s) for s in ("train", "val", "test") if getattr(args, s) is not None}
+    out = write_mosaics(args.source, args.out, counts=counts, grid=args.grid, min_classes=args.min_classes,
+                        max_classes=args.max_classes, cell=args.cell, seed=args.seed, val_fraction=args.val_fraction)
+    lines = (out / "labels.csv").read_text(encoding="utf-8").splitlines()[1:]
+    per_split = {s: sum(1 for line in lines if line.endswith("," + s)) for s in ("train", "val", "test")}
+    print(f"wrote {len(lines)} mosaics to {out} ({', '.join(f'{s} {n}' for s, n in per_split.items() if n)}); "
+          f"labels: {out / 'labels.csv'}")
+    print(f"train on it with: --set data.root={out} --set data.source=csv")
+    return 0
+
+
 HANDLERS = {
     "train": _train, "preview": _preview, "evaluate": _evaluate, "predict": _predict, "export": _export,
     "recipe": _recipe_show, "groups": _groups, "check": _check, "lr-find": _lr_find, "search": _search,
-    "diagnose": _diagnose, "init-stats": _init_stats, "doctor": _doctor, "report": _report,
+    "diagnose": _diagnose, "init-stats": _init_stats, "doctor": _doctor, "report": _report, "generate": _generate,
 }

@@ -81,6 +81,16 @@ def _workers(text: str) -> int | str:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1; got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1 (exclusive); got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -203,17 +213,47 @@ def build_parser() -> argparse.ArgumentParser:
     groups.add_argument("--fine", action="store_true", help="one group per block instead of per stage")
 
     _add_tuning_parsers(sub)
-    doctor = sub.add_parser("doctor", help="report messy cases in an image folder (read-only), as a table and JSON")
-    doctor.add_argument("folder", help="data root: <class>/* or train/<class>/* + val/<class>/*")
+    doctor = sub.add_parser("doctor", help="report messy cases in an image folder or label table (read-only), as a "
+                                           "table and JSON")
+    doctor.add_argument("folder", help="data root (<class>/* or train/<class>/* + val/<class>/*), or a label table "
+                                       "(labels.csv: path,label[,split])")
+    doctor.add_argument("--csv", help="check this label table (relative to FOLDER) instead of class folders")
     doctor.add_argument("--min-size", type=_positive_int, default=32,
                         help="flag images whose shorter side is below this (default 32; use the recipe's input size)")
     doctor.add_argument("--json", dest="json_out", help="report path (default runs/doctor/<folder name>.json)")
+
+    _add_generate_parser(sub)
 
     recipe = sub.add_parser("recipe", help="inspect recipes")
     recipe_sub = recipe.add_subparsers(dest="recipe_command", required=True)
     show = recipe_sub.add_parser("show", help="print the fully resolved recipe with every default and its reason")
     _add_recipe_args(show, positional=True)
     return parser
+
+
+def _add_generate_parser(sub) -> None:
+    generate = sub.add_parser("generate", help="write a dataset: digits, or multi-label mosaics of an image folder")
+    kinds = generate.add_subparsers(dest="kind", required=True)
+    digits = kinds.add_parser("digits", help="scikit-learn's 1,797 8x8 digits as PNG class folders (32 px)")
+    digits.add_argument("--out", required=True, help="folder to write (left as it is if it exists)")
+    mosaic = kinds.add_parser(
+        "mosaic", help="multi-label set: grid x grid mosaics of a class-folder dataset's images, labelled with the "
+                       "classes they show (images + labels.csv with a split column)")
+    mosaic.add_argument("--from", dest="source", required=True,
+                        help="single-label folder: train/<class>/ + val/<class>/ (+ test/), or <class>/ (split by "
+                             "--val-fraction); train mosaics use only training images, val only validation images")
+    mosaic.add_argument("--out", required=True, help="new folder for <split>/*.png, labels.csv and mosaic.json")
+    for split in ("train", "val", "test"):
+        mosaic.add_argument(f"--{split}", type=_positive_int, metavar="N",
+                            help=f"{split} mosaics (default: each source {split} image used about once)")
+    mosaic.add_argument("--grid", type=_positive_int, default=2, help="cells per side (default 2: 2x2 mosaics)")
+    mosaic.add_argument("--min-classes", type=_positive_int, default=1, help="fewest distinct classes per mosaic (1)")
+    mosaic.add_argument("--max-classes", type=_positive_int, default=4, help="most distinct classes per mosaic (4)")
+    mosaic.add_argument("--cell", type=_positive_int,
+                        help="tile side in pixels (default: the median short side of the source images)")
+    mosaic.add_argument("--val-fraction", type=_fraction, default=0.2,
+                        help="source without val/: the seeded fraction of its images kept for val mosaics (0.2)")
+    mosaic.add_argument("--seed", type=int, default=0, help="seed of the split and the draws (default 0)")
 
 
 def _add_tuning_parsers(sub) -> None:

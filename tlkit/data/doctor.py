@@ -64,6 +64,17 @@ ACTIONS = {
     "class_only_in_test": "error at training: every test class needs training images",
     "duplicate_within_split": "used as is (over-weights those images); consider removing copies",
     "duplicate_across_splits": "LEAKAGE: the same bytes in train and val inflate val metrics; remove one copy",
+    # label tables (CSV)
+    "missing_file": "skipped at scan, listed in skipped.txt (paths are relative to the table's folder)",
+    "empty_path": "refused: training stops naming the row; give every row an image path",
+    "path_outside_root": "refused: training stops naming the row; images must be inside the table's folder",
+    "duplicate_path": "refused: training stops naming the rows; list each image once (labels a;b in one row)",
+    "empty_label": "refused: training stops naming the row; give it a class (or set data.multi_label: true)",
+    "no_labels": "used: an image with none of the classes (an all-zero multi-label target)",
+    "several_labels": "refused while data.multi_label is false; set it true (or null) for multi-label data",
+    "bad_class_cell": "refused: training stops naming the row; class cells must be 0 or 1",
+    "bad_split": "refused: training stops naming the row; split must be train, val or test",
+    "class_without_images": "error at training: every class needs training images; add rows or drop the column",
 }
 MODE_CASES = {"L", "LA", "RGBA", "P", "CMYK", "I;16"}
 # Cases whose files decode safely and are worth a look; never bombs, links leaving the root, or unreadable files.
@@ -160,6 +171,11 @@ def _file_cases(path: Path, class_dir: Path, root: Path, min_size: int) -> tuple
     """(the cases of one entry below a class folder, whether training uses the file)."""
     if any(part.startswith(".") for part in path.relative_to(class_dir).parts):
         return ["hidden"], False
+    return _entry_cases(path, root, min_size)
+
+
+def _entry_cases(path: Path, root: Path, min_size: int) -> tuple[list[str], bool]:
+    """(the cases of one file a folder holds or a table lists, whether training uses it)."""
     if path.is_symlink() and not _inside(path, root):
         return ["symlink_outside_root"], False  # never read: it may point anywhere
     problem = link_problem(path) if path.is_symlink() else None
@@ -253,7 +269,68 @@ def format_table(report: dict) -> str:
 
 
 def default_report_path(root: str | Path) -> Path:
-    return Path("runs") / "doctor" / f"{Path(root).resolve().name}.json"
+    """runs/doctor/<folder>.json, or for a label table runs/doctor/<folder>-<table>.json."""
+    resolved = Path(root).resolve()
+    if resolved.suffix.lower() == ".csv":
+        return Path("runs") / "doctor" / f"{resolved.parent.name}-{resolved.stem}.json"
+    return Path("runs") / "doctor" / f"{resolved.name}.json"
+
+
+def diagnose_table(table: str | Path, *, min_size: int = DEFAULT_MIN_SIZE, multi_label: bool | None = None,
+                   delimiter: str = ";") -> dict:
+    """Report every problem of a label table (rows training refuses, files it skips, classes without images) and
+    every special case of the images it lists, as `diagnose` does for folders. The table's folder is the root.
+    Raises DataNotFoundError / DataError only if the table cannot be read (missing, empty, no path column)."""
+    from tlkit.data.table import TABLE_LAYOUT, parse_table, read_csv_table
+
+    table = Path(table)
+    root = table.parent
+    parsed = parse_table(read_csv_table(table), root, multi_label=multi_label, delimiter=delimiter)
+    found: dict[str, list[str]] = defaultdict(list)
+    for case, items in parsed.problems.items():
+        found[case] += items
+    splits = ("train", "val", "test") if parsed.has_split else ("all",)
+    counts = {split: dict.fromkeys(parsed.classes, 0) for split in splits}
+    hashes: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for row in parsed.rows:
+        path = Path(row.path)
+        if not os.path.lexists(path):
+            found["missing_file"].append(f"{row.place}: {row.written!r}")
+            continue
+        cases, usable = _entry_cases(path, root, min_size)
+        for case in cases:
+            found[case].append(str(path))
+        if usable:
+            split = row.split or "all"
+            for name in row.labels:
+                counts[split][name] += 1
+            hashes[hashlib.sha256(path.read_bytes()).hexdigest()].append((split, str(path)))
+    _split_cases(counts, found)
+    for copies in hashes.values():
+        if len(copies) > 1:
+            case = "duplicate_across_splits" if len({s for s, _ in copies}) > 1 else "duplicate_within_split"
+            found[case].append(" == ".join(p for _, p in copies))
+    main = counts["train"] if parsed.has_split else counts["all"]
+    nonzero = [n for n in main.values() if n]
+    return {
+        "root": str(root), "table": str(table), "layout": TABLE_LAYOUT, "multi_label": parsed.multi_label,
+        "min_size": min_size, "class_counts": {s: c for s, c in counts.items() if any(c.values()) or s != "test"},
+        "imbalance_ratio": (max(nonzero) / min(nonzero)) if nonzero else None,
+        "cases": {case: {"count": len(items), "items": items, "action": ACTIONS[case]}
+                  for case, items in sorted(found.items()) if items},
+    }
+
+
+def _split_cases(counts: dict[str, dict[str, int]], found: dict[str, list[str]]) -> None:
+    """Classes a table's split column gives images in val or test but not train (or train only)."""
+    if "train" not in counts:
+        return
+    train_has = {c for c, n in counts["train"].items() if n}
+    val_has = {c for c, n in counts["val"].items() if n}
+    if val_has:
+        found["class_only_in_train"] += sorted(train_has - val_has)
+    found["class_only_in_val"] += sorted(val_has - train_has)
+    found["class_only_in_test"] += sorted({c for c, n in counts["test"].items() if n} - train_has)
 
 
 def write_report(report: dict, path: str | Path) -> Path:

@@ -1,16 +1,27 @@
-"""Built-in datasets written as image folders, so the quickstart needs no download."""
+"""Built-in datasets written as image folders, so the quickstart needs no download, and a multi-label set built
+from any single-label folder (2x2 mosaics labelled with the classes they show)."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
+import random
 import shutil
+import statistics
 import tempfile
+from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from tlkit.errors import DataError
+
 GENERATORS = ("digits",)
+MOSAIC_SPLITS = ("train", "val", "test")
 
 
 def write_digits(root: str | Path, *, size: int = 32) -> Path:
@@ -24,19 +35,129 @@ def write_digits(root: str | Path, *, size: int = 32) -> Path:
     if root.exists():
         return root
     digits = load_digits()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    try:
+    with _written_atomically(root) as tmp:
         for index, (image, label) in enumerate(zip(digits.images, digits.target)):
             pixels = (image * (255.0 / 16.0)).round().astype(np.uint8)  # digits are 0..16 intensities
             folder = tmp / str(label)
             folder.mkdir(exist_ok=True)
             Image.fromarray(pixels, mode="L").resize((size, size), Image.BICUBIC).save(folder / f"{index:04d}.png")
+    return root
+
+
+@contextmanager
+def _written_atomically(root: Path):
+    """A temporary sibling folder, renamed to root when the block completes (removed if it does not), so an
+    interrupted write never leaves half a dataset."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        yield tmp
         os.replace(tmp, root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return root
+
+
+def _tile(path: str, cell: int) -> Image.Image:
+    """The image's centre square, resized to cell x cell (decoded as training decodes it)."""
+    from tlkit.data.images import decode
+
+    image = Image.fromarray(decode(path))
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    return square if side == cell else square.resize((cell, cell), Image.BICUBIC)
+
+
+class _Decks:
+    """Each class's images in a shuffled order, reshuffled when used up: every image is used about equally often."""
+
+    def __init__(self, by_class: Mapping[int, list[str]], rng: random.Random):
+        self.by_class, self.rng = by_class, rng
+        self.decks: dict[int, list[str]] = {c: [] for c in by_class}
+
+    def draw(self, label: int) -> str:
+        if not self.decks[label]:
+            self.decks[label] = self.rng.sample(self.by_class[label], len(self.by_class[label]))
+        return self.decks[label].pop()
+
+
+def _mosaic_labels(classes: list[int], rng: random.Random, grid: int, min_classes: int,
+                   max_classes: int) -> list[int]:
+    """Class of each of grid x grid cells: k distinct classes (k uniform in [min, max]), each at least once."""
+    k = rng.randint(min(min_classes, len(classes)), min(max_classes, grid * grid, len(classes)))
+    chosen = rng.sample(classes, k)
+    cells = chosen + [rng.choice(chosen) for _ in range(grid * grid - k)]
+    rng.shuffle(cells)
+    return cells
+
+
+def _write_split(samples: list, split: str, count: int, out: Path, names: list[str], cell: int, grid: int,
+                 classes_range: tuple[int, int], seed: int) -> list[list[str]]:
+    """`count` mosaics of one split's images (never another split's), as out/<split>/<i>.png; their CSV rows."""
+    by_class: dict[int, list[str]] = {}
+    for path, label in samples:
+        by_class.setdefault(label, []).append(path)
+    rng = random.Random(f"mosaic|{seed}|{split}")  # a str seed is hashed stably (not by PYTHONHASHSEED)
+    decks = _Decks(by_class, rng)
+    (out / split).mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(count):
+        cells = _mosaic_labels(sorted(by_class), rng, grid, *classes_range)
+        canvas = Image.new("RGB", (grid * cell, grid * cell))
+        for position, label in enumerate(cells):
+            row, col = divmod(position, grid)
+            canvas.paste(_tile(decks.draw(label), cell), (col * cell, row * cell))
+        name = f"{split}/{index:05d}.png"
+        canvas.save(out / name)
+        rows.append([name, ";".join(sorted({names[c] for c in cells})), split])
+    return rows
+
+
+def write_mosaics(source: str | Path, out: str | Path, *, counts: Mapping[str, int] | None = None, grid: int = 2,
+                  min_classes: int = 1, max_classes: int = 4, cell: int | None = None, seed: int = 0,
+                  val_fraction: float = 0.2) -> Path:
+    """A multi-label dataset from a single-label image folder: grid x grid mosaics of its images, each labelled with
+    the set of classes it shows, written as out/<split>/<i>.png + out/labels.csv (path,label,split; labels a;b).
+
+    Splits stay apart: train mosaics use only the source's training images, val mosaics only its validation images
+    (a source without val/ is split by val_fraction and seed, as training would), test mosaics only test/ images.
+    Each mosaic shows k distinct classes, k drawn uniformly from [min_classes, max_classes] (at most grid x grid),
+    so label counts vary. counts: mosaics per split (default: as many as use each source image about once);
+    cell: tile side in pixels (default: the median short side of the source images). Seeded; written to a temporary
+    folder and renamed into place. A non-empty `out` is refused.
+    """
+    from tlkit.data.scan import scan_folder
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out} already exists; choose another output folder or delete it first.")
+    if grid < 1 or not 1 <= min_classes <= max_classes:
+        raise DataError(f"Expected grid >= 1 and 1 <= min_classes <= max_classes; got grid {grid}, classes "
+                        f"{min_classes}-{max_classes}.")
+    scan = scan_folder(source, val_fraction=val_fraction, seed=seed)
+    cell = cell or int(statistics.median(min(size) for size in scan.sizes.values()))
+    splits = {"train": scan.train, "val": scan.val, "test": scan.test}
+    counts = {s: (counts or {}).get(s, len(samples) // (grid * grid)) for s, samples in splits.items()}
+    unknown = sorted(set(counts) - set(MOSAIC_SPLITS))
+    if unknown or counts["train"] < 1 or counts["val"] < 1:
+        raise DataError(f"Mosaic counts must name train, val (and test) with at least 1 train and val mosaic; got "
+                        f"{counts}.")
+    rows = [["path", "label", "split"]]
+    if out.exists():
+        out.rmdir()  # empty: the atomic rename needs the name free
+    with _written_atomically(out) as tmp:
+        for split, samples in splits.items():
+            if samples and counts[split]:
+                rows += _write_split(samples, split, counts[split], tmp, scan.classes, cell, grid,
+                                     (min_classes, max_classes), seed)
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerows(rows)
+        (tmp / "labels.csv").write_text(text.getvalue(), encoding="utf-8")
+        (tmp / "mosaic.json").write_text(json.dumps({
+            "source": str(Path(source).resolve()), "classes": scan.classes, "grid": grid, "cell": cell,
+            "classes_per_image": [min_classes, max_classes], "seed": seed, "counts": counts}, indent=2) + "\n")
+    return out
 
 
 def generate(kind: str, root: str | Path) -> Path:
