@@ -54,3 +54,21 @@ def test_images_smaller_than_the_input_are_counted_from_the_scan_headers(colour_
     assert report["smaller_than_crop"] == len(scan.train) + len(scan.val)
     assert any("shorter than the 40 px input" in w for w in report["warnings"])
     assert preflight(scan, crop_size=32)["smaller_than_crop"] == 0
+
+
+def test_multi_label_scans_count_every_label_of_an_image(tmp_path):
+    """Per-class counts of multi-label data count images carrying the class; a class in val is validated."""
+    from conftest import write_image
+
+    from tlkit.data.scan import FolderScan
+
+    paths = [str(write_image(tmp_path / f"{i}.png", size=(20 + i, 30), seed=i)) for i in range(8)]
+    scan = FolderScan(classes=["cat", "dog", "fox"], layout="table", multi_label=True,
+                      train=[(paths[0], (0, 1)), (paths[1], (0,)), (paths[2], (0, 2)), (paths[3], (0,)),
+                             (paths[4], (0,)), (paths[5], (1,))],
+                      val=[(paths[6], (0, 1, 2)), (paths[7], ())])
+    report = preflight(scan)
+    assert report["imbalance_ratio"] == 5.0  # cat on 5 training images, fox on 1
+    assert not any("no validation images" in w for w in report["warnings"])
+    scan.val = [(paths[6], (1,)), (paths[7], ())]
+    assert any("no validation images for cat, fox" in w for w in preflight(scan)["warnings"])

@@ -63,9 +63,10 @@ class DataConfig(Section):
     """A file that stops decoding mid-run (deleted, truncated after the scan): skip = drop it from its batch and
     list it in <run_dir>/skipped_mid_run.txt (never replaced by another image); error = stop naming the file."""
     balance: Literal["none", "sampler", "loss_weights"] = "none"
-    """Class imbalance: sampler = draw training images with replacement so each class is equally likely (seeded);
-    loss_weights = weight the training loss by n / (C x count_c) (scikit-learn's "balanced"); none = as the data is.
-    Balanced accuracy and macro-F1 are logged either way (val_balanced_acc, val_macro_f1)."""
+    """Class imbalance: sampler = draw training images with replacement so each class is equally likely (seeded;
+    multi-label: by each image's rarest label); loss_weights = weight the training loss by n / (C x count_c)
+    (scikit-learn's "balanced"; multi-label: each class's positives by negatives / positives); none = as the data
+    is. Balanced accuracy and macro-F1 are logged either way (val_balanced_acc, val_macro_f1)."""
     max_bad_fraction: float = Field(default=0.1, ge=0, le=1)
     """Stop when more than this fraction of an epoch's training or validation images fail to decode mid-run (an
     epoch with none at all always stops): a vanished data folder must not train on nothing and report success."""
