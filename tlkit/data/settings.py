@@ -33,9 +33,10 @@ class DataConfig(Section):
     """Separator between the labels of one image in a table's label column (a;b), for multi-label data."""
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
     """Held-out fraction (stratified, seeded) carved from the training images when root has no val/ (or valid/)
-    folder; val chooses the checkpoint."""
+    folder, or a table no val rows; val chooses the checkpoint."""
     test_fraction: float = Field(default=0.0, ge=0, lt=1)
-    """Fraction carved as a test split (stratified, seeded) when root has no test/ folder; never used for selection,
+    """Fraction carved as a test split (stratified, seeded) when root has no test/ folder (a table: no test rows);
+    never used for selection,
     evaluated once at the end. 0 = no test split (small data keeps its images for training)."""
     batch_size: int = Field(default=32, gt=0, le=MAX_BATCH_SIZE)
     """Training batch size (1-4096); 32 fits a 2-core CPU at 224 px."""
