@@ -191,6 +191,8 @@ def test_data_settings_tie_csv_and_multi_label_to_the_source():
         DataConfig(root="x", multi_label=True)
     with pytest.raises(ValueError, match="label_delimiter must not contain commas"):
         DataConfig(root="x", source="csv", label_delimiter=",")
+    with pytest.raises(ValueError, match="csv is set .* but source is folder"):
+        ImageFolderDataModule("x", csv="tags.csv")  # before any scan
 
 
 # -- DataFrame ----------------------------------------------------------------------------------------------------------
@@ -375,3 +377,24 @@ def test_cached_features_of_multi_label_data_carry_multi_hot_targets(tmp_path, p
     assert targets[2].tolist() == [1, 1, 0] and targets[5].tolist() == [0, 0, 0]  # rows follow scan.train
     feature, target = splits.val[(0, 0)]  # val is sorted by path: images/10.png first
     assert target.tolist() == [1, 1, 1] and feature.ndim == 1
+
+
+def test_cli_table_mistakes_are_one_line(tmp_path, capsys):
+    import yaml
+    from conftest import tiny_recipe_dict
+
+    from tlkit.cli.main import EXIT_RECIPE_ERROR, main
+
+    root = colour_table(tmp_path)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe_dict(root, data={"source": "csv", "csv": "tags.csv"})))
+    assert main(["train", "--recipe", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "tags.csv' does not exist" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert main(["train", "--recipe", str(path), "--set", "data.source=folder"]) == EXIT_RECIPE_ERROR
+    assert "csv is set ('tags.csv') but source is folder" in capsys.readouterr().err
+    (root / "labels.csv").write_text((root / "labels.csv").read_text() + "../../x.png,red\n")
+    assert main(["train", "--recipe", str(path), "--set", "data.csv=labels.csv"]) == 1
+    err = capsys.readouterr().err
+    assert "path leaving the data folder: labels.csv line 38: '../../x.png'" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()

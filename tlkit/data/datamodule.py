@@ -301,7 +301,7 @@ class ImageFolderDataModule(PathBatches):
             "root": str(root), "batch_size": batch_size, "eval_batch_size": eval_batch_size,
             "num_workers": num_workers, "val_fraction": val_fraction, "test_fraction": test_fraction,
             "on_bad_image": on_bad_image, "balance": balance, "source": source,
-            **({"csv": csv} if source == "csv" else {}), "multi_label": multi_label,
+            "csv": csv, "multi_label": multi_label,
             "label_delimiter": label_delimiter})
         if first_epoch < 0:
             raise ValueError(f"first_epoch must be >= 0; got {first_epoch}.")
