@@ -23,6 +23,11 @@ def write_csv(path: Path, rows: list[list[str]]) -> Path:
     return path
 
 
+def read_rows(path: Path, *, named: bool = False) -> list:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f) if named else csv.reader(f))
+
+
 def colour_table(tmp_path: Path, *, split: bool = False) -> Path:
     """The colour classes as one folder plus labels.csv listing every image (with a split column when asked)."""
     root = write_colour_classes(tmp_path / "colours", split=False)
@@ -94,7 +99,7 @@ def test_paths_are_relative_to_the_tables_folder(tmp_path):
 def test_paths_leaving_the_root_are_refused_with_their_line(tmp_path, written):
     root = colour_table(tmp_path)
     outside = write_image(tmp_path / "outside.png")
-    rows = list(csv.reader(open(root / "labels.csv")))
+    rows = read_rows(root / "labels.csv")
     rows.insert(3, [str(outside) if written == "ABSOLUTE" else written, "red"])
     write_csv(root / "labels.csv", rows)
     with pytest.raises(DataError, match=r"leaving the data folder: labels.csv line 4: .*inside data.root"):
@@ -105,7 +110,7 @@ def test_a_link_inside_root_to_a_file_outside_is_skipped_and_listed(tmp_path):
     root = colour_table(tmp_path)
     outside = write_image(tmp_path / "outside.png")
     (root / "link.png").symlink_to(outside)
-    rows = list(csv.reader(open(root / "labels.csv"))) + [["link.png", "red"]]
+    rows = read_rows(root / "labels.csv") + [["link.png", "red"]]
     write_csv(root / "labels.csv", rows)
     scan = scan_table(root)
     assert (str(root / "link.png"), "symlink leaving the data folder (not followed)") in scan.skipped
@@ -115,7 +120,7 @@ def test_a_link_inside_root_to_a_file_outside_is_skipped_and_listed(tmp_path):
 def test_missing_and_unreadable_files_are_skipped_and_listed(tmp_path):
     root = colour_table(tmp_path)
     (root / "broken.png").write_bytes(b"not a png")
-    rows = list(csv.reader(open(root / "labels.csv"))) + [["gone.png", "red"], ["broken.png", "blue"]]
+    rows = read_rows(root / "labels.csv") + [["gone.png", "red"], ["broken.png", "blue"]]
     write_csv(root / "labels.csv", rows)
     scan = scan_table(root)
     reasons = dict(scan.skipped)
@@ -240,7 +245,7 @@ def test_multi_label_rows_become_sorted_index_tuples(tmp_path):
 
 def test_class_columns_equal_the_delimited_form(tmp_path):
     root = multi_label_root(tmp_path)
-    rows = list(csv.DictReader(open(root / "labels.csv")))
+    rows = read_rows(root / "labels.csv", named=True)
     columns = [["path", "fox", "cat", "dog", "split"]]  # column order does not matter: classes are sorted
     for r in rows:
         names = set(filter(None, r["label"].split(";")))
@@ -274,7 +279,7 @@ def test_custom_delimiter(tmp_path):
 
 def test_multi_label_carving_keeps_every_image_once_and_is_seeded(tmp_path):
     root = multi_label_root(tmp_path)
-    rows = [r[:2] for r in csv.reader(open(root / "labels.csv"))]
+    rows = [r[:2] for r in read_rows(root / "labels.csv")]
     write_csv(root / "nosplit.csv", rows)
     a, b = scan_table(root, "nosplit.csv", seed=1), scan_table(root, "nosplit.csv", seed=1)
     assert a == b and a.val

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ ONE, ZERO = frozenset({"1", "1.0", "true", "yes"}), frozenset({"0", "0.0", "fals
 TABLE_LAYOUT = "table"
 MAX_LISTED = 3  # examples named in an error message; the doctor lists all
 
+CLASS_CELL_FIX = ("write 1 where the image has the class, else 0 (without a label column, every column but path and "
+                  "split is a class)")
 # Problems that make a table unusable for training: case -> (what is wrong, how to fix it).
 REFUSED = {
     "empty_path": ("an empty path cell", "give every row an image path"),
@@ -49,7 +52,7 @@ REFUSED = {
     "empty_label": ("no label", "give every row a class name (or set data.multi_label: true for images with none)"),
     "several_labels": ("not exactly one label while data.multi_label is false",
                        "set data.multi_label: true (or null), or give one label per row"),
-    "bad_class_cell": ("a class cell that is not 0 or 1", "write 1 where the image has the class, else 0"),
+    "bad_class_cell": ("a class cell that is not 0 or 1", CLASS_CELL_FIX),
     "bad_split": ("a split value other than train, val or test", "use train, val or test (or drop the column)"),
 }
 
@@ -150,7 +153,7 @@ def _records(reader):
 
 
 def _cell_text(value: Any, delimiter: str) -> str:
-    if value is None or (isinstance(value, float) and value != value):  # NaN: pandas' empty cell
+    if value is None or (isinstance(value, float) and math.isnan(value)):  # NaN: pandas' empty cell
         return ""
     if isinstance(value, bool):
         return "1" if value else "0"
@@ -182,7 +185,7 @@ def _inside(path: str, root: str) -> bool:
     return os.path.commonpath([path, root]) == root
 
 
-def _labels(table: Table, row: dict[str, str], place: str, class_columns: list[str], multi_label: bool | None,
+def _labels(row: dict[str, str], place: str, class_columns: list[str], multi_label: bool | None,
             delimiter: str, problems: dict[str, list[str]]) -> tuple[str, ...] | None:
     """The row's class names (sorted, distinct), or None when a problem makes the row unusable."""
     if not class_columns:
@@ -238,7 +241,7 @@ def parse_table(table: Table, root: str | Path, *, multi_label: bool | None = No
                 hint = did_you_mean(row[SPLIT].lower(), SPLIT_VALUES)
                 problems["bad_split"].append(f"{place}: {row[SPLIT]!r}{hint}")
                 continue
-        labels = _labels(table, row, place, class_columns, multi_label, delimiter, problems)
+        labels = _labels(row, place, class_columns, multi_label, delimiter, problems)
         if labels is not None:
             rows.append(TableRow(place, written, path, labels, split))
     if class_columns:
