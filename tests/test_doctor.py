@@ -216,6 +216,7 @@ def test_doctor_reports_a_class_column_without_images(tmp_path):
     assert report["cases"]["class_without_images"]["items"] == ["fox"]
     assert report["cases"]["no_labels"]["items"] == ["labels.csv line 5"]
     assert report["class_counts"] == {"all": {"cat": 2, "dog": 2, "fox": 0}}
+    assert report["labels_per_image"] == {"0": 1, "1": 2, "2": 1}
 
 
 @pytest.mark.parametrize(("text", "message"), [

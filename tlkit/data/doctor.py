@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -263,6 +263,8 @@ def format_table(report: dict) -> str:
         lines.append("(no problems found)")
     for split, classes in report["class_counts"].items():
         lines.append(f"{split}: " + ", ".join(f"{c}={n}" for c, n in classes.items()))
+    if report.get("labels_per_image"):
+        lines.append("labels per image: " + ", ".join(f"{k}: {n}" for k, n in report["labels_per_image"].items()))
     ratio = report["imbalance_ratio"]
     lines.append(f"imbalance ratio (largest/smallest class): {ratio:.2f}" if ratio else "imbalance ratio: n/a")
     return "\n".join(lines)
@@ -312,8 +314,10 @@ def diagnose_table(table: str | Path, *, min_size: int = DEFAULT_MIN_SIZE, multi
             found[case].append(" == ".join(p for _, p in copies))
     main = counts["train"] if parsed.has_split else counts["all"]
     nonzero = [n for n in main.values() if n]
+    per_image = Counter(len(row.labels) for row in parsed.rows) if parsed.multi_label else None
     return {
         "root": str(root), "table": str(table), "layout": TABLE_LAYOUT, "multi_label": parsed.multi_label,
+        **({"labels_per_image": {str(k): per_image[k] for k in sorted(per_image)}} if per_image else {}),
         "min_size": min_size, "class_counts": {s: c for s, c in counts.items() if any(c.values()) or s != "test"},
         "imbalance_ratio": (max(nonzero) / min(nonzero)) if nonzero else None,
         "cases": {case: {"count": len(items), "items": items, "action": ACTIONS[case]}
