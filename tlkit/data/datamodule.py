@@ -270,6 +270,7 @@ class ImageFolderDataModule(PathBatches):
         first_epoch: the epoch a resumed fit starts at (its loader must start there; see make_loader).
         bad_log: a file listing images that fail to decode mid-run (on_bad_image: skip).
         scan: a FolderScan of `root` made with the same fractions and seed (skips re-reading every header).
+        table: a pandas DataFrame of labels (path,label[,split]; paths relative to root) instead of source/csv.
     """
 
     def __init__(
