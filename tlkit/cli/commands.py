@@ -151,9 +151,17 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def format_predictions_table(rows: list[dict], limit: int = 20) -> str:
-    """file, top-1 label, probability for the first `limit` images (the rest: in the CSV)."""
+    """file, top-1 label, probability for the first `limit` images (the rest: in the CSV); multi-label: file and its
+    label set with probabilities."""
     shown = rows[:limit]
     width = max([4] + [len(r["path"]) for r in shown])
+    if shown and "probabilities" in shown[0]:  # multi-label rows: a label set, possibly empty
+        lines = [f"{'file':<{width}}  labels (probability)"]
+        lines += [f"{r['path']:<{width}}  " + (", ".join(f"{label} ({p:.3f})" for label, p in zip(r["labels"], r["probs"]))
+                                                 or "(none over threshold)") for r in shown]
+        if len(rows) > limit:
+            lines.append(f"... and {len(rows) - limit} more")
+        return "\n".join(lines)
     label_width = max([5] + [len(r["labels"][0]) for r in shown])
     lines = [f"{'file':<{width}}  {'label':<{label_width}}  prob"]
     lines += [f"{r['path']:<{width}}  {r['labels'][0]:<{label_width}}  {r['probs'][0]:.3f}" for r in shown]

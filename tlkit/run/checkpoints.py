@@ -14,6 +14,7 @@ from tlkit.infer.checkpoint import load_checkpoint, read_checkpoint, saved_split
 from tlkit.infer.inference import predict_files
 from tlkit.infer.predict import (
     check_outputs,
+    label_set_rows,
     top_k_rows,
     write_predictions_csv,
     write_predictions_json,
@@ -148,7 +149,8 @@ def predict_checkpoint(
     precision: str = "fp32",
     overwrite: bool = False,
 ) -> dict:
-    """Top-k labels for every readable image among `inputs` (files or folders, recursive), written as CSV (and JSON).
+    """Top-k labels for every readable image among `inputs` (files or folders, recursive), written as CSV (and JSON);
+    a multi-label model writes each image's label set (classes at or over their thresholds) and every probability.
 
     out '-' writes the CSV to stdout. An existing output file is refused (DataError) unless overwrite=True.
     Unreadable or missing files are skipped and listed; raises DataError only when nothing could be predicted.
@@ -170,10 +172,12 @@ def predict_checkpoint(
         path, why = result.failed[0]
         raise DataError(f"Nothing was predicted: all {len(files)} file(s) were unreadable (e.g. {path}: {why}).")
     k = max(1, min(top_k, len(module.classes)))
-    rows = top_k_rows(result, files, module.classes, k)
+    thresholds = dict(zip(module.classes, module.thresholds.tolist())) if module.multi_label else None
+    rows = (label_set_rows(result, files, module.classes, list(thresholds.values())) if thresholds is not None
+            else top_k_rows(result, files, module.classes, k))
     written = {"csv": str(write_predictions_csv(rows, out, k))}
     if json_out is not None:
-        written["json"] = str(write_predictions_json(rows, skipped, json_out))
+        written["json"] = str(write_predictions_json(rows, skipped, json_out, thresholds=thresholds))
     return {"predicted": len(rows), "skipped": skipped, "policy": policy.label, "views": policy.num_views,
             "rows": rows, **written}
 
