@@ -61,6 +61,11 @@ def match_classes(data_classes: list[str], model_classes: list[str], root: str |
     return [model_classes.index(c) for c in data_classes]
 
 
+def to_model_labels(label: int | tuple[int, ...], to_model: list[int]) -> int | tuple[int, ...]:
+    """A sample's label (an index, or a multi-label tuple of indices) in the model's class order."""
+    return tuple(sorted(to_model[i] for i in label)) if isinstance(label, tuple) else to_model[label]
+
+
 def default_eval_dir(checkpoint: str | Path) -> Path:
     """runs/<recipe>/<stamp>/eval/<checkpoint stem>/ for a run's checkpoint, else eval/<stem>/ beside the file."""
     checkpoint = Path(checkpoint)
@@ -96,7 +101,7 @@ def evaluate_checkpoint(
                        test_fraction=split_state.get("test_fraction", 0.0), seed=split_state.get("seed", 42))
     to_model = match_classes(scan.classes, module.classes, data)
     chosen = scan.val if split == "val" else scan.train + scan.val + scan.test
-    samples = [(path, to_model[label]) for path, label in chosen]
+    samples = [(path, to_model_labels(label, to_model)) for path, label in chosen]
     out_dir = Path(out) if out is not None else default_eval_dir(checkpoint)
     context = {
         "checkpoint": str(checkpoint),
