@@ -230,8 +230,9 @@ def export_checkpoint(
     reloaded = load_exported(weights)
     with torch.inference_mode():
         reload_diff = float((reloaded(inputs) - module(inputs)).abs().max())
-    if reload_diff != 0.0:
-        raise ExportError(f"{weights} loads back with different outputs (max abs diff {reload_diff:.3g}); please report this.")
+    if reload_diff != 0.0 or (module.multi_label and not torch.equal(reloaded.thresholds, module.thresholds)):
+        raise ExportError(f"{weights} loads back with different outputs (max abs diff {reload_diff:.3g}) or "
+                          "thresholds; please report this.")
     summary = {"out_dir": str(out_dir), "weights": str(weights), "sidecar": str(sidecar), "parity_inputs": source,
                "reload_max_abs_diff": reload_diff}
     if onnx:

@@ -333,6 +333,9 @@ class _SearchStages:
                 shutil.rmtree(run_dir)
             pruning = self.S.PruneOnValAcc(trial)
             metrics = fit(trial_recipe, run_dir=run_dir, callbacks=[pruning])
+            if metrics.get("multi_label"):
+                raise TlkitError("tlkit search ranks trials by validation accuracy, which a multi-label model does "
+                                 "not have; choose its learning rate with tlkit lr-find instead.")
             if not self.keep_checkpoints:
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
             for key in ("val_acc", "val_loss", "best_val_acc", "wall_s", "epochs", "strategy"):
