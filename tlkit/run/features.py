@@ -30,8 +30,7 @@ def choose_training_inputs(
 
 
 def fit_head_closed_form(module: TransferModule, datamodule: ImageFolderDataModule, seed: int) -> dict:
-    """Fit the linear head by L-BFGS logistic regression on the cached training features (all views); multi-label:
-    one-vs-rest logistic regressions on (N, C) multi-hot targets, a sigmoid per class."""
+    """Fit the linear head by L-BFGS logistic regression on the cached training features (all views)."""
     from tlkit.model.probe import fit_logistic_head
 
     features = datamodule.feature_splits()
@@ -39,8 +38,7 @@ def fit_head_closed_form(module: TransferModule, datamodule: ImageFolderDataModu
         raise ValueError("the closed-form probe needs cached features: strategy linear_probe, cache.features on, "
                          "mixing off (the recipe checks this).")
     views, labels = features.train.usable()
-    multi = {"multi_label": True} if module.multi_label else {}  # single-label calls stay as they were
-    weight, bias, info = fit_logistic_head(views, labels, num_classes=len(module.classes), seed=seed, **multi)
+    weight, bias, info = fit_logistic_head(views, labels, num_classes=len(module.classes), seed=seed)
     final = module.head[-1]
     with torch.no_grad():
         final.weight.copy_(weight)
