@@ -392,8 +392,15 @@ def diagnose(run_dir: str | Path, *, out: str | Path | None = None, **thresholds
 
     run_dir = Path(run_dir)
     curves = read_metrics_csv(run_dir / "metrics.csv")
-    diagnosis = diagnose_curves(curves["train_loss"], curves["val_loss"], curves["train_acc"], curves["val_acc"],
-                                **thresholds)
+    try:
+        diagnosis = diagnose_curves(curves["train_loss"], curves["val_loss"], curves["train_acc"], curves["val_acc"],
+                                    **thresholds)
+    except ValueError as exc:  # no epoch with train and val accuracy: a closed-form probe, or a multi-label run
+        multi = (json.loads((run_dir / "metrics.json").read_text()).get("multi_label")
+                 if (run_dir / "metrics.json").is_file() else False)
+        why = ("a multi-label run has no accuracy curves (it logs val_map and the losses; tlkit report RUN_DIR plots "
+               "them)" if multi else "did the run train for at least one epoch?")
+        raise TlkitError(f"{run_dir}: {exc} ({why})") from None
     png = plot_curves(curves, diagnosis, Path(out) if out else run_dir / "curves.png", title=run_dir.name)
     result = {"verdict": diagnosis.verdict, "reason": diagnosis.reason, "advice": diagnosis.advice,
               "values": diagnosis.values, "png": str(png)}
