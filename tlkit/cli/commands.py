@@ -137,7 +137,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         top_losses=args.top_losses, precision=args.precision,
     )
     print(format_report_table(report))
-    print(f"report: {Path(report['out_dir']) / 'report.json'} (confusion matrices, top losses per policy beside it)")
+    beside = "per-class AP, F1 and thresholds" if report.get("multi_label") else "confusion matrices"
+    print(f"report: {Path(report['out_dir']) / 'report.json'} ({beside}, top losses per policy beside it)")
     return 0
 
 
