@@ -193,6 +193,7 @@ def _export(args: argparse.Namespace) -> int:
             f"wrote {summary['onnx']}: onnxruntime vs PyTorch on {summary['parity_inputs']}: max abs diff "
             f"logits {parity['max_abs_diff_logits']:.2e}, probabilities {parity['max_abs_diff_probs']:.2e}, "
             f"top-1 agreement {parity['top1_agreement']:.0%}"
+            + (f", label sets {parity['label_set_agreement']:.0%}" if "label_set_agreement" in parity else "")
         )
         print(f"standalone bundle (numpy + Pillow + onnxruntime, TTA {summary['tta']}): "
               f"python {Path(summary['out_dir']) / 'predict.py'} IMAGE...")
