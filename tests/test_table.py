@@ -403,3 +403,23 @@ def test_cli_table_mistakes_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "path leaving the data folder: labels.csv line 38: '../../x.png'" in err and err.count("\n") == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_preview_shows_label_sets_of_multi_label_data(tmp_path):
+    import yaml
+    from conftest import tiny_recipe_dict
+
+    from tlkit.cli.main import main
+    from tlkit.run.preview import _label_set_title
+
+    root = multi_label_root(tmp_path)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe_dict(root, data={"source": "csv"})))
+    assert main(["preview", "--recipe", str(path), "--n", "4", "--out", str(tmp_path / "p.png")]) == 0
+    assert main(["preview", "--recipe", str(path), "--n", "4", "--out", str(tmp_path / "m.png"),
+                 "--set", "mixing.mixup_alpha=0.4"]) == 0
+    assert (tmp_path / "p.png").is_file() and (tmp_path / "m.png").is_file()
+    classes = ["cat", "dog", "fox"]
+    assert _label_set_title(torch.tensor([1.0, 0.0, 1.0]), classes) == "cat + fox"
+    assert _label_set_title(torch.zeros(3), classes) == "(none)"
+    assert _label_set_title(torch.tensor([0.7, 1.0, 0.3]), classes) == "dog 1.00 / cat 0.70 / fox 0.30"

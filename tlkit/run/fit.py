@@ -208,8 +208,8 @@ def _preflight(recipe: Recipe, datamodule: ImageFolderDataModule, module: Transf
         for line in checked["warnings"]:
             log.warning("data: %s", line)
         if checked["warnings"]:
-            log.warning("data: `tlkit doctor %s` inspects every image (modes, placeholders, truncation)",
-                        recipe.data.root)
+            target = Path(recipe.data.root) / recipe.data.csv if recipe.data.source == "csv" else recipe.data.root
+            log.warning("data: `tlkit doctor %s` inspects every image (modes, placeholders, truncation)", target)
     return checked["warnings"]
 
 

@@ -30,15 +30,17 @@ def preview_augment(recipe: Recipe, *, n: int = 16, out: str | Path | None = Non
     dataset = datamodule.train_set
     order = torch.randperm(len(dataset))[:n].tolist()
     images, labels = zip(*(dataset[i] for i in order))
-    batch, targets = torch.stack(images), torch.tensor(labels)
+    multi = datamodule.multi_label  # targets are multi-hot rows already
+    batch, targets = torch.stack(images), (torch.stack(labels) if multi else torch.tensor(labels))
     if recipe.mixing.enabled:
-        mixer = BatchMixer(recipe.mixing, datamodule.num_classes, recipe.optim.label_smoothing)
+        mixer = BatchMixer(recipe.mixing, datamodule.num_classes, recipe.optim.label_smoothing, multi_label=multi)
         batch, soft = mixer(batch, targets)
     else:
-        soft = torch.nn.functional.one_hot(targets, datamodule.num_classes).float()
+        soft = targets if multi else torch.nn.functional.one_hot(targets, datamodule.num_classes).float()
     mean, std = torch.tensor(pre.mean).view(3, 1, 1), torch.tensor(pre.std).view(3, 1, 1)
     pixels = ((batch * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    titles = [_soft_label_title(row, datamodule.classes) for row in soft]
+    title = _label_set_title if multi else _soft_label_title
+    titles = [title(row, datamodule.classes) for row in soft]
     out = Path(out) if out is not None else Path(recipe.output.runs_dir) / recipe.name / "augment_preview.png"
     note = f"{recipe.name}: augment={recipe.augment.preset}"
     if recipe.mixing.enabled:
@@ -55,3 +57,10 @@ def _soft_label_title(weights, classes: list[str]) -> str:
         return ranked[0][1]
     return " / ".join(f"{c} {w:.2f}" for w, c in ranked[:2] if w >= 0.01)
 
+
+def _label_set_title(weights, classes: list[str]) -> str:
+    """'cat + dog' for a clean multi-label target ('(none)' when empty); 'cat 1.00 / dog 0.70' for a mixed one."""
+    present = sorted(((float(w), c) for w, c in zip(weights, classes) if w >= 0.01), reverse=True)
+    if all(w >= 0.995 for w, _ in present):
+        return " + ".join(c for w, c in zip(weights, classes) if w >= 0.995) or "(none)"
+    return " / ".join(f"{c} {w:.2f}" for w, c in present)
