@@ -78,7 +78,8 @@ class LinearProbe(_Strategy):
     """Freeze the backbone (no grads, BatchNorm in eval) and train only the head: the rule for small data."""
     solver: Literal["sgd", "lbfgs"] = "sgd"
     """sgd = the optim section's optimizer for trainer.epochs; lbfgs = closed-form multinomial logistic regression
-    on cached features, L2 strength chosen on a held-out 20% of train (linear head and feature cache required)."""
+    (one sigmoid per class for multi-label data) on cached features, L2 strength chosen on a held-out 20% of train
+    (linear head and feature cache required); seconds, not minutes."""
     features: Literal["last", "stages"] | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = "last"
     """What the head sees: last = the backbone's pooled features; stages = the pooled output of every stage (timm's
     feature stages, earliest first) plus the last features, each block normalised and concatenated (a multi-layer
