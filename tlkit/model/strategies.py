@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tlkit.config import Section
 
@@ -91,6 +91,18 @@ class LinearProbe(_Strategy):
 
     def plan(self, backbone: nn.Module, head: nn.Module) -> list[GroupSpec]:
         return [_head_spec(head), _whole_backbone(backbone, 1.0, None)]
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _features_in_words(cls, value):
+        """One clear error instead of one per member of the union."""
+        is_word = isinstance(value, str) and value in ("last", "stages")
+        is_list = (isinstance(value, list) and len(value) > 0
+                   and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value))
+        if not (is_word or is_list):
+            raise ValueError(f"got {value!r}; expected last, stages or a non-empty list of stage indices (0 = "
+                             "earliest) such as [2, 3]")
+        return value
 
     @model_validator(mode="after")
     def _select_needs_lbfgs(self) -> LinearProbe:
