@@ -40,7 +40,7 @@ def fit_head_closed_form(module: TransferModule, datamodule: ImageFolderDataModu
                          "mixing off (the recipe checks this).")
     views, labels = features.train.usable()
     kwargs = {"num_classes": len(module.classes), "seed": seed,
-              "multi_label": bool(getattr(datamodule, "multi_label", False))}
+              "multi_label": module.multi_label}
     keep = getattr(module.strategy, "select", None)
     weight, bias, info = (fit_selected_head(views, labels, keep=keep, **kwargs) if keep is not None
                           else fit_logistic_head(views, labels, **kwargs))
