@@ -34,7 +34,7 @@ def _sklearn_probe_accuracy(x, y, test_x, test_y) -> float:
 def test_accuracy_matches_the_sklearn_probe_within_a_point():
     x, y = _blobs(600, 64, 5, seed=1, shift=0.6)
     test_x, test_y = _blobs(1000, 64, 5, seed=2, shift=0.6)
-    weight, bias, info = fit_logistic_head(x, y, num_classes=5, seed=0)
+    weight, bias, _ = fit_logistic_head(x, y, num_classes=5, seed=0)
     ours = float(((test_x @ weight.T + bias).argmax(1) == test_y).float().mean())
     theirs = _sklearn_probe_accuracy(x, y, test_x, test_y)
     assert 0.6 < theirs < 0.99  # a problem where the choice of C matters, not a trivially separable one
@@ -71,7 +71,7 @@ def test_regularisation_is_chosen_on_held_out_training_data():
 
 def test_binary_two_class_problem():
     x, y = _blobs(200, 16, 2, seed=5, shift=1.0)
-    weight, bias, info = fit_logistic_head(torch.stack([x, x + 0.01]), y, num_classes=2, seed=0)  # two views
+    weight, bias, _ = fit_logistic_head(torch.stack([x, x + 0.01]), y, num_classes=2, seed=0)  # two views
     assert weight.shape == (2, 16) and bias.shape == (2,)
     assert float(((x @ weight.T + bias).argmax(1) == y).float().mean()) > 0.9
 

@@ -155,6 +155,7 @@ def load_exported(path: str | Path, *, map_location: str | torch.device = "cpu")
         "classes": meta.get("classes"),
         "head": meta.get("head"),
         "tta": meta.get("tta"),
+        "strategy": {"kind": "linear_probe", "features": meta.get("features", "last")},  # the extractor's shape
         "multi_label": meta.get("multi_label") is True,
     })
     load_weights(path, Classifier(module), state)

@@ -98,7 +98,8 @@ class TransferModule(L.LightningModule):
         self.classes = list(classes)
         self.multi_label = bool(multi_label)
         self.backbone, pretrained_pre, self.weights_source = create_backbone(
-            backbone_config.name, backbone_config.weights, drop_path_rate=backbone_config.drop_path_rate
+            backbone_config.name, backbone_config.weights, drop_path_rate=backbone_config.drop_path_rate,
+            features=getattr(self.strategy, "features", "last"),  # linear_probe's multi-layer features
         )
         self.preprocessing: Preprocessing = pretrained_pre.replace(**backbone_config.preprocessing_overrides())
         # Plain types only: checkpoints must load with torch.load(weights_only=True). The resolved preprocessing is
@@ -400,6 +401,7 @@ class TransferModule(L.LightningModule):
             "backbone": self.hparams.backbone["name"],
             "head": self.head_config.model_dump(mode="json"),
             "strategy": self.strategy.kind,
+            "features": getattr(self.strategy, "features", "last"),  # multi-layer probes: what the backbone outputs
             "preprocessing": self.preprocessing.to_dict(),
             "tta": dict(self.tta_spec),
             **({"multi_label": True, "thresholds": [float(t) for t in self.thresholds]} if self.multi_label else {}),

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from tlkit.config import Section
 
@@ -78,10 +78,38 @@ class LinearProbe(_Strategy):
     """Freeze the backbone (no grads, BatchNorm in eval) and train only the head: the rule for small data."""
     solver: Literal["sgd", "lbfgs"] = "sgd"
     """sgd = the optim section's optimizer for trainer.epochs; lbfgs = closed-form multinomial logistic regression
-    on cached features, L2 strength chosen on a held-out 20% of train (linear head and feature cache required)."""
+    (one sigmoid per class for multi-label data) on cached features, L2 strength chosen on a held-out 20% of train
+    (linear head and feature cache required); seconds, not minutes."""
+    features: Literal["last", "stages"] | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = "last"
+    """What the head sees: last = the backbone's pooled features; stages = the pooled output of every stage (timm's
+    feature stages, earliest first) plus the last features, each block normalised and concatenated (a multi-layer
+    probe, Head2Toe); a list such as [2, 3] = those stages plus the last. Helps most when the images differ from
+    the pretraining photos (low resolution, satellite, medical); extraction costs the same, the head is wider."""
+    select: float | None = Field(default=None, gt=0, le=1)
+    """lbfgs only: keep this fraction of the features (those with the largest weights of a first fit, weighted by
+    their spread) and fit again on them; the other inputs get weight 0; null = keep all."""
 
     def plan(self, backbone: nn.Module, head: nn.Module) -> list[GroupSpec]:
         return [_head_spec(head), _whole_backbone(backbone, 1.0, None)]
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _features_in_words(cls, value):
+        """One clear error instead of one per member of the union."""
+        is_word = isinstance(value, str) and value in ("last", "stages")
+        is_list = (isinstance(value, list) and len(value) > 0
+                   and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value))
+        if not (is_word or is_list):
+            raise ValueError(f"got {value!r}; expected last, stages or a non-empty list of stage indices (0 = "
+                             "earliest) such as [2, 3]")
+        return value
+
+    @model_validator(mode="after")
+    def _select_needs_lbfgs(self) -> LinearProbe:
+        if self.select is not None and self.solver != "lbfgs":
+            raise ValueError(f"select: got {self.select} with solver: {self.solver}; feature selection is part of the "
+                             "closed-form fit: set solver: lbfgs, or select: null")
+        return self
 
     def cached_epochs(self, epochs: int) -> int:
         return epochs

@@ -32,15 +32,18 @@ def choose_training_inputs(
 def fit_head_closed_form(module: TransferModule, datamodule: ImageFolderDataModule, seed: int) -> dict:
     """Fit the linear head by L-BFGS logistic regression on the cached training features (all views); one sigmoid
     per class when the data is multi-label."""
-    from tlkit.model.probe import fit_logistic_head
+    from tlkit.model.probe import fit_logistic_head, fit_selected_head
 
     features = datamodule.feature_splits()
     if features is None:
         raise ValueError("the closed-form probe needs cached features: strategy linear_probe, cache.features on, "
                          "mixing off (the recipe checks this).")
     views, labels = features.train.usable()
-    weight, bias, info = fit_logistic_head(views, labels, num_classes=len(module.classes), seed=seed,
-                                           multi_label=bool(getattr(datamodule, "multi_label", False)))
+    kwargs = {"num_classes": len(module.classes), "seed": seed,
+              "multi_label": module.multi_label}
+    keep = getattr(module.strategy, "select", None)
+    weight, bias, info = (fit_selected_head(views, labels, keep=keep, **kwargs) if keep is not None
+                          else fit_logistic_head(views, labels, **kwargs))
     final = module.head[-1]
     with torch.no_grad():
         final.weight.copy_(weight)
