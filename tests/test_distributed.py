@@ -123,7 +123,7 @@ def test_lp_ft_under_ddp_probes_on_cached_features_then_fine_tunes_in_sync(tmp_p
     """lp_ft's probe epoch is served from the feature cache and its fine-tune epoch from images, inside one loader
     per split: both ranks must see the same switch and end with identical weights."""
     root = write_colour_classes(tmp_path / "colours")
-    recipe = tiny_recipe_dict(root, backbone={"name": "test_resnet"}, strategy={"kind": "lp_ft", "probe_epochs": 1},
+    recipe = tiny_recipe_dict(root, backbone={"name": "test_resnet"}, strategy={"kind": "lp_ft", "probe": "sgd", "probe_epochs": 1},
                               data={"batch_size": 4}, trainer={"epochs": 2, "devices": 2, "strategy": "ddp"})
     run_dir = run_two_ranks(tmp_path, recipe, "torchrun")
     metrics = json.loads((run_dir / "metrics.json").read_text())
