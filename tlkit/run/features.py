@@ -30,7 +30,8 @@ def choose_training_inputs(
 
 
 def fit_head_closed_form(module: TransferModule, datamodule: ImageFolderDataModule, seed: int) -> dict:
-    """Fit the linear head by L-BFGS logistic regression on the cached training features (all views)."""
+    """Fit the linear head by L-BFGS logistic regression on the cached training features (all views); one sigmoid
+    per class when the data is multi-label."""
     from tlkit.model.probe import fit_logistic_head
 
     features = datamodule.feature_splits()
@@ -38,7 +39,8 @@ def fit_head_closed_form(module: TransferModule, datamodule: ImageFolderDataModu
         raise ValueError("the closed-form probe needs cached features: strategy linear_probe, cache.features on, "
                          "mixing off (the recipe checks this).")
     views, labels = features.train.usable()
-    weight, bias, info = fit_logistic_head(views, labels, num_classes=len(module.classes), seed=seed)
+    weight, bias, info = fit_logistic_head(views, labels, num_classes=len(module.classes), seed=seed,
+                                           multi_label=bool(getattr(datamodule, "multi_label", False)))
     final = module.head[-1]
     with torch.no_grad():
         final.weight.copy_(weight)
