@@ -40,7 +40,10 @@ class ClosedFormProbe(L.Callback):
         if trainer.ckpt_path is not None:
             return
         features = _cached_features(trainer.datamodule)
-        weight, bias, info = _solve(features, pl_module, seed=int(getattr(trainer.datamodule, "seed", 0)))
+        datamodule = trainer.datamodule
+        multi_label = bool(getattr(datamodule, "multi_label", False))
+        weight, bias, info = _solve(features, pl_module, seed=int(getattr(datamodule, "seed", 0)),
+                                    multi_label=multi_label)
         # Every DDP rank solved the same problem; rank 0's answer is the one all replicas keep.
         weight, bias = trainer.strategy.broadcast((weight, bias), src=0)
         final = pl_module.head[-1]
@@ -48,7 +51,7 @@ class ClosedFormProbe(L.Callback):
             final.weight.copy_(weight.to(final.weight))
             final.bias.copy_(bias.to(final.bias))
         val_x, val_y = features.val.usable()
-        if len(val_y):
+        if len(val_y) and not multi_label:
             info["val_acc"] = float(((val_x[0] @ weight.T + bias).argmax(1) == val_y).float().mean())
             log.info("lp_ft probe: closed-form head, val accuracy %.2f%% before fine-tuning", 100 * info["val_acc"])
         self.info = info
@@ -62,7 +65,7 @@ def _cached_features(datamodule: Any) -> Any:
     return features
 
 
-def _solve(features: Any, module: Any, *, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def _solve(features: Any, module: Any, *, seed: int, multi_label: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
     from tlkit.model.probe import fit_logistic_head
 
     head_config = getattr(module, "head_config", None)
@@ -70,4 +73,4 @@ def _solve(features: Any, module: Any, *, seed: int) -> tuple[torch.Tensor, torc
         raise ProbeError(f"lp_ft with probe: closed_form fits one linear layer; got head.hidden {head_config.hidden}. "
                          "Use head.hidden: [] or probe: sgd.")
     views, labels = features.train.usable()
-    return fit_logistic_head(views, labels, num_classes=len(module.classes), seed=seed)
+    return fit_logistic_head(views, labels, num_classes=len(module.classes), seed=seed, multi_label=multi_label)
