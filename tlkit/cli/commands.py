@@ -28,13 +28,19 @@ def interrupted_message(run_dir: str | Path | None, epoch: int | None = None) ->
             f"tlkit train --resume {shlex.quote(str(run_dir))}")
 
 
+def _pct(value: float | None) -> str:
+    return f"{value:.2%}" if value is not None else "n/a"
+
+
 def format_summary(metrics: dict) -> str:
-    """A small two-column table of the numbers a user looks at first."""
-    acc = metrics.get("val_acc")
-    best = metrics.get("best_val_acc")
+    """A small two-column table of the numbers a user looks at first (multi-label: mAP and F1 instead of accuracy)."""
+    multi = bool(metrics.get("multi_label"))
+    headline = [("val mAP", _pct(metrics.get("val_map"))), ("best val mAP", _pct(metrics.get("best_val_map"))),
+                ("val F1 micro / macro", f"{_pct(metrics.get('val_f1_micro'))} / {_pct(metrics.get('val_f1_macro'))}")
+                ] if multi else [("val accuracy", _pct(metrics.get("val_acc"))),
+                                 ("best val accuracy", _pct(metrics.get("best_val_acc")))]
     rows = [
-        ("val accuracy", f"{acc:.2%}" if acc is not None else "n/a"),
-        ("best val accuracy", f"{best:.2%}" if best is not None else "n/a"),
+        *headline,
         ("val loss", f"{metrics['val_loss']:.4f}" if metrics.get("val_loss") is not None else "n/a"),
         ("epochs", str(metrics.get("epochs"))),
         ("wall time", f"{metrics.get('wall_s', 0):.1f} s"),
@@ -45,6 +51,10 @@ def format_summary(metrics: dict) -> str:
     ]
     if metrics.get("test_acc") is not None:  # evaluated once, with the checkpoint val chose
         rows.insert(2, ("test accuracy", f"{metrics['test_acc']:.2%} ({metrics.get('num_test')} images)"))
+    if multi and metrics.get("test_map") is not None:  # F1 at the thresholds tuned on val
+        rows.insert(3, ("test mAP / F1 micro / macro", f"{_pct(metrics['test_map'])} / "
+                        f"{_pct(metrics.get('test_f1_micro'))} / {_pct(metrics.get('test_f1_macro'))} "
+                        f"({metrics.get('num_test')} images)"))
     mid_run = metrics.get("skipped_mid_run") or {}
     if any(mid_run.values()):  # files that vanished or broke after the scan (listed in skipped_mid_run.txt)
         rows.insert(6, ("skipped mid-run train / val", f"{mid_run.get('train', 0)} / {mid_run.get('val', 0)}"))
@@ -127,7 +137,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         top_losses=args.top_losses, precision=args.precision,
     )
     print(format_report_table(report))
-    print(f"report: {Path(report['out_dir']) / 'report.json'} (confusion matrices, top losses per policy beside it)")
+    beside = "per-class AP, F1 and thresholds" if report.get("multi_label") else "confusion matrices"
+    print(f"report: {Path(report['out_dir']) / 'report.json'} ({beside}, top losses per policy beside it)")
     return 0
 
 
@@ -151,9 +162,17 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def format_predictions_table(rows: list[dict], limit: int = 20) -> str:
-    """file, top-1 label, probability for the first `limit` images (the rest: in the CSV)."""
+    """file, top-1 label, probability for the first `limit` images (the rest: in the CSV); multi-label: file and its
+    label set with probabilities."""
     shown = rows[:limit]
     width = max([4] + [len(r["path"]) for r in shown])
+    if shown and "probabilities" in shown[0]:  # multi-label rows: a label set, possibly empty
+        lines = [f"{'file':<{width}}  labels (probability)"]
+        lines += [f"{r['path']:<{width}}  " + (", ".join(f"{label} ({p:.3f})" for label, p in zip(r["labels"], r["probs"]))
+                                                 or "(none over threshold)") for r in shown]
+        if len(rows) > limit:
+            lines.append(f"... and {len(rows) - limit} more")
+        return "\n".join(lines)
     label_width = max([5] + [len(r["labels"][0]) for r in shown])
     lines = [f"{'file':<{width}}  {'label':<{label_width}}  prob"]
     lines += [f"{r['path']:<{width}}  {r['labels'][0]:<{label_width}}  {r['probs'][0]:.3f}" for r in shown]
@@ -174,6 +193,7 @@ def _export(args: argparse.Namespace) -> int:
             f"wrote {summary['onnx']}: onnxruntime vs PyTorch on {summary['parity_inputs']}: max abs diff "
             f"logits {parity['max_abs_diff_logits']:.2e}, probabilities {parity['max_abs_diff_probs']:.2e}, "
             f"top-1 agreement {parity['top1_agreement']:.0%}"
+            + (f", label sets {parity['label_set_agreement']:.0%}" if "label_set_agreement" in parity else "")
         )
         print(f"standalone bundle (numpy + Pillow + onnxruntime, TTA {summary['tta']}): "
               f"python {Path(summary['out_dir']) / 'predict.py'} IMAGE...")

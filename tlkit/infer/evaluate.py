@@ -1,7 +1,10 @@
 """Evaluation report: metrics per TTA policy side by side with their cost, and the files a person looks at.
 
 Writes into `out_dir`: report.json, summary.txt (the printed table) and, per policy, a folder with
-per_class.csv, confusion_matrix.csv/.png, top_losses.csv/.png and predictions.csv.
+per_class.csv, confusion_matrix.csv/.png, top_losses.csv/.png and predictions.csv. A multi-label model (label sets
+as targets) is scored by mAP and micro / macro F1 at its per-class thresholds instead: per_class.csv then holds AP,
+precision, recall, F1 and threshold per class, top_losses.csv the images with the highest summed binary
+cross-entropy, and there is no confusion matrix (labels do not compete).
 """
 
 from __future__ import annotations
@@ -112,11 +115,14 @@ def evaluate_policies(
     progress: bool | None = None,
     precision: str = "fp32",
 ) -> dict:
-    """Run every policy over `samples` ((path, label index into `classes`)), write the report, return it."""
+    """Run every policy over `samples` ((path, label index into `classes`), or (path, tuple of label indices) for a
+    multi-label model), write the report, return it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [p for p, _ in samples]
-    labels = np.array([label for _, label in samples], dtype=np.int64)
+    multi_label = bool(getattr(model, "multi_label", False))
+    labels = multi_hot([label for _, label in samples], len(classes)) if multi_label else \
+        np.array([label for _, label in samples], dtype=np.int64)
     report: dict = {**(context or {}), "classes": list(classes), "num_images": len(samples), "policies": {}}
     failed: dict[str, str] = dict(skipped)
     baseline: InferenceResult | None = None
@@ -135,11 +141,17 @@ def evaluate_policies(
         idx = np.array(result.indices, dtype=np.int64)
         targets = labels[idx]
         kept_paths = [paths[i] for i in idx]
+        report["precision"] = result.precision
+        if multi_label:
+            report["multi_label"] = True
+            report["policies"][policy.label] = _multilabel_entry(
+                policy, result, targets, kept_paths, classes, model.thresholds.tolist(), out_dir / policy.label,
+                top_loss_count)
+            continue
         metrics = classification_metrics(result.probs, targets, classes)
         worst = top_losses(result.probs, targets, kept_paths, classes, top_loss_count)
         files = _write_policy_files(out_dir / policy.label, policy, metrics, worst, result.probs, targets, kept_paths,
                                     classes)
-        report["precision"] = result.precision
         report["policies"][policy.label] = {
             "policy": policy.name,
             "aggregate": policy.aggregate,
@@ -169,20 +181,68 @@ def evaluate_policies(
     return report
 
 
+def multi_hot(label_sets: Sequence[Sequence[int]], num_classes: int) -> np.ndarray:
+    """(N, C) 0/1 targets from label-index tuples."""
+    targets = np.zeros((len(label_sets), num_classes), dtype=np.float32)
+    for row, labels in enumerate(label_sets):
+        targets[row, list(labels)] = 1.0
+    return targets
+
+
+def _multilabel_entry(policy: TTAPolicy, result: InferenceResult, targets: np.ndarray, paths: Sequence[str],
+                      classes: Sequence[str], thresholds: Sequence[float], folder: Path, top_loss_count: int) -> dict:
+    """One policy's multi-label scores (tlkit.infer.thresholds.multilabel_metrics) and its files."""
+    from tlkit.infer.thresholds import decide, multilabel_metrics
+
+    metrics = multilabel_metrics(result.probs, targets, thresholds, classes)
+    probs = np.clip(result.probs.astype(np.float64), EPS, 1 - EPS)
+    loss = -(targets * np.log(probs) + (1 - targets) * np.log(1 - probs)).sum(1)  # the training loss, per image
+    predicted = decide(result.probs, thresholds)
+    names = lambda row: ";".join(c for c, on in zip(classes, row) if on)  # noqa: E731
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"per_class": folder / "per_class.csv", "top_losses_csv": folder / "top_losses.csv",
+             "predictions": folder / "predictions.csv"}
+    _write_csv(files["per_class"], ["class", "ap", "precision", "recall", "f1", "threshold", "support"],
+               [[r["class"], "" if r["ap"] is None else f"{r['ap']:.4f}", f"{r['precision']:.4f}", f"{r['recall']:.4f}",
+                 f"{r['f1']:.4f}", f"{r['threshold']:.4f}", r["support"]] for r in metrics["per_class"]])
+    worst = np.argsort(-loss, kind="stable")[:top_loss_count]
+    _write_csv(files["top_losses_csv"], ["path", "true", "predicted", "loss"],
+               [[paths[i], names(targets[i] > 0.5), names(predicted[i]), f"{loss[i]:.4f}"] for i in worst])
+    _write_csv(files["predictions"], ["path", "true", "predicted", "exact", *(f"p_{c}" for c in classes)],
+               [[p, names(targets[i] > 0.5), names(predicted[i]), int((predicted[i] == (targets[i] > 0.5)).all()),
+                 *(f"{v:.4f}" for v in result.probs[i])] for i, p in enumerate(paths)])
+    return {
+        "policy": policy.name, "aggregate": policy.aggregate, "views": policy.num_views,
+        **{k: metrics[k] for k in ("images", "map", "f1_micro", "f1_macro", "exact_match")},
+        "loss": float(loss.mean()) if len(loss) else math.nan,
+        "ms_per_image": round(result.ms_per_image, 3),
+        "forward_ms_per_image": round(result.forward_ms_per_image, 3),
+        "per_class": metrics["per_class"],
+        "files": {k: str(v.relative_to(folder.parent)) for k, v in files.items()},
+    }
+
+
 def format_report_table(report: dict) -> str:
     """One row per policy: views, accuracy figures and cost, so what TTA buys and costs is side by side."""
+    if report.get("multi_label"):
+        return _format_table(report, ["policy", "views", "mAP", "F1 micro", "F1 macro", "exact match", "loss"],
+                             lambda label, e: [label, str(e["views"]), _pct(e["map"]), _pct(e["f1_micro"]),
+                                               _pct(e["f1_macro"]), _pct(e["exact_match"]), f"{e['loss']:.4f}"],
+                             "F1 at the model's per-class thresholds; ")
     with_top5 = any(e.get("top5_accuracy") is not None for e in report["policies"].values())
-    headers = ["policy", "views", "top-1", *(["top-5"] if with_top5 else []), "bal. acc", "NLL", "ms/image",
-               "model ms/image", "cost x1"]
+    return _format_table(report, ["policy", "views", "top-1", *(["top-5"] if with_top5 else []), "bal. acc", "NLL"],
+                         lambda label, e: [label, str(e["views"]), _pct(e["accuracy"]),
+                                           *([_pct(e["top5_accuracy"])] if with_top5 else []),
+                                           _pct(e["balanced_accuracy"]), f"{e['nll']:.4f}"])
+
+
+def _format_table(report: dict, headers: list[str], scores, note: str = "") -> str:
+    """The policies table: `scores(label, entry)` gives each row's leading cells; the cost columns follow."""
+    headers = [*headers, "ms/image", "model ms/image", "cost x1"]
     rows = []
     for label, e in report["policies"].items():
         rows.append([
-            label,
-            str(e["views"]),
-            _pct(e["accuracy"]),
-            *([_pct(e["top5_accuracy"])] if with_top5 else []),
-            _pct(e["balanced_accuracy"]),
-            f"{e['nll']:.4f}",
+            *scores(label, e),
             f"{e['ms_per_image']:.1f}",
             f"{e['forward_ms_per_image']:.1f}",
             f"{e['forward_cost_vs_single_view']:.2f}" if e.get("forward_cost_vs_single_view") is not None else "n/a",
@@ -193,7 +253,7 @@ def format_report_table(report: dict) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
 
-    notes = [f"{report['num_images']} images, {len(report['classes'])} classes; 'cost x1' = model time per image "
+    notes = [f"{report['num_images']} images, {len(report['classes'])} classes; {note}'cost x1' = model time per image "
              "relative to the single view" + (f"; forwards in {report['precision']}" if report.get("precision") else "")]
     if report.get("skipped"):
         notes.append(f"{len(report['skipped'])} file(s) skipped (listed in report.json)")

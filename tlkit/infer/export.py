@@ -75,7 +75,9 @@ def describe_export(module: TransferModule, policy: TTAPolicy | None = None) -> 
                 "eval_preprocessing below"
             ),
         },
-        "output": {"name": "logits", "shape": ["batch", len(module.classes)], "activation": "softmax over classes"},
+        "output": {"name": "logits", "shape": ["batch", len(module.classes)],
+                   "activation": ("sigmoid per class; a class is predicted when its probability >= its entry in "
+                                  "`thresholds`" if module.multi_label else "softmax over classes")},
         "eval_preprocessing": describe_eval_preprocessing(pre),
         "tta_views": {
             "policy": policy.label,
@@ -83,9 +85,9 @@ def describe_export(module: TransferModule, policy: TTAPolicy | None = None) -> 
             "views": [{"scale": v.scale, "crop": v.crop, "flip": v.flip} for v in policy.views],
             "how": "each view: resize the short side to `scale` (crop 'full': the whole image to input_size x "
                    "input_size), take `crop` at input_size (center as eval_preprocessing.crop; corners flush with "
-                   "the edges), normalise, mirror left-right if `flip`; softmax per view, then `aggregate`: "
-                   "mean_prob = mean of the softmaxes, mean_logit = softmax of the mean logit, max = per-class "
-                   "max renormalised to sum 1",
+                   "the edges), normalise, mirror left-right if `flip`; output.activation per view, then "
+                   "`aggregate`: mean_prob = mean of the probabilities, mean_logit = activation of the mean logit, "
+                   "max = per-class max (softmax: renormalised to sum 1)",
         },
         "files": {"weights": WEIGHTS_NAME},
     }
@@ -153,9 +155,22 @@ def load_exported(path: str | Path, *, map_location: str | torch.device = "cpu")
         "classes": meta.get("classes"),
         "head": meta.get("head"),
         "tta": meta.get("tta"),
+        "multi_label": meta.get("multi_label") is True,
     })
     load_weights(path, Classifier(module), state)
+    if module.multi_label:
+        module.thresholds.copy_(torch.tensor(read_thresholds(path, meta, len(module.classes))))
     return module.to(map_location).eval()
+
+
+def read_thresholds(path: str | Path, meta: dict, num_classes: int) -> list[float]:
+    """A multi-label export's per-class thresholds, checked (one number in [0, 1] per class)."""
+    values = meta.get("thresholds")
+    if (not isinstance(values, list) or len(values) != num_classes
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in values)):
+        raise CheckpointError(f"{path}: a multi-label export needs 'thresholds', one number in [0, 1] per class "
+                              f"({num_classes}); export the model again with `tlkit export`.")
+    return [float(v) for v in values]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -231,7 +246,8 @@ def parity_inputs(module: TransferModule, images: Sequence[str | Path], *, limit
 
 
 def onnx_parity(module: TransferModule, onnx_path: str | Path, inputs: torch.Tensor, *, atol: float = DEFAULT_PARITY_ATOL) -> dict:
-    """Run PyTorch and onnxruntime on the same inputs; max abs differences of logits and probabilities."""
+    """Run PyTorch and onnxruntime on the same inputs; max abs differences of logits and probabilities (and, for a
+    multi-label model, how often the label sets at its thresholds agree)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -239,14 +255,19 @@ def onnx_parity(module: TransferModule, onnx_path: str | Path, inputs: torch.Ten
         expected = Classifier(module).eval()(inputs).float()
     got = torch.from_numpy(session.run(["logits"], {"input": inputs.numpy().astype(np.float32)})[0])
     logit_diff = float((got - expected).abs().max())
-    prob_diff = float((got.softmax(-1) - expected.softmax(-1)).abs().max())
+    prob_diff = float((module.probabilities(got) - module.probabilities(expected)).abs().max())
     agree = float((got.argmax(-1) == expected.argmax(-1)).float().mean())
+    sets = {}
+    if module.multi_label:
+        decide = lambda logits: module.probabilities(logits) >= module.thresholds  # noqa: E731
+        sets = {"label_set_agreement": float((decide(got) == decide(expected)).all(-1).float().mean())}
     return {
         "images": int(inputs.shape[0]),
         "max_abs_diff_logits": logit_diff,
         "max_abs_diff_probs": prob_diff,
         "top1_agreement": agree,
+        **sets,
         "atol": atol,
-        "ok": logit_diff <= atol and agree == 1.0,
+        "ok": logit_diff <= atol and agree == 1.0 and sets.get("label_set_agreement", 1.0) == 1.0,
         "onnxruntime": ort.__version__,
     }

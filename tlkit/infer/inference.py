@@ -34,7 +34,7 @@ DECODE_ERRORS = (OSError, UnidentifiedImageError, Image.DecompressionBombError, 
 class InferenceResult:
     """Probabilities for the files that decoded, in input order, plus the ones that did not."""
 
-    probs: np.ndarray  # [n_ok, C] float32, rows sum to 1
+    probs: np.ndarray  # [n_ok, C] float32, rows sum to 1 (multi-label: independent sigmoid probabilities)
     indices: list[int]  # positions in the input list of the rows of `probs`
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     seconds: float = 0.0  # wall time: decode + views + forwards (warm-up excluded)
@@ -91,7 +91,8 @@ def predict_files(
     desc: str | None = None,
     precision: str = "fp32",
 ) -> InferenceResult:
-    """Class probabilities for each decodable file in `paths` under `policy` (model in eval mode, no gradients).
+    """Class probabilities for each decodable file in `paths` under `policy` (model in eval mode, no gradients);
+    sigmoid probabilities for a multi-label model (its `multi_label` attribute).
 
     Args:
         warmup: run one untimed forward of the first batch's shape first, so `seconds` measures steady state
@@ -106,6 +107,7 @@ def predict_files(
         num_workers=num_workers,
         collate_fn=_collate,
     )
+    multi_label = bool(getattr(model, "multi_label", False))
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -130,7 +132,7 @@ def predict_files(
             t0 = time.perf_counter()
             with autocast(precision, device):
                 out = forward_views(model, views.to(device), policy.aggregate,
-                                    max_views_per_forward=max_views_per_forward)
+                                    max_views_per_forward=max_views_per_forward, multi_label=multi_label)
             if out.is_cuda:
                 torch.cuda.synchronize()
             forward_seconds += time.perf_counter() - t0

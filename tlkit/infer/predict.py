@@ -1,4 +1,5 @@
-"""Predict labels for image files and folders: CSV (or JSON) of path, top-k labels and probabilities."""
+"""Predict labels for image files and folders: CSV (or JSON) of path, top-k labels and probabilities; for a
+multi-label model, each image's label set (the classes at or over their thresholds) and every class's probability."""
 
 from __future__ import annotations
 
@@ -29,7 +30,25 @@ def top_k_rows(result: InferenceResult, paths: Sequence[str], classes: Sequence[
     ]
 
 
+def label_set_rows(result: InferenceResult, paths: Sequence[str], classes: Sequence[str],
+                   thresholds: Sequence[float]) -> list[dict]:
+    """Multi-label: one dict per predicted file with its label set (most probable first, possibly empty), their
+    probabilities, and every class's probability."""
+    from tlkit.infer.thresholds import decide
+
+    chosen = decide(result.probs, thresholds)
+    rows = []
+    for row, index in enumerate(result.indices):
+        probs = result.probs[row]
+        order = [j for j in np.argsort(-probs, kind="stable") if chosen[row, j]]
+        rows.append({"path": str(paths[index]), "labels": [classes[j] for j in order],
+                     "probs": [float(probs[j]) for j in order],
+                     "probabilities": {name: float(p) for name, p in zip(classes, probs)}})
+    return rows
+
+
 STDOUT = "-"
+LABEL_SEPARATOR = ";"  # between the labels of a set in one CSV cell, as in a multi-label CSV source
 
 
 def check_outputs(paths: Sequence[str | Path | None], *, overwrite: bool) -> None:
@@ -40,9 +59,17 @@ def check_outputs(paths: Sequence[str | Path | None], *, overwrite: bool) -> Non
 
 
 def write_predictions_csv(rows: Sequence[dict], path: str | Path, k: int) -> Path | str:
-    """Columns: path, label_1, prob_1, ..., label_k, prob_k. path '-' writes to stdout."""
-    header = ["path"] + [f"{name}_{i}" for i in range(1, k + 1) for name in ("label", "prob")]
-    body = [[r["path"], *[x for label, p in zip(r["labels"], r["probs"]) for x in (label, f"{p:.6f}")]] for r in rows]
+    """Columns: path, label_1, prob_1, ..., label_k, prob_k; multi-label rows: path, labels and probs (the label set,
+    ';'-separated), then p_<class> for every class. path '-' writes to stdout."""
+    if rows and "probabilities" in rows[0]:
+        classes = list(rows[0]["probabilities"])
+        header = ["path", "labels", "probs", *(f"p_{c}" for c in classes)]
+        body = [[r["path"], LABEL_SEPARATOR.join(r["labels"]), LABEL_SEPARATOR.join(f"{p:.6f}" for p in r["probs"]),
+                 *(f"{r['probabilities'][c]:.6f}" for c in classes)] for r in rows]
+    else:
+        header = ["path"] + [f"{name}_{i}" for i in range(1, k + 1) for name in ("label", "prob")]
+        body = [[r["path"], *[x for label, p in zip(r["labels"], r["probs"]) for x in (label, f"{p:.6f}")]]
+                for r in rows]
     if str(path) == STDOUT:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(header)
@@ -54,9 +81,12 @@ def write_predictions_csv(rows: Sequence[dict], path: str | Path, k: int) -> Pat
     return path
 
 
-def write_predictions_json(rows: Sequence[dict], skipped: Sequence[tuple[str, str]], path: str | Path) -> Path:
+def write_predictions_json(rows: Sequence[dict], skipped: Sequence[tuple[str, str]], path: str | Path, *,
+                           thresholds: dict[str, float] | None = None) -> Path:
+    """{"predictions": rows, "skipped": [...]}, plus the per-class "thresholds" the label sets used (multi-label)."""
     path = Path(path)
-    data = {"predictions": list(rows), "skipped": [{"path": p, "reason": why} for p, why in skipped]}
+    data = {**({"thresholds": thresholds} if thresholds is not None else {}), "predictions": list(rows),
+            "skipped": [{"path": p, "reason": why} for p, why in skipped]}
     _atomic(path, lambda f: f.write(json.dumps(data, indent=2) + "\n"))
     return path
 

@@ -35,24 +35,35 @@ ImageLike = str | Path | Image.Image | np.ndarray
 
 @dataclass(frozen=True)
 class Prediction:
-    """One image's prediction: the top-1, the top-k (best first) and every class probability."""
+    """One image's prediction: the top-1, the top-k (best first) and every class probability.
 
-    label: str
+    Multi-label models: `labels` is the image's label set (classes at or over their thresholds, most probable
+    first; possibly empty), `label` its most probable member (None for an empty set) and `probabilities` are
+    independent sigmoid probabilities."""
+
+    label: str | None
     probability: float
-    labels: list[str]  # top-k labels, best first
+    labels: list[str]  # top-k labels, best first (multi-label: the label set)
     probs: list[float]  # their probabilities
-    probabilities: np.ndarray  # float32 [C], in Predictor.classes order; sums to 1
+    probabilities: np.ndarray  # float32 [C], in Predictor.classes order; sums to 1 (single-label)
     source: str | None = None  # the file, for images given as paths
 
 
 class Predictor:
-    """A model, its classes, its preprocessing and a TTA policy: images in, Predictions out."""
+    """A model, its classes, its preprocessing and a TTA policy: images in, Predictions out.
+
+    thresholds: per-class decision thresholds of a multi-label model (None: single-label, softmax over classes).
+    """
 
     def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], classes: Sequence[str],
                  preprocessing: Preprocessing, policy: TTAPolicy, *,
-                 max_views_per_forward: int = DEFAULT_MAX_VIEWS_PER_FORWARD):
+                 max_views_per_forward: int = DEFAULT_MAX_VIEWS_PER_FORWARD,
+                 thresholds: Sequence[float] | None = None):
         self.forward = forward
         self.classes = list(classes)
+        self.thresholds = np.asarray(thresholds, dtype=np.float32) if thresholds is not None else None
+        if self.thresholds is not None and self.thresholds.shape != (len(self.classes),):
+            raise ValueError(f"thresholds: one per class ({len(self.classes)}); got {len(self.thresholds)}.")
         self.preprocessing = preprocessing
         self.policy = policy
         self.max_views_per_forward = max_views_per_forward
@@ -66,7 +77,8 @@ class Predictor:
 
         module = load_checkpoint(path, map_location=device)
         policy = policy_for(module, tta)
-        return cls(_torch_forward(module), module.classes, module.preprocessing, policy, **kwargs)
+        return cls(_torch_forward(module), module.classes, module.preprocessing, policy,
+                   thresholds=_module_thresholds(module), **kwargs)
 
     @classmethod
     def from_export(cls, folder: str | Path, *, tta: str | dict | None = None, **kwargs: Any) -> Predictor:
@@ -84,42 +96,59 @@ class Predictor:
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{folder / 'model.json'} is incomplete or edited ({type(exc).__name__}: {exc}); "
                                   "export the model again with `tlkit export`.") from None
+        from tlkit.infer.export import read_thresholds
+
+        thresholds = read_thresholds(folder / "model.json", meta, len(classes)) if meta.get("multi_label") is True \
+            else None
         onnx_name = meta.get("files", {}).get("onnx")
         if onnx_name and (folder / onnx_name).is_file():
-            return cls(_onnx_forward(folder / onnx_name), classes, pre, policy, **kwargs)
+            return cls(_onnx_forward(folder / onnx_name), classes, pre, policy, thresholds=thresholds, **kwargs)
         from tlkit.infer.export import WEIGHTS_NAME, load_exported
 
         module = load_exported(folder / WEIGHTS_NAME)
-        return cls(_torch_forward(module), module.classes, module.preprocessing, policy, **kwargs)
+        return cls(_torch_forward(module), module.classes, module.preprocessing, policy,
+                   thresholds=_module_thresholds(module), **kwargs)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.thresholds is not None
 
     def probabilities(self, images: Sequence[ImageLike]) -> np.ndarray:
-        """[N, C] float32 class probabilities, in input order (batched like `tlkit predict`)."""
+        """[N, C] float32 class probabilities (multi-label: per-class sigmoids), in input order (batched like
+        `tlkit predict`)."""
         out = []
         per_batch = images_per_batch(self.policy, self.max_views_per_forward)
         for start in range(0, len(images), per_batch):
             views = torch.stack([self._views(as_rgb(image)) for image in images[start: start + per_batch]])
             with torch.inference_mode():
                 out.append(forward_views(self.forward, views, self.policy.aggregate,
-                                         max_views_per_forward=self.max_views_per_forward).float())
+                                         max_views_per_forward=self.max_views_per_forward,
+                                         multi_label=self.multi_label).float())
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes)), dtype=np.float32)
 
     def predict(self, images: ImageLike | Sequence[ImageLike], *, top_k: int = 5) -> Prediction | list[Prediction]:
-        """One image -> one Prediction; a list (or an N x H x W x C array) -> a list. Unreadable files raise."""
+        """One image -> one Prediction; a list (or an N x H x W x C array) -> a list. Unreadable files raise.
+        Multi-label: each Prediction lists the image's label set (top_k does not apply)."""
         single = not isinstance(images, (list, tuple)) and not (isinstance(images, np.ndarray) and images.ndim == 4)
         batch = [images] if single else list(images)
         probs = self.probabilities(batch)
         k = max(1, min(top_k, len(self.classes)))
         results = []
         for image, row in zip(batch, probs):
-            order = np.argsort(-row, kind="stable")[:k]  # the same ordering as the predictions CSV
+            order = np.argsort(-row, kind="stable")  # the same ordering as the predictions CSV
+            order = [j for j in order if row[j] >= self.thresholds[j]] if self.multi_label else order[:k]
             labels, top = [self.classes[j] for j in order], [float(row[j]) for j in order]
             source = str(image) if isinstance(image, (str, Path)) else None
-            results.append(Prediction(labels[0], top[0], labels, top, row, source))
+            results.append(Prediction(labels[0] if labels else None, top[0] if top else 0.0, labels, top, row, source))
         return results[0] if single else results
 
     def __repr__(self) -> str:
         return (f"Predictor({len(self.classes)} classes, {self.preprocessing.input_size} px, TTA {self.policy.label}: "
                 f"{self.policy.num_views} view(s))")
+
+
+def _module_thresholds(module) -> list[float] | None:
+    return module.thresholds.tolist() if getattr(module, "multi_label", False) else None
 
 
 def _torch_forward(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

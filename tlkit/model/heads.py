@@ -3,8 +3,8 @@
 Init matched to activation (000_… seed): keep each layer's activation variance constant. He (Kaiming) for the ReLU
 family, LeCun for SELU (self-normalising needs Var(w) = 1/fan_in), Xavier (Glorot) for tanh. The final linear layer
 feeds a softmax, not an activation; it defaults to zeros: the linear-probe objective is convex so init does not
-change its optimum, every class starts with equal logits so the initial loss is exactly ln(C) (the first
-sanity check), and distinct per-class gradients break symmetry at the first step. Zeros are refused for hidden
+change its optimum, every class starts with equal logits so the initial loss is exactly ln(C) (multi-label: every
+sigmoid at 0.5, C x ln 2; the first sanity check), and distinct per-class gradients break symmetry at the first step. Zeros are refused for hidden
 layers: their neurons would receive identical gradients forever.
 """
 

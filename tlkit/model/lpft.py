@@ -41,7 +41,7 @@ class ClosedFormProbe(L.Callback):
             return
         features = _cached_features(trainer.datamodule)
         datamodule = trainer.datamodule
-        multi_label = bool(getattr(datamodule, "multi_label", False))
+        multi_label = bool(getattr(pl_module, "multi_label", False))
         weight, bias, info = _solve(features, pl_module, seed=int(getattr(datamodule, "seed", 0)),
                                     multi_label=multi_label)
         # Every DDP rank solved the same problem; rank 0's answer is the one all replicas keep.

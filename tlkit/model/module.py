@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MultilabelAveragePrecision,
+    MultilabelStatScores,
+)
 from typing_extensions import override
 
 from tlkit.config import settings_from
@@ -17,7 +22,7 @@ from tlkit.data.preprocessing import Preprocessing
 from tlkit.infer.tta import TTAPolicy, normalize_spec, resolve_policy
 from tlkit.model.backbones import create_backbone
 from tlkit.model.heads import build_head
-from tlkit.model.mixing import BatchMixer, soft_target_cross_entropy
+from tlkit.model.mixing import BatchMixer, binary_cross_entropy, soft_target_cross_entropy
 from tlkit.model.settings import (
     BackboneConfig,
     HeadConfig,
@@ -52,8 +57,12 @@ class TransferModule(L.LightningModule):
         mixing: MixingConfig or its dict (Mixup/CutMix); training accuracy then counts the dominant label.
         tta: default test-time augmentation of evaluate/predict: a policy name or a TTA spec dict (tlkit.infer.tta).
         weights: shorthand for backbone.weights (auto | hub | bundled | none | a file).
-        class_weights: per-class loss weights (data.balance: loss_weights).
+        class_weights: per-class loss weights (data.balance: loss_weights); multi-label: each class's positive weight
+            (its negatives / positives ratio).
         channels_last: NHWC memory layout; on a 2-core CPU lite0 trains ~1.5x faster (10 -> 16 images/s at 224 px).
+        multi_label: each image may carry any number of the classes (targets (N, C) multi-hot floats, e.g.
+            `datamodule.multi_label`): binary cross-entropy per class, sigmoid probabilities, per-class decision
+            thresholds (`thresholds`, 0.5 until `tune_thresholds`), metrics val_map / val_f1_micro / val_f1_macro.
     """
 
     def __init__(
@@ -70,6 +79,7 @@ class TransferModule(L.LightningModule):
         weights: str | None = None,
         class_weights: Sequence[float] | None = None,
         channels_last: bool = True,
+        multi_label: bool = False,
     ):
         super().__init__()
         if not classes or len(classes) < 2:
@@ -86,6 +96,7 @@ class TransferModule(L.LightningModule):
         mixing_config = settings_from(MixingConfig, mixing)
         self.tta_spec = normalize_spec(tta)  # fails on a bad policy before any model is built
         self.classes = list(classes)
+        self.multi_label = bool(multi_label)
         self.backbone, pretrained_pre, self.weights_source = create_backbone(
             backbone_config.name, backbone_config.weights, drop_path_rate=backbone_config.drop_path_rate
         )
@@ -105,6 +116,7 @@ class TransferModule(L.LightningModule):
             "tta": self.tta_spec,
             "class_weights": [float(w) for w in class_weights] if class_weights is not None else None,
             "channels_last": channels_last,
+            "multi_label": self.multi_label,
         })
         self.head = build_head(self.backbone.num_features, len(classes), self.head_config)
         self.channels_last = channels_last
@@ -120,18 +132,37 @@ class TransferModule(L.LightningModule):
             freeze(self.backbone)
         self.phase_epoch: int | None = None  # the epoch whose phase (trainable groups) is applied; None = not yet
         self._frozen_modules: list[str] = []
-        self.mixer = (BatchMixer(mixing_config, len(classes), self.optim_config.label_smoothing)
-                      if mixing_config.enabled else None)
-        self.train_acc = MulticlassAccuracy(num_classes=len(classes), average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes=len(classes), average="micro")
-        # Imbalance-aware metrics: macro recall (= balanced accuracy) and macro F1.
-        self.val_balanced_acc = MulticlassAccuracy(num_classes=len(classes), average="macro")
-        self.val_macro_f1 = MulticlassF1Score(num_classes=len(classes), average="macro")
-        self.test_acc = MulticlassAccuracy(num_classes=len(classes), average="micro")
-        self.test_balanced_acc = MulticlassAccuracy(num_classes=len(classes), average="macro")
-        self.test_macro_f1 = MulticlassF1Score(num_classes=len(classes), average="macro")
+        self.mixer = (BatchMixer(mixing_config, len(classes), self.optim_config.label_smoothing,
+                                 multi_label=self.multi_label) if mixing_config.enabled else None)
+        if self.multi_label:
+            self._build_multilabel_metrics(len(classes))
+        else:
+            self._build_multiclass_metrics(len(classes))
         # data.balance: loss_weights; rebuilt from the plain-float hparam, so checkpoints stay weights_only-safe.
         self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
+
+    def _build_multiclass_metrics(self, num_classes: int) -> None:
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        # Imbalance-aware metrics: macro recall (= balanced accuracy) and macro F1.
+        self.val_balanced_acc = MulticlassAccuracy(num_classes=num_classes, average="macro")
+        self.val_macro_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_balanced_acc = MulticlassAccuracy(num_classes=num_classes, average="macro")
+        self.test_macro_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
+
+    def _build_multilabel_metrics(self, num_classes: int) -> None:
+        # Per-class decision thresholds: a buffer, so they travel in the state dict (checkpoint, load_state_dict).
+        self.register_buffer("thresholds", torch.full((num_classes,), 0.5))
+        for split in ("val", "test"):  # per class; reduced at epoch end over the classes the split has (_log_multilabel)
+            setattr(self, f"{split}_ap", MultilabelAveragePrecision(num_labels=num_classes, average=None))
+            setattr(self, f"{split}_stats", MultilabelStatScores(num_labels=num_classes, average=None))
+
+    @property
+    def monitor(self) -> str:
+        """The validation metric that chooses the best checkpoint (higher is better): val_map for multi-label, else
+        val_acc."""
+        return "val_map" if self.multi_label else "val_acc"
 
     # -- model ---------------------------------------------------------------------------------------------------
 
@@ -194,6 +225,8 @@ class TransferModule(L.LightningModule):
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor, *, smoothing: float, weighted: bool = False
               ) -> torch.Tensor:
         weight = self.class_weights.to(logits.device) if weighted and self.class_weights is not None else None
+        if self.multi_label:
+            return binary_cross_entropy(logits, targets, smoothing=smoothing, pos_weight=weight)
         return F.cross_entropy(logits, targets, weight=weight, label_smoothing=smoothing)
 
     def _l1_penalty(self) -> torch.Tensor | float:
@@ -210,15 +243,19 @@ class TransferModule(L.LightningModule):
         if self.mixer is not None and self.mixer.active(self.current_epoch, self._max_epochs()):
             images, soft_targets = self.mixer(images, targets)
             logits = self(images)
-            loss = soft_target_cross_entropy(logits, soft_targets)  # smoothing is inside the soft targets
-            targets = soft_targets.argmax(dim=-1)  # accuracy under mixing counts the dominant label
+            if self.multi_label:  # smoothing is inside the soft targets
+                loss = self._loss(logits, soft_targets, smoothing=0.0, weighted=True)
+            else:
+                loss = soft_target_cross_entropy(logits, soft_targets)
+                targets = soft_targets.argmax(dim=-1)  # accuracy under mixing counts the dominant label
         else:
             logits = self(images)
             loss = self._loss(logits, targets, smoothing=self.optim_config.label_smoothing, weighted=True)
-        self.train_acc(logits, targets)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets),
                  sync_dist=True)  # DDP: the mean over all ranks (a no-op in one process)
-        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(targets))
+        if not self.multi_label:  # multi-label: val_map tells progress; a train mAP would keep every prediction
+            self.train_acc(logits, targets)
+            self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(targets))
         return loss + self._l1_penalty()
 
     def _max_epochs(self) -> int | None:
@@ -236,29 +273,91 @@ class TransferModule(L.LightningModule):
         n = len(targets)
         self.log(f"{split}_loss", loss, on_step=False, on_epoch=True, prog_bar=split == "val", batch_size=n,
                  sync_dist=True)
+        if self.multi_label:
+            probs, positive = logits.detach().float().sigmoid(), targets.round().int()
+            getattr(self, f"{split}_ap").update(probs, positive)
+            getattr(self, f"{split}_stats").update((probs >= self.thresholds).int(), positive)
+            return
         for name in ("acc", "balanced_acc", "macro_f1"):
             metric = getattr(self, f"{split}_{name}")
             metric(logits, targets)
             self.log(f"{split}_{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "acc" and split == "val",
                      batch_size=n)
 
+    def _log_multilabel(self, split: str) -> None:
+        """<split>_map, <split>_f1_micro, <split>_f1_macro of the epoch (F1 at the current thresholds)."""
+        ap, stats = getattr(self, f"{split}_ap"), getattr(self, f"{split}_stats")
+        if not stats.update_called:  # no labelled batch this epoch (every file failed to decode)
+            return
+        for name, value in multilabel_summary(ap.compute(), stats.compute()).items():
+            self.log(f"{split}_{name}", value.float(), prog_bar=split == "val" and name == "map")
+        ap.reset()
+        stats.reset()
+
     @override
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        if self.multi_label:
+            self._log_multilabel("val")
 
     @override
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
     @override
+    def on_test_epoch_end(self) -> None:
+        if self.multi_label:
+            self._log_multilabel("test")
+
+    @override
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
-        """Class probabilities; with (images, paths) batches (a prediction datamodule) the paths come back too."""
+        """Class probabilities (softmax; multi-label: independent sigmoids, compare with `thresholds`); with
+        (images, paths) batches (a prediction datamodule) the paths come back too."""
         if isinstance(batch, (tuple, list)):
             images, rest = batch[0], batch[1]
             paths = list(rest) if isinstance(rest, (list, tuple)) and rest and isinstance(rest[0], str) else None
         else:
             images, paths = batch, None
-        return {"probs": self(images).softmax(dim=-1), "paths": paths}
+        return {"probs": self.probabilities(self(images)), "paths": paths}
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits -> what the model outputs as probabilities: sigmoid per class (multi-label) or softmax."""
+        return logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
+
+    # -- multi-label thresholds ------------------------------------------------------------------------------------
+
+    def tune_thresholds(self, data: L.LightningDataModule | Iterable) -> list[float]:
+        """Set each class's decision threshold to the one maximising its F1 on `data`'s validation split (a
+        datamodule: its val_dataloader) or on an iterable of (inputs, multi-hot targets) batches; a class without
+        positives there keeps 0.5. Stored in `thresholds` (saved with the checkpoint); returns them."""
+        from tlkit.infer.thresholds import tune_thresholds
+
+        if not self.multi_label:
+            raise ValueError("tune_thresholds is for multi-label models (TransferModule(multi_label=True)); a "
+                             "single-label model predicts the most probable class.")
+        probs, targets = self.collect_probabilities(_val_batches(self, data))
+        tuned = torch.from_numpy(tune_thresholds(probs.numpy(), targets.numpy()))
+        self.thresholds.copy_(tuned.to(self.thresholds.device))
+        return [float(t) for t in tuned]
+
+    def collect_probabilities(self, batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities (N, C), targets) over `batches` of (inputs, targets), in eval mode without gradients."""
+        was_training = self.training
+        self.eval()
+        probs, targets = [], []
+        with torch.inference_mode():
+            for inputs, batch_targets in batches:
+                if len(batch_targets) == 0:
+                    continue
+                probs.append(self.probabilities(self(inputs.to(self.device))).float().cpu())
+                targets.append(batch_targets.cpu())
+        self.train(was_training)
+        if not probs:
+            raise ValueError("no labelled validation batches to tune thresholds on.")
+        return torch.cat(probs), torch.cat(targets)
 
     # -- optimisation --------------------------------------------------------------------------------------------
 
@@ -312,6 +411,7 @@ class TransferModule(L.LightningModule):
             "strategy": self.strategy.kind,
             "preprocessing": self.preprocessing.to_dict(),
             "tta": dict(self.tta_spec),
+            **({"multi_label": True, "thresholds": [float(t) for t in self.thresholds]} if self.multi_label else {}),
         }
 
     @override
@@ -338,3 +438,30 @@ class TransferModule(L.LightningModule):
                     for name in spec.params:
                         self.get_parameter(name).requires_grad_(True)
 
+
+
+def _val_batches(module: TransferModule, data: L.LightningDataModule | Iterable) -> Iterable:
+    """The validation batches of a datamodule (set up for `module`: cached features while its backbone is frozen),
+    or `data` itself when it is already an iterable of batches."""
+    if not isinstance(data, L.LightningDataModule):
+        return data
+    if hasattr(data, "setup_for"):  # tlkit's datamodules: reuse features extracted from this backbone
+        data.setup_for(module, stage="validate")
+    else:
+        data.setup("validate")
+    return data.val_dataloader()
+
+
+def multilabel_summary(ap: torch.Tensor, stats: torch.Tensor) -> dict[str, torch.Tensor]:
+    """map, f1_micro, f1_macro from per-class AP (C,) and stat scores (C, 5: tp, fp, tn, fn, support); the macro
+    averages cover the classes with at least one positive (as tlkit.infer.thresholds.multilabel_metrics)."""
+    tp, fp, fn, support = (stats[:, i].double() for i in (0, 1, 3, 4))
+    present = support > 0
+    f1 = torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.zeros_like(tp))
+    micro_den = 2 * tp.sum() + fp.sum() + fn.sum()
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    return {
+        "map": ap.double()[present].mean() if present.any() else nan,
+        "f1_micro": 2 * tp.sum() / micro_den if micro_den > 0 else torch.zeros((), dtype=torch.float64),
+        "f1_macro": f1[present].mean() if present.any() else nan,
+    }

@@ -59,14 +59,18 @@ def curves_figure(runs: list[Run]) -> str | None:
                 x, y = _series(run, f"{split}_{metric}")
                 if x:
                     ax.plot(x, y, style, marker="o", markersize=4, color=colour, label=f"{prefix}{split}")
+        x, y = _series(run, "val_map")  # multi-label runs: no accuracy, mAP on the same 0-1 scale
+        if x:
+            right.plot(x, y, VAL_STYLE, marker="^", markersize=4, color=colour, label=f"{prefix}val mAP")
         if len(runs) == 1:
             x, y = _series(run, "val_balanced_acc")
             if x:
                 right.plot(x, y, ":", marker="s", markersize=3, color="#555555", label="val balanced")
-    _style_axis(left, "cross-entropy loss")
-    _style_axis(right, "accuracy")
+    multi = any(_series(run, "val_map")[0] for run in runs)
+    _style_axis(left, "cross-entropy loss" + (" (multi-label: summed binary)" if multi else ""))
+    _style_axis(right, "accuracy / mAP" if multi else "accuracy")
     left.set_title("loss", fontsize=11)
-    right.set_title("accuracy", fontsize=11)
+    right.set_title("accuracy / mAP" if multi else "accuracy", fontsize=11)
     for ax in (left, right):
         if ax.lines:
             ax.legend(fontsize=8)

@@ -154,6 +154,14 @@ def final_numbers(run: Run) -> dict[str, float | int | str | None]:
     pick = (lambda k: m.get(k)) if m else (lambda k: last.get(k))
     best = m.get("best_val_acc") if m else max((e["val_acc"] for e in run.epochs.values() if "val_acc" in e),
                                                 default=None)
+    if m.get("multi_label"):  # multi-label runs: mAP and F1 instead of accuracies
+        return {
+            "val mAP": pick("val_map"), "best val mAP": m.get("best_val_map"), "val F1 micro": pick("val_f1_micro"),
+            "val F1 macro": pick("val_f1_macro"), "test mAP": m.get("test_map"), "val loss": pick("val_loss"),
+            "train loss": pick("train_loss"), "epochs": m.get("epochs", len(run.epochs)), "backbone": m.get("backbone"),
+            "strategy": m.get("strategy"), "train / val images": f"{m['num_train']} / {m['num_val']}",
+            "wall time": f"{m['wall_s']:.1f} s" if isinstance(m.get("wall_s"), (int, float)) else None,
+        }
     return {
         "val accuracy": pick("val_acc"), "best val accuracy": best, "val balanced accuracy": pick("val_balanced_acc"),
         "val macro F1": pick("val_macro_f1"), "val loss": pick("val_loss"), "train accuracy": pick("train_acc"),

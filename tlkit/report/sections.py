@@ -20,7 +20,7 @@ def fmt(name: str, value) -> str:
     """A summary figure as text: accuracies in %, losses with 4 decimals, n/a when missing."""
     if value is None:
         return "n/a"
-    if is_number(value) and ("acc" in name or "F1" in name):
+    if is_number(value) and ("acc" in name or "F1" in name or "mAP" in name):
         return f"{value:.2%}"
     if is_number(value) and isinstance(value, float):
         return f"{0.0 if abs(value) < 5e-5 else value:.4f}"  # no "-0.0000" for a loss of -log(1.0)
@@ -80,6 +80,8 @@ def evaluate_command(run: Run) -> str:
 
 def _evaluation(ev: Evaluation) -> str:
     report = ev.report
+    if report.get("multi_label"):
+        return _multilabel_evaluation(ev)
     rows = [[label, e.get("views"), fmt("acc", e.get("accuracy")), fmt("acc", e.get("balanced_accuracy")),
              fmt("loss", e.get("nll")), fmt("ms", e.get("ms_per_image"))] for label, e in report["policies"].items()]
     head = (f"<h4>checkpoint {esc(ev.name)}: {esc(report.get('num_images', '?'))} images of "
@@ -101,6 +103,26 @@ def _policy_details(label: str, entry: dict, classes: list[str], *, first: bool)
     return (f"<details{' open' if first else ''}><summary>{esc(label)}: confusion matrix and per-class "
             f"precision/recall</summary><div class=\"cols\"><div>{matrix}</div><div>{per_class}"
             f"<h5>most confused</h5>{pairs}</div></div></details>")
+
+
+def _multilabel_evaluation(ev: Evaluation) -> str:
+    """A multi-label report: mAP and F1 per policy, and per class AP / precision / recall / F1 at its threshold."""
+    report = ev.report
+    rows = [[label, e.get("views"), fmt("mAP", e.get("map")), fmt("F1", e.get("f1_micro")),
+             fmt("F1", e.get("f1_macro")), fmt("acc", e.get("exact_match")), fmt("ms", e.get("ms_per_image"))]
+            for label, e in report["policies"].items()]
+    head = (f"<h4>checkpoint {esc(ev.name)}: {esc(report.get('num_images', '?'))} images of "
+            f"<code>{esc(report.get('data', '?'))}</code> (split {esc(report.get('split', 'val'))}), multi-label</h4>")
+    policies = table(["TTA policy", "views", "mAP", "F1 micro", "F1 macro", "exact match", "ms/image"], rows,
+                     cls="numbers")
+    details = "".join(
+        f"<details{' open' if i == 0 else ''}><summary>{esc(label)}: per-class AP and F1 at its threshold</summary>"
+        + table(["class", "AP", "precision", "recall", "F1", "threshold", "support"],
+                [[r["class"], fmt("acc", r.get("ap")), fmt("acc", r["precision"]), fmt("acc", r["recall"]),
+                  fmt("acc", r["f1"]), fmt("threshold", r.get("threshold")), r["support"]]
+                 for r in e.get("per_class", [])], cls="numbers") + "</details>"
+        for i, (label, e) in enumerate(report["policies"].items()))
+    return head + policies + details
 
 
 def confusion_table(matrix: list[list[int]], classes: list[str]) -> str:
@@ -137,7 +159,7 @@ def _top_loss_details(ev: Evaluation, label: str, entry: dict, *, first: bool) -
     files = entry.get("files") or {}
     png = ev.folder / files.get("top_losses_png", f"{label}/top_losses.png")
     gallery = figure(figures.file_uri(png), f"highest-loss images, {label}", cls="gallery") if png.is_file() else \
-        hint(f"{png} is missing.")
+        "" if ev.report.get("multi_label") else hint(f"{png} is missing.")  # multi-label: a table, no gallery
     rows = _csv_rows(ev.folder / files.get("top_losses_csv", f"{label}/top_losses.csv"))
     listing = table(["image", "true", "predicted", "p(true)", "loss"],
                     [[r.get("path", ""), r.get("true", ""), r.get("predicted", ""), r.get("p_true", ""),

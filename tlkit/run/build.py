@@ -44,7 +44,8 @@ def build_datamodule(recipe: Recipe) -> ImageFolderDataModule:
     )
 
 
-def build_module(recipe: Recipe, classes: list[str], *, class_weights: list[float] | None = None) -> TransferModule:
+def build_module(recipe: Recipe, classes: list[str], *, class_weights: list[float] | None = None,
+                 multi_label: bool = False) -> TransferModule:
     """The recipe's sections are TransferModule's settings, passed as they are."""
     return TransferModule(
         recipe.backbone,
@@ -56,7 +57,16 @@ def build_module(recipe: Recipe, classes: list[str], *, class_weights: list[floa
         mixing=recipe.mixing,
         tta=recipe.tta.model_dump(),
         class_weights=class_weights,
+        multi_label=multi_label,
     )
+
+
+def build_module_for(recipe: Recipe, datamodule: ImageFolderDataModule) -> TransferModule:
+    """The recipe's module for `datamodule`'s classes and kind of labels, with its balanced loss weights when
+    data.balance is loss_weights (multi-label: each class's negatives / positives ratio)."""
+    weights = datamodule.class_weights if recipe.data.balance == "loss_weights" else None
+    return build_module(recipe, datamodule.classes, class_weights=weights,
+                        multi_label=getattr(datamodule, "multi_label", False))
 
 
 def resolve_preprocessing(recipe: Recipe) -> Preprocessing:

@@ -14,6 +14,7 @@ from tlkit.infer.checkpoint import load_checkpoint, read_checkpoint, saved_split
 from tlkit.infer.inference import predict_files
 from tlkit.infer.predict import (
     check_outputs,
+    label_set_rows,
     top_k_rows,
     write_predictions_csv,
     write_predictions_json,
@@ -60,6 +61,11 @@ def match_classes(data_classes: list[str], model_classes: list[str], root: str |
     return [model_classes.index(c) for c in data_classes]
 
 
+def to_model_labels(label: int | tuple[int, ...], to_model: list[int]) -> int | tuple[int, ...]:
+    """A sample's label (an index, or a multi-label tuple of indices) in the model's class order."""
+    return tuple(sorted(to_model[i] for i in label)) if isinstance(label, tuple) else to_model[label]
+
+
 def default_eval_dir(checkpoint: str | Path) -> Path:
     """runs/<recipe>/<stamp>/eval/<checkpoint stem>/ for a run's checkpoint, else eval/<stem>/ beside the file."""
     checkpoint = Path(checkpoint)
@@ -95,7 +101,7 @@ def evaluate_checkpoint(
                        test_fraction=split_state.get("test_fraction", 0.0), seed=split_state.get("seed", 42))
     to_model = match_classes(scan.classes, module.classes, data)
     chosen = scan.val if split == "val" else scan.train + scan.val + scan.test
-    samples = [(path, to_model[label]) for path, label in chosen]
+    samples = [(path, to_model_labels(label, to_model)) for path, label in chosen]
     out_dir = Path(out) if out is not None else default_eval_dir(checkpoint)
     context = {
         "checkpoint": str(checkpoint),
@@ -148,7 +154,8 @@ def predict_checkpoint(
     precision: str = "fp32",
     overwrite: bool = False,
 ) -> dict:
-    """Top-k labels for every readable image among `inputs` (files or folders, recursive), written as CSV (and JSON).
+    """Top-k labels for every readable image among `inputs` (files or folders, recursive), written as CSV (and JSON);
+    a multi-label model writes each image's label set (classes at or over their thresholds) and every probability.
 
     out '-' writes the CSV to stdout. An existing output file is refused (DataError) unless overwrite=True.
     Unreadable or missing files are skipped and listed; raises DataError only when nothing could be predicted.
@@ -170,10 +177,12 @@ def predict_checkpoint(
         path, why = result.failed[0]
         raise DataError(f"Nothing was predicted: all {len(files)} file(s) were unreadable (e.g. {path}: {why}).")
     k = max(1, min(top_k, len(module.classes)))
-    rows = top_k_rows(result, files, module.classes, k)
+    thresholds = dict(zip(module.classes, module.thresholds.tolist())) if module.multi_label else None
+    rows = (label_set_rows(result, files, module.classes, list(thresholds.values())) if thresholds is not None
+            else top_k_rows(result, files, module.classes, k))
     written = {"csv": str(write_predictions_csv(rows, out, k))}
     if json_out is not None:
-        written["json"] = str(write_predictions_json(rows, skipped, json_out))
+        written["json"] = str(write_predictions_json(rows, skipped, json_out, thresholds=thresholds))
     return {"predicted": len(rows), "skipped": skipped, "policy": policy.label, "views": policy.num_views,
             "rows": rows, **written}
 
@@ -221,8 +230,9 @@ def export_checkpoint(
     reloaded = load_exported(weights)
     with torch.inference_mode():
         reload_diff = float((reloaded(inputs) - module(inputs)).abs().max())
-    if reload_diff != 0.0:
-        raise ExportError(f"{weights} loads back with different outputs (max abs diff {reload_diff:.3g}); please report this.")
+    if reload_diff != 0.0 or (module.multi_label and not torch.equal(reloaded.thresholds, module.thresholds)):
+        raise ExportError(f"{weights} loads back with different outputs (max abs diff {reload_diff:.3g}) or "
+                          "thresholds; please report this.")
     summary = {"out_dir": str(out_dir), "weights": str(weights), "sidecar": str(sidecar), "parity_inputs": source,
                "reload_max_abs_diff": reload_diff}
     if onnx:

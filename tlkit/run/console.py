@@ -18,7 +18,7 @@ from typing_extensions import override
 
 log = logging.getLogger("tlkit")
 
-SHOWN = ("train_loss", "train_acc", "val_loss", "val_acc")
+SHOWN = ("train_loss", "train_acc", "val_loss", "val_acc", "val_map")
 
 
 def interactive() -> bool:
@@ -62,7 +62,7 @@ class EpochLines(L.Callback):
 
 def _fmt(name: str, value: Any) -> str:
     value = float(value)
-    return f"{value:.2%}" if name.endswith("_acc") else f"{value:.4f}"
+    return f"{value:.2%}" if name.endswith(("_acc", "_map")) else f"{value:.4f}"
 
 
 @contextmanager

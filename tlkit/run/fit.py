@@ -18,20 +18,21 @@ from pathlib import Path
 from typing import TypedDict
 
 import lightning as L
+import torch
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from tlkit.data.datamodule import ImageFolderDataModule
 from tlkit.data.preflight import preflight
 from tlkit.errors import TlkitError
-from tlkit.io import atomic_write
+from tlkit.io import atomic_save, atomic_write
 from tlkit.model.ema import WeightEMA
 from tlkit.model.faults import AtomicCheckpointIO, DataHealthGuard, FiniteLossGuard
 from tlkit.model.module import TransferModule
 from tlkit.recipe import Recipe, recipe_to_dict
 from tlkit.run import provenance
 from tlkit.run.auto import resolve_auto_strategy
-from tlkit.run.build import build_datamodule, build_module, default_run_dir
+from tlkit.run.build import build_datamodule, build_module_for, default_run_dir
 from tlkit.run.console import EpochLines, progress_bars, quiet_intended_warnings
 from tlkit.run.distributed import (
     RUN_DIR_ENV,
@@ -66,8 +67,18 @@ class RunDirError(TlkitError, FileExistsError):
 
 
 class FitResult(TypedDict, total=False):
-    """What fit() returns and writes to metrics.json."""
+    """What fit() returns and writes to metrics.json. Multi-label runs report val_map / val_f1_micro / val_f1_macro
+    (and best_val_map, test_*) instead of the accuracies, and the tuned per-class thresholds."""
 
+    multi_label: bool
+    val_map: float | None
+    val_f1_micro: float | None
+    val_f1_macro: float | None
+    best_val_map: float | None
+    test_map: float | None
+    test_f1_micro: float | None
+    test_f1_macro: float | None
+    thresholds: dict[str, float]
     val_acc: float | None
     val_loss: float | None
     val_balanced_acc: float | None
@@ -118,8 +129,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     datamodule = build_datamodule(recipe)
     recipe, auto_decision = resolve_auto_strategy(recipe, datamodule)
-    module = build_module(recipe, datamodule.classes,
-                          class_weights=datamodule.class_weights if recipe.data.balance == "loss_weights" else None)
+    module = build_module_for(recipe, datamodule)
     warnings_found = _preflight(recipe, datamodule, module)
 
     run_dir = prepare_run_dir(recipe, run_dir, resume=resume, overwrite=overwrite)
@@ -137,7 +147,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
         cache_info["solver"] = fit_head_closed_form(module, fit_datamodule, recipe.seed)
         epochs = 0  # the head is already optimal; the trainer only validates and saves the checkpoints
 
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_acc", mode="max")
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=module.monitor, mode="max")
     # Not save_last=True: Lightning then writes last.ckpt only in epochs that also improve best, so last.ckpt would
     # hold the best epoch's weights, not the final ones. A monitor-less top-1 checkpoint is rewritten every epoch.
     last = ModelCheckpoint(
@@ -149,10 +159,12 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
     L.seed_everything(recipe.seed, workers=True, verbose=False)  # both paths start training from the same RNG state
     _train(trainer, module, fit_datamodule, run_dir, epochs, resume_from, checkpoint)
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    thresholds = _tune_best_thresholds(trainer, checkpoint, fit_datamodule) if module.multi_label else None
     tested = _test_once(trainer, module, fit_datamodule, checkpoint) if datamodule.scan.test else {}
     metrics = _result(recipe, datamodule, module, logged, tested, trainer=trainer, checkpoints=(checkpoint, last),
                       health=health, extras={"data_warnings": warnings_found, "feature_cache": cache_info,
                                              **({"strategy_auto": auto_decision} if auto_decision else {}),
+                                             **({"thresholds": thresholds} if thresholds is not None else {}),
                                              **_probe_info(trainer)})
     metrics["wall_s"] = round(time.perf_counter() - started, 2)
     if resume:
@@ -168,10 +180,11 @@ def _result(recipe: Recipe, datamodule: ImageFolderDataModule, module: TransferM
             extras: dict) -> FitResult:
     best, last = checkpoints
     return {
-        **{k: logged.get(k) for k in ("val_acc", "val_loss", "val_balanced_acc", "val_macro_f1")},
-        "best_val_acc": float(best.best_model_score) if best.best_model_score is not None else None,
+        "multi_label": module.multi_label,
+        **{k: logged.get(k) for k in (*_val_metrics(module), "val_loss")},
+        f"best_{module.monitor}": float(best.best_model_score) if best.best_model_score is not None else None,
         **tested,
-        "train_acc": logged.get("train_acc"),
+        **({} if module.multi_label else {"train_acc": logged.get("train_acc")}),
         "train_loss": logged.get("train_loss"),
         "balance": recipe.data.balance,
         "epochs": int(trainer.current_epoch),
@@ -226,10 +239,40 @@ def _test_once(trainer: L.Trainer, module: TransferModule, datamodule: L.Lightni
     with quiet_intended_warnings():
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
     scores = results[0] if results else {}
-    log.info("test split (checkpoint %s): accuracy %s", Path(best).name if best else "final weights",
-             f"{scores['test_acc']:.2%}" if "test_acc" in scores else "n/a")
+    headline = "test_map" if module.multi_label else "test_acc"
+    log.info("test split (checkpoint %s): %s %s", Path(best).name if best else "final weights",
+             "mAP" if module.multi_label else "accuracy", f"{scores[headline]:.2%}" if headline in scores else "n/a")
     return {k: float(scores[k]) if k in scores else None
-            for k in ("test_acc", "test_loss", "test_balanced_acc", "test_macro_f1")}
+            for k in (f"test_{name[4:]}" for name in (*_val_metrics(module), "val_loss"))}
+
+
+def _val_metrics(module: TransferModule) -> tuple[str, ...]:
+    """The validation metrics metrics.json reports (test_* the same names)."""
+    return ("val_map", "val_f1_micro", "val_f1_macro") if module.multi_label else \
+        ("val_acc", "val_balanced_acc", "val_macro_f1")
+
+
+def _tune_best_thresholds(trainer: L.Trainer, checkpoint: ModelCheckpoint,
+                          datamodule: L.LightningDataModule) -> dict[str, float] | None:
+    """Multi-label: per-class thresholds tuned (best F1) on the val split's predictions of best.ckpt's weights, and
+    written into best.ckpt, so evaluate, predict, export and the test split use them. Rank 0 tunes; all ranks wait."""
+    path = checkpoint.best_model_path
+    if not path or not Path(path).is_file():
+        return None
+    from tlkit.infer.checkpoint import load_checkpoint, read_checkpoint
+
+    best = load_checkpoint(path, map_location=trainer.strategy.root_device)
+    if trainer.is_global_zero:
+        thresholds = best.tune_thresholds(datamodule)
+        raw = read_checkpoint(path)
+        raw["state_dict"]["thresholds"] = best.thresholds.detach().cpu().clone()
+        raw["tlkit"]["thresholds"] = thresholds
+        atomic_save(path, lambda name: torch.save(raw, name))
+    trainer.strategy.barrier()
+    tuned = read_checkpoint(path)["tlkit"]["thresholds"]
+    log.info("decision thresholds tuned on val (best F1 per class): %s",
+             ", ".join(f"{c} {t:.2f}" for c, t in zip(best.classes, tuned)))
+    return dict(zip(best.classes, tuned))
 
 
 def prepare_run_dir(recipe: Recipe, run_dir: str | Path | None, *, resume: bool, overwrite: bool) -> Path:
@@ -344,5 +387,5 @@ def _save_closed_form_checkpoints(trainer: L.Trainer, checkpoint: ModelCheckpoin
         trainer.save_checkpoint(directory / name)
     checkpoint.best_model_path = str(directory / "best.ckpt")
     checkpoint.last_model_path = str(directory / "last.ckpt")
-    score = trainer.callback_metrics.get("val_acc")
+    score = trainer.callback_metrics.get(checkpoint.monitor)
     checkpoint.best_model_score = score.detach().clone() if score is not None else None

@@ -79,7 +79,7 @@ class FinalFigures(L.Callback):
         final: dict[str, Any] = {f"final/{k}": float(v) for k, v in trainer.callback_metrics.items()}
         best = getattr(trainer.checkpoint_callback, "best_model_score", None)
         if best is not None:
-            final["final/best_val_acc"] = float(best)
+            final[f"final/best_{trainer.checkpoint_callback.monitor}"] = float(best)
         for tracker in trackers:
             tracker.log_metrics(final, step=trainer.global_step)
             if type(tracker).__name__ == "MLFlowLogger":

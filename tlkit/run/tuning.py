@@ -28,7 +28,7 @@ from tlkit.recipe import (
     validate_recipe,
 )
 from tlkit.run.auto import resolve_auto_strategy
-from tlkit.run.build import build_datamodule, build_module
+from tlkit.run.build import build_datamodule, build_module_for
 from tlkit.run.console import progress_bars, quiet_intended_warnings
 from tlkit.run.features import choose_training_inputs
 
@@ -63,8 +63,7 @@ def prepare(recipe: Recipe):
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     datamodule = build_datamodule(recipe)
     recipe, decision = resolve_auto_strategy(recipe, datamodule)
-    module = build_module(recipe, datamodule.classes,
-                          class_weights=datamodule.class_weights if recipe.data.balance == "loss_weights" else None)
+    module = build_module_for(recipe, datamodule)
     train_dm, cache_info = choose_training_inputs(recipe, datamodule, module)
     return recipe, decision, datamodule, module, train_dm, cache_info
 
@@ -90,25 +89,27 @@ def check(recipe: Recipe, *, batches: int = 2, per_class: int = 2, steps: int = 
     quiet = derive(recipe, ["optim.weight_decay=0", "optim.l1=0", "augment=none", "mixing.mixup_alpha=0",
                             "mixing.cutmix_alpha=0"])
     quiet, decision, datamodule, module, train_dm, cache_info = prepare(quiet)
-    num_classes = datamodule.num_classes
+    num_classes, multi = datamodule.num_classes, {"multi_label": module.multi_label}
 
     module.eval()
     loader = train_dm.train_dataloader()
     first = [b for _, b in zip(range(batches), loader)]
-    observed = sanity.initial_loss(module, first)
-    loss_result = sanity.initial_loss_check(observed, num_classes, tolerance)
+    observed = sanity.initial_loss(module, first, **multi)
+    loss_result = sanity.initial_loss_check(observed, num_classes, tolerance, **multi)
     loss_result.values["images"] = sum(len(t) for _, t in first)
 
     train_set = train_dm.train_set
     labels = (train_set.labels.tolist() if hasattr(train_set, "labels") else [y for _, y in datamodule.scan.train])
+    labels = [tuple(y) if isinstance(y, list) else y for y in labels]  # multi-label: label sets (hashable)
     chosen = sanity.pick_per_class(labels, per_class, seed=quiet.seed)
     items = [train_set[i] for i in chosen]
     inputs = torch.stack([x for x, _ in items])
-    targets = torch.as_tensor([int(y) for _, y in items])
+    targets = (torch.stack([torch.as_tensor(y, dtype=torch.float32) for _, y in items]) if module.multi_label
+               else torch.as_tensor([int(y) for _, y in items]))
     module.train()
     torch.manual_seed(quiet.seed)
-    history = sanity.overfit(module, first_epoch_optimizer(module), inputs, targets, steps)
-    fit_result = sanity.overfit_check(history, num_classes)
+    history = sanity.overfit(module, first_epoch_optimizer(module), inputs, targets, steps, **multi)
+    fit_result = sanity.overfit_check(history, num_classes, **multi)
     fit_result.values.update(images=len(chosen), lr=quiet.optim.lr)
     results = [loss_result, fit_result]
     return {"results": results, "passed": all(r.passed for r in results), "num_classes": num_classes,
@@ -332,6 +333,9 @@ class _SearchStages:
                 shutil.rmtree(run_dir)
             pruning = self.S.PruneOnValAcc(trial)
             metrics = fit(trial_recipe, run_dir=run_dir, callbacks=[pruning])
+            if metrics.get("multi_label"):
+                raise TlkitError("tlkit search ranks trials by validation accuracy, which a multi-label model does "
+                                 "not have; choose its learning rate with tlkit lr-find instead.")
             if not self.keep_checkpoints:
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
             for key in ("val_acc", "val_loss", "best_val_acc", "wall_s", "epochs", "strategy"):
@@ -388,8 +392,15 @@ def diagnose(run_dir: str | Path, *, out: str | Path | None = None, **thresholds
 
     run_dir = Path(run_dir)
     curves = read_metrics_csv(run_dir / "metrics.csv")
-    diagnosis = diagnose_curves(curves["train_loss"], curves["val_loss"], curves["train_acc"], curves["val_acc"],
-                                **thresholds)
+    try:
+        diagnosis = diagnose_curves(curves["train_loss"], curves["val_loss"], curves["train_acc"], curves["val_acc"],
+                                    **thresholds)
+    except ValueError as exc:  # no epoch with train and val accuracy: a closed-form probe, or a multi-label run
+        multi = (json.loads((run_dir / "metrics.json").read_text()).get("multi_label")
+                 if (run_dir / "metrics.json").is_file() else False)
+        why = ("a multi-label run has no accuracy curves (it logs val_map and the losses; tlkit report RUN_DIR plots "
+               "them)" if multi else "did the run train for at least one epoch?")
+        raise TlkitError(f"{run_dir}: {exc} ({why})") from None
     png = plot_curves(curves, diagnosis, Path(out) if out else run_dir / "curves.png", title=run_dir.name)
     result = {"verdict": diagnosis.verdict, "reason": diagnosis.reason, "advice": diagnosis.advice,
               "values": diagnosis.values, "png": str(png)}
