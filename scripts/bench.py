@@ -253,7 +253,7 @@ def bench_fastai(recipe, epochs: int, repeats: int) -> dict:
 
     overrides = [f"trainer.epochs={epochs}", "trainer.progress_bar=false"]
     if recipe.strategy.kind == "lp_ft":
-        overrides.append("strategy.probe_epochs=1")
+        overrides += ["strategy.probe=sgd", "strategy.probe_epochs=1"]  # one head-only epoch, as freeze_epochs=1
     tlkit_recipe = load_recipe_like(recipe, *overrides)
     rows = {"tlkit": [], "fastai": []}
     for r in range(repeats):

@@ -159,7 +159,7 @@ def test_check_on_lp_ft_reads_the_probe_phase_from_the_cache(tmp_path):
     from tlkit.run.tuning import check
 
     root = write_colour_classes(tmp_path / "c", per_class=6)
-    recipe = probe_recipe(root, tmp_path / "cache", strategy={"kind": "lp_ft", "probe_epochs": 1},
+    recipe = probe_recipe(root, tmp_path / "cache", strategy={"kind": "lp_ft", "probe": "sgd", "probe_epochs": 1},
                           trainer={"epochs": 2})
     report = check(recipe, steps=5)
     assert report["inputs"] == "cached features" and report["strategy"] == "lp_ft"

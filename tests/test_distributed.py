@@ -24,12 +24,12 @@ import tlkit.run
 F = sys.modules["tlkit.run.fit"]  # the package re-exports a function of the same name
 from tlkit.recipe import load_recipe
 built, initial = [], {}
-original = F.build_module
-def build_module(*args, **kwargs):
+original = F.build_module_for
+def build_module_for(*args, **kwargs):
     built.append(original(*args, **kwargs))
     initial.update({k: v.clone() for k, v in built[0].state_dict().items()})
     return built[0]
-F.build_module = build_module
+F.build_module_for = build_module_for
 metrics = F.fit(load_recipe(sys.argv[1]), run_dir=sys.argv[2] if len(sys.argv) > 2 else None)
 torch.save({"initial": initial, "final": built[0].state_dict()}, os.path.join(metrics["run_dir"], f"rank{os.environ.get('LOCAL_RANK', '0')}.pt"))
 """
@@ -123,7 +123,7 @@ def test_lp_ft_under_ddp_probes_on_cached_features_then_fine_tunes_in_sync(tmp_p
     """lp_ft's probe epoch is served from the feature cache and its fine-tune epoch from images, inside one loader
     per split: both ranks must see the same switch and end with identical weights."""
     root = write_colour_classes(tmp_path / "colours")
-    recipe = tiny_recipe_dict(root, backbone={"name": "test_resnet"}, strategy={"kind": "lp_ft", "probe_epochs": 1},
+    recipe = tiny_recipe_dict(root, backbone={"name": "test_resnet"}, strategy={"kind": "lp_ft", "probe": "sgd", "probe_epochs": 1},
                               data={"batch_size": 4}, trainer={"epochs": 2, "devices": 2, "strategy": "ddp"})
     run_dir = run_two_ranks(tmp_path, recipe, "torchrun")
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -93,7 +93,7 @@ def test_plain_trainer_probe_reads_cached_features_and_matches_tlkit_fit(tmp_pat
 def test_plain_trainer_lp_ft_switches_from_features_to_images_at_probe_epochs(tmp_path):
     root = write_colour_classes(tmp_path / "c", per_class=6)
     dm = ImageFolderDataModule(root, batch_size=4, num_workers=0, cache={"dir": str(tmp_path / "cache")})
-    module = tiny_module("lp_ft", probe_epochs=2)
+    module = tiny_module("lp_ft", probe="sgd", probe_epochs=2)
     seen: dict[str, list[tuple[int, int]]] = {"train": [], "val": []}
     train_step, val_step = module.training_step, module.validation_step
 

@@ -107,8 +107,11 @@ def expected_epoch_lrs(kind: str, epochs: int, groups: int) -> list[dict[str, fl
         row = {"head": LR}
         if kind == "finetune":
             row["backbone"] = LR * 0.1
-        elif kind == "lp_ft":
+        elif kind == "lp_ft":  # probe: sgd; the fine-tune phase runs the head at the backbone's LR (head_lr_mult)
+            row["head"] = LR * 0.1 if epoch >= 2 else LR
             row["backbone"] = LR * 0.1 if epoch >= 2 else 0.0
+        elif kind == "lp_ft_closed_form":  # the head was fitted before epoch 0; everything fine-tunes at one LR
+            row = {"head": LR * 0.1, "backbone": LR * 0.1}
         for i in range(groups):
             depth = groups - i
             if kind == "gradual":
@@ -120,9 +123,9 @@ def expected_epoch_lrs(kind: str, epochs: int, groups: int) -> list[dict[str, fl
 
 
 @pytest.mark.parametrize("strategy,cached", [
-    ({"kind": "linear_probe"}, False), ({"kind": "finetune"}, False), ({"kind": "lp_ft", "probe_epochs": 2}, False),
-    ({"kind": "lp_ft", "probe_epochs": 2}, True), ({"kind": "gradual", "unfreeze_every": 1}, False),
-    ({"kind": "layer_decay", "decay": 0.75, "groups": "coarse"}, False),
+    ({"kind": "linear_probe"}, False), ({"kind": "finetune"}, False), ({"kind": "lp_ft", "probe": "sgd", "probe_epochs": 2}, False),
+    ({"kind": "lp_ft", "probe": "sgd", "probe_epochs": 2}, True), ({"kind": "gradual", "unfreeze_every": 1}, False),
+    ({"kind": "layer_decay", "decay": 0.75, "groups": "coarse"}, False), ({"kind": "lp_ft"}, False),
 ])
 def test_lr_of_each_group_per_epoch(colour_folder, tmp_path, strategy, cached):
     from tlkit.run import fit
@@ -132,13 +135,14 @@ def test_lr_of_each_group_per_epoch(colour_folder, tmp_path, strategy, cached):
                                               optim={"lr": LR}, schedule={"kind": "constant"},
                                               trainer={"epochs": epochs}, cache={"features": cached}))
     metrics = fit(recipe, run_dir=tmp_path / "run")
-    assert metrics["feature_cache"]["used"] is cached
+    closed_form = strategy["kind"] == "lp_ft" and "probe" not in strategy  # its probe reads features before epoch 0
+    assert metrics["feature_cache"]["used"] is (cached or closed_form)
     with open(tmp_path / "run" / "metrics.csv") as f:
         logged = [{k.removeprefix("lr-SGD/"): float(v) for k, v in row.items() if k.startswith("lr-") and v}
                   for row in csv.DictReader(f)]
     logged = [row for row in logged if row]
     groups = 5  # test_resnet: stem + 4 stages
-    expected = expected_epoch_lrs(strategy["kind"], epochs, groups)
+    expected = expected_epoch_lrs("lp_ft_closed_form" if closed_form else strategy["kind"], epochs, groups)
     assert len(logged) == epochs
     for got, want in zip(logged, expected):
         assert {k for k in got if not k.endswith("_no_decay")} == set(want)
@@ -174,7 +178,8 @@ def test_frozen_groups_keep_weights_and_bn_stats_while_unfrozen_ones_train(colou
 # -- resume continues exactly ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("strategy,options", [("gradual", {"unfreeze_every": 1}), ("lp_ft", {"probe_epochs": 2})])
+@pytest.mark.parametrize("strategy,options", [("gradual", {"unfreeze_every": 1}),
+                                                    ("lp_ft", {"probe": "sgd", "probe_epochs": 2})])
 def test_resume_mid_schedule_gives_the_same_lr_sequence(colour_folder, tmp_path, strategy, options):
     epochs = 4
     full_module = staged_module(strategy, **options)
@@ -232,7 +237,8 @@ def test_lp_ft_probes_on_cached_features_then_fine_tunes_on_images(colour_folder
     initial: dict[str, torch.Tensor] = {}
     monkeypatch.setattr(Module, "training_step", spy)
     recipe = validate_recipe(tiny_recipe_dict(colour_folder, backbone={"name": "test_resnet"},
-                                              strategy={"kind": "lp_ft", "probe_epochs": 2}, trainer={"epochs": 3}))
+                                              strategy={"kind": "lp_ft", "probe": "sgd", "probe_epochs": 2},
+                                              trainer={"epochs": 3}))
     metrics = fit(recipe, run_dir=tmp_path / "run")
     assert metrics["feature_cache"]["used"] and metrics["epochs"] == 3
     assert {ndim for epoch, ndim in seen if epoch < 2} == {2}  # pooled features
@@ -241,7 +247,7 @@ def test_lp_ft_probes_on_cached_features_then_fine_tunes_on_images(colour_folder
 
 
 @pytest.mark.parametrize("strategy,epochs,message", [
-    ({"kind": "lp_ft", "probe_epochs": 3}, 3, "probe_epochs (3) must be less than trainer.epochs"),
+    ({"kind": "lp_ft", "probe": "sgd", "probe_epochs": 3}, 3, "probe_epochs (3) must be less than trainer.epochs"),
     ({"kind": "gradual", "unfreeze_every": 4}, 4, "first group unfreezes at epoch 4"),
     ({"kind": "gradual", "unfreeze_epochs": [2, 1]}, 5, "must not decrease"),
     ({"kind": "layer_decay", "decay": 1.5}, 5, "strategy.decay"),

@@ -413,9 +413,10 @@ class ImageFolderDataModule(PathBatches):
         bad = {"on_bad": self.on_bad_image, "bad_log": self.bad_log, "seed": self.seed,
                "num_classes": self.num_classes if self.multi_label else None}
         if stage == "fit":
-            images = (ImageDataset(self.scan.train, build_train_transform(pre, self.augment), **bad),
+            train_pre = self._train_preprocessing(module, pre)
+            images = (ImageDataset(self.scan.train, build_train_transform(train_pre, self.augment), **bad),
                       ImageDataset(self.scan.val, eval_transform, **bad))
-            self.train_set, self.val_set = self._fit_sets(module, pre, images, _unlimited(epochs), device)
+            self.train_set, self.val_set = self._fit_sets(module, (pre, train_pre), images, _unlimited(epochs), device)
         elif stage == "validate":
             frozen = self._frozen_features(module)
             self.val_set = frozen.val if frozen is not None else ImageDataset(self.scan.val, eval_transform, **bad)
@@ -436,15 +437,26 @@ class ImageFolderDataModule(PathBatches):
             )
         return self.preprocessing
 
-    def _fit_sets(self, module: Any, pre: Preprocessing, images: tuple[Dataset, Dataset], epochs: int,
-                  device: torch.device | None) -> tuple[Dataset, Dataset]:
+    @staticmethod
+    def _train_preprocessing(module: Any, pre: Preprocessing) -> Preprocessing:
+        """The training crops' preprocessing: the module's train_preprocessing (a smaller training size, FixRes) when
+        its eval preprocessing is the one in use, else `pre`."""
+        train_pre = getattr(module, "train_preprocessing", None)
+        return train_pre if train_pre is not None and getattr(module, "preprocessing", None) == pre else pre
+
+    def _fit_sets(self, module: Any, pres: tuple[Preprocessing, Preprocessing], images: tuple[Dataset, Dataset],
+                  epochs: int, device: torch.device | None) -> tuple[Dataset, Dataset]:
         """(train, val) datasets of a fit: features for the epochs the strategy can serve from a frozen backbone,
-        images for the rest (a PhasedDataset when both occur)."""
+        images for the rest (a PhasedDataset when both occur). A strategy that probes first (lp_ft's closed-form
+        head) gets the features extracted for its probe even when no epoch reads them."""
         switch, reason = self._cache_plan(module, epochs)
         if switch <= self.first_epoch:  # nothing to serve from the cache (a resumed lp_ft past its probe phase too)
             self.cache_info = {"used": False, **({"reason": reason} if reason else {})}
+            if self.first_epoch == 0 and getattr(getattr(module, "strategy", None), "probe_first", False):
+                self.cache_info = {**self._feature_splits(module, pres, device).info, "served_epochs": 0,
+                                   "phase": "closed-form probe"}
             return images
-        features = self._feature_splits(module, pre, device)
+        features = self._feature_splits(module, pres, device)
         self.cache_info = dict(features.info)
         if switch >= epochs:
             return features.train, features.val
@@ -468,19 +480,23 @@ class ImageFolderDataModule(PathBatches):
             return 0, "image-space mixing requested"
         return switch, None
 
-    def _feature_splits(self, module: Any, pre: Preprocessing, device: torch.device | None) -> FeatureSplits:
+    def _feature_splits(self, module: Any, pres: tuple[Preprocessing, Preprocessing], device: torch.device | None
+                        ) -> FeatureSplits:
         """The backbone's features of train (K views) and val, extracted once per set of weights: a second setup
-        (trainer.fit after tlkit check, lr-find, a validate) reuses them when the backbone is unchanged."""
+        (trainer.fit after tlkit check, lr-find, a validate) reuses them when the backbone is unchanged.
+        `pres` = (eval preprocessing, training preprocessing)."""
         from tlkit.data.cache import weights_fingerprint
 
+        pre, train_pre = pres
         if (self._features is not None and self._features.preprocessing == pre
+                and self._features.train_preprocessing in (None, train_pre)
                 and self._features.fingerprint == weights_fingerprint(module.backbone)):
             return self._features
         run = Extraction(device=device or extraction_device("auto"), eval_batch_size=self.eval_batch_size,
                          num_workers=self.num_workers, channels_last=bool(getattr(module, "channels_last", False)),
                          on_bad=self.on_bad_image, bad_log=self.bad_log, progress=self._progress_bar())
         self._features = extract_splits(self.scan, module, pre, augment=self.augment, cache=self.cache,
-                                        seed=self.seed, run=run)
+                                        seed=self.seed, run=run, train_pre=train_pre)
         return self._features
 
     def _progress_bar(self) -> bool:

@@ -46,6 +46,7 @@ class FeatureSplits:
     fingerprint: str  # weights_fingerprint of the backbone they came from
     preprocessing: Preprocessing
     info: dict = field(default_factory=dict)
+    train_preprocessing: Preprocessing | None = None  # the training views' (a smaller training size); None = same
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,11 @@ def backbone_name(module: Any) -> str:
 
 
 def extract_splits(scan: FolderScan, module: Any, pre: Preprocessing, *, augment: TrainAugment, cache: CacheConfig,
-                   seed: int, run: Extraction) -> FeatureSplits:
+                   seed: int, run: Extraction, train_pre: Preprocessing | None = None) -> FeatureSplits:
     """Features of every train image (cache.views augmented views, or 1 when the augmentation is deterministic) and
-    every val image through `module.backbone`, from the disk cache where the file is unchanged."""
+    every val image through `module.backbone`, from the disk cache where the file is unchanged. `train_pre`: the
+    training views' preprocessing when it differs from the eval one (a smaller training size)."""
+    train_pre = train_pre or pre
     started = time.perf_counter()
     backbone = module.backbone
     directory = (cache.dir or default_feature_dir()) if cache.disk else None
@@ -98,17 +101,18 @@ def extract_splits(scan: FolderScan, module: Any, pre: Preprocessing, *, augment
     val_paths = [p for p, _ in scan.val]
     eval_transform = build_eval_transform(pre)
     eval_key = {**base_key, "transform": "eval"}
-    if augment.is_deterministic:  # the train transform is then the eval transform (a test proves it)
+    if augment.is_deterministic and train_pre == pre:  # the train transform is the eval transform (a test proves it)
         # One pass over train + val: one loader, one set of worker start-ups.
         both = store.features(eval_key, train_paths + val_paths, compute(eval_transform, "features: train + val"))
         views, val = [both[: len(train_paths)]], both[len(train_paths):]
     else:
-        train_transform = build_train_transform(pre, augment)
-        augment_key = {**base_key, "transform": augment.model_dump(mode="json"), "seed": seed}
+        train_transform = build_train_transform(train_pre, augment)
+        augment_key = {**base_key, "transform": augment.model_dump(mode="json"), "seed": seed,
+                       **({"train_preprocessing": train_pre.to_dict()} if train_pre != pre else {})}
         views = [
             store.features({**augment_key, "view": v}, train_paths,
                            compute(train_transform, f"features: train view {v + 1}/{cache.views}", v))
-            for v in range(cache.views)
+            for v in range(1 if augment.is_deterministic else cache.views)  # a bigger eval patch: one view is exact
         ]
         val = store.features(eval_key, val_paths, compute(eval_transform, "features: val"))
     info = {"used": True, "views": len(views), "disk": directory is not None, "from_disk": store.stats.hits,
@@ -120,7 +124,7 @@ def extract_splits(scan: FolderScan, module: Any, pre: Preprocessing, *, augment
         train=CachedFeatures(torch.stack(views), targets([y for _, y in scan.train], num_classes), seed=seed,
                              paths=train_paths),
         val=CachedFeatures(val, targets([y for _, y in scan.val], num_classes), paths=val_paths),
-        fingerprint=fingerprint, preprocessing=pre, info=info,
+        fingerprint=fingerprint, preprocessing=pre, info=info, train_preprocessing=train_pre,
     )
     _list_undecodable(splits, run.bad_log)
     return splits

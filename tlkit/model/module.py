@@ -102,6 +102,8 @@ class TransferModule(L.LightningModule):
             features=getattr(self.strategy, "features", "last"),  # linear_probe's multi-layer features
         )
         self.preprocessing: Preprocessing = pretrained_pre.replace(**backbone_config.preprocessing_overrides())
+        # FixRes: training crops may be smaller than the eval input (the one eval preprocessing stays `preprocessing`).
+        self.train_preprocessing = self.preprocessing.replace(input_size=backbone_config.train_input_size)
         # Plain types only: checkpoints must load with torch.load(weights_only=True). The resolved preprocessing is
         # stored, so a reload never depends on the pretrained config of another timm version.
         self.save_hyperparameters({
@@ -205,6 +207,13 @@ class TransferModule(L.LightningModule):
     def trainable_groups(self, epoch: int) -> list[str]:
         """Names of the layer groups that train in `epoch` (head first)."""
         return [s.name for s in self.group_specs if s.active(epoch)]
+
+    @override
+    def configure_callbacks(self) -> list[L.Callback]:
+        """lp_ft's closed-form probe fits the head at fit start, on a plain Trainer too (tlkit.model.lpft)."""
+        from tlkit.model.lpft import ClosedFormProbe
+
+        return [ClosedFormProbe()] if self.strategy.probe_first else []
 
     @override
     def on_train_epoch_start(self) -> None:

@@ -37,6 +37,9 @@ class BackboneConfig(Section):
     """auto | hub | bundled | none | a local file. auto prefers what loads offline: bundled, then the local cache."""
     input_size: int | None = Field(default=None, ge=16, le=MAX_INPUT_SIZE)
     """Square input side in pixels, 16-1024; null = the model's pretrained input size (224 for lite0)."""
+    train_input_size: int | None = Field(default=None, ge=16, le=MAX_INPUT_SIZE)
+    """Training crop side in pixels; null = input_size. Smaller than input_size trains faster and, with random
+    resized crops, often evaluates better at the larger input_size (FixRes, Touvron et al. 2019)."""
     crop_pct: float | None = Field(default=None, gt=0, le=1)
     """Eval centre-crop fraction (resize short side to input_size/crop_pct); null = the pretrained config's."""
     interpolation: Literal["bicubic", "bilinear", "nearest", "area"] | None = None

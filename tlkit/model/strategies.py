@@ -36,6 +36,7 @@ class GroupSpec:
     params: tuple[str, ...]
     lr_mult: float
     unfreeze_epoch: int | None  # None = frozen for the whole run
+    norm_eval: bool = False  # BatchNorm layers keep their running statistics (eval mode) even while trained
 
     def active(self, epoch: int) -> bool:
         return self.unfreeze_epoch is not None and epoch >= self.unfreeze_epoch
@@ -65,6 +66,11 @@ class _Strategy(Section):
     def cached_epochs(self, epochs: int) -> int:
         """How many leading epochs train only the head on a frozen backbone, so cached features can serve them."""
         return 0
+
+    @property
+    def probe_first(self) -> bool:
+        """The head is fitted in closed form on cached features before the first epoch (lp_ft's probe)."""
+        return False
 
     def multipliers(self, groups: list[dict], *, steps_per_epoch: int, **schedule) -> list:
         """One LambdaLR factor per optimizer group: the schedule times the group's gate (0 until it unfreezes)."""
@@ -128,29 +134,60 @@ class Finetune(_Strategy):
 class LpFt(_Strategy):
     kind: Literal["lp_ft"] = "lp_ft"
     """Linear probe first (backbone frozen), then fine-tune everything from the probed head (Kumar et al. 2022)."""
+    probe: Literal["closed_form", "sgd"] = "closed_form"
+    """closed_form = before the first epoch, fit the head to convergence by L-BFGS logistic regression on cached
+    features (as the paper does; costs no epochs); sgd = the first probe_epochs epochs train the head on cached features."""
     probe_epochs: int = Field(default=2, gt=0)
-    """Head-only epochs before the backbone unfreezes; each phase gets its own whole LR schedule (warmup included)."""
+    """probe: sgd only: head-only epochs (of trainer.epochs) before the backbone unfreezes."""
     backbone_lr_mult: float = Field(default=0.1, gt=0, le=1)
-    """Backbone LR in the fine-tune phase = head LR x this."""
+    """Backbone LR in the fine-tune phase = optim.lr x this."""
+    head_lr_mult: float | None = Field(default=None, gt=0, le=1)
+    """Head LR in the fine-tune phase = optim.lr x this; null = backbone_lr_mult (the probed head is already good, so
+    the paper fine-tunes everything at one small LR; a large head LR undoes the probe in the first steps)."""
+    batchnorm: Literal["train", "frozen"] = "train"
+    """Fine-tune phase: train = BatchNorm updates its running statistics; frozen = keeps the pretrained ones (eval
+    mode; its scale and shift still train), so the probed features do not shift under the head."""
 
     staged: ClassVar[bool] = True
 
+    @property
+    def probe_first(self) -> bool:
+        """The head is fitted in closed form before training starts (needs cached features and a linear head)."""
+        return self.probe == "closed_form"
+
+    @property
+    def fine_tune_epoch(self) -> int:
+        return 0 if self.probe_first else self.probe_epochs
+
+    @property
+    def head_factor(self) -> float:
+        return self.backbone_lr_mult if self.head_lr_mult is None else self.head_lr_mult
+
     def plan(self, backbone: nn.Module, head: nn.Module) -> list[GroupSpec]:
-        return [_head_spec(head), _whole_backbone(backbone, self.backbone_lr_mult, self.probe_epochs)]
+        head_spec = _head_spec(head)
+        if self.probe_first:  # the head's only trained phase is the fine-tune
+            head_spec = GroupSpec("head", head_spec.params, self.head_factor, 0)
+        bb = _whole_backbone(backbone, self.backbone_lr_mult, self.fine_tune_epoch)
+        return [head_spec, GroupSpec(bb.name, bb.params, bb.lr_mult, bb.unfreeze_epoch,
+                                     norm_eval=self.batchnorm == "frozen")]
 
     def cached_epochs(self, epochs: int) -> int:
-        return min(self.probe_epochs, epochs)
+        return min(self.fine_tune_epoch, epochs)
 
     def multipliers(self, groups: list[dict], *, steps_per_epoch: int, **schedule) -> list:
-        """Each phase gets a whole schedule (warmup included), the head's too, as in Kumar et al. 2022."""
+        """probe sgd: each phase gets a whole schedule (warmup included), the head's LR scaled by head_lr_mult in the
+        fine-tune phase; closed_form: one schedule, the fine-tune's."""
         from tlkit.model.schedules import GatedMultiplier
 
-        boundary = self.probe_epochs * steps_per_epoch
+        boundary = self.fine_tune_epoch * steps_per_epoch
         out = []
         for g in groups:
             start = g["unfreeze_epoch"] * steps_per_epoch
-            starts = (0, boundary) if start < boundary else (start,)
-            out.append(GatedMultiplier(starts=starts, restart=True, **schedule))
+            if start < boundary:  # the head through both phases of probe: sgd
+                out.append(GatedMultiplier(starts=(0, boundary), scales=(1.0, self.head_factor), restart=True,
+                                           **schedule))
+            else:
+                out.append(GatedMultiplier(starts=(start,), restart=True, **schedule))
         return out
 
 
@@ -276,7 +313,19 @@ def apply_phase(module: nn.Module, specs: list[GroupSpec], epoch: int) -> list[s
         if own and all(n in frozen for n in own):
             names.append(name)
             skip = (*skip, name + ".")
-    return names
+    return names + _frozen_norms(module, specs, epoch, skip)
+
+
+def _frozen_norms(module: nn.Module, specs: list[GroupSpec], epoch: int, skip: tuple[str, ...]) -> list[str]:
+    """BatchNorm layers of trained groups with norm_eval: kept in eval() so their running statistics stay."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    held = {n for s in specs if s.norm_eval and s.active(epoch) for n in s.params}
+    if not held:
+        return []
+    return [name for name, sub in module.named_modules()
+            if isinstance(sub, _BatchNorm) and not (skip and name.startswith(skip))
+            and any(f"{name}.{n}" in held for n, _ in sub.named_parameters())]
 
 
 def freeze(module: nn.Module) -> None:

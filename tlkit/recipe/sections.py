@@ -157,7 +157,10 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _staged_phases_fit_in_the_run(self) -> Recipe:
         epochs = self.trainer.epochs
-        if isinstance(self.strategy, LpFt) and self.strategy.probe_epochs >= epochs:
+        if isinstance(self.strategy, LpFt) and self.strategy.probe_first and self.head.hidden:
+            raise ValueError("strategy.probe: closed_form fits one linear layer, so head.hidden must be []; "
+                             "or use probe: sgd")
+        if isinstance(self.strategy, LpFt) and not self.strategy.probe_first and self.strategy.probe_epochs >= epochs:
             raise ValueError(f"strategy.probe_epochs ({self.strategy.probe_epochs}) must be less than trainer.epochs "
                              f"({epochs}), or the fine-tune phase never starts")
         if isinstance(self.strategy, Gradual):

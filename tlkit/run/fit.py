@@ -101,6 +101,7 @@ class FitResult(TypedDict, total=False):
     skipped_mid_run: dict[str, int]
     data_warnings: list[str]
     feature_cache: dict
+    probe: dict
     backbone: str
     weights: str
     strategy: str
@@ -163,7 +164,8 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
     metrics = _result(recipe, datamodule, module, logged, tested, trainer=trainer, checkpoints=(checkpoint, last),
                       health=health, extras={"data_warnings": warnings_found, "feature_cache": cache_info,
                                              **({"strategy_auto": auto_decision} if auto_decision else {}),
-                                             **({"thresholds": thresholds} if thresholds is not None else {})})
+                                             **({"thresholds": thresholds} if thresholds is not None else {}),
+                                             **_probe_info(trainer)})
     metrics["wall_s"] = round(time.perf_counter() - started, 2)
     if resume:
         metrics["resumed_from_epoch"] = resume_from.epoch + 1 if resume_from else 0
@@ -199,6 +201,14 @@ def _result(recipe: Recipe, datamodule: ImageFolderDataModule, module: TransferM
         "best_checkpoint": best.best_model_path,
         "last_checkpoint": last.best_model_path or best.last_model_path,
     }
+
+
+def _probe_info(trainer: L.Trainer) -> dict:
+    """lp_ft's closed-form probe: its L2 strength and held-out / val accuracy before fine-tuning."""
+    from tlkit.model.lpft import ClosedFormProbe
+
+    found = [c.info for c in trainer.callbacks if isinstance(c, ClosedFormProbe) and c.info]
+    return {"probe": found[0]} if found else {}
 
 
 def _preflight(recipe: Recipe, datamodule: ImageFolderDataModule, module: TransferModule) -> list[str]:
