@@ -11,7 +11,7 @@ wall times are upper bounds.
 
 Rows (the acceptance of the "transfer beyond tiny data" work, on a 10-class low-resolution set):
 - probe: the last-layer closed-form (L-BFGS) linear probe at the backbone's own 224 px, the baseline;
-- multi-layer probe: the same probe on pooled features of every stage (skipped until strategies have `features`);
+- multi-layer probe: the same probe on pooled features of every stage;
 - lp_ft: recipes/hymenoptera_lp_ft.yaml's LP-FT pointed at the data (expected to end at or above the probe);
 - recommended: recipes/cifar10_small.yaml (expected >= 8 points above the probe within 20 minutes on 2 cores);
 - fastai: `fine_tune` with the recommended recipe's backbone, size and epoch budget (when .venv-bench exists).
@@ -40,7 +40,6 @@ class Row:
     recipe: str
     overrides: tuple[str, ...] = ()
     note: str = ""
-    needs: str | None = None  # a strategy field this row needs; skipped (and said so) while it does not exist
     fastai: bool = False
 
 
@@ -49,7 +48,7 @@ ROWS = (
         "last-layer L-BFGS linear probe, 224 px"),
     Row("multi-layer probe", "recipes/hymenoptera_linear_probe.yaml",
         ("strategy.solver=lbfgs", "strategy.features=stages", "backbone.input_size=224"),
-        "L-BFGS probe on pooled features of every stage, 224 px", needs="features"),
+        "L-BFGS probe on pooled features of every stage, 224 px"),
     Row("lp_ft", "recipes/hymenoptera_lp_ft.yaml", (), "recipes/hymenoptera_lp_ft.yaml's LP-FT settings"),
     Row("recommended", "recipes/cifar10_small.yaml", (), "recipes/cifar10_small.yaml"),
     Row("fastai", "recipes/cifar10_small.yaml", (), "fastai fine_tune(epochs - 1, freeze_epochs=1), same size and "
@@ -61,13 +60,8 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def missing_field(row: Row) -> str | None:
-    """Why the row cannot run in this checkout (a strategy field not there yet, no fastai environment), else None."""
-    if row.needs is not None:
-        from tlkit.model.strategies import LinearProbe
-
-        if row.needs not in LinearProbe.model_fields:
-            return f"skipped: linear_probe has no `{row.needs}` setting in this version"
+def why_skipped(row: Row) -> str | None:
+    """Why the row cannot run on this machine (no fastai environment), else None."""
     if row.fastai and not BENCH_PYTHON.is_file():
         return "skipped: no .venv-bench (make bench-env installs fastai there)"
     return None
@@ -101,7 +95,7 @@ def run_fastai(row: Row, root: str, sets: list[str]) -> dict:
 
 
 def measure(row: Row, root: str, workdir: Path, sets: list[str]) -> dict:
-    skipped = missing_field(row)
+    skipped = why_skipped(row)
     if skipped:
         return {"skipped": skipped}
     before, started = load(), time.perf_counter()

@@ -4,7 +4,6 @@ learns, and the checkpoint / predict / export path keeping the label sets."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import subprocess
@@ -19,7 +18,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from tlkit.infer.thresholds import best_f1_threshold, multilabel_metrics, tune_thresholds
+from tlkit.infer.thresholds import (
+    best_f1_threshold,
+    multilabel_metrics,
+    tune_thresholds,
+)
 from tlkit.infer.tta import aggregate
 from tlkit.model.mixing import BatchMixer, MixingConfig
 from tlkit.model.module import TransferModule, multilabel_summary
@@ -239,8 +242,8 @@ def test_predictor_returns_label_sets(fitted):
 
 
 def test_evaluate_reports_map_and_f1(fitted, tmp_path):
-    from tlkit.infer.evaluate import evaluate_policies, format_report_table
     from tlkit.infer.checkpoint import load_checkpoint
+    from tlkit.infer.evaluate import evaluate_policies, format_report_table
     from tlkit.infer.tta import resolve_policy
 
     _, _, _, thresholds, ckpt, files, sets = fitted
@@ -291,11 +294,6 @@ def test_check_measures_bce_against_c_ln2():
 
 # -- the run layer: a recipe over a multi-label CSV ---------------------------------------------------------------------
 
-# CSV sources come with the data branch; until it is merged these tests cannot build their datamodule.
-needs_tables = pytest.mark.skipif(importlib.util.find_spec("tlkit.data.table") is None,
-                                  reason="data.source: csv is not merged yet")
-
-
 def write_squares_csv(root: Path, n: int = 80) -> Path:
     """root/img/*.png with labels.csv (path,label; labels ';'-separated, empty for an image with none)."""
     (root / "img").mkdir(parents=True)
@@ -324,7 +322,6 @@ def csv_run(tmp_path_factory):
     return recipe, fit(recipe, run_dir=tmp / "out"), tmp / "out", root
 
 
-@needs_tables
 def test_a_multi_label_run_monitors_map_and_stores_tuned_thresholds(csv_run):
     from tlkit.cli.commands import format_summary
     from tlkit.infer.checkpoint import read_checkpoint
@@ -344,7 +341,6 @@ def test_a_multi_label_run_monitors_map_and_stores_tuned_thresholds(csv_run):
     assert "val mAP" in summary and "test mAP" in summary
 
 
-@needs_tables
 def test_evaluate_rereads_the_table_of_a_multi_label_run(csv_run, tmp_path):
     from tlkit.run import evaluate_checkpoint
 
@@ -355,7 +351,6 @@ def test_evaluate_rereads_the_table_of_a_multi_label_run(csv_run, tmp_path):
     assert entry["map"] == pytest.approx(metrics["best_val_map"], abs=0.02)  # the same images, the same weights
 
 
-@needs_tables
 def test_check_expects_c_ln2_for_a_multi_label_recipe(csv_run):
     from tlkit.run import tuning
 

@@ -70,7 +70,7 @@ def build_module_for(recipe: Recipe, datamodule: ImageFolderDataModule) -> Trans
     data.balance is loss_weights (multi-label: each class's negatives / positives ratio)."""
     weights = datamodule.class_weights if recipe.data.balance == "loss_weights" else None
     return build_module(recipe, datamodule.classes, class_weights=weights,
-                        multi_label=getattr(datamodule, "multi_label", False))
+                        multi_label=datamodule.multi_label)
 
 
 def resolve_preprocessing(recipe: Recipe) -> Preprocessing:
