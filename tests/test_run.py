@@ -288,3 +288,22 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path, monkeypatc
     with pytest.raises(RunDirError, match="current folder"):
         fit(recipe, run_dir=".", overwrite=True)
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_provenance_fingerprints_labels_so_a_relabelled_table_is_reported(tmp_path):
+    from tlkit.run import provenance
+
+    images = [tmp_path / "a.png", tmp_path / "b.png"]
+    for image in images:
+        image.write_bytes(b"x")
+    paths = [str(p) for p in images]
+    before = provenance.data_fingerprint(tmp_path, paths, {paths[0]: 0, paths[1]: (1, 2)})
+    same = provenance.data_fingerprint(tmp_path, paths, {paths[1]: (1, 2), paths[0]: 0})
+    relabelled = provenance.data_fingerprint(tmp_path, paths, {paths[0]: 0, paths[1]: (2,)})
+    assert before == same and before["sha256"] == relabelled["sha256"]
+    assert provenance.differences({"data": before}, {"data": same}) == []
+    [line] = provenance.differences({"data": before}, {"data": relabelled})
+    assert line.startswith("labels: the same 2 image files, but their labels changed")
+    # a run recorded before labels were fingerprinted is not reported as changed data
+    old = {k: v for k, v in before.items() if k != "labels_sha256"}
+    assert provenance.differences({"data": old}, {"data": relabelled}) == []

@@ -315,9 +315,10 @@ def _write_run_files(run_dir: Path, recipe: Recipe, datamodule: ImageFolderDataM
     auto_note = f"# strategy: auto -> {auto['kind']} ({auto['reason']})\n" if auto else ""
     recipe_text = yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
     atomic_write(run_dir / "recipe.yaml", auto_note + recipe_text)
-    paths = [p for p, _ in [*datamodule.scan.train, *datamodule.scan.val]]
+    samples = [*datamodule.scan.train, *datamodule.scan.val]
+    labels = dict(samples)  # part of the data's fingerprint: a CSV's labels can change while the images do not
     atomic_write(run_dir / "provenance.json",
-                 json.dumps(provenance.collect(recipe_text, recipe.data.root, paths), indent=2) + "\n")
+                 json.dumps(provenance.collect(recipe_text, recipe.data.root, list(labels), labels), indent=2) + "\n")
     atomic_write(run_dir / "classes.json", json.dumps(datamodule.classes, indent=2) + "\n")
     if datamodule.scan.skipped:
         atomic_write(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))

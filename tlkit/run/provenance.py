@@ -46,15 +46,24 @@ def git_state(folder: Path) -> dict | None:
     return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
-def data_fingerprint(root: str | Path, paths: Iterable[str]) -> dict:
-    """File count and a hash of every image's path relative to `root`, size and mtime (cheap: no pixel is read)."""
+def data_fingerprint(root: str | Path, paths: Iterable[str], labels: dict[str, object] | None = None) -> dict:
+    """File count and a hash of every image's path relative to `root`, size and mtime (cheap: no pixel is read).
+
+    `labels` (path -> class index or tuple of indices) adds `labels_sha256`: labels from a CSV or DataFrame can change
+    while every image file stays the same."""
     digest = hashlib.sha256()
     paths = sorted(paths)
     for path in paths:
         stat = os.stat(path)
         rel = os.path.relpath(path, root)
         digest.update(f"{rel}\t{stat.st_size}\t{int(stat.st_mtime)}\n".encode())
-    return {"files": len(paths), "sha256": digest.hexdigest()}
+    fingerprint = {"files": len(paths), "sha256": digest.hexdigest()}
+    if labels is not None:
+        label_digest = hashlib.sha256()
+        for path in sorted(labels):
+            label_digest.update(f"{os.path.relpath(path, root)}\t{labels[path]!r}\n".encode())
+        fingerprint["labels_sha256"] = label_digest.hexdigest()
+    return fingerprint
 
 
 def hardware() -> dict:
@@ -77,7 +86,8 @@ def recipe_hash(recipe_text: str) -> str:
     return hashlib.sha256(recipe_text.encode()).hexdigest()[:16]
 
 
-def collect(recipe_text: str, data_root: str | Path, data_paths: Iterable[str]) -> dict:
+def collect(recipe_text: str, data_root: str | Path, data_paths: Iterable[str],
+            labels: dict[str, object] | None = None) -> dict:
     """Everything above, for provenance.json (git: the repository of the current folder, the user's project)."""
     return {
         "versions": library_versions(),
@@ -85,7 +95,7 @@ def collect(recipe_text: str, data_root: str | Path, data_paths: Iterable[str]) 
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "python": sys.version.split()[0],
         "recipe_sha256": recipe_hash(recipe_text),
-        "data": data_fingerprint(data_root, data_paths),
+        "data": data_fingerprint(data_root, data_paths, labels),
         "hardware": hardware(),
     }
 
@@ -97,10 +107,13 @@ def differences(before: dict, now: dict) -> list[str]:
         a, b = before.get("versions", {}).get(name), now.get("versions", {}).get(name)
         if a != b:
             lines.append(f"{name}: {a or 'not installed'} then, {b or 'not installed'} now")
-    if before.get("data") != now.get("data"):
-        a, b = before.get("data") or {}, now.get("data") or {}
+    a, b = before.get("data") or {}, now.get("data") or {}
+    if (a.get("files"), a.get("sha256")) != (b.get("files"), b.get("sha256")):
         lines.append(f"data: {a.get('files')} files (fingerprint {str(a.get('sha256'))[:12]}) then, "
                      f"{b.get('files')} files ({str(b.get('sha256'))[:12]}) now")
+    elif "labels_sha256" in a and "labels_sha256" in b and a["labels_sha256"] != b["labels_sha256"]:
+        lines.append(f"labels: the same {b.get('files')} image files, but their labels changed (fingerprint "
+                     f"{a['labels_sha256'][:12]} then, {b['labels_sha256'][:12]} now)")
     for label, section, key in (("git commit", "git", "commit"), ("cpu", "hardware", "cpu")):
         then, current = (before.get(section) or {}).get(key), (now.get(section) or {}).get(key)
         if then != current:
