@@ -109,3 +109,21 @@ def test_a_class_without_training_images_gets_a_row_that_never_wins():
     x, y = _blobs(90, 8, 3, seed=7)
     weight, bias, _ = fit_logistic_head(x, y, num_classes=4, seed=0)
     assert weight.shape == (4, 8) and int((x @ weight.T + bias).argmax(1).max()) <= 2
+
+
+def test_holdout_scores_are_the_choice_of_c_that_fit_logistic_head_makes():
+    from tlkit.model.probe import holdout_scores
+
+    x, y = _blobs(200, 12, 4, seed=3)
+    held = holdout_scores(x, y, num_classes=4, seed=0)
+    _, _, info = fit_logistic_head(x, y, num_classes=4, seed=0)
+    assert (held["fit_images"], held["held_out_images"], held["metric"]) == (160, 40, "accuracy")
+    assert held["C"] == info["C"] and held["scores"] == info["holdout_acc"]
+    assert held["score"] == max(held["scores"].values()) < 1.0  # overlapping classes: short of perfect
+
+
+def test_holdout_scores_say_none_when_there_is_too_little_to_hold_out():
+    from tlkit.model.probe import holdout_scores
+
+    held = holdout_scores(torch.randn(4, 6), torch.tensor([0, 1, 2, 2]), num_classes=3, seed=0)
+    assert held["score"] is None and held["C"] is None and held["held_out_images"] == 0

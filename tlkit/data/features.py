@@ -80,22 +80,12 @@ def extract_splits(scan: FolderScan, module: Any, pre: Preprocessing, *, augment
     training views' preprocessing when it differs from the eval one (a smaller training size)."""
     train_pre = train_pre or pre
     started = time.perf_counter()
-    backbone = module.backbone
-    directory = (cache.dir or default_feature_dir()) if cache.disk else None
-    store = FeatureCache(directory)
-    fingerprint = weights_fingerprint(backbone)
-    base_key = {"format": CACHE_KEY_FORMAT, "backbone": backbone_name(module), "weights": fingerprint,
-                "preprocessing": pre.to_dict(), "versions": code_versions(),
-                "eval": EVAL_PREPROCESSING_ID}  # features from another eval resize must not be reused
+    store = FeatureCache(_cache_directory(cache))
+    fingerprint = weights_fingerprint(module.backbone)
+    base_key = _base_key(module, pre, fingerprint)
 
     def compute(transform, desc: str, view: int | None = None):
-        def forward(paths: list[str]) -> torch.Tensor:
-            seeds = None if view is None else [view_seed(seed, view, p) for p in paths]
-            return extract(backbone, paths, transform, seeds=seeds, device=run.device,
-                           batch_size=extraction_batch_size(run.device, run.eval_batch_size),
-                           num_workers=run.num_workers, desc=desc, channels_last=run.channels_last, on_bad=run.on_bad,
-                           progress=run.progress)
-        return forward
+        return _forward(module.backbone, transform, run, desc, seed=seed, view=view)
 
     train_paths = [p for p, _ in scan.train]
     val_paths = [p for p, _ in scan.val]
@@ -115,7 +105,7 @@ def extract_splits(scan: FolderScan, module: Any, pre: Preprocessing, *, augment
             for v in range(1 if augment.is_deterministic else cache.views)  # a bigger eval patch: one view is exact
         ]
         val = store.features(eval_key, val_paths, compute(eval_transform, "features: val"))
-    info = {"used": True, "views": len(views), "disk": directory is not None, "from_disk": store.stats.hits,
+    info = {"used": True, "views": len(views), "disk": store.directory is not None, "from_disk": store.stats.hits,
             "extracted": store.stats.misses, "seconds": round(time.perf_counter() - started, 2)}
     log.info("feature cache: %d train x %d view(s) + %d val; %d rows from disk, %d extracted, %.1f s",
              len(train_paths), len(views), len(val_paths), info["from_disk"], info["extracted"], info["seconds"])
@@ -128,6 +118,45 @@ def extract_splits(scan: FolderScan, module: Any, pre: Preprocessing, *, augment
     )
     _list_undecodable(splits, run.bad_log)
     return splits
+
+
+def extract_train_eval_features(scan: FolderScan, module: Any, pre: Preprocessing, *, cache: CacheConfig,
+                                run: Extraction) -> tuple[CachedFeatures, dict]:
+    """(features, info) of every train image through the eval transform only (one deterministic view, no val):
+    a quick probe measurement. The rows share the cache entry extract_splits fills for deterministic input, so a
+    later run with the same backbone, weights and preprocessing reads them from disk."""
+    started = time.perf_counter()
+    store = FeatureCache(_cache_directory(cache))
+    key = {**_base_key(module, pre, weights_fingerprint(module.backbone)), "transform": "eval"}
+    paths = [p for p, _ in scan.train]
+    rows = store.features(key, paths, _forward(module.backbone, build_eval_transform(pre), run, "features: train"))
+    num_classes = len(scan.classes) if scan.multi_label else None
+    features = CachedFeatures(rows[None], targets([y for _, y in scan.train], num_classes), paths=paths)
+    info = {"from_disk": store.stats.hits, "extracted": store.stats.misses,
+            "seconds": round(time.perf_counter() - started, 2)}
+    return features, info
+
+
+def _cache_directory(cache: CacheConfig) -> Path | str | None:
+    return (cache.dir or default_feature_dir()) if cache.disk else None
+
+
+def _base_key(module: Any, pre: Preprocessing, fingerprint: str) -> dict:
+    """What every cache entry of this backbone and preprocessing shares; the transform (and view) complete it."""
+    return {"format": CACHE_KEY_FORMAT, "backbone": backbone_name(module), "weights": fingerprint,
+            "preprocessing": pre.to_dict(), "versions": code_versions(),
+            "eval": EVAL_PREPROCESSING_ID}  # features from another eval resize must not be reused
+
+
+def _forward(backbone: Any, transform: Any, run: Extraction, desc: str, *, seed: int = 0, view: int | None = None):
+    """paths -> the backbone's features of them through `transform` (reseeded per file and view when augmented)."""
+    def forward(paths: list[str]) -> torch.Tensor:
+        seeds = None if view is None else [view_seed(seed, view, p) for p in paths]
+        return extract(backbone, paths, transform, seeds=seeds, device=run.device,
+                       batch_size=extraction_batch_size(run.device, run.eval_batch_size),
+                       num_workers=run.num_workers, desc=desc, channels_last=run.channels_last, on_bad=run.on_bad,
+                       progress=run.progress)
+    return forward
 
 
 def _list_undecodable(splits: FeatureSplits, bad_log: Path | None) -> None:

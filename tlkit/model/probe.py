@@ -38,27 +38,10 @@ def fit_logistic_head(views: torch.Tensor, labels: torch.Tensor, *, num_classes:
         multi_label: one sigmoid per class (BCE); C is then chosen by the held-out mean average precision
             instead of accuracy.
     """
-    if views.ndim == 2:
-        views = views[None]
-    views = views.float()
-    labels = labels.float() if multi_label else labels.long()
+    views, labels = _as_problem(views, labels, multi_label)
     split = _holdout_split(labels, num_classes, holdout, seed, multi_label)
-    scores: dict[float, float] = {}
-    init = None
-    if split is not None:
-        fit_idx, held_idx = split
-        x, y, scale = _standardised_rows(views, labels, fit_idx)
-        held_x = (_rows(views, held_idx) - scale[0]) / scale[1]
-        held_y = _tile(labels[held_idx], len(views))
-        solutions = {}
-        for c in C_GRID:  # strong -> weak regularisation, each solve warm-started from the last
-            init = _solve(x, y, c, num_classes, multi_label, init)
-            solutions[c] = init
-            scores[c] = _score(held_x @ init[0].T + init[1], held_y, multi_label)
-        best_c = max(C_GRID, key=lambda c: (scores[c], -abs(np.log10(c))))  # ties: closest to sklearn's default 1
-        init = solutions[best_c]
-    else:
-        best_c = 1.0
+    best_c, scores, init = _choose_c(views, labels, num_classes, multi_label, split)
+    if not scores:
         log.warning("lbfgs probe: too few images %s to hold out %.0f%% for choosing C; using C=1",
                     "" if multi_label else "per class", 100 * holdout)
     x, y, scale = _standardised_rows(views, labels, torch.arange(len(labels)))
@@ -69,6 +52,51 @@ def fit_logistic_head(views: torch.Tensor, labels: torch.Tensor, *, num_classes:
     if scores:
         log.info("lbfgs probe: C=%g (held-out %s %.3f)", best_c, "mAP" if multi_label else "accuracy", scores[best_c])
     return weight, bias, info
+
+
+def holdout_scores(views: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int, holdout: float = 0.2,
+                   multi_label: bool = False) -> dict:
+    """The probe's held-out measurement without the final refit: fit on (1 - holdout) of the images, score on the
+    rest (accuracy; mean average precision when multi_label) for each C of the grid.
+
+    Returns {"C": the best C, "score": its held-out score, "scores": {C: score}, "metric": "accuracy" | "mAP",
+    "fit_images": n, "held_out_images": n}; score is None when too few images (per class) to hold out."""
+    views, labels = _as_problem(views, labels, multi_label)
+    split = _holdout_split(labels, num_classes, holdout, seed, multi_label)
+    best_c, scores, _ = _choose_c(views, labels, num_classes, multi_label, split)
+    return {"C": best_c if scores else None, "score": scores[best_c] if scores else None, "scores": scores,
+            "metric": "mAP" if multi_label else "accuracy",
+            "fit_images": len(split[0]) if split is not None else len(labels),
+            "held_out_images": len(split[1]) if split is not None else 0}
+
+
+def _as_problem(views: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, N, D) float views and the labels in the loss's dtype."""
+    if views.ndim == 2:
+        views = views[None]
+    return views.float(), labels.float() if multi_label else labels.long()
+
+
+def _choose_c(views: torch.Tensor, labels: torch.Tensor, num_classes: int, multi_label: bool,
+              split: tuple[torch.Tensor, torch.Tensor] | None,
+              ) -> tuple[float, dict[float, float], tuple[torch.Tensor, torch.Tensor] | None]:
+    """(best C, held-out score per C, the best C's solution on the fit part, to warm-start from); with no split
+    (too few images): (1.0, {}, None)."""
+    if split is None:
+        return 1.0, {}, None
+    fit_idx, held_idx = split
+    x, y, scale = _standardised_rows(views, labels, fit_idx)
+    held_x = (_rows(views, held_idx) - scale[0]) / scale[1]
+    held_y = _tile(labels[held_idx], len(views))
+    scores: dict[float, float] = {}
+    solutions = {}
+    init = None
+    for c in C_GRID:  # strong -> weak regularisation, each solve warm-started from the last
+        init = _solve(x, y, c, num_classes, multi_label, init)
+        solutions[c] = init
+        scores[c] = _score(held_x @ init[0].T + init[1], held_y, multi_label)
+    best_c = max(C_GRID, key=lambda c: (scores[c], -abs(np.log10(c))))  # ties: closest to sklearn's default 1
+    return best_c, scores, solutions[best_c]
 
 
 def _holdout_split(labels: torch.Tensor, num_classes: int, holdout: float, seed: int,

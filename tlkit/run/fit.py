@@ -31,7 +31,7 @@ from tlkit.model.faults import AtomicCheckpointIO, DataHealthGuard, FiniteLossGu
 from tlkit.model.module import TransferModule
 from tlkit.recipe import Recipe, recipe_to_dict
 from tlkit.run import provenance
-from tlkit.run.auto import resolve_auto_strategy
+from tlkit.run.auto import decision_note, resolve_auto_strategy
 from tlkit.run.build import build_datamodule, build_module_for, default_run_dir
 from tlkit.run.console import EpochLines, progress_bars, quiet_intended_warnings
 from tlkit.run.distributed import (
@@ -312,7 +312,7 @@ def _refuse_reuse(run_dir: Path, *, overwrite: bool) -> None:
 
 
 def _write_run_files(run_dir: Path, recipe: Recipe, datamodule: ImageFolderDataModule, auto: dict | None) -> None:
-    auto_note = f"# strategy: auto -> {auto['kind']} ({auto['reason']})\n" if auto else ""
+    auto_note = decision_note(auto) if auto else ""
     recipe_text = yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
     atomic_write(run_dir / "recipe.yaml", auto_note + recipe_text)
     samples = [*datamodule.scan.train, *datamodule.scan.val]
