@@ -145,3 +145,34 @@ def test_fit_trains_the_top_from_the_cache_and_the_checkpoint_predicts_from_imag
     results = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).validate(
         best, datamodule=images, verbose=False)
     assert results[0]["val_acc"] == pytest.approx(metrics[f"best_{best.monitor}"], abs=1 / 12 + 1e-6)
+    from tlkit.cli.main import main
+
+    assert main(["evaluate", "--checkpoint", metrics["best_checkpoint"], "--data", str(root),
+                 "--out", str(tmp_path / "evaluation")]) == 0
+    assert main(["predict", "--checkpoint", metrics["best_checkpoint"], str(root / "val"),
+                 "--out", str(tmp_path / "predictions.csv")]) == 0
+    assert len((tmp_path / "predictions.csv").read_text().splitlines()) == 1 + 12
+
+
+def test_tlkit_check_runs_its_overfit_on_cached_activations(tmp_path):
+    from tlkit.run.tuning import check
+
+    root = write_colour_classes(tmp_path / "colours")
+    recipe = validate_recipe(tiny_recipe_dict(root, backbone={"name": "test_resnet"},
+                                              strategy={"kind": "finetune_top", "train_top": 2},
+                                              cache={"dir": str(tmp_path / "cache")}, optim={"name": "adamw", "lr": 0.01}))
+    report = check(recipe, steps=15)
+    assert report["inputs"] == "cached features"
+    (first_loss, _), (last_loss, _) = report["history"][0], report["history"][-1]
+    assert last_loss < first_loss  # the top + head learn from the activations
+
+
+def test_a_plain_lightning_trainer_gets_the_prefix_cache(tmp_path):
+    root = write_colour_classes(tmp_path / "colours")
+    module = top_module(train_top=1)
+    dm = datamodule(root, tmp_path)
+    L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, num_sanity_val_steps=0).fit(module, datamodule=dm)
+    assert isinstance(dm.train_set, CachedActivations)
+    assert dm.cache_info["prefix"]["trained_top"][0] == "blocks.4"
+    assert "val_acc" in dict(module.trainer.callback_metrics)

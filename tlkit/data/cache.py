@@ -126,7 +126,11 @@ def extract(backbone: torch.nn.Module, paths: Sequence[str], transform: Callable
             images = images.to(device)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            out = backbone(images).to(device="cpu", dtype=dtype, memory_format=torch.contiguous_format)
+            computed = backbone(images)
+            out = computed.to(device="cpu", dtype=dtype, memory_format=torch.contiguous_format)
+            if not out.isfinite().all() and computed.isfinite().all():  # NaN marks undecodable files only
+                raise DataError(f"{desc}: outputs exceed the range of {dtype} (max |value| "
+                                f"{float(computed.abs().max()):g}); cut the backbone elsewhere or use kind finetune.")
             row_shape = tuple(out.shape[1:])
         batches.append((good, out))
     backbone.to(home)
