@@ -102,9 +102,9 @@ def measure(row: str, args: argparse.Namespace, workdir: Path) -> dict:
 
 
 def table(results: list[tuple[str, dict]], args: argparse.Namespace) -> str:
-    lines = ["| row | train s / epoch | val s / epoch | cache build | cache size | val acc after "
-             f"{args.epochs} epochs | wall (process) | load avg (1/5/15 min, before -> after) |",
-             "|---|---|---|---|---|---|---|---|"]
+    header = ("| row | train s / epoch | val s / epoch | cache build | cache size | val acc after "
+              f"{args.epochs} epochs | wall (process) | load avg (1/5/15 min, before -> after) |")
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
     for row, r in results:
         if "error" in r:
             lines.append(f"| {row} | error: {r['error']} | | | | | | |")

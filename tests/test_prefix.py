@@ -79,7 +79,7 @@ def test_the_cache_holds_float16_activations_per_view_and_val(tmp_path, caplog):
     assert dm.val_set.views.shape == (1, len(dm.scan.val), *shape)
     assert dm.train_set.views.dtype == torch.float16
     assert "prefix cache: 24 images x 3 view(s) + 12 val x " + "x".join(map(str, shape)) + " fp16" in caplog.text
-    inputs, label = dm.train_set[0]
+    inputs, _ = dm.train_set[0]
     assert set(inputs) == {"activations"} and inputs["activations"].shape == shape
 
 
@@ -176,3 +176,17 @@ def test_a_plain_lightning_trainer_gets_the_prefix_cache(tmp_path):
     assert isinstance(dm.train_set, CachedActivations)
     assert dm.cache_info["prefix"]["trained_top"][0] == "blocks.4"
     assert "val_acc" in dict(module.trainer.callback_metrics)
+
+
+def test_the_same_cut_reads_the_disk_cache_and_another_cut_computes_its_own(tmp_path):
+    root = write_colour_classes(tmp_path / "colours")
+    first = datamodule(root, tmp_path)
+    first.setup_for(top_module(train_top=2), stage="fit", epochs=1)
+    again = datamodule(root, tmp_path)
+    again.setup_for(top_module(train_top=2), stage="fit", epochs=1)
+    other = datamodule(root, tmp_path)
+    other.setup_for(top_module(train_top=3), stage="fit", epochs=1)
+    assert first.cache_info["extracted"] == 36 and first.cache_info["from_disk"] == 0
+    assert again.cache_info["from_disk"] == 36 and again.cache_info["extracted"] == 0
+    assert torch.equal(again.train_set.views, first.train_set.views)
+    assert other.cache_info["extracted"] == 36 and other.train_set.views.shape != first.train_set.views.shape
