@@ -81,7 +81,7 @@ def test_train_script_reports_recipe_errors_with_exit_2(tmp_path):
         capture_output=True, text=True, env=env, timeout=120,
     )
     assert result.returncode == 2
-    assert "strategy.kind: got 'fintune'" in result.stderr and "Did you mean 'finetune'?" in result.stderr
+    assert "strategy.kind: got 'fintune'" in result.stderr and "Did you mean 'finetune'" in result.stderr
 
 
 def test_errors_from_dataloader_workers_are_shown_as_one_line():

@@ -101,7 +101,7 @@ def test_unknown_timm_backbone_gets_did_you_mean(bad_recipe_message):
 def test_misspelt_strategy_kind_gets_did_you_mean(bad_recipe_message):
     line = problem_line(bad_recipe_message, "strategy.kind")
     assert "'fintune'" in line
-    assert "Did you mean 'finetune'?" in line
+    assert "Did you mean 'finetune'" in line
 
 
 def test_error_paths_inside_a_strategy_omit_the_union_tag(tmp_path):

@@ -109,27 +109,38 @@ def extraction_device(accelerator: str) -> torch.device:
 @torch.no_grad()  # features are inputs to the head; a trainable backbone (lp_ft) must not keep their graph
 def extract(backbone: torch.nn.Module, paths: Sequence[str], transform: Callable, *, seeds: Sequence[int] | None,
             batch_size: int, num_workers: int, desc: str, channels_last: bool = True,
-            device: torch.device = torch.device("cpu"), on_bad: str = "error", progress: bool = True) -> torch.Tensor:
-    """Pooled features (len(paths), num_features) of `paths` through `transform`, one batched forward per batch.
-    on_bad="skip": a file that fails to decode gets a NaN row (the caller drops it); "error" raises DataError."""
+            device: torch.device = torch.device("cpu"), on_bad: str = "error", progress: bool = True,
+            dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Outputs (len(paths), ...) of `backbone` (pooled features, or a frozen prefix's activations) for `paths`
+    through `transform`, one batched forward per batch, stored as `dtype`. on_bad="skip": a file that fails to
+    decode gets a NaN row (the caller drops it); "error" raises DataError."""
     home = next(backbone.parameters()).device
     backbone.eval().to(device)
     loader = DataLoader(_ViewDataset(paths, transform, seeds, on_bad), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=_collate_views)
-    out = []
+    batches: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    row_shape: tuple[int, ...] = (getattr(backbone, "num_features", 0),)
     for images, good in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
-        rows = torch.full((len(good), getattr(backbone, "num_features", 0)), float("nan"))
+        out = None
         if images is not None:
             images = images.to(device)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            feats = backbone(images).float().cpu()
-            if rows.shape[1] != feats.shape[1]:
-                rows = torch.full((len(good), feats.shape[1]), float("nan"))
-            rows[good] = feats
-        out.append(rows)
+            computed = backbone(images)
+            out = computed.to(device="cpu", dtype=dtype, memory_format=torch.contiguous_format)
+            if not out.isfinite().all() and computed.isfinite().all():  # NaN marks undecodable files only
+                raise DataError(f"{desc}: outputs exceed the range of {dtype} (max |value| "
+                                f"{float(computed.abs().max()):g}); cut the backbone elsewhere or use kind finetune.")
+            row_shape = tuple(out.shape[1:])
+        batches.append((good, out))
     backbone.to(home)
-    return torch.cat(out) if out else torch.empty(0, getattr(backbone, "num_features", 0))
+    rows = torch.full((len(paths), *row_shape), float("nan"), dtype=dtype)
+    start = 0
+    for good, out in batches:
+        if out is not None:
+            rows[start: start + len(good)][good] = out
+        start += len(good)
+    return rows
 
 
 @dataclass
@@ -210,17 +221,18 @@ class CachedFeatures(Dataset):
     Epoch-indexed (tlkit.seeding): given (index, epoch), the view is drawn from (seed, epoch, index)."""
 
     epoch_indexed = True
+    row_ndim = 1  # one image's entry: a feature vector
 
     def __init__(self, views: torch.Tensor, labels: Sequence[int] | torch.Tensor, *, seed: int = 0,
                  paths: Sequence[str] | None = None):
-        if views.ndim == 2:
+        if views.ndim == self.row_ndim + 1:  # a single view
             views = views[None]
         self.views = views
         # class indices (N,), or a (N, C) float multi-hot tensor for multi-label data (see `targets`)
         self.labels = labels if isinstance(labels, torch.Tensor) else targets(labels)
         self.seed = seed
         self.paths = list(paths) if paths is not None else None
-        self.finite = views.isfinite().all(dim=2).all(dim=0)  # per image: every view extracted
+        self.finite = views.flatten(2).isfinite().all(dim=2).all(dim=0)  # per image: every view extracted
 
     def __len__(self) -> int:
         return self.views.shape[1]
@@ -241,3 +253,17 @@ class CachedFeatures(Dataset):
         else:
             view = int(torch.randint(len(self.views), ()))
         return self.views[view, index], self.labels[index]
+
+
+class CachedActivations(CachedFeatures):
+    """CachedFeatures over a frozen prefix's activations (K, N, C, H, W): an item's input is {"activations": ...},
+    so the module runs its trained top on it (an image tensor of the same rank would otherwise look alike)."""
+
+    row_ndim = 3
+
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[dict[str, torch.Tensor], torch.Tensor] | BadSample:
+        item = super().__getitem__(index)
+        if isinstance(item, BadSample):
+            return item
+        activations, label = item
+        return {"activations": activations}, label

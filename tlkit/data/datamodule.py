@@ -23,7 +23,7 @@ from typing_extensions import override
 from tlkit.config import settings_from
 from tlkit.data.augment import TrainAugment, build_eval_transform, build_train_transform
 from tlkit.data.cache import CachedFeatures, extraction_device
-from tlkit.data.features import Extraction, FeatureSplits, PhasedDataset, extract_splits
+from tlkit.data.features import Extraction, FeatureSplits, PhasedDataset, cached_network, extract_splits
 from tlkit.data.images import BadSample, decode
 from tlkit.data.preprocessing import Preprocessing
 from tlkit.data.scan import (  # noqa: F401  (re-exported: the names' historical home)
@@ -46,8 +46,8 @@ from tlkit.seeding import (
 log = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("skip", "error")
-MIXING_NEEDS_IMAGES = ("feature cache: Mixup/CutMix mix images, not features, so this linear probe trains on images "
-                       "(uncached); set mixing alphas to 0 to use the cache.")
+MIXING_NEEDS_IMAGES = ("feature cache: Mixup/CutMix mix images, not features (nor a frozen prefix's activations), so "
+                       "this run trains on images (uncached); set mixing alphas to 0 to use the cache.")
 
 
 class ImageDataset(Dataset):
@@ -490,7 +490,7 @@ class ImageFolderDataModule(PathBatches):
         pre, train_pre = pres
         if (self._features is not None and self._features.preprocessing == pre
                 and self._features.train_preprocessing in (None, train_pre)
-                and self._features.fingerprint == weights_fingerprint(module.backbone)):
+                and self._features.fingerprint == weights_fingerprint(cached_network(module))):
             return self._features
         run = Extraction(device=device or extraction_device("auto"), eval_batch_size=self.eval_batch_size,
                          num_workers=self.num_workers, channels_last=bool(getattr(module, "channels_last", False)),

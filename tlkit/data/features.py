@@ -7,6 +7,7 @@ backbone forward per image (and augmented view) in total; tlkit.data.cache keeps
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch.utils.data import Dataset
 
 from tlkit.data.augment import TrainAugment, build_eval_transform, build_train_transform
 from tlkit.data.cache import (
+    CachedActivations,
     CachedFeatures,
     FeatureCache,
     code_versions,
@@ -30,11 +32,13 @@ from tlkit.data.cache import (
 from tlkit.data.preprocessing import EVAL_PREPROCESSING_ID, Preprocessing
 from tlkit.data.scan import FolderScan
 from tlkit.data.settings import CacheConfig
+from tlkit.errors import DataError
 from tlkit.seeding import split_epoch_index
 
 log = logging.getLogger(__name__)
 
 CACHE_KEY_FORMAT = 2  # bump when the meaning of a cached row changes
+ACTIVATION_DTYPE = torch.float16  # a frozen prefix's activations on disk and in memory: half the bytes of float32
 
 
 @dataclass
@@ -73,27 +77,47 @@ def backbone_name(module: Any) -> str:
     return str(cfg.get("architecture") or type(module.backbone).__name__)
 
 
+def cached_network(module: Any) -> torch.nn.Module:
+    """What the cache runs: the frozen prefix of a module that has one (finetune_top), else the whole backbone."""
+    split = getattr(module, "prefix_split", None)
+    return split.prefix() if split is not None else module.backbone
+
+
 def extract_splits(scan: FolderScan, module: Any, pre: Preprocessing, *, augment: TrainAugment, cache: CacheConfig,
                    seed: int, run: Extraction, train_pre: Preprocessing | None = None) -> FeatureSplits:
     """Features of every train image (cache.views augmented views, or 1 when the augmentation is deterministic) and
     every val image through `module.backbone`, from the disk cache where the file is unchanged. `train_pre`: the
-    training views' preprocessing when it differs from the eval one (a smaller training size)."""
+    training views' preprocessing when it differs from the eval one (a smaller training size).
+
+    A module with a frozen prefix (`module.prefix_split`, strategy finetune_top) gets that prefix's activations
+    instead, stored float16, after checking their size against cache.max_gb."""
     train_pre = train_pre or pre
     started = time.perf_counter()
+    split = getattr(module, "prefix_split", None)
+    network = cached_network(module)
+    dtype = ACTIVATION_DTYPE if split is not None else torch.float32
     store = FeatureCache(_cache_directory(cache))
-    fingerprint = weights_fingerprint(module.backbone)
+    fingerprint = weights_fingerprint(network)
     base_key = _base_key(module, pre, fingerprint)
+    if split is not None:  # the cut point and storage type are part of what a row means
+        base_key = {**base_key, "prefix": list(split.prefix_names), "dtype": str(dtype)}
 
     def compute(transform, desc: str, view: int | None = None):
-        return _forward(module.backbone, transform, run, desc, seed=seed, view=view)
+        return _forward(network, transform, run, desc, seed=seed, view=view, dtype=dtype)
 
     train_paths = [p for p, _ in scan.train]
     val_paths = [p for p, _ in scan.val]
+    num_views = 1 if augment.is_deterministic else cache.views
+    what = "feature cache"
+    if split is not None:
+        what = "prefix cache"
+        check_activation_size(split, train=(len(train_paths), num_views, train_pre.input_size),
+                              val=(len(val_paths), pre.input_size), max_gb=cache.max_gb)
     eval_transform = build_eval_transform(pre)
     eval_key = {**base_key, "transform": "eval"}
     if augment.is_deterministic and train_pre == pre:  # the train transform is the eval transform (a test proves it)
         # One pass over train + val: one loader, one set of worker start-ups.
-        both = store.features(eval_key, train_paths + val_paths, compute(eval_transform, "features: train + val"))
+        both = store.features(eval_key, train_paths + val_paths, compute(eval_transform, f"{what}: train + val"))
         views, val = [both[: len(train_paths)]], both[len(train_paths):]
     else:
         train_transform = build_train_transform(train_pre, augment)
@@ -101,19 +125,23 @@ def extract_splits(scan: FolderScan, module: Any, pre: Preprocessing, *, augment
                        **({"train_preprocessing": train_pre.to_dict()} if train_pre != pre else {})}
         views = [
             store.features({**augment_key, "view": v}, train_paths,
-                           compute(train_transform, f"features: train view {v + 1}/{cache.views}", v))
-            for v in range(1 if augment.is_deterministic else cache.views)  # a bigger eval patch: one view is exact
+                           compute(train_transform, f"{what}: train view {v + 1}/{num_views}", v))
+            for v in range(num_views)  # a bigger eval patch with deterministic augmentation: one view is exact
         ]
-        val = store.features(eval_key, val_paths, compute(eval_transform, "features: val"))
+        val = store.features(eval_key, val_paths, compute(eval_transform, f"{what}: val"))
     info = {"used": True, "views": len(views), "disk": store.directory is not None, "from_disk": store.stats.hits,
             "extracted": store.stats.misses, "seconds": round(time.perf_counter() - started, 2)}
-    log.info("feature cache: %d train x %d view(s) + %d val; %d rows from disk, %d extracted, %.1f s",
+    if split is not None:
+        info["prefix"] = {"trained_top": list(split.top_names), "shape": list(views[0].shape[1:]),
+                          "bytes": sum(t.numel() * t.element_size() for t in (*views, val))}
+    log.info("%s: %d train x %d view(s) + %d val; %d rows from disk, %d extracted, %.1f s", what,
              len(train_paths), len(views), len(val_paths), info["from_disk"], info["extracted"], info["seconds"])
     num_classes = len(scan.classes) if scan.multi_label else None  # multi-label: (N, C) multi-hot targets
+    rows = CachedActivations if split is not None else CachedFeatures
     splits = FeatureSplits(
-        train=CachedFeatures(torch.stack(views), targets([y for _, y in scan.train], num_classes), seed=seed,
-                             paths=train_paths),
-        val=CachedFeatures(val, targets([y for _, y in scan.val], num_classes), paths=val_paths),
+        train=rows(torch.stack(views), targets([y for _, y in scan.train], num_classes), seed=seed,
+                   paths=train_paths),
+        val=rows(val, targets([y for _, y in scan.val], num_classes), paths=val_paths),
         fingerprint=fingerprint, preprocessing=pre, info=info, train_preprocessing=train_pre,
     )
     _list_undecodable(splits, run.bad_log)
@@ -148,15 +176,41 @@ def _base_key(module: Any, pre: Preprocessing, fingerprint: str) -> dict:
             "eval": EVAL_PREPROCESSING_ID}  # features from another eval resize must not be reused
 
 
-def _forward(backbone: Any, transform: Any, run: Extraction, desc: str, *, seed: int = 0, view: int | None = None):
+def _forward(backbone: Any, transform: Any, run: Extraction, desc: str, *, seed: int = 0, view: int | None = None,
+             dtype: torch.dtype = torch.float32):
     """paths -> the backbone's features of them through `transform` (reseeded per file and view when augmented)."""
     def forward(paths: list[str]) -> torch.Tensor:
         seeds = None if view is None else [view_seed(seed, view, p) for p in paths]
         return extract(backbone, paths, transform, seeds=seeds, device=run.device,
                        batch_size=extraction_batch_size(run.device, run.eval_batch_size),
                        num_workers=run.num_workers, desc=desc, channels_last=run.channels_last, on_bad=run.on_bad,
-                       progress=run.progress)
+                       progress=run.progress, dtype=dtype)
     return forward
+
+
+def check_activation_size(split: Any, *, train: tuple[int, int, int], val: tuple[int, int], max_gb: float) -> int:
+    """Log what the prefix cache will hold (images x views x activation shape, float16) and refuse it above max_gb.
+
+    train = (images, views, input size), val = (images, input size). Returns the size in bytes."""
+    (n_train, views, train_size), (n_val, val_size) = train, val
+    train_shape, val_shape = split.output_shape(train_size), split.output_shape(val_size)
+    per = ACTIVATION_DTYPE.itemsize
+    total = per * (n_train * views * math.prod(train_shape) + n_val * math.prod(val_shape))
+    shape = "x".join(map(str, train_shape))
+    val_note = "" if val_shape == train_shape else f" (val at {val_size} px: {'x'.join(map(str, val_shape))})"
+    log.info("prefix cache: %s images x %d view(s) + %s val x %s fp16%s = %s (after %s; trained: %s)",
+             f"{n_train:,}", views, f"{n_val:,}", shape, val_note, _size(total), split.prefix_names[-1],
+             ", ".join(split.top_names))
+    if total > max_gb * 1e9:
+        raise DataError(f"prefix cache would hold {_size(total)} (activations of shape {shape} for {n_train:,} "
+                        f"images x {views} views + {n_val:,} val), above cache.max_gb: {max_gb}; lower cache.views "
+                        "or the input size, raise strategy.train_top (a later cut has smaller activations), or "
+                        "raise cache.max_gb if the disk and memory allow it.")
+    return total
+
+
+def _size(num_bytes: float) -> str:
+    return f"{num_bytes / 1e9:.2f} GB" if num_bytes >= 1e8 else f"{num_bytes / 1e6:.1f} MB"
 
 
 def _list_undecodable(splits: FeatureSplits, bad_log: Path | None) -> None:

@@ -236,7 +236,8 @@ def _merge(base: dict, override: dict) -> dict:
 class CacheConfig(Section):
     features: bool = True
     """linear_probe: extract the frozen backbone's features once and train the head on them (same loss, optimizer,
-    schedule); false = run the backbone over every image every epoch."""
+    schedule); finetune_top: the frozen prefix's activations likewise, the top groups + head trained on them;
+    false = run the backbone over every image every epoch."""
     views: int = Field(default=1, ge=1, le=64)
     """Augmented views cached per training image when augmentation is random; each epoch draws one per image.
     Each view costs one backbone forward per image. Deterministic input (augment: none) always uses 1."""
@@ -244,3 +245,6 @@ class CacheConfig(Section):
     """Keep features on disk between runs, keyed by backbone, weights, preprocessing, view and file identity."""
     dir: str | None = None
     """Cache folder; null = $TLKIT_CACHE/features, else ~/.cache/tlkit/features."""
+    max_gb: float = Field(default=4.0, gt=0)
+    """strategy finetune_top: refuse to cache the frozen prefix's activations (float16, held in memory while
+    training and on disk) when they would exceed this many GB; the size is logged before anything is computed."""

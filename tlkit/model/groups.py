@@ -116,5 +116,5 @@ def groups_table(backbone: str, *, coarse: bool = True) -> str:
     body = ["  ".join(c.ljust(w) for c, w in zip(cell, widths)).rstrip() for cell in cells]
     note = (f"{backbone}: {len(rows) - 1} {'coarse' if coarse else 'fine'} backbone groups, stem (0) to top; the head "
             "(last; its size shown for 2 classes) is ours. gradual unfreezes from the top, layer_decay scales LR by "
-            "decay^depth counted from the head.")
+            "decay^depth counted from the head, finetune_top trains the top train_top groups.")
     return "\n".join([note, line, "-" * len(line), *body])

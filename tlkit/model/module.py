@@ -23,6 +23,7 @@ from tlkit.infer.tta import TTAPolicy, normalize_spec, resolve_policy
 from tlkit.model.backbones import create_backbone
 from tlkit.model.heads import build_head
 from tlkit.model.mixing import BatchMixer, binary_cross_entropy, soft_target_cross_entropy
+from tlkit.model.prefix import PrefixSplit, split_backbone
 from tlkit.model.settings import (
     BackboneConfig,
     HeadConfig,
@@ -50,7 +51,8 @@ class TransferModule(L.LightningModule):
     Args:
         backbone: timm architecture name, or BackboneConfig / its dict (name, weights, input size, normalisation...).
         classes: class names in label order (e.g. `datamodule.classes`).
-        strategy: a strategy object (LinearProbe, Finetune, LpFt, Gradual, LayerDecay), its dict, or a kind name.
+        strategy: a strategy object (LinearProbe, Finetune, LpFt, Gradual, LayerDecay, FinetuneTop), its dict, or a
+            kind name.
         head: HeadConfig or its dict; default a single linear layer (a linear probe).
         optim: OptimConfig or its dict (optimizer, lr, weight decay, L1, label smoothing, EMA).
         schedule: ScheduleConfig, its dict, or a kind name (cosine, step, constant).
@@ -129,6 +131,10 @@ class TransferModule(L.LightningModule):
                 for name in spec.params:
                     self.get_parameter(name).requires_grad_(False)
         self.backbone_frozen = all(s.unfreeze_epoch is None for s in self.group_specs if s.name != "head")
+        frozen_prefix = self.strategy.frozen_prefix(self.group_specs)
+        # finetune_top: the frozen bottom of the backbone and its trained top, so cached activations can enter the top
+        self.prefix_split: PrefixSplit | None = split_backbone(
+            self.backbone, frozen_prefix, input_size=self.train_preprocessing.input_size) if frozen_prefix else None
         if self.backbone_frozen:
             freeze(self.backbone)
         self.phase_epoch: int | None = None  # the epoch whose phase (trainable groups) is applied; None = not yet
@@ -173,11 +179,23 @@ class TransferModule(L.LightningModule):
         return resolve_policy(self.tta_spec, self.preprocessing)
 
     @override
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (N, C, H, W) -> logits; already-pooled features (N, num_features), e.g. from the cache -> logits."""
+    def forward(self, x: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Images (N, C, H, W) -> logits; already-pooled features (N, num_features), e.g. from the cache -> logits;
+        {"activations": the frozen prefix's cached output} (finetune_top) -> the trained top and head -> logits."""
+        if isinstance(x, Mapping):
+            return self.head(self.top_features(x["activations"]))
         if x.ndim == 2:
             return self.head(x)
         return self.head(self.features(x))
+
+    def top_features(self, activations: torch.Tensor) -> torch.Tensor:
+        """Pooled features from the frozen prefix's output (stored float16; computed in the backbone's dtype)."""
+        if self.prefix_split is None:
+            raise ValueError("prefix activations need a module whose strategy freezes a prefix (kind finetune_top).")
+        activations = activations.to(next(self.head.parameters()).dtype)
+        if self.channels_last and activations.ndim == 4:
+            activations = activations.contiguous(memory_format=torch.channels_last)
+        return self.prefix_split.run_top(activations)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features; no autograd graph through a frozen backbone (it would never be used)."""

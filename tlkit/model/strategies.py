@@ -3,7 +3,8 @@
 The transfer rule (Yosinski et al. 2014; CS231n's transfer-learning notes): with little data, freeze the pretrained backbone and train a linear classifier on its
 features; with more data, fine-tune everything with the backbone at about 1/10 of the head's learning rate.
 Beyond it: lp_ft (probe, then fine-tune from the probed head), gradual (unfreeze layer groups from the top every few
-epochs, fastai/ULMFiT style) and layer_decay (LR x decay^depth from the head down, timm's --layer-decay).
+epochs, fastai/ULMFiT style), layer_decay (LR x decay^depth from the head down, timm's --layer-decay) and
+finetune_top (train only the top layer groups, from cached activations of the frozen rest).
 
 Each kind is one class (settings and behaviour together): it plans the layer groups (LR factor and first
 trained epoch of each) and says which epochs the feature cache can serve; the module, fit, check, lr-find and
@@ -64,8 +65,14 @@ class _Strategy(Section):
     staged: ClassVar[bool] = False  # the trainable set changes during the run (DDP must allow unused parameters)
 
     def cached_epochs(self, epochs: int) -> int:
-        """How many leading epochs train only the head on a frozen backbone, so cached features can serve them."""
+        """How many leading epochs the cache can serve: the head alone on a frozen backbone (cached features), or
+        for a frozen prefix (finetune_top) the top groups + head on its cached activations."""
         return 0
+
+    def frozen_prefix(self, specs: list[GroupSpec]) -> tuple[str, ...]:
+        """Backbone parameters (backbone-relative names) frozen for the whole run under a trained top, whose output
+        is cached once (empty = no prefix cache; the module then runs the whole backbone every step)."""
+        return ()
 
     @property
     def probe_first(self) -> bool:
@@ -216,6 +223,38 @@ class Gradual(_Strategy):
         return specs
 
 
+class FinetuneTop(_Strategy):
+    kind: Literal["finetune_top"] = "finetune_top"
+    """Train only the top train_top layer groups + head; the rest stays frozen (BatchNorm in eval) and its output is
+    computed once per image and augmented view (cache.views) and read from the cache every epoch, so an epoch costs
+    only the trained part."""
+    train_top: int = Field(default=2, gt=0)
+    """Layer groups trained, counted from the top (`tlkit groups BACKBONE` lists them); at least one stays frozen
+    (training all of them is kind finetune)."""
+    groups: Literal["coarse", "fine"] = "coarse"
+    """Layer groups from timm's group_matcher: coarse = stem + one per stage, fine = one per block."""
+    backbone_lr_mult: float = Field(default=0.1, gt=0, le=1)
+    """LR of the trained groups = head LR x this."""
+
+    def plan(self, backbone: nn.Module, head: nn.Module) -> list[GroupSpec]:
+        from tlkit.errors import RecipeError
+
+        groups = _groups_from_top(backbone, self.groups == "coarse")
+        if self.train_top >= len(groups):
+            raise RecipeError(
+                f"strategy.train_top: {self.train_top}, but {type(backbone).__name__} has {len(groups)} {self.groups} "
+                f"layer groups (`tlkit groups` lists them); choose 1 to {len(groups) - 1}, or kind finetune to train "
+                "all of them.")
+        return [_head_spec(head), *(GroupSpec(name, params, self.backbone_lr_mult, 0 if depth < self.train_top
+                                              else None) for depth, (name, params) in enumerate(groups))]
+
+    def cached_epochs(self, epochs: int) -> int:
+        return epochs
+
+    def frozen_prefix(self, specs: list[GroupSpec]) -> tuple[str, ...]:
+        return tuple(n.removeprefix("backbone.") for s in specs if s.unfreeze_epoch is None for n in s.params)
+
+
 class LayerDecay(_Strategy):
     kind: Literal["layer_decay"] = "layer_decay"
     """Train everything; each layer group's LR = head LR x decay^depth counted from the head down (timm's --layer-decay)."""
@@ -261,9 +300,10 @@ class Auto(_Strategy):
                          "tlkit.run.auto.resolve_auto_strategy); or choose linear_probe or lp_ft yourself.")
 
 
-StrategyConfig = Annotated[Union[LinearProbe, Finetune, LpFt, Gradual, LayerDecay, Auto], Field(discriminator="kind")]
+StrategyConfig = Annotated[Union[LinearProbe, Finetune, LpFt, Gradual, LayerDecay, FinetuneTop, Auto],
+                           Field(discriminator="kind")]
 
-STRATEGIES = ("linear_probe", "finetune", "lp_ft", "gradual", "layer_decay", "auto")
+STRATEGIES = ("linear_probe", "finetune", "lp_ft", "gradual", "layer_decay", "finetune_top", "auto")
 
 
 class _StrategyField(Section):

@@ -22,6 +22,7 @@ from tlkit.model.settings import (
 from tlkit.model.strategies import (
     Auto,
     Finetune,
+    FinetuneTop,
     Gradual,
     LayerDecay,
     LinearProbe,
@@ -48,7 +49,7 @@ from tlkit.recipe.sections import (
 )
 
 __all__ = [
-    "Auto", "BackboneConfig", "CacheConfig", "DataConfig", "Finetune", "Gradual", "HeadConfig", "LayerDecay",
+    "Auto", "BackboneConfig", "CacheConfig", "DataConfig", "Finetune", "FinetuneTop", "Gradual", "HeadConfig", "LayerDecay",
     "LinearProbe", "LoggingConfig", "LpFt", "MLflowConfig", "MixingConfig", "OptimConfig", "OutputConfig", "Recipe", "ScheduleConfig", "StrategyConfig",
     "TTAConfig", "TrainAugment", "TrainerConfig", "WandbConfig", "apply_overrides", "load_recipe", "parse_override",
     "read_recipe_file", "recipe_to_dict", "render_recipe", "resolve_path", "validate_recipe",

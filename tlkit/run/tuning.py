@@ -17,6 +17,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
+from torch.utils.data import default_collate
 
 from tlkit.errors import TlkitError
 from tlkit.io import atomic_write, save_figure
@@ -103,7 +104,7 @@ def check(recipe: Recipe, *, batches: int = 2, per_class: int = 2, steps: int = 
     labels = [tuple(y) if isinstance(y, list) else y for y in labels]  # multi-label: label sets (hashable)
     chosen = sanity.pick_per_class(labels, per_class, seed=quiet.seed)
     items = [train_set[i] for i in chosen]
-    inputs = torch.stack([x for x, _ in items])
+    inputs = default_collate([x for x, _ in items])  # images, features, or finetune_top's {"activations": ...}
     targets = (torch.stack([torch.as_tensor(y, dtype=torch.float32) for _, y in items]) if module.multi_label
                else torch.as_tensor([int(y) for _, y in items]))
     module.train()
