@@ -29,6 +29,24 @@ def test_the_extractor_concatenates_normalised_stage_blocks(name, features, widt
         torch.testing.assert_close(block.pow(2).mean(1), torch.ones(3), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("size", [(7, 7), (4, 6), (1, 1), (5, 3)])
+def test_grid_pooling_is_adaptive_average_pooling(size):
+    from tlkit.model.multilayer import grid_pool
+
+    feature_map = torch.randn(2, 3, *size)
+    for grid in (1, 2, 3):
+        expected = torch.nn.functional.adaptive_avg_pool2d(feature_map, grid).flatten(1)
+        torch.testing.assert_close(grid_pool(feature_map, grid), expected)
+
+
+def test_a_stage_grid_widens_only_the_stage_blocks():
+    model, _, _ = create_backbone("test_efficientnet", "none", features=[3, 1], stage_grid=2)
+    assert model.block_widths == (4 * 24, 4 * 48, 256)
+    out = model.eval()(torch.randn(3, 3, 32, 32))
+    for block in torch.split(out, model.block_widths, dim=1):
+        torch.testing.assert_close(block.pow(2).mean(1), torch.ones(3), atol=1e-4, rtol=1e-4)
+
+
 def test_the_last_block_is_the_plain_backbones_features_up_to_scale():
     torch.manual_seed(0)
     plain, _, _ = create_backbone("test_efficientnet", "none")
@@ -54,7 +72,7 @@ def test_settings_refuse_bad_values_with_their_field():
 def test_the_head_input_is_the_concatenated_width():
     module = TransferModule({"name": "test_resnet", "weights": "none"}, ["a", "b"],
                             strategy={"kind": "linear_probe", "features": "stages"})
-    assert module.head[-1].in_features == 400
+    assert module.head[-1].in_features == 4 * (32 + 32 + 48 + 192) + 96  # stages pooled 2 x 2, the last globally
     assert module.backbone_frozen and not any(p.requires_grad for p in module.backbone.parameters())
 
 
@@ -79,11 +97,11 @@ def test_sgd_and_closed_form_probes_train_and_reload(tmp_path, strategy):
     metrics = fit(probe_recipe(root, tmp_path / "cache", strategy=strategy), run_dir=tmp_path / "run")
     assert metrics["val_acc"] >= 0.9
     module = load_checkpoint(metrics["last_checkpoint"])
-    assert module.backbone.num_features == 400 and module.strategy.features == "stages"
+    assert module.backbone.num_features == 1312 and module.strategy.features == "stages"
     weight = module.head[-1].weight
     if strategy.get("select"):
-        assert metrics["feature_cache"]["solver"]["kept_features"] == 100
-        assert int((weight.abs().sum(0) > 0).sum()) == 100  # unselected inputs carry weight 0
+        assert metrics["feature_cache"]["solver"]["kept_features"] == 328
+        assert int((weight.abs().sum(0) > 0).sum()) == 328  # unselected inputs carry weight 0
 
 
 @pytest.mark.slow

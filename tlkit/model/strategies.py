@@ -98,6 +98,11 @@ class LinearProbe(_Strategy):
     feature stages, earliest first) plus the last features, each block normalised and concatenated (a multi-layer
     probe, Head2Toe); a list such as [2, 3] = those stages plus the last. Helps most when the images differ from
     the pretraining photos (low resolution, satellite, medical); extraction costs the same, the head is wider."""
+    stage_grid: int = Field(default=2, ge=1, le=4)
+    """With stages or a list: each stage's map is average-pooled to stage_grid x stage_grid cells (Head2Toe's strided
+    pooling; 1 = one global average). 2 keeps where things are: on 32-pixel CIFAR-10 photos at 224 px the probe
+    scored 78.5% held out with 2 against 75.8% with 1 (the last features alone: 75.2%); the head is 4x wider on
+    the stages part (the last features stay globally pooled)."""
     select: float | None = Field(default=None, gt=0, le=1)
     """lbfgs only: keep this fraction of the features (those with the largest weights of a first fit, weighted by
     their spread) and fit again on them; the other inputs get weight 0; null = keep all."""
