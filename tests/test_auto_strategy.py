@@ -99,7 +99,7 @@ def test_small_data_fit_probes_in_closed_form_and_records_every_step(tmp_path):
                                                                      "saturation": 0.9}
     assert {"last", "stages"} <= set(stored["holdout"]) and stored["holdout"]["fraction"] == 0.2
     assert stored["strategy"] == {"kind": "linear_probe", "solver": "lbfgs", "features": stored["features"],
-                                  "select": None}
+                                  "stage_grid": 2, "select": None}
     assert stored["seconds"] > 0
     assert metrics["feature_cache"]["from_disk"] == 24  # the measurement's rows of the chosen features, reused
     written = (tmp_path / "run" / "recipe.yaml").read_text()
