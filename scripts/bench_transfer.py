@@ -48,7 +48,7 @@ ROWS = (
         "last-layer L-BFGS linear probe, 224 px"),
     Row("multi-layer probe", "recipes/hymenoptera_linear_probe.yaml",
         ("strategy.solver=lbfgs", "strategy.features=stages", "backbone.input_size=224"),
-        "L-BFGS probe on pooled features of every stage, 224 px"),
+        "L-BFGS probe on every stage (2x2 grid) + the last features, 224 px"),
     Row("lp_ft", "recipes/hymenoptera_lp_ft.yaml", (), "recipes/hymenoptera_lp_ft.yaml's LP-FT settings"),
     Row("recommended", "recipes/cifar10_small.yaml", (), "recipes/cifar10_small.yaml"),
     Row("fastai", "recipes/cifar10_small.yaml", (), "fastai fine_tune(epochs - 1, freeze_epochs=1), same size and "
