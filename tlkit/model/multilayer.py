@@ -59,7 +59,8 @@ class MultiLayerFeatures(nn.Module):
         self.stages, self.grid = stages, int(grid)
         self.block_widths = (*(model.feature_info[i]["num_chs"] * self.grid**2 for i in stages), model.num_features)
         self.num_features = sum(self.block_widths)
-        # Part of the state dict, so the weights fingerprint (the feature cache's key) differs per stage choice.
+        # Part of the state dict, so the weights fingerprint (the feature cache's key) differs per stage choice and
+        # grid: [-grid, stages...] (grid 1 gives [-1, ...], the layout from before grids existed).
         self.register_buffer("feature_stages", torch.tensor([-self.grid, *stages], dtype=torch.long))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
