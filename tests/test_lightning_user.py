@@ -373,3 +373,13 @@ def test_no_warning_is_left_unexplained_by_a_plain_probe_fit(colours):
         warnings.simplefilter("always")
         plain_trainer(1).fit(module, datamodule=datamodule(colours))
     assert not [w for w in caught if "optimizer_groups" in str(w.message)]
+
+
+def test_the_datamodule_takes_the_data_settings_as_the_module_takes_its_sections(colours):
+    from tlkit.data.settings import DataConfig
+
+    dm = ImageFolderDataModule({"root": str(colours), "batch_size": 4, "num_workers": 0, "val_fraction": 0.25})
+    same = ImageFolderDataModule(DataConfig(root=str(colours), batch_size=4, num_workers=0, val_fraction=0.25))
+    assert dm.batch_size == same.batch_size == 4 and dm.classes == same.classes == CLASSES
+    with pytest.raises(ValueError, match="batch_size given both"):
+        ImageFolderDataModule({"root": str(colours)}, batch_size=8)

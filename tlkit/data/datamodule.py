@@ -297,7 +297,8 @@ class ImageFolderDataModule(PathBatches):
     and kept on disk (cache.disk); the other epochs, and Mixup/CutMix runs (they mix images), read images.
     `dm.cache_info` says what happened.
 
-    Args mirror DataConfig (validated by it, same defaults), plus:
+    Args mirror DataConfig (validated by it, same defaults); `root` may also be a DataConfig or its dict (the
+    recipe's data section), which then gives those arguments. Besides:
         preprocessing: eval geometry and normalisation; None = the fitted module's `preprocessing`.
         augment: training augmentation (TrainAugment, its dict or a preset name); default the recipe's.
         cache: CacheConfig, its dict, or False for images every epoch; default the recipe's (on, 1 view, on disk).
@@ -310,7 +311,7 @@ class ImageFolderDataModule(PathBatches):
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | DataConfig | Mapping,
         *,
         preprocessing: Preprocessing | None = None,
         augment: TrainAugment | Mapping | str | None = None,
@@ -333,12 +334,20 @@ class ImageFolderDataModule(PathBatches):
         table: Any = None,
     ):
         super().__init__()
-        self.config = settings_from(DataConfig, {
-            "root": str(root), "batch_size": batch_size, "eval_batch_size": eval_batch_size,
-            "num_workers": num_workers, "val_fraction": val_fraction, "test_fraction": test_fraction,
-            "on_bad_image": on_bad_image, "balance": balance, "source": source,
-            "csv": csv, "multi_label": multi_label,
-            "label_delimiter": label_delimiter})
+        data = {"batch_size": batch_size, "eval_batch_size": eval_batch_size, "num_workers": num_workers,
+                "val_fraction": val_fraction, "test_fraction": test_fraction, "on_bad_image": on_bad_image,
+                "balance": balance, "source": source, "csv": csv, "multi_label": multi_label,
+                "label_delimiter": label_delimiter}
+        if isinstance(root, (DataConfig, Mapping)):  # the recipe's data section, as TransferModule takes its sections
+            section = settings_from(DataConfig, root)
+            both = [k for k, v in data.items() if v != _DATA_DEFAULTS[k].default]
+            if both:
+                raise DataError(f"{', '.join(both)} given both in the data settings and as argument(s); give them "
+                                "in one place.")
+            data, root = {k: getattr(section, k) for k in data}, section.root
+        self.config = settings_from(DataConfig, {"root": str(root), **data})
+        (batch_size, eval_batch_size, num_workers, val_fraction, test_fraction, on_bad_image, balance, source, csv,
+         multi_label, label_delimiter) = data.values()
         if first_epoch < 0:
             raise ValueError(f"first_epoch must be >= 0; got {first_epoch}.")
         self.root = Path(root)
