@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import tiny_recipe_dict, write_colour_classes
 
-from tlkit.data.scan import scan_folder
+from tlkit.data.scan import FolderScan, relative_name, scan_folder
 from tlkit.infer.checkpoint import load_checkpoint
 from tlkit.recipe import validate_recipe
 from tlkit.run import fit
@@ -76,6 +76,16 @@ def test_a_carved_split_holds_the_same_files_in_either_copy(two_copies):
     here, there = (scan_folder(root, val_fraction=0.3, test_fraction=0.2, seed=7) for root in two_copies)
     for split in ("train", "val", "test"):
         assert relative(two_copies[0], getattr(here, split)) == relative(two_copies[1], getattr(there, split))
+
+
+def test_a_scan_built_by_hand_names_files_relative_to_the_folder_its_samples_share(tmp_path):
+    def by_hand(root: Path) -> FolderScan:
+        return FolderScan(classes=["a", "b"], layout="single", train=[(str(root / "a" / "1.png"), 0)],
+                          val=[(str(root / "b" / "sub" / "2.png"), 1)])
+
+    for root in (tmp_path / "here", tmp_path / "there" / "deeper"):
+        scan = by_hand(root)
+        assert [relative_name(p, scan.data_root()) for p, _ in scan.train + scan.val] == ["a/1.png", "b/sub/2.png"]
 
 
 def fingerprint(root: Path) -> dict:

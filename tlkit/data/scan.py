@@ -60,7 +60,8 @@ class FolderScan:
         folder holding every sample."""
         if self.root is not None:
             return self.root
-        return os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p, _ in (*self.train, *self.val, *self.test)])
+        folders = {os.path.dirname(os.path.abspath(p)) for p, _ in (*self.train, *self.val, *self.test)}
+        return os.path.commonpath(sorted(folders))
 
 
 def relative_name(path: str | Path, root: str | Path) -> str:

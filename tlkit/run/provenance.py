@@ -46,9 +46,10 @@ def git_state(folder: Path) -> dict | None:
     return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
-# The images' bytes are hashed up to these totals. Measured on a 2-core CPU, files in the page cache: 398
-# hymenoptera JPEGs (47 MB) in 0.06 s, 5,001 cifar10_small PNGs (4.6 MB) in 0.22 s; about 45 us per file plus
-# 1.2 ms per MB, so at most a few seconds at the limits. Larger data is identified by relative path and size.
+# The images' bytes are hashed up to these totals. Measured on a busy 2-core CPU, files in the page cache: the whole
+# fingerprint of 398 hymenoptera JPEGs (47 MB) takes 0.2 s (0.02 s without the bytes), of 5,000 cifar10_small PNGs
+# (4.6 MB) 0.7-1.2 s (0.2-0.4 s); roughly 0.1 ms per file and 4 ms per MB, so about 10 s at the limits, small next
+# to training on that much data. Larger data is identified by relative path and size only.
 CONTENT_HASH_MAX_FILES = 100_000
 CONTENT_HASH_MAX_BYTES = 2 * 10**9
 # The data fields differences() compares, the most telling first: a run recorded before content hashes has only
@@ -65,12 +66,13 @@ def data_fingerprint(root: str | Path, paths: Iterable[str], labels: dict[str, o
     `labels` (path -> class index or tuple of indices) adds `labels_sha256`: labels from a CSV or DataFrame can change
     while every image file stays the same."""
     paths = sorted(paths)
-    names = [Path(os.path.relpath(path, root)).as_posix() for path in paths]
+    relative = [os.path.relpath(path, root) for path in paths]
+    names = [rel.replace(os.sep, "/") for rel in relative]  # the same on every operating system
     stats = [os.stat(path) for path in paths]
     total = sum(stat.st_size for stat in stats)
     legacy, sizes = hashlib.sha256(), hashlib.sha256()
-    for path, name, stat in zip(paths, names, stats):
-        legacy.update(f"{os.path.relpath(path, root)}\t{stat.st_size}\t{int(stat.st_mtime)}\n".encode())
+    for rel, name, stat in zip(relative, names, stats):
+        legacy.update(f"{rel}\t{stat.st_size}\t{int(stat.st_mtime)}\n".encode())
         sizes.update(f"{name}\t{stat.st_size}\n".encode())
     fingerprint = {"files": len(paths), "bytes": total, "sha256": legacy.hexdigest(),
                    "paths_sizes_sha256": sizes.hexdigest()}
