@@ -7,14 +7,18 @@ Each case expects the documented safe behaviour: a skipped file with its reason 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_colour_classes
+import yaml
+from conftest import tiny_recipe_dict, write_colour_classes
 from PIL import Image
 from test_reliability import assert_one_error_line, cli, untouched
 
@@ -191,3 +195,118 @@ def test_resize_bomb_in_a_training_folder_is_skipped_at_scan(tmp_path):
     reasons = dict(scan.skipped)
     assert reasons[str(bomb)].startswith("50000x2 pixels: aspect ratio over 100:1, refused")
     assert str(bomb) not in [p for p, _ in scan.train + scan.val]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 8. Huge or mostly-missing tables: refused with a count, bounded reading, a bounded number of log lines
+
+
+def _colour_table(tmp_path: Path, extra_rows: str = "") -> Path:
+    """The colour classes as one folder (36 images) + labels.csv listing them, then `extra_rows` (CSV text)."""
+    root = write_colour_classes(tmp_path / "data", split=False)
+    rows = "".join(f"{p.relative_to(root).as_posix()},{p.parent.name}\n" for p in sorted(root.rglob("*.png")))
+    (root / "labels.csv").write_text("path,label\n" + rows + extra_rows)
+    return root
+
+
+def _missing_rows(n: int) -> str:
+    return "".join(f"gone/img_{i:07d}.png,red\n" for i in range(n))
+
+
+def _recipe(tmp_path: Path, root: Path, **data) -> Path:
+    path = tmp_path / "tiny.yaml"
+    recipe = tiny_recipe_dict(root, backbone={"name": "test_resnet"}, trainer={"epochs": 1},
+                              data={"source": "csv", **data})
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_table_of_mostly_missing_files_is_refused_with_the_count(tmp_path, capsys, monkeypatch):
+    root = _colour_table(tmp_path, _missing_rows(60_000))  # 36 real images, 60,000 missing
+    monkeypatch.chdir(tmp_path)
+    started = time.perf_counter()
+    with untouched(root):
+        code, err = cli(["train", "--recipe", _recipe(tmp_path, root)], capsys)
+    seconds = time.perf_counter() - started
+    assert_one_error_line(code, err, "60,000 of the 60,036 images listed in", "line 38: 'gone/img_0000000.png'",
+                          "more than 50% missing", expected=1)
+    assert len(err.splitlines()) < 5 and not (tmp_path / "runs").exists()
+    assert seconds < 60, seconds  # linear: 1 M rows take ~25 s on a busy 2-core machine (scan only)
+
+
+def test_a_few_missing_files_are_summarised_not_listed_one_per_line(tmp_path, caplog):
+    from tlkit.data.table import scan_table
+
+    root = _colour_table(tmp_path, _missing_rows(25))
+    with caplog.at_level("WARNING", logger="tlkit.data.table"):
+        scan = scan_table(root)
+    assert len(scan.skipped) == 25 and len(scan.train) + len(scan.val) == 36
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 11 and lines[-1] == "skipped 15 more file(s): 15 missing"
+
+
+def test_table_over_the_row_limit_stops_reading_with_a_clear_error(tmp_path, monkeypatch):
+    from tlkit.data import table
+
+    monkeypatch.setattr(table, "MAX_TABLE_ROWS", 1000)  # the mechanism; the real bound is 2,000,000 rows
+    root = _colour_table(tmp_path, _missing_rows(5000))
+    with pytest.raises(DataError, match=r"has more than 1,000 rows \(stopped reading at line 1002\); tlkit reads a "
+                                        r"table into memory: split it"):
+        table.scan_table(root)
+    assert table.MAX_TABLE_ROWS < 10**7 // 4  # 10 M rows would need ~5 GB: refused well before
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 9. A FIFO (or another non-regular file) listed in a table is skipped, never opened
+
+
+def _with_timeout(seconds: float, call):
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still running after {seconds} s: the FIFO was opened"
+    return result[0]
+
+
+def test_fifo_listed_in_a_table_is_skipped_with_a_reason(tmp_path):
+    from tlkit.data.table import scan_table
+
+    root = _colour_table(tmp_path, "pipe.png,red\nsub,blue\n")
+    os.mkfifo(root / "pipe.png")
+    (root / "sub").mkdir()
+    scan = _with_timeout(30, lambda: scan_table(root))
+    reasons = dict(scan.skipped)
+    assert reasons[str(root / "pipe.png")] == "not a regular file (a FIFO, socket or device); never opened"
+    assert reasons[str(root / "sub")] == "a folder, not an image file"
+    assert len(scan.train) + len(scan.val) == 36
+
+
+def test_fifo_is_reported_by_doctor_and_skipped_by_predict(tmp_path, trained_run, capsys):
+    from tlkit.data.doctor import diagnose_table
+
+    root = _colour_table(tmp_path, "pipe.png,red\n")
+    os.mkfifo(root / "pipe.png")
+    report = _with_timeout(30, lambda: diagnose_table(root / "labels.csv"))
+    assert report["cases"]["not_regular_file"]["items"] == [str(root / "pipe.png")]
+    out = tmp_path / "p.csv"
+    code = _with_timeout(60, lambda: cli(["predict", "--checkpoint", _checkpoint(trained_run), root / "pipe.png",
+                                          *_good_images(trained_run), "--out", out], capsys)[0])
+    assert code == 0 and len(out.read_text().splitlines()) == 3
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Weak spots
+
+
+def test_data_csv_outside_the_data_root_is_refused_unread(tmp_path, capsys, monkeypatch):
+    root = _colour_table(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:the first line of a private file\n")
+    monkeypatch.chdir(tmp_path)
+    for csv_path in (str(secret), "../secret.txt"):
+        recipe = _recipe(tmp_path, root, csv=csv_path)
+        with untouched(tmp_path):
+            code, err = cli(["train", "--recipe", recipe], capsys)
+        assert_one_error_line(code, err, "is outside data.root", "put the label table inside", expected=1)
+        assert "root:x" not in err
