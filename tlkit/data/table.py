@@ -407,7 +407,7 @@ def scan_parsed(parsed: ParsedTable, root: str | Path, name: str, *, val_fractio
     _check_training_classes(parsed, train, val, name)
     log_skipped(skipped)
     return FolderScan(classes=list(parsed.classes), train=train, val=val, layout=TABLE_LAYOUT, skipped=skipped,
-                      sizes=sizes, test=test, multi_label=parsed.multi_label)
+                      sizes=sizes, test=test, multi_label=parsed.multi_label, root=str(root))
 
 
 def _check_training_classes(parsed: ParsedTable, train: list, val: list, name: str) -> None:
