@@ -26,6 +26,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from tlkit.data.images import is_image_name
+from tlkit.data.preprocessing import ImageGeometryError, check_geometry
 from tlkit.errors import DataError, DataNotFoundError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,10 @@ def read_header(path: Path) -> tuple[tuple[int, int] | None, str | None]:
         return None, f"unreadable: {type(exc).__name__}"
     if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:  # PIL only warns below 2x the limit
         return None, f"decompression bomb: {width}x{height} pixels, refused from its header"
+    try:
+        check_geometry(width, height)  # an extreme aspect ratio: a resize bomb
+    except ImageGeometryError as exc:
+        return None, str(exc)
     return (width, height), None
 
 
