@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tlkit.data.curation import curate, rename_columns
 from tlkit.data.scan import (
     LINK_OUTSIDE,
     FolderScan,
@@ -113,7 +114,7 @@ def _check_columns(columns: list[str], name: str) -> None:
         raise DataError(f"{name}: only a 'path' column; add a label column (path,label) or one 0/1 column per class.")
 
 
-def read_csv_table(path: str | Path) -> Table:
+def read_csv_table(path: str | Path, column_names: dict[str, str] | None = None) -> Table:
     """Read a CSV with the standard library; DataError naming the file (and line) and the fix when unusable."""
     path = Path(path)
     if not path.is_file():
@@ -132,7 +133,7 @@ def read_csv_table(path: str | Path) -> Table:
     if not records:
         raise DataError(f"{path} is empty; expected a header line such as path,label[,split] and one row per image.")
     (_, head), body = records[0], records[1:]
-    columns = _header(head)
+    columns = _header(rename_columns([c.strip() for c in head], column_names, str(path)))  # data.columns
     _check_columns(columns, str(path))
     rows, places = [], []
     for line, cells in body:
@@ -164,12 +165,13 @@ def _cell_text(value: Any, delimiter: str) -> str:
     return str(value).strip()
 
 
-def dataframe_table(df: Any, root: str | Path, *, delimiter: str = ";") -> Table:
+def dataframe_table(df: Any, root: str | Path, *, delimiter: str = ";",
+                    column_names: dict[str, str] | None = None) -> Table:
     """A pandas DataFrame (or anything with .columns and .to_dict('records')) as a Table whose paths are relative to
     root. A label cell may also be a list of class names (multi-label)."""
     if not hasattr(df, "columns") or not hasattr(df, "to_dict"):
         raise DataError(f"Expected a pandas DataFrame with columns path,label[,split]; got {type(df).__name__}.")
-    columns = _header([str(c) for c in df.columns])
+    columns = _header(rename_columns([str(c).strip() for c in df.columns], column_names, "DataFrame"))
     _check_columns(columns, "DataFrame")
     rows = [{c: _cell_text(v, delimiter) for c, v in zip(columns, record.values())}
             for record in df.to_dict(orient="records")]
@@ -353,35 +355,48 @@ def _check_training_classes(parsed: ParsedTable, train: list, val: list, name: s
 
 def scan_table(root: str | Path, csv_name: str | Path = "labels.csv", *, multi_label: bool | None = None,
                label_delimiter: str = ";", val_fraction: float = 0.2, test_fraction: float = 0.0,
-               seed: int = 42) -> FolderScan:
-    """Scan data.root/<csv_name> (data.source: csv) into a FolderScan."""
+               seed: int = 42, columns: dict[str, str] | None = None) -> FolderScan:
+    """Scan data.root/<csv_name> (data.source: csv) into a FolderScan; columns: the table's names for path, label,
+    split (data.columns)."""
     root = _existing_root(root)
-    table = read_csv_table(root / csv_name)
+    table = read_csv_table(root / csv_name, columns)
     parsed = parse_table(table, root, multi_label=multi_label, delimiter=label_delimiter)
     return scan_parsed(parsed, root, table.name, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
 
 
 def scan_dataframe(df: Any, root: str | Path, *, multi_label: bool | None = None, label_delimiter: str = ";",
-                   val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 42) -> FolderScan:
+                   val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 42,
+                   columns: dict[str, str] | None = None) -> FolderScan:
     """Scan a DataFrame whose paths are relative to root: the same checks as a CSV."""
     root = _existing_root(root)
-    table = dataframe_table(df, root, delimiter=label_delimiter)
+    table = dataframe_table(df, root, delimiter=label_delimiter, column_names=columns)
     parsed = parse_table(table, root, multi_label=multi_label, delimiter=label_delimiter)
     return scan_parsed(parsed, root, table.name, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
 
 
 def scan_data(root: str | Path, *, source: str = "folder", csv: str = "labels.csv", multi_label: bool | None = None,
               label_delimiter: str = ";", val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 42,
-              table: Any = None) -> FolderScan:
-    """The scan for any data source: class folders, a CSV under root, or a DataFrame (`table`)."""
+              table: Any = None, columns: dict[str, str] | None = None, exclude: Any = None,
+              relabel: str | None = None) -> FolderScan:
+    """The scan for any data source: class folders, a CSV under root, or a DataFrame (`table`), with data.exclude
+    and data.relabel applied (tlkit.data.curation)."""
+    split = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    scan = _scan_source(root, source, csv, multi_label, label_delimiter, split, table, columns)
+    return curate(scan, exclude=exclude, relabel=relabel, label_delimiter=label_delimiter)
+
+
+def _scan_source(root, source, csv, multi_label, label_delimiter, split, table, columns) -> FolderScan:
     from tlkit.data.scan import scan_folder
 
-    split = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    labels = {"multi_label": multi_label, "label_delimiter": label_delimiter, "columns": columns, **split}
     if table is not None:
-        return scan_dataframe(table, root, multi_label=multi_label, label_delimiter=label_delimiter, **split)
+        return scan_dataframe(table, root, **labels)
     if source == "csv":
-        return scan_table(root, csv, multi_label=multi_label, label_delimiter=label_delimiter, **split)
+        return scan_table(root, csv, **labels)
     if multi_label:
         raise DataError("multi_label: true needs labels from a table (data.source: csv); class folders give each "
                         "image one label.")
+    if columns:
+        raise DataError("data.columns renames a table's columns, but data.source is folder; set data.source: csv "
+                        "(and data.csv: <your table>), or remove data.columns.")
     return scan_folder(root, **split)
