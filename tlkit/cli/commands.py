@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tlkit.cli.audit import run_audit, run_noisy
 from tlkit.errors import RecipeError
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C
@@ -414,6 +415,8 @@ def _generate(args: argparse.Namespace) -> int:
     if args.kind == "digits":
         print(f"digits: {write_digits(args.out)}")
         return 0
+    if args.kind == "noisy":
+        return run_noisy(args)
     counts = {s: getattr(args, s) for s in ("train", "val", "test") if getattr(args, s) is not None}
     out = write_mosaics(args.source, args.out, counts=counts, grid=args.grid, min_classes=args.min_classes,
                         max_classes=args.max_classes, cell=args.cell, seed=args.seed, val_fraction=args.val_fraction)
@@ -429,4 +432,5 @@ HANDLERS = {
     "train": _train, "preview": _preview, "evaluate": _evaluate, "predict": _predict, "export": _export,
     "recipe": _recipe_show, "groups": _groups, "check": _check, "lr-find": _lr_find, "search": _search,
     "diagnose": _diagnose, "init-stats": _init_stats, "doctor": _doctor, "report": _report, "generate": _generate,
+    "audit": run_audit,
 }

@@ -10,6 +10,7 @@ import re
 import sys
 from pathlib import Path
 
+from tlkit.cli.audit import add_audit_parser, add_noisy_parser
 from tlkit.cli.commands import HANDLERS, StopSignal, sigterm_stops
 from tlkit.errors import RecipeError, TlkitError
 from tlkit.infer.settings import AGGREGATES, DEFAULT_MAX_VIEWS_PER_FORWARD, PRECISIONS
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", dest="json_out", help="report path (default runs/doctor/<folder name>.json)")
 
     _add_generate_parser(sub)
+    add_audit_parser(sub)
 
     recipe = sub.add_parser("recipe", help="inspect recipes")
     recipe_sub = recipe.add_subparsers(dest="recipe_command", required=True)
@@ -257,6 +259,7 @@ def _add_generate_parser(sub) -> None:
     mosaic.add_argument("--val-fraction", type=_fraction, default=0.2,
                         help="source without val/: the seeded fraction of its images kept for val mosaics (0.2)")
     mosaic.add_argument("--seed", type=int, default=0, help="seed of the split and the draws (default 0)")
+    add_noisy_parser(kinds)
 
 
 def _add_tuning_parsers(sub) -> None:

@@ -125,6 +125,9 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         return Path.cwd() if from_cli else recipe_dir
 
     recipe.data.root = str(resolve_path(recipe.data.root, base_for("data.root")))
+    for key in ("exclude", "relabel"):  # files the recipe names are found like data.root (a list holds image paths)
+        if isinstance(getattr(recipe.data, key), str):
+            setattr(recipe.data, key, str(resolve_path(getattr(recipe.data, key), base_for(f"data.{key}"))))
     weights = recipe.backbone.weights
     if weights not in ("auto", "hub", "bundled", "none"):
         weights_file = resolve_path(weights, base_for("backbone.weights"))

@@ -136,7 +136,7 @@ def _saved_split(checkpoint: str | Path) -> dict:
     if Path(checkpoint).suffix == ".safetensors":
         return {}
     saved = saved_split(read_checkpoint(checkpoint))
-    keys = ("val_fraction", "test_fraction", "seed", "source", "csv", "multi_label", "label_delimiter")
+    keys = ("val_fraction", "test_fraction", "seed", "source", "csv", "multi_label", "label_delimiter", "columns")
     return {k: saved[k] for k in keys if k in saved and not (k == "source" and saved[k] == "dataframe")}
 
 

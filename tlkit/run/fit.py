@@ -318,8 +318,10 @@ def _write_run_files(run_dir: Path, recipe: Recipe, datamodule: ImageFolderDataM
     atomic_write(run_dir / "recipe.yaml", auto_note + recipe_text)
     samples = [*datamodule.scan.train, *datamodule.scan.val]
     labels = dict(samples)  # part of the data's fingerprint: a CSV's labels can change while the images do not
-    atomic_write(run_dir / "provenance.json",
-                 json.dumps(provenance.collect(recipe_text, recipe.data.root, list(labels), labels), indent=2) + "\n")
+    record = provenance.collect(recipe_text, recipe.data.root, list(labels), labels)
+    if datamodule.scan.curation:  # data.exclude / data.relabel as applied: which file, how many images, its hash
+        record["data"]["curation"] = datamodule.scan.curation
+    atomic_write(run_dir / "provenance.json", json.dumps(record, indent=2) + "\n")
     atomic_write(run_dir / "classes.json", json.dumps(datamodule.classes, indent=2) + "\n")
     if datamodule.scan.skipped:
         atomic_write(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))
