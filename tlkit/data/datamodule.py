@@ -332,22 +332,26 @@ class ImageFolderDataModule(PathBatches):
         multi_label: bool | None = _DATA_DEFAULTS["multi_label"].default,
         label_delimiter: str = _DATA_DEFAULTS["label_delimiter"].default,
         table: Any = None,
+        columns: Mapping[str, str] | None = None,
+        exclude: str | list[str] | None = None,
+        relabel: str | None = None,
     ):
         super().__init__()
         data = {"batch_size": batch_size, "eval_batch_size": eval_batch_size, "num_workers": num_workers,
                 "val_fraction": val_fraction, "test_fraction": test_fraction, "on_bad_image": on_bad_image,
                 "balance": balance, "source": source, "csv": csv, "multi_label": multi_label,
-                "label_delimiter": label_delimiter}
+                "label_delimiter": label_delimiter, "columns": dict(columns or {}), "exclude": exclude,
+                "relabel": relabel}
         if isinstance(root, (DataConfig, Mapping)):  # the recipe's data section, as TransferModule takes its sections
             section = settings_from(DataConfig, root)
-            both = [k for k, v in data.items() if v != _DATA_DEFAULTS[k].default]
+            both = [k for k, v in data.items() if v != _DATA_DEFAULTS[k].get_default(call_default_factory=True)]
             if both:
                 raise DataError(f"{', '.join(both)} given both in the data settings and as argument(s); give them "
                                 "in one place.")
             data, root = {k: getattr(section, k) for k in data}, section.root
         self.config = settings_from(DataConfig, {"root": str(root), **data})
         (batch_size, eval_batch_size, num_workers, val_fraction, test_fraction, on_bad_image, balance, source, csv,
-         multi_label, label_delimiter) = data.values()
+         multi_label, label_delimiter, columns, exclude, relabel) = data.values()
         if first_epoch < 0:
             raise ValueError(f"first_epoch must be >= 0; got {first_epoch}.")
         self.root = Path(root)
@@ -362,7 +366,8 @@ class ImageFolderDataModule(PathBatches):
         self.on_bad_image, self.balance = on_bad_image, balance
         self.first_epoch = first_epoch
         self.bad_log = Path(bad_log) if bad_log is not None else None
-        self.labels_from = {"source": source, "csv": csv, "multi_label": multi_label, "label_delimiter": label_delimiter}
+        self.labels_from = {"source": source, "csv": csv, "multi_label": multi_label, "label_delimiter": label_delimiter,
+                            "columns": dict(columns or {}), "exclude": exclude, "relabel": relabel}
         self.table = table
         self.scan = scan if scan is not None else scan_data(
             self.root, **self.labels_from, table=table, val_fraction=val_fraction, test_fraction=test_fraction,
