@@ -383,3 +383,17 @@ def test_the_datamodule_takes_the_data_settings_as_the_module_takes_its_sections
     assert dm.batch_size == same.batch_size == 4 and dm.classes == same.classes == CLASSES
     with pytest.raises(ValueError, match="batch_size given both"):
         ImageFolderDataModule({"root": str(colours)}, batch_size=8)
+
+
+def test_an_epoch_that_trains_the_backbone_on_cached_features_stops_in_one_line(colours):
+    from torch.utils.data import DataLoader
+
+    from tlkit.errors import DataError
+
+    module = tiny_module({"kind": "lp_ft", "probe": "sgd", "probe_epochs": 1})
+    dm = datamodule(colours)
+    dm.setup_for(module, stage="fit", epochs=2)
+    plain = DataLoader(dm.train_set, batch_size=8, shuffle=True)  # a sampler of plain indices: the epoch is lost
+    with pytest.raises(DataError, match="epoch 1 trains the backbone") as error:
+        plain_trainer(2, limit_val_batches=0).fit(module, train_dataloaders=plain)
+    assert "\n" not in str(error.value)

@@ -247,14 +247,15 @@ class TransferModule(L.LightningModule):
     @override
     def configure_callbacks(self) -> list[L.Callback]:
         """The training phases, as callbacks a plain Trainer gets too (tlkit.model.phases): the strategy's phase at
-        every epoch start, frozen BatchNorm statistics kept whatever else runs (SWA), lp_ft's closed-form probe at
-        fit start, and multi-label decision thresholds tuned after fit. A hook override cannot switch them off."""
+        every epoch start, frozen BatchNorm statistics kept whatever else runs (SWA), cached features only in the
+        epochs that may read them, lp_ft's closed-form probe at fit start, and multi-label decision thresholds
+        tuned after fit. A hook override cannot switch them off."""
         from tlkit.model.lpft import ClosedFormProbe
-        from tlkit.model.phases import FrozenBatchNorm, StagedUnfreezing, TuneThresholds
+        from tlkit.model.phases import FeatureCachePhase, FrozenBatchNorm, StagedUnfreezing, TuneThresholds
 
         probe = [ClosedFormProbe()] if self.strategy.probe_first else []
         thresholds = [TuneThresholds()] if self.multi_label else []
-        return [StagedUnfreezing(), FrozenBatchNorm(), *probe, *thresholds]
+        return [StagedUnfreezing(), FrozenBatchNorm(), FeatureCachePhase(), *probe, *thresholds]
 
     def cache_plan(self, epochs: int) -> CachePlan:
         """What the feature cache can serve a fit of `epochs` epochs (tlkit.data.protocol.ServedModel): the leading

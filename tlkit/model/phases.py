@@ -10,6 +10,8 @@ with Lightning's own callbacks (StochasticWeightAveraging, ModelCheckpoint, Earl
 - FrozenBatchNorm: frozen means frozen. BatchNorm layers held in eval() keep their running statistics whatever else
   runs: Lightning's SWA resets every BatchNorm's statistics and re-estimates them from forward passes that, on a
   probe's cached features, never reach the backbone; this puts the frozen ones back.
+- FeatureCachePhase: cached features serve only the epochs the strategy leaves the backbone frozen; an epoch that
+  trains it and still reads cached features stops in one line.
 - TuneThresholds: after fit, a multi-label model's per-class decision thresholds are tuned on the validation split.
 (lp_ft's closed-form probe, the fourth, is tlkit.model.lpft.ClosedFormProbe.)
 """
@@ -138,6 +140,45 @@ def _restore(bn: _BatchNorm, kept: dict[str, torch.Tensor]) -> bool:
         device = current[key].device if current[key] is not None else value.device
         setattr(bn, key, value.detach().clone().to(device))  # SWA replaced the tensors; a fresh copy either way
     return True
+
+
+class FeatureCachePhase(L.Callback):
+    """The feature-cache phase ends when the strategy says: an epoch that trains the backbone must read images.
+
+    The datamodule serves cached features for the plan's leading epochs and switches to images by the epoch its
+    samplers are told; a loader that loses the epoch (a replaced sampler) would keep serving features to a
+    backbone that should train. The first batch of each epoch is checked; such a run stops in one line.
+    State: the epochs that read cached inputs."""
+
+    def __init__(self) -> None:
+        self.cached_epochs: list[int] = []
+
+    @override
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+                             ) -> None:
+        if batch_idx != 0 or not isinstance(batch, (tuple, list)) or not batch:
+            return
+        inputs, epoch = batch[0], trainer.current_epoch
+        cached = isinstance(inputs, dict) or (isinstance(inputs, torch.Tensor) and inputs.ndim == 2)
+        if not cached:
+            return
+        if epoch not in self.cached_epochs:
+            self.cached_epochs.append(epoch)
+        served = pl_module.cache_plan(trainer.max_epochs if trainer.max_epochs not in (None, -1) else 2**31).epochs
+        if epoch >= served:
+            from tlkit.errors import DataError
+
+            raise DataError(f"epoch {epoch} trains the backbone but its batches are cached features (the cache serves "
+                            f"epochs 0-{served - 1}); the loader lost the epoch (a replaced sampler?): use "
+                            "ImageFolderDataModule's own loaders, or cache=False.")
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"cached_epochs": list(self.cached_epochs)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.cached_epochs = list(state_dict.get("cached_epochs", []))
 
 
 class TuneThresholds(L.Callback):
