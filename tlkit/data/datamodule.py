@@ -340,8 +340,8 @@ class ImageFolderDataModule(PathBatches):
         data = {"batch_size": batch_size, "eval_batch_size": eval_batch_size, "num_workers": num_workers,
                 "val_fraction": val_fraction, "test_fraction": test_fraction, "on_bad_image": on_bad_image,
                 "balance": balance, "source": source, "csv": csv, "multi_label": multi_label,
-                "label_delimiter": label_delimiter, "columns": dict(columns or {}), "exclude": exclude,
-                "relabel": relabel}
+                "label_delimiter": label_delimiter, "columns": dict(columns) if columns else None,
+                "exclude": exclude, "relabel": relabel}
         if isinstance(root, (DataConfig, Mapping)):  # the recipe's data section, as TransferModule takes its sections
             section = settings_from(DataConfig, root)
             both = [k for k, v in data.items() if v != _DATA_DEFAULTS[k].get_default(call_default_factory=True)]

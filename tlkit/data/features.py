@@ -143,9 +143,9 @@ def extract_train_eval_features(scan: FolderScan, module: Any, pre: Preprocessin
     later run with the same backbone, weights and preprocessing reads them from disk."""
     started = time.perf_counter()
     store = FeatureCache(_cache_directory(cache))
-    key = {**_base_key(module.cache_plan(0).name, pre, weights_fingerprint(module.backbone)), "transform": "eval"}
+    key = {**_base_key(module.cache_plan(0).name, pre, weights_fingerprint(module.embedder)), "transform": "eval"}
     paths = [p for p, _ in scan.train]
-    rows = store.features(key, paths, _forward(module.backbone, build_eval_transform(pre), run, "features: train"))
+    rows = store.features(key, paths, _forward(module.embedder, build_eval_transform(pre), run, "features: train"))
     num_classes = len(scan.classes) if scan.multi_label else None
     features = CachedFeatures(rows[None], targets([y for _, y in scan.train], num_classes), paths=paths)
     info = {"from_disk": store.stats.hits, "extracted": store.stats.misses,
