@@ -19,6 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+import torchmetrics.utilities.imports
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassF1Score,
@@ -56,6 +57,11 @@ from tlkit.model.strategies import (
 __all__ = ["CHECKPOINT_FORMAT", "TransferModule", "multilabel_summary"]
 CLASSIFIER_KEYS = ("backbone", "stage_pooling", "head", "thresholds")  # the state-dict roots the Classifier owns
 log = logging.getLogger(__name__)
+
+# torchmetrics decides whether torch_xla is installed lazily, on the first metric update; under torch.compile that
+# first update runs inside dynamo, which cannot trace the package lookup. Deciding it now lets `torch.compile(module)`
+# fit.
+bool(torchmetrics.utilities.imports._XLA_AVAILABLE)
 
 MIXING_NEEDS_IMAGES = ("feature cache: Mixup/CutMix mix images, not features (nor a frozen prefix's activations), so "
                        "this run trains on images (uncached); set mixing alphas to 0 to use the cache.")

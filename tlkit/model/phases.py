@@ -112,6 +112,8 @@ class FrozenBatchNorm(L.Callback):
 
     def _keep(self, pl_module: L.LightningModule) -> None:
         """Record the statistics of layers that just froze, restore those of layers still frozen, forget thawed."""
+        if not pl_module.training:  # a model in eval() altogether says nothing about which layers are frozen
+            return
         frozen = {name: bn for name, bn in pl_module.named_modules() if isinstance(bn, _BatchNorm)
                   and not bn.training and bn.track_running_stats}
         self.kept = {name: stats for name, stats in self.kept.items() if name in frozen}
