@@ -249,8 +249,8 @@ def _batch_limits(trainer: L.Trainer, stage: str) -> tuple[int | None, int | Non
     if stage not in ("fit", "validate"):
         return None, None
 
-    def count(limit: float) -> int | None:
-        return int(limit) if isinstance(limit, int) and not isinstance(limit, bool) else None
+    def count(limit: float) -> int | None:  # 0 (no batches: lr-find validates nothing) keeps the split whole too
+        return int(limit) if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
 
     return count(trainer.limit_train_batches), count(trainer.limit_val_batches)
 
