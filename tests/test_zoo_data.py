@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import tiny_recipe_dict, write_colour_classes
+from conftest import tiny_recipe_dict, write_colour_classes, write_image
 from PIL import Image
 from test_reliability import assert_one_error_line, cli, untouched
 
@@ -310,3 +310,120 @@ def test_data_csv_outside_the_data_root_is_refused_unread(tmp_path, capsys, monk
             code, err = cli(["train", "--recipe", recipe], capsys)
         assert_one_error_line(code, err, "is outside data.root", "put the label table inside", expected=1)
         assert "root:x" not in err
+
+
+def _table(tmp_path: Path, header: str, rows: list[str], n_images: int = 8) -> Path:
+    """root/0..n.png and labels.csv with `header` and `rows` (text lines; {i} is the image number)."""
+    root = tmp_path / "t"
+    for i in range(n_images):
+        write_image(root / f"{i}.png", seed=i)
+    (root / "labels.csv").write_text(header + "\n" + "".join(r + "\n" for r in rows))
+    return root
+
+
+@pytest.mark.parametrize(("header", "needle"), [
+    ("image_name,tags", "Rename 'image_name' to 'path' and 'tags' to 'label'?"),
+    ("id,label", "Rename 'id' to 'path'? Paths need their file extension"),
+])
+def test_kaggle_style_header_gets_the_mapping(tmp_path, header, needle):
+    from tlkit.data.table import scan_table
+
+    root = _table(tmp_path, header, [f"{i}.png,{'ab'[i % 2]}" for i in range(8)])
+    with pytest.raises(DataError, match=f"no 'path' column .*{needle.replace('?', '[?]')}"):
+        scan_table(root)
+
+
+def test_path_tags_header_reads_tags_as_the_label_column_and_says_so(tmp_path, caplog):
+    from tlkit.data.table import scan_table
+
+    root = _table(tmp_path, "path,tags", [f"{i}.png,{'ab'[i % 2]}" for i in range(8)])
+    with caplog.at_level("WARNING", logger="tlkit.data.table"):
+        scan = scan_table(root)
+    assert scan.classes == ["a", "b"] and not scan.multi_label  # not one 0/1 class column named 'tags'
+    assert "took column 'tags' as the label column" in caplog.text
+
+
+def test_a_separator_in_a_few_labels_says_the_table_became_multi_label(tmp_path, caplog):
+    from tlkit.data.doctor import diagnose_table
+    from tlkit.data.table import scan_table
+
+    rows = [f"{i}.png,{'ab'[i % 2]}" for i in range(7)] + ["7.png,a;b"]
+    root = _table(tmp_path, "path,label", rows)
+    with caplog.at_level("WARNING", logger="tlkit.data.table"):
+        assert scan_table(root).multi_label
+    assert "read as multi-label because 1 row(s) hold several labels (labels.csv line 9: 'a;b')" in caplog.text
+    assert diagnose_table(root / "labels.csv")["cases"]["multi_label_guessed"]["count"] == 1
+
+
+def test_classes_differing_in_case_are_named_by_scan_and_doctor(tmp_path, caplog):
+    from tlkit.data.doctor import diagnose, diagnose_table
+    from tlkit.data.scan import scan_folder
+    from tlkit.data.table import scan_table
+
+    root = _table(tmp_path, "path,label", [f"{i}.png,{['bees', 'Bees', 'ants'][i % 3]}" for i in range(8)])
+    with caplog.at_level("WARNING"):
+        scan_table(root)
+    assert "class names differ only in case (Bees == bees)" in caplog.text
+    assert diagnose_table(root / "labels.csv")["cases"]["classes_differing_in_case"]["items"] == ["Bees == bees"]
+    folders = tmp_path / "folders"
+    for i, name in enumerate(["Bees", "bees", "Bees", "bees", "ants", "ants"]):
+        write_image(folders / name / f"{i}.png", seed=i)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        scan_folder(folders)
+    assert "class folders Bees == bees differ only in case" in caplog.text
+    assert diagnose(folders)["cases"]["classes_differing_in_case"]["items"] == ["Bees == bees"]
+
+
+def test_a_class_on_one_row_is_named_with_its_line(tmp_path):
+    from tlkit.data.table import scan_table
+
+    root = _table(tmp_path, "path,label", [f"{i}.png,{'ab'[i % 2]}" for i in range(7)] + ["7.png,wasp"])
+    with pytest.raises(DataError, match=r"1 class\(es\) in .*labels.csv have a single training image: 'wasp' "
+                                        r"\(labels.csv line 9\)"):
+        scan_table(root)
+
+
+@pytest.mark.parametrize("label", ["=HYPERLINK(\"http://x\")", "+1+1", "-cmd", "@SUM(A1)"])
+def test_formula_labels_are_neutralised_in_csv_outputs(label):
+    import io
+
+    from tlkit.io import csv_safe, write_csv_rows
+
+    f = io.StringIO()
+    write_csv_rows(f, [["path", "label_1", "prob_1"], ["x.png", label, "0.5"], ["y.png", "-0.25", "0.5"]])
+    lines = f.getvalue().splitlines()
+    assert lines[1].split(",", 1)[1].lstrip('"').startswith("'") and csv_safe(label) == "'" + label
+    assert lines[2] == "y.png,-0.25,0.5"  # numbers stay numbers
+
+
+def test_formula_class_names_are_neutralised_in_predictions_and_per_class_csv(tmp_path):
+    from tlkit.infer.evaluate import _write_csv
+    from tlkit.infer.predict import write_predictions_csv
+
+    rows = [{"path": "x.png", "labels": ["=cmd|' /C calc'!A0", "@bees"], "probs": [0.75, 0.25]}]
+    out = write_predictions_csv(rows, tmp_path / "predictions.csv", 2)
+    assert out.read_text().splitlines()[1] == "x.png,'=cmd|' /C calc'!A0,0.750000,'@bees,0.250000"
+    _write_csv(tmp_path / "per_class.csv", ["class", "recall"], [["+ants", 0.5], ["-1", -0.5]])
+    assert (tmp_path / "per_class.csv").read_text().splitlines()[1:] == ["'+ants,0.5", "-1,-0.5"]
+
+
+def test_tlkit_predict_writes_rows_as_pieces_finish_and_logs_progress(trained_run, tmp_path, monkeypatch, caplog):
+    from tlkit.infer import predict as predict_module
+    from tlkit.run import checkpoints
+
+    monkeypatch.setattr(checkpoints, "PREDICT_CHUNK", 2)
+    files = _good_images(trained_run, 5)
+    out = tmp_path / "predictions.csv"
+    seen: list[int] = []
+    real_write = predict_module.PredictionsCsv.write
+
+    def spy(self, rows):  # what the file holds on disk after each piece
+        real_write(self, rows)
+        seen.append(len(out.read_text().splitlines()) - 1)
+
+    monkeypatch.setattr(predict_module.PredictionsCsv, "write", spy)
+    with caplog.at_level("INFO", logger="tlkit.run.checkpoints"):
+        summary = checkpoints.predict_checkpoint(_checkpoint(trained_run), files, out=out, tta="none")
+    assert seen == [2, 4, 5] and summary["predicted"] == 5
+    assert "predicted 4 of 5 images (0 skipped)" in caplog.text

@@ -3,17 +3,18 @@ multi-label model, each image's label set (the classes at or over their threshol
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from typing_extensions import Self
 
 from tlkit.errors import DataError, DataNotFoundError
 from tlkit.infer.inference import InferenceResult
-from tlkit.io import atomic_open
+from tlkit.io import atomic_open, write_csv_rows
 
 
 def top_k_rows(result: InferenceResult, paths: Sequence[str], classes: Sequence[str], k: int) -> list[dict]:
@@ -58,9 +59,8 @@ def check_outputs(paths: Sequence[str | Path | None], *, overwrite: bool) -> Non
             raise DataError(f"{path} already exists; pass --overwrite to replace it, or choose another --out/--json.")
 
 
-def write_predictions_csv(rows: Sequence[dict], path: str | Path, k: int) -> Path | str:
-    """Columns: path, label_1, prob_1, ..., label_k, prob_k; multi-label rows: path, labels and probs (the label set,
-    ';'-separated), then p_<class> for every class. path '-' writes to stdout."""
+def _csv_table(rows: Sequence[dict], k: int) -> tuple[list[str], list[list]]:
+    """(header, body) of the predictions CSV for `rows` (see write_predictions_csv)."""
     if rows and "probabilities" in rows[0]:
         classes = list(rows[0]["probabilities"])
         header = ["path", "labels", "probs", *(f"p_{c}" for c in classes)]
@@ -70,15 +70,51 @@ def write_predictions_csv(rows: Sequence[dict], path: str | Path, k: int) -> Pat
         header = ["path"] + [f"{name}_{i}" for i in range(1, k + 1) for name in ("label", "prob")]
         body = [[r["path"], *[x for label, p in zip(r["labels"], r["probs"]) for x in (label, f"{p:.6f}")]]
                 for r in rows]
+    return header, body
+
+
+def write_predictions_csv(rows: Sequence[dict], path: str | Path, k: int) -> Path | str:
+    """Columns: path, label_1, prob_1, ..., label_k, prob_k; multi-label rows: path, labels and probs (the label set,
+    ';'-separated), then p_<class> for every class. path '-' writes to stdout. Written atomically."""
+    header, body = _csv_table(rows, k)
     if str(path) == STDOUT:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(body)
+        write_csv_rows(sys.stdout, [header, *body])
         sys.stdout.flush()
         return STDOUT
     path = Path(path)
-    _atomic(path, lambda f: (csv.writer(f).writerow(header), csv.writer(f).writerows(body)))
+    _atomic(path, lambda f: write_csv_rows(f, [header, *body]))
     return path
+
+
+class PredictionsCsv:
+    """The predictions CSV written as batches finish, so a run killed midway keeps the rows it did (not atomic on
+    purpose: the file is opened, header first, when the first rows arrive, and flushed after each write).
+    path '-' is stdout. Use as a context manager."""
+
+    def __init__(self, path: str | Path, k: int):
+        self.path, self.k = path, k
+        self._file: Any = None
+
+    def write(self, rows: Sequence[dict]) -> None:
+        if not rows:
+            return
+        header, body = _csv_table(rows, self.k)
+        if self._file is None:
+            if str(self.path) == STDOUT:
+                self._file = sys.stdout
+            else:
+                _check_folder(Path(self.path))
+                self._file = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in __exit__
+            write_csv_rows(self._file, [header])
+        write_csv_rows(self._file, body)
+        self._file.flush()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None and self._file is not sys.stdout:
+            self._file.close()
 
 
 def write_predictions_json(rows: Sequence[dict], skipped: Sequence[tuple[str, str]], path: str | Path, *,
@@ -91,8 +127,12 @@ def write_predictions_json(rows: Sequence[dict], skipped: Sequence[tuple[str, st
     return path
 
 
-def _atomic(path: Path, write) -> None:
+def _check_folder(path: Path) -> None:
     if not path.parent.is_dir():
         raise DataNotFoundError(f"Output folder {str(path.parent)!r} does not exist; create it or choose another --out.")
+
+
+def _atomic(path: Path, write) -> None:
+    _check_folder(path)
     with atomic_open(path, newline="") as f:
         write(f)
