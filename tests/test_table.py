@@ -157,7 +157,7 @@ def test_bad_rows_are_refused_in_one_line(tmp_path, rows, message):
 
 @pytest.mark.parametrize(("text", "message"), [
     ("", r"labels.csv is empty; expected a header"),
-    ("file,label\na.png,x\n", r"no 'path' column .*'file', 'label'.* Rename 'file' to 'path'"),
+    ("file,label\na.png,x\n", r"no 'path' column .*'file', 'label'.* Set data.columns: \{path: file\}"),
     ("path,label\n", r"has a header but no rows"),
     ("path,label\na.png,x,extra\n", r"labels.csv line 2: 3 cell\(s\) where the header has 2"),
     ("path\na.png\n", r"only a 'path' column"),

@@ -55,6 +55,7 @@ class FolderScan:
     test: list[Sample] = field(default_factory=list)  # evaluated once at the end, never used for selection
     multi_label: bool = False
     root: str | None = None  # the data root the sample paths lie under (None: a scan built by hand)
+    curation: dict = field(default_factory=dict)  # data.exclude / data.relabel as applied (tlkit.data.curation)
 
     def data_root(self) -> str:
         """The folder sample paths are named relative to: the scanned root, or (a scan built by hand) the deepest

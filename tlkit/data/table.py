@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tlkit.data.curation import curate, rename_columns
 from tlkit.data.scan import (
     LINK_OUTSIDE,
     FolderScan,
@@ -140,9 +141,11 @@ def _mapping_hint(columns: list[str]) -> str:
     if path_column is None:
         return ""
     label_column = next((c for c in columns if c.lower() in LABEL_LIKE), None)
-    also = f" and {label_column!r} to 'label'" if label_column and LABEL not in columns else ""
-    return (f" Rename {path_column!r} to 'path'{also}? Paths need their file extension (an id such as 0001 is "
-            "written 0001.jpg).")
+    label = label_column if label_column and LABEL not in columns else None
+    mapping = f"path: {path_column}" + (f", label: {label}" if label else "")
+    return (f" Is {path_column!r} the image path{f' and {label!r} the label' if label else ''}? Set data.columns: "
+            f"{{{mapping}}} (or rename the header); paths need their file extension (an id such as 0001 is written "
+            "0001.jpg).")
 
 
 def _label_column(table: Table) -> list[str]:
@@ -154,14 +157,15 @@ def _label_column(table: Table) -> list[str]:
     j = table.columns.index(others[0])
     if all(cells[j].lower() in ONE | ZERO for cells in table.rows):
         return table.columns
-    log.warning("%s: took column %r as the label column (its cells are class names, not 0/1); rename it to 'label' "
-                "to say so, or write 0/1 cells for a class column", table.name, others[0])
+    log.warning("%s: took column %r as the label column (its cells are class names, not 0/1); set data.columns: "
+                "{label: %s} to say so, or write 0/1 cells for a class column", table.name, others[0], others[0])
     return [LABEL if c == others[0] else c for c in table.columns]
 
 
-def read_csv_table(path: str | Path) -> Table:
+def read_csv_table(path: str | Path, column_names: dict[str, str] | None = None) -> Table:
     """Read a CSV with the standard library, streaming: DataError naming the file (and line) and the fix when
-    unusable, or when it has more than MAX_TABLE_ROWS rows (reading stops there: bounded memory)."""
+    unusable, or when it has more than MAX_TABLE_ROWS rows (reading stops there: bounded memory); column_names: the
+    table's own names for path, label, split (data.columns)."""
     path = Path(path)
     if not path.is_file():
         parent = path.parent
@@ -170,7 +174,7 @@ def read_csv_table(path: str | Path) -> Table:
                                 "(e.g. --set data.csv=labels.csv).")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets often write a BOM
-            columns, rows, lines = _read_rows(path, _records(csv.reader(f)))
+            columns, rows, lines = _read_rows(path, _records(csv.reader(f)), column_names)
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as CSV UTF-8.") from None
     except csv.Error as exc:
@@ -178,7 +182,8 @@ def read_csv_table(path: str | Path) -> Table:
     return Table(name=str(path), base=path.parent, columns=columns, rows=rows, origins=lines)
 
 
-def _read_rows(path: Path, records) -> tuple[list[str], list[tuple[str, ...]], list[int]]:
+def _read_rows(path: Path, records, column_names: dict[str, str] | None = None
+               ) -> tuple[list[str], list[tuple[str, ...]], list[int]]:
     """(columns, rows of stripped cells, their line numbers) from (line, cells) records; blank lines skipped."""
     columns: list[str] | None = None
     rows: list[tuple[str, ...]] = []
@@ -187,7 +192,7 @@ def _read_rows(path: Path, records) -> tuple[list[str], list[tuple[str, ...]], l
         if not any(c.strip() for c in cells):
             continue
         if columns is None:
-            columns = _header(cells)
+            columns = _header(rename_columns([c.strip() for c in cells], column_names, str(path)))  # data.columns
             _check_columns(columns, str(path))
             continue
         if len(cells) != len(columns):
@@ -223,12 +228,13 @@ def _cell_text(value: Any, delimiter: str) -> str:
     return str(value).strip()
 
 
-def dataframe_table(df: Any, root: str | Path, *, delimiter: str = ";") -> Table:
+def dataframe_table(df: Any, root: str | Path, *, delimiter: str = ";",
+                    column_names: dict[str, str] | None = None) -> Table:
     """A pandas DataFrame (or anything with .columns and .to_dict('records')) as a Table whose paths are relative to
     root. A label cell may also be a list of class names (multi-label)."""
     if not hasattr(df, "columns") or not hasattr(df, "to_dict"):
         raise DataError(f"Expected a pandas DataFrame with columns path,label[,split]; got {type(df).__name__}.")
-    columns = _header([str(c) for c in df.columns])
+    columns = _header(rename_columns([str(c).strip() for c in df.columns], column_names, "DataFrame"))
     _check_columns(columns, "DataFrame")
     rows = [tuple(_cell_text(v, delimiter) for v in record.values()) for record in df.to_dict(orient="records")]
     if not rows:
@@ -493,39 +499,52 @@ def _check_training_classes(parsed: ParsedTable, train: list, val: list, name: s
 
 def scan_table(root: str | Path, csv_name: str | Path = "labels.csv", *, multi_label: bool | None = None,
                label_delimiter: str = ";", val_fraction: float = 0.2, test_fraction: float = 0.0,
-               seed: int = 42) -> FolderScan:
-    """Scan data.root/<csv_name> (data.source: csv) into a FolderScan."""
+               seed: int = 42, columns: dict[str, str] | None = None) -> FolderScan:
+    """Scan data.root/<csv_name> (data.source: csv) into a FolderScan; columns: the table's names for path, label,
+    split (data.columns)."""
     root = _existing_root(root)
     path = root / csv_name
     if not _inside(os.path.realpath(path), os.path.realpath(root)):  # never read (or echo) a file outside the data
         raise DataError(f"data.csv {str(csv_name)!r} is outside data.root {str(root)!r}; put the label table inside "
                         "the data folder and give its path relative to it (e.g. --set data.csv=labels.csv).")
-    table = read_csv_table(path)
+    table = read_csv_table(path, columns)
     parsed = parse_table(table, root, multi_label=multi_label, delimiter=label_delimiter)
     return scan_parsed(parsed, root, table.name, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
 
 
 def scan_dataframe(df: Any, root: str | Path, *, multi_label: bool | None = None, label_delimiter: str = ";",
-                   val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 42) -> FolderScan:
+                   val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 42,
+                   columns: dict[str, str] | None = None) -> FolderScan:
     """Scan a DataFrame whose paths are relative to root: the same checks as a CSV."""
     root = _existing_root(root)
-    table = dataframe_table(df, root, delimiter=label_delimiter)
+    table = dataframe_table(df, root, delimiter=label_delimiter, column_names=columns)
     parsed = parse_table(table, root, multi_label=multi_label, delimiter=label_delimiter)
     return scan_parsed(parsed, root, table.name, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
 
 
 def scan_data(root: str | Path, *, source: str = "folder", csv: str = "labels.csv", multi_label: bool | None = None,
               label_delimiter: str = ";", val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 42,
-              table: Any = None) -> FolderScan:
-    """The scan for any data source: class folders, a CSV under root, or a DataFrame (`table`)."""
+              table: Any = None, columns: dict[str, str] | None = None, exclude: Any = None,
+              relabel: str | None = None) -> FolderScan:
+    """The scan for any data source: class folders, a CSV under root, or a DataFrame (`table`), with data.exclude
+    and data.relabel applied (tlkit.data.curation)."""
+    split = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    scan = _scan_source(root, source, csv, multi_label, label_delimiter, split, table, columns)
+    return curate(scan, exclude=exclude, relabel=relabel, label_delimiter=label_delimiter)
+
+
+def _scan_source(root, source, csv, multi_label, label_delimiter, split, table, columns) -> FolderScan:
     from tlkit.data.scan import scan_folder
 
-    split = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    labels = {"multi_label": multi_label, "label_delimiter": label_delimiter, "columns": columns, **split}
     if table is not None:
-        return scan_dataframe(table, root, multi_label=multi_label, label_delimiter=label_delimiter, **split)
+        return scan_dataframe(table, root, **labels)
     if source == "csv":
-        return scan_table(root, csv, multi_label=multi_label, label_delimiter=label_delimiter, **split)
+        return scan_table(root, csv, **labels)
     if multi_label:
         raise DataError("multi_label: true needs labels from a table (data.source: csv); class folders give each "
                         "image one label.")
+    if columns:
+        raise DataError("data.columns renames a table's columns, but data.source is folder; set data.source: csv "
+                        "(and data.csv: <your table>), or remove data.columns.")
     return scan_folder(root, **split)

@@ -140,7 +140,7 @@ def _saved_split(checkpoint: str | Path) -> dict:
     if Path(checkpoint).suffix == ".safetensors":
         return {}
     saved = saved_split(read_checkpoint(checkpoint))
-    keys = ("val_fraction", "test_fraction", "seed", "source", "csv", "multi_label", "label_delimiter")
+    keys = ("val_fraction", "test_fraction", "seed", "source", "csv", "multi_label", "label_delimiter", "columns")
     return {k: saved[k] for k in keys if k in saved and not (k == "source" and saved[k] == "dataframe")}
 
 
@@ -216,9 +216,12 @@ def export_checkpoint(
     onnx: bool = True,
     atol: float = 1e-3,
     tta: str | dict | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """model.safetensors + model.json (+ model.onnx checked against PyTorch on `images` with onnxruntime, and the
     standalone bundle: predict.py, preprocessing.py, requirements.txt).
+
+    A non-empty `out_dir` is refused unless it holds an earlier tlkit export or `overwrite` is set.
 
     tta: the policy whose views model.json lists for the bundle (default: the checkpoint's own). The safetensors file
     is loaded back and must predict exactly what the checkpoint predicts. Raises ExportError when the ONNX graph
@@ -226,6 +229,7 @@ def export_checkpoint(
     """
     from tlkit.infer.export import (
         ONNX_NAME,
+        check_export_folder,
         export_onnx,
         export_safetensors,
         load_exported,
@@ -235,6 +239,7 @@ def export_checkpoint(
         write_sidecar,
     )
 
+    check_export_folder(out_dir, overwrite=overwrite)
     module = load_checkpoint(checkpoint)
     policy = policy_for(module, tta)
     out_dir = Path(out_dir)
