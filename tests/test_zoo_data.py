@@ -6,6 +6,7 @@ Each case expects the documented safe behaviour: a skipped file with its reason 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import tiny_recipe_dict, write_colour_classes, write_image
 from PIL import Image
@@ -434,3 +436,129 @@ def test_tlkit_predict_writes_rows_as_pieces_finish_and_logs_progress(trained_ru
         summary = checkpoints.predict_checkpoint(_checkpoint(trained_run), files, out=out, tta="none")
     assert seen == [2, 4, 5] and summary["predicted"] == 5
     assert "predicted 4 of 5 images (0 skipped)" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 7. Feature-cache data is checked, not trusted: damaged rows recomputed, never blamed on images; unwritable cache
+
+
+def _cache_files(tmp_path: Path, n: int = 6) -> list[str]:
+    return [str(write_image(tmp_path / "img" / f"{i}.png", seed=i)) for i in range(n)]
+
+
+class _Compute:
+    """Deterministic 'features' (row i of path p: a value from p's name) that count what was computed."""
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def __call__(self, paths: list[str]) -> torch.Tensor:
+        self.calls.append(list(paths))
+        return torch.stack([torch.linspace(0, 1, 16) * (1 + int(Path(p).stem)) for p in paths])
+
+
+def _entry_file(cache_dir: Path) -> Path:
+    (path,) = cache_dir.rglob("features.safetensors")
+    return path
+
+
+def _damage(path: Path, how: str) -> None:
+    """Change bytes of the stored tensor (the end of a safetensors file is its data), keeping the file readable."""
+    data = bytearray(path.read_bytes())
+    if how == "bit_flip":
+        data[-70] ^= 0x10
+    elif how == "zeroed":
+        data[-200:-72] = bytes(128)
+    else:  # NaN: a float32 quiet NaN over one value of row 2
+        data[-4 * 16 * 4 + 8: -4 * 16 * 4 + 12] = b"\x00\x00\xc0\x7f"
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["bit_flip", "zeroed", "nan"])
+def test_damaged_feature_rows_are_recomputed_with_one_warning(tmp_path, caplog, how):
+    from tlkit.data.cache import FeatureCache
+
+    files, compute = _cache_files(tmp_path), _Compute()
+    fresh = FeatureCache(tmp_path / "cache").features({"k": 1}, files, compute)
+    _damage(_entry_file(tmp_path / "cache"), how)
+    with caplog.at_level("WARNING", logger="tlkit.data.cache"):
+        served = FeatureCache(tmp_path / "cache").features({"k": 1}, files, compute)
+    assert torch.equal(served, fresh)  # never the damaged bytes
+    assert 1 <= len(compute.calls[1]) < len(files)  # only the damaged rows were recomputed
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "fail their checksum (damaged on disk); recomputing them" in warnings[0]
+    assert "repair or remove" not in caplog.text
+    again = FeatureCache(tmp_path / "cache").features({"k": 1}, files, compute)  # the entry was rewritten whole
+    assert torch.equal(again, fresh) and len(compute.calls) == 2
+
+
+def test_feature_entry_without_checksums_is_recomputed_not_trusted(tmp_path, caplog):
+    from safetensors.torch import save_file
+
+    from tlkit.data.cache import FeatureCache, file_identity
+
+    files, compute = _cache_files(tmp_path, 2), _Compute()
+    FeatureCache(tmp_path / "cache").features({"k": 1}, files, compute)
+    entry = _entry_file(tmp_path / "cache")
+    save_file({"features": torch.zeros(2, 16)}, str(entry),  # an older tlkit's entry, or forged metadata
+              metadata={"identities": json.dumps([file_identity(f) for f in files])})
+    with caplog.at_level("WARNING", logger="tlkit.data.cache"):
+        served = FeatureCache(tmp_path / "cache").features({"k": 1}, files, compute)
+    assert served.abs().sum() > 0 and "no valid row checksums" in caplog.text
+
+
+@pytest.mark.parametrize(("errno_code", "strerror"), [(errno.ENOSPC, "No space left on device"),
+                                                      (errno.EROFS, "Read-only file system")])
+def test_unwritable_feature_cache_is_one_warning_and_work_goes_on(tmp_path, caplog, monkeypatch, errno_code,
+                                                                  strerror):
+    from tlkit.data import cache as cache_module
+
+    def refuse(path, save):
+        raise OSError(errno_code, strerror, str(path))
+
+    monkeypatch.setattr(cache_module, "atomic_save", refuse)
+    files, compute = _cache_files(tmp_path), _Compute()
+    store = cache_module.FeatureCache(tmp_path / "cache")
+    with caplog.at_level("WARNING", logger="tlkit.data.cache"):
+        first = store.features({"k": 1}, files, compute)
+        store.features({"k": 2}, files, compute)  # saving is off now: no second attempt, no second warning
+    assert torch.equal(first, _Compute()(files))
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert f"({strerror}); going on without saving them" in warning and "set cache.disk: false" in warning
+
+
+def test_training_on_a_full_cache_disk_finishes_with_one_warning(tmp_path, capsys, monkeypatch, caplog):
+    from tlkit.data import cache as cache_module
+
+    def full(path, save):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(cache_module, "atomic_save", full)
+    root = write_colour_classes(tmp_path / "data", per_class=6)
+    recipe = tmp_path / "probe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe_dict(root, backbone={"name": "test_resnet"}, trainer={"epochs": 1},
+                                                      cache={"dir": str(tmp_path / "cache")})))
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING", logger="tlkit.data.cache"):
+        code, err = cli(["train", "--recipe", recipe], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    assert len([r for r in caplog.records if "cannot save features" in r.getMessage()]) == 1
+
+
+def test_backbone_nan_features_are_not_blamed_on_the_images(tmp_path):
+    from tlkit.data.augment import build_eval_transform
+    from tlkit.data.cache import extract
+    from tlkit.data.preprocessing import Preprocessing
+
+    class Broken(torch.nn.Module):  # weights gone NaN: every decoded image gives NaN features
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.tensor(float("nan")))
+
+        def forward(self, x):
+            return x.mean(dim=(2, 3)) * self.weight
+
+    pre = Preprocessing(input_size=16, crop_pct=1.0, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
+    with pytest.raises(DataError, match="NaN/inf features for images that decoded; its weights .* not the images"):
+        extract(Broken(), _cache_files(tmp_path, 2), build_eval_transform(pre), seeds=None, batch_size=2,
+                num_workers=0, desc="features", channels_last=False, on_bad="skip", progress=False)
