@@ -34,7 +34,8 @@ def _checkpoint(trained_run) -> Path:
 
 
 def _strip(path: Path, width: int, height: int) -> Path:
-    """A tiny PNG with an extreme aspect ratio (1 x 60000 px is 2.9 KB): under the pixel limit, a resize bomb."""
+    """A tiny PNG with an extreme aspect ratio (1 x 60000 px flat grey: 199 bytes): under the pixel limit, a resize
+    bomb."""
     Image.new("L", (width, height), 128).save(path)
     return path
 
@@ -427,14 +428,15 @@ def test_tlkit_predict_writes_rows_as_pieces_finish_and_logs_progress(trained_ru
     seen: list[int] = []
     real_write = predict_module.PredictionsCsv.write
 
-    def spy(self, rows):  # what the file holds on disk after each piece
+    def spy(self, rows):  # what is on disk after each piece (in the file that replaces `out` at the end)
         real_write(self, rows)
-        seen.append(len(out.read_text().splitlines()) - 1)
+        (written,) = tmp_path.glob(".predictions.*")
+        seen.append(len(written.read_text().splitlines()) - 1)
 
     monkeypatch.setattr(predict_module.PredictionsCsv, "write", spy)
     with caplog.at_level("INFO", logger="tlkit.run.checkpoints"):
         summary = checkpoints.predict_checkpoint(_checkpoint(trained_run), files, out=out, tta="none")
-    assert seen == [2, 4, 5] and summary["predicted"] == 5
+    assert seen == [2, 4, 5] and summary["predicted"] == 5 and len(out.read_text().splitlines()) == 6
     assert "predicted 4 of 5 images (0 skipped)" in caplog.text
 
 
@@ -562,3 +564,27 @@ def test_backbone_nan_features_are_not_blamed_on_the_images(tmp_path):
     with pytest.raises(DataError, match="NaN/inf features for images that decoded; its weights .* not the images"):
         extract(Broken(), _cache_files(tmp_path, 2), build_eval_transform(pre), seeds=None, batch_size=2,
                 num_workers=0, desc="features", channels_last=False, on_bad="skip", progress=False)
+
+
+def test_tlkit_predict_stopped_midway_keeps_its_rows_and_the_old_file(trained_run, tmp_path, monkeypatch):
+    from tlkit.infer import predict as predict_module
+    from tlkit.run import checkpoints
+
+    monkeypatch.setattr(checkpoints, "PREDICT_CHUNK", 2)
+    out = tmp_path / "predictions.csv"
+    out.write_text("the user's previous predictions\n")
+    real_write = predict_module.PredictionsCsv.write
+    pieces = []
+
+    def stop_after_two_pieces(self, rows):
+        real_write(self, rows)
+        pieces.append(len(rows))
+        if len(pieces) == 2:
+            raise KeyboardInterrupt  # what Ctrl-C and SIGTERM raise
+
+    monkeypatch.setattr(predict_module.PredictionsCsv, "write", stop_after_two_pieces)
+    with untouched(out), pytest.raises(KeyboardInterrupt):
+        checkpoints.predict_checkpoint(_checkpoint(trained_run), _good_images(trained_run, 5), out=out, tta="none",
+                                       overwrite=True)
+    assert len((tmp_path / "predictions.csv.partial").read_text().splitlines()) == 1 + 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv", "predictions.csv.partial"]

@@ -4,9 +4,12 @@ multi-label model, each image's label set (the classes at or over their threshol
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -14,7 +17,7 @@ from typing_extensions import Self
 
 from tlkit.errors import DataError, DataNotFoundError
 from tlkit.infer.inference import InferenceResult
-from tlkit.io import atomic_open, write_csv_rows
+from tlkit.io import atomic_open, atomic_path, write_csv_rows
 
 
 def top_k_rows(result: InferenceResult, paths: Sequence[str], classes: Sequence[str], k: int) -> list[dict]:
@@ -48,6 +51,7 @@ def label_set_rows(result: InferenceResult, paths: Sequence[str], classes: Seque
     return rows
 
 
+log = logging.getLogger(__name__)
 STDOUT = "-"
 LABEL_SEPARATOR = ";"  # between the labels of a set in one CSV cell, as in a multi-label CSV source
 
@@ -87,34 +91,45 @@ def write_predictions_csv(rows: Sequence[dict], path: str | Path, k: int) -> Pat
 
 
 class PredictionsCsv:
-    """The predictions CSV written as batches finish, so a run killed midway keeps the rows it did (not atomic on
-    purpose: the file is opened, header first, when the first rows arrive, and flushed after each write).
-    path '-' is stdout. Use as a context manager."""
+    """The predictions CSV, written as pieces of the work finish: rows go to a temporary file beside `path`
+    (flushed after each piece) that replaces `path` atomically at the end, so an existing file survives a failed
+    run. Stopped midway (Ctrl-C, SIGTERM), the rows done are kept as `<path>.partial`. path '-' is stdout.
+    Use as a context manager."""
 
     def __init__(self, path: str | Path, k: int):
         self.path, self.k = path, k
         self._file: Any = None
+        self._atomic: Any = None
+        self._tmp: Path | None = None
+
+    def __enter__(self) -> Self:
+        if str(self.path) != STDOUT:
+            _check_folder(Path(self.path))
+            self._atomic = atomic_path(self.path)
+            self._tmp = self._atomic.__enter__()  # a read-only folder fails here, before any work
+        return self
 
     def write(self, rows: Sequence[dict]) -> None:
         if not rows:
             return
         header, body = _csv_table(rows, self.k)
         if self._file is None:
-            if str(self.path) == STDOUT:
-                self._file = sys.stdout
-            else:
-                _check_folder(Path(self.path))
-                self._file = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in __exit__
+            self._file = sys.stdout if self._tmp is None else open(self._tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in __exit__
             write_csv_rows(self._file, [header])
         write_csv_rows(self._file, body)
         self._file.flush()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._file is not None and self._file is not sys.stdout:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._atomic is None:
+            return
+        if self._file is not None:
             self._file.close()
+        if exc_type is not None and not issubclass(exc_type, Exception) and self._file is not None:
+            partial = Path(f"{self.path}.partial")  # stopped: keep what was done, never over the old file
+            os.replace(self._tmp, partial)
+            log.warning("stopped: the rows predicted so far are in %s", partial)
+        self._atomic.__exit__(exc_type, exc, tb)
 
 
 def write_predictions_json(rows: Sequence[dict], skipped: Sequence[tuple[str, str]], path: str | Path, *,
