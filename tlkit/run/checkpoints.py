@@ -191,9 +191,9 @@ def predict_checkpoint(
             if len(files) > PREDICT_CHUNK:
                 log.info("predicted %s of %s images (%s skipped)", f"{start + len(chunk):,}", f"{len(files):,}",
                          f"{len(failed):,}")
-    if not rows:
-        path, why = failed[0]
-        raise DataError(f"Nothing was predicted: all {len(files)} file(s) were unreadable (e.g. {path}: {why}).")
+        if not rows:  # inside the block: no CSV is left behind
+            path, why = failed[0]
+            raise DataError(f"Nothing was predicted: all {len(files)} file(s) were unreadable (e.g. {path}: {why}).")
     skipped = missing + failed
     written = {"csv": str(out) if str(out) == STDOUT else str(Path(out))}
     if json_out is not None:
