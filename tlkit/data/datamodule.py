@@ -517,7 +517,7 @@ class ImageFolderDataModule(PathBatches):
 
         if self._features is None or module is None or not getattr(module, "backbone_frozen", False):
             return None
-        return self._features if self._features.fingerprint == weights_fingerprint(module.backbone) else None
+        return self._features if self._features.fingerprint == weights_fingerprint(module.embedder) else None
 
     def feature_splits(self) -> FeatureSplits | None:
         """The cached features a fit set up (None when it trains on images only); the closed-form probe reads them."""

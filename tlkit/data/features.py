@@ -80,13 +80,13 @@ def backbone_name(module: Any) -> str:
 def cached_network(module: Any) -> torch.nn.Module:
     """What the cache runs: the frozen prefix of a module that has one (finetune_top), else the whole backbone."""
     split = getattr(module, "prefix_split", None)
-    return split.prefix() if split is not None else module.backbone
+    return split.prefix() if split is not None else module.embedder
 
 
 def extract_splits(scan: FolderScan, module: Any, pre: Preprocessing, *, augment: TrainAugment, cache: CacheConfig,
                    seed: int, run: Extraction, train_pre: Preprocessing | None = None) -> FeatureSplits:
     """Features of every train image (cache.views augmented views, or 1 when the augmentation is deterministic) and
-    every val image through `module.backbone`, from the disk cache where the file is unchanged. `train_pre`: the
+    every val image through `module.embedder` (the backbone, with any multi-layer stage pooling), from the disk cache where the file is unchanged. `train_pre`: the
     training views' preprocessing when it differs from the eval one (a smaller training size).
 
     A module with a frozen prefix (`module.prefix_split`, strategy finetune_top) gets that prefix's activations
@@ -157,9 +157,9 @@ def extract_train_eval_features(scan: FolderScan, module: Any, pre: Preprocessin
     later run with the same backbone, weights and preprocessing reads them from disk."""
     started = time.perf_counter()
     store = FeatureCache(_cache_directory(cache))
-    key = {**_base_key(module, pre, weights_fingerprint(module.backbone)), "transform": "eval"}
+    key = {**_base_key(module, pre, weights_fingerprint(module.embedder)), "transform": "eval"}
     paths = [p for p, _ in scan.train]
-    rows = store.features(key, paths, _forward(module.backbone, build_eval_transform(pre), run, "features: train"))
+    rows = store.features(key, paths, _forward(module.embedder, build_eval_transform(pre), run, "features: train"))
     num_classes = len(scan.classes) if scan.multi_label else None
     features = CachedFeatures(rows[None], targets([y for _, y in scan.train], num_classes), paths=paths)
     info = {"from_disk": store.stats.hits, "extracted": store.stats.misses,

@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from tlkit.data.preprocessing import CROPS, Preprocessing, View, as_rgb
 from tlkit.errors import CheckpointError, DataError
+from tlkit.model.classifier import Classifier
 from tlkit.infer.settings import DEFAULT_MAX_VIEWS_PER_FORWARD, MAX_TTA_SCALE
 from tlkit.infer.tta import (
     TTAPolicy,
@@ -80,12 +81,15 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path, *, tta: str | dict | None = None, device: str = "cpu",
                         **kwargs: Any) -> Predictor:
         """A run's .ckpt (or an exported model.safetensors), in PyTorch. tta: None = the checkpoint's own policy."""
-        from tlkit.infer.checkpoint import load_checkpoint
+        from tlkit.model.loading import load_classifier
 
-        module = load_checkpoint(path, map_location=device)
-        policy = policy_for(module, tta)
-        return cls(_torch_forward(module), module.classes, module.preprocessing, policy,
-                   thresholds=_module_thresholds(module), **kwargs)
+        return cls.from_classifier(load_classifier(path, map_location=device), tta=tta, **kwargs)
+
+    @classmethod
+    def from_classifier(cls, classifier: Classifier, *, tta: str | dict | None = None, **kwargs: Any) -> Predictor:
+        """A Classifier in memory (e.g. `module.classifier` after training), in PyTorch. tta: None = its own policy."""
+        return cls(_torch_forward(classifier), classifier.classes, classifier.preprocessing,
+                   policy_for(classifier, tta), thresholds=_thresholds(classifier), **kwargs)
 
     @classmethod
     def from_export(cls, folder: str | Path, *, tta: str | dict | None = None, **kwargs: Any) -> Predictor:
@@ -103,7 +107,7 @@ class Predictor:
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{folder / 'model.json'} is incomplete or edited ({type(exc).__name__}: {exc}); "
                                   "export the model again with `tlkit export`.") from None
-        from tlkit.infer.export import read_thresholds
+        from tlkit.model.loading import WEIGHTS_NAME, load_classifier, read_thresholds
 
         thresholds = read_thresholds(folder / "model.json", meta, len(classes)) if meta.get("multi_label") is True \
             else None
@@ -111,11 +115,9 @@ class Predictor:
         if onnx_name and (folder / onnx_name).is_file():
             forward = _onnx_forward(folder / onnx_name, len(classes), pre.input_size)
             return cls(forward, classes, pre, policy, thresholds=thresholds, **kwargs)
-        from tlkit.infer.export import WEIGHTS_NAME, load_exported
-
-        module = load_exported(folder / WEIGHTS_NAME)
-        return cls(_torch_forward(module), module.classes, module.preprocessing, policy,
-                   thresholds=_module_thresholds(module), **kwargs)
+        classifier = load_classifier(folder / WEIGHTS_NAME)
+        return cls(_torch_forward(classifier), classifier.classes, classifier.preprocessing, policy,
+                   thresholds=_thresholds(classifier), **kwargs)
 
     @property
     def multi_label(self) -> bool:
@@ -190,8 +192,8 @@ def _image_name(image: ImageLike, index: int) -> str:
     return f"image {index} ({type(image).__name__} {size})"
 
 
-def _module_thresholds(module) -> list[float] | None:
-    return module.thresholds.tolist() if getattr(module, "multi_label", False) else None
+def _thresholds(classifier: Classifier) -> list[float] | None:
+    return classifier.thresholds.tolist() if classifier.multi_label else None
 
 
 def _torch_forward(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

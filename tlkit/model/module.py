@@ -1,4 +1,12 @@
-"""TransferModule: a pretrained timm backbone + a new head, trained as a linear probe or a low-LR fine-tune."""
+"""TransferModule: trains a Classifier (a pretrained timm backbone + a new head) as a linear probe or a low-LR
+fine-tune.
+
+The module holds the Classifier as `self.classifier` and only adds training (strategy phases, the feature-cache
+inputs, mixing, loss, metrics, optimizer groups, the checkpoint contract). Its state dict is the Classifier's
+(`backbone.*`, `head.*`, `thresholds`, `stage_pooling.*`: the `classifier.` prefix is dropped on save and added back on
+load), so a checkpoint's `state_dict` loads into a Classifier as is, and checkpoints of every tlkit version with
+format 2 load in both directions.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +27,15 @@ from typing_extensions import override
 
 from tlkit.config import settings_from
 from tlkit.data.preprocessing import Preprocessing
-from tlkit.infer.tta import TTAPolicy, normalize_spec, resolve_policy
-from tlkit.model.backbones import create_backbone
-from tlkit.model.heads import build_head
-from tlkit.model.mixing import BatchMixer, binary_cross_entropy, soft_target_cross_entropy
+from tlkit.model.classifier import CHECKPOINT_FORMAT, Classifier, create_classifier
+from tlkit.model.mixing import (
+    BatchMixer,
+    binary_cross_entropy,
+    soft_target_cross_entropy,
+)
 from tlkit.model.prefix import PrefixSplit, split_backbone
 from tlkit.model.settings import (
+    DEFAULT_STAGE_GRID,
     BackboneConfig,
     HeadConfig,
     MixingConfig,
@@ -39,7 +50,8 @@ from tlkit.model.strategies import (
     strategy_from,
 )
 
-CHECKPOINT_FORMAT = 2  # 2: settings stored as the settings models' dicts (backbone, strategy, optim, schedule...)
+__all__ = ["CHECKPOINT_FORMAT", "TransferModule", "multilabel_summary"]
+CLASSIFIER_KEYS = ("backbone", "stage_pooling", "head", "thresholds")  # the state-dict roots the Classifier owns
 
 
 class TransferModule(L.LightningModule):
@@ -96,15 +108,11 @@ class TransferModule(L.LightningModule):
         self.optim_config = settings_from(OptimConfig, optim)
         self.schedule_config = settings_from(ScheduleConfig, schedule, shorthand="kind")
         mixing_config = settings_from(MixingConfig, mixing)
-        self.tta_spec = normalize_spec(tta)  # fails on a bad policy before any model is built
-        self.classes = list(classes)
-        self.multi_label = bool(multi_label)
-        self.backbone, pretrained_pre, self.weights_source = create_backbone(
-            backbone_config.name, backbone_config.weights, drop_path_rate=backbone_config.drop_path_rate,
+        self.classifier: Classifier = create_classifier(
+            backbone_config, classes, head=self.head_config, tta=tta, multi_label=multi_label,
             features=getattr(self.strategy, "features", "last"),  # linear_probe's multi-layer features
-            stage_grid=getattr(self.strategy, "stage_grid", 1),
+            stage_grid=getattr(self.strategy, "stage_grid", DEFAULT_STAGE_GRID), channels_last=channels_last,
         )
-        self.preprocessing: Preprocessing = pretrained_pre.replace(**backbone_config.preprocessing_overrides())
         # FixRes: training crops may be smaller than the eval input (the one eval preprocessing stays `preprocessing`).
         self.train_preprocessing = self.preprocessing.replace(input_size=backbone_config.train_input_size)
         # Plain types only: checkpoints must load with torch.load(weights_only=True). The resolved preprocessing is
@@ -122,15 +130,14 @@ class TransferModule(L.LightningModule):
             "channels_last": channels_last,
             "multi_label": self.multi_label,
         })
-        self.head = build_head(self.backbone.num_features, len(classes), self.head_config)
-        self.channels_last = channels_last
-        if channels_last:
-            self.backbone.to(memory_format=torch.channels_last)
+        self.register_state_dict_post_hook(_classifier_layout)
+        self.register_load_state_dict_pre_hook(_module_layout)
+        # Layer-group names are the Classifier's (backbone.*, head.*): the strategy plans over the Classifier.
         self.group_specs = self.strategy.plan(self.backbone, self.head)
         for spec in self.group_specs:  # never-trained groups freeze now (before any DDP wrap: it must not see them)
             if spec.unfreeze_epoch is None:
                 for name in spec.params:
-                    self.get_parameter(name).requires_grad_(False)
+                    self.classifier.get_parameter(name).requires_grad_(False)
         self.backbone_frozen = all(s.unfreeze_epoch is None for s in self.group_specs if s.name != "head")
         frozen_prefix = self.strategy.frozen_prefix(self.group_specs)
         # finetune_top: the frozen bottom of the backbone and its trained top, so cached activations can enter the top
@@ -149,6 +156,51 @@ class TransferModule(L.LightningModule):
         # data.balance: loss_weights; rebuilt from the plain-float hparam, so checkpoints stay weights_only-safe.
         self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
 
+    # -- the Classifier's parts, where Lightning users and the strategy plan look for them ------------------------
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        """The timm model itself (forward_features, group_matcher, pretrained_cfg with the real preprocessing)."""
+        return self.classifier.backbone
+
+    @property
+    def head(self) -> torch.nn.Module:
+        return self.classifier.head
+
+    @property
+    def embedder(self) -> torch.nn.Module:
+        """Images -> the head's input (what the feature cache runs): the backbone, or backbone + stage pooling."""
+        return self.classifier.embedder
+
+    @property
+    def classes(self) -> list[str]:
+        return self.classifier.classes
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.classifier.preprocessing
+
+    @property
+    def tta_spec(self) -> dict:
+        return self.classifier.tta_spec
+
+    @property
+    def multi_label(self) -> bool:
+        return self.classifier.multi_label
+
+    @property
+    def thresholds(self) -> torch.Tensor:
+        """A multi-label model's per-class decision thresholds (the Classifier's buffer)."""
+        return self.classifier.thresholds
+
+    @property
+    def channels_last(self) -> bool:
+        return self.classifier.channels_last
+
+    @property
+    def weights_source(self) -> str:
+        return self.classifier.weights_source
+
     def _build_multiclass_metrics(self, num_classes: int) -> None:
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -160,8 +212,6 @@ class TransferModule(L.LightningModule):
         self.test_macro_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
 
     def _build_multilabel_metrics(self, num_classes: int) -> None:
-        # Per-class decision thresholds: a buffer, so they travel in the state dict (checkpoint, load_state_dict).
-        self.register_buffer("thresholds", torch.full((num_classes,), 0.5))
         for split in ("val", "test"):  # per class; reduced at epoch end over the classes the split has (_log_multilabel)
             setattr(self, f"{split}_ap", MultilabelAveragePrecision(num_labels=num_classes, average=None))
             setattr(self, f"{split}_stats", MultilabelStatScores(num_labels=num_classes, average=None))
@@ -173,11 +223,6 @@ class TransferModule(L.LightningModule):
         return "val_map" if self.multi_label else "val_acc"
 
     # -- model ---------------------------------------------------------------------------------------------------
-
-    @property
-    def tta_policy(self) -> TTAPolicy:
-        """The default TTA policy's concrete views for this model's input size."""
-        return resolve_policy(self.tta_spec, self.preprocessing)
 
     @override
     def forward(self, x: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -200,10 +245,8 @@ class TransferModule(L.LightningModule):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features; no autograd graph through a frozen backbone (it would never be used)."""
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
-            return self.backbone(x)
+            return self.classifier.embed(x)
 
     @override
     def train(self, mode: bool = True) -> TransferModule:
@@ -212,13 +255,13 @@ class TransferModule(L.LightningModule):
         if self.backbone_frozen:
             self.backbone.eval()
         for name in self._frozen_modules:
-            self.get_submodule(name).eval()
+            self.classifier.get_submodule(name).eval()
         return self
 
     def set_phase(self, epoch: int) -> None:
         """Apply `epoch`'s phase: requires_grad per group and eval() for frozen modules (LR gating is the scheduler's)."""
         self.phase_epoch = int(epoch)
-        self._frozen_modules = apply_phase(self, self.group_specs, epoch)
+        self._frozen_modules = apply_phase(self.classifier, self.group_specs, epoch)
         backbone_specs = [s for s in self.group_specs if s.name != "head"]
         self.backbone_frozen = not any(s.active(epoch) for s in backbone_specs)
         self.train(self.training)
@@ -345,7 +388,7 @@ class TransferModule(L.LightningModule):
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits -> what the model outputs as probabilities: sigmoid per class (multi-label) or softmax."""
-        return logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
+        return self.classifier.probabilities(logits)
 
     # -- multi-label thresholds ------------------------------------------------------------------------------------
 
@@ -384,7 +427,7 @@ class TransferModule(L.LightningModule):
     def optimizer_groups(self) -> list[dict]:
         """The optimizer's parameter groups as the strategy plans them (lr = optim.lr x the group's factor)."""
         o = self.optim_config
-        return build_optimizer_groups(self, self.group_specs, lr=o.lr, weight_decay=o.weight_decay)
+        return build_optimizer_groups(self.classifier, self.group_specs, lr=o.lr, weight_decay=o.weight_decay)
 
     def build_optimizer(self, groups: list[dict] | None = None) -> torch.optim.Optimizer:
         """The recipe's optimizer over `groups` (default optimizer_groups()); training, check and lr-find share it."""
@@ -423,17 +466,7 @@ class TransferModule(L.LightningModule):
 
     def describe(self) -> dict:
         """Everything evaluate/predict/export need besides the weights."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "classes": list(self.classes),
-            "backbone": self.hparams.backbone["name"],
-            "head": self.head_config.model_dump(mode="json"),
-            "strategy": self.strategy.kind,
-            "features": getattr(self.strategy, "features", "last"),  # multi-layer probes: what the backbone outputs
-            "preprocessing": self.preprocessing.to_dict(),
-            "tta": dict(self.tta_spec),
-            **({"multi_label": True, "thresholds": [float(t) for t in self.thresholds]} if self.multi_label else {}),
-        }
+        return {**self.classifier.describe(), "strategy": self.strategy.kind}
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -453,11 +486,25 @@ class TransferModule(L.LightningModule):
             # Restore eval() of frozen modules now; requires_grad is re-derived at the next epoch start (after any
             # DDP wrap), from the epoch Lightning restores, so the resumed run continues the same phase sequence.
             self.phase_epoch = int(phase["epoch"])
-            self._frozen_modules = apply_phase(self, self.group_specs, self.phase_epoch)
+            self._frozen_modules = apply_phase(self.classifier, self.group_specs, self.phase_epoch)
             for spec in self.group_specs:
                 if spec.unfreeze_epoch is not None:
                     for name in spec.params:
-                        self.get_parameter(name).requires_grad_(True)
+                        self.classifier.get_parameter(name).requires_grad_(True)
+
+
+def _classifier_layout(module: torch.nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    """state_dict(): the Classifier's keys without the `classifier.` prefix (the checkpoint layout)."""
+    inner = f"{prefix}classifier."
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+
+
+def _module_layout(module: torch.nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """load_state_dict(): the checkpoint layout's Classifier keys back under `classifier.`."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        if key[len(prefix):].split(".", 1)[0] in CLASSIFIER_KEYS:
+            state_dict[f"{prefix}classifier.{key[len(prefix):]}"] = state_dict.pop(key)
 
 
 
