@@ -366,17 +366,16 @@ def test_train_and_evaluate_on_a_csv(tmp_path, capsys):
 
 def test_cached_features_of_multi_label_data_carry_multi_hot_targets(tmp_path, preprocessing):
     """The feature cache stores features keyed by file only; targets come from the scan, so (N, C) float rows."""
-    from types import SimpleNamespace
-
     from tlkit.data.augment import TrainAugment
     from tlkit.data.features import Extraction, extract_splits
+    from tlkit.data.protocol import CachePlan
     from tlkit.data.settings import CacheConfig
     from tlkit.model.backbones import create_backbone
 
     root = multi_label_root(tmp_path)
     scan = scan_table(root)
     backbone, _, _ = create_backbone("test_resnet", "none")
-    splits = extract_splits(scan, SimpleNamespace(backbone=backbone, hparams={}), preprocessing,
+    splits = extract_splits(scan, CachePlan(1, network=backbone, name="test_resnet"), preprocessing,
                             augment=TrainAugment(preset="none"), cache=CacheConfig(dir=str(tmp_path / "cache")),
                             seed=0, run=Extraction(device=torch.device("cpu"), eval_batch_size=4, num_workers=0,
                                                    progress=False))
