@@ -3,7 +3,8 @@
 With a frozen backbone every epoch would recompute the same features; the physical limit of a linear probe is one
 backbone forward per image. Entries are keyed by backbone + weights fingerprint + preprocessing + transform + view;
 inside an entry each row is keyed by the file's identity (path, size, mtime), so a changed file is recomputed and a
-stale row is never used.
+stale row is never used. Only the cache looks at where a file is: the augmentation of a view is seeded by the file's
+path relative to the data root, so a moved folder recomputes its rows and gets the same features.
 """
 
 from __future__ import annotations
@@ -59,9 +60,11 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()[:24]
 
 
-def view_seed(seed: int, view: int, path: str) -> int:
-    """A stable per-(run seed, view, file) seed: the same augmented view whichever other files are extracted."""
-    return int(hashlib.sha256(f"{seed}|{view}|{os.path.abspath(path)}".encode()).hexdigest()[:8], 16)
+def view_seed(seed: int, view: int, name: str) -> int:
+    """A stable per-(run seed, view, file) seed, `name` being the file's path relative to the data root
+    (tlkit.data.scan.relative_name): the same augmented view whichever other files are extracted, and wherever the
+    data folder is (an absolute path would give a copy of the same images other views)."""
+    return derive_seed(seed, view, name)
 
 
 class _ViewDataset(Dataset):

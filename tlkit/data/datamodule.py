@@ -296,6 +296,9 @@ class ImageFolderDataModule(PathBatches):
         multi_label: bool | None = _DATA_DEFAULTS["multi_label"].default,
         label_delimiter: str = _DATA_DEFAULTS["label_delimiter"].default,
         table: Any = None,
+        columns: Mapping[str, str] | None = None,
+        exclude: str | list[str] | None = None,
+        relabel: str | None = None,
     ):
         super().__init__()
         self.config = settings_from(DataConfig, {
@@ -303,7 +306,8 @@ class ImageFolderDataModule(PathBatches):
             "num_workers": num_workers, "val_fraction": val_fraction, "test_fraction": test_fraction,
             "on_bad_image": on_bad_image, "balance": balance, "source": source,
             "csv": csv, "multi_label": multi_label,
-            "label_delimiter": label_delimiter})
+            "label_delimiter": label_delimiter, "columns": dict(columns or {}), "exclude": exclude,
+            "relabel": relabel})
         if first_epoch < 0:
             raise ValueError(f"first_epoch must be >= 0; got {first_epoch}.")
         self.root = Path(root)
@@ -318,7 +322,8 @@ class ImageFolderDataModule(PathBatches):
         self.on_bad_image, self.balance = on_bad_image, balance
         self.first_epoch = first_epoch
         self.bad_log = Path(bad_log) if bad_log is not None else None
-        self.labels_from = {"source": source, "csv": csv, "multi_label": multi_label, "label_delimiter": label_delimiter}
+        self.labels_from = {"source": source, "csv": csv, "multi_label": multi_label, "label_delimiter": label_delimiter,
+                            "columns": dict(columns or {}), "exclude": exclude, "relabel": relabel}
         self.table = table
         self.scan = scan if scan is not None else scan_data(
             self.root, **self.labels_from, table=table, val_fraction=val_fraction, test_fraction=test_fraction,

@@ -65,7 +65,9 @@ ACTIONS = {
     "duplicate_within_split": "used as is (over-weights those images); consider removing copies",
     "duplicate_across_splits": "LEAKAGE: the same bytes in train and val inflate val metrics; remove one copy",
     # label tables (CSV)
-    "missing_file": "skipped at scan, listed in skipped.txt (paths are relative to the table's folder)",
+    "missing_file": "skipped at scan, listed in skipped.txt (paths are relative to the table's folder); more than "
+                    "half of the listed images missing is refused",
+    "not_regular_file": "skipped at scan without being opened (a FIFO, socket or device: reading waits forever)",
     "empty_path": "refused: training stops naming the row; give every row an image path",
     "path_outside_root": "refused: training stops naming the row; images must be inside the table's folder",
     "duplicate_path": "refused: training stops naming the rows; list each image once (labels a;b in one row)",
@@ -181,8 +183,8 @@ def _entry_cases(path: Path, root: Path, min_size: int) -> tuple[list[str], bool
     problem = link_problem(path) if path.is_symlink() else None
     if problem is not None:
         return ["symlink_loop" if "loop" in problem else "broken_symlink"], False
-    if not path.is_file():
-        return [], False  # a folder linked inside root (os.walk does not follow it)
+    if not path.is_file():  # a folder linked inside root (os.walk does not follow it), or a FIFO, socket, device
+        return ([] if path.is_dir() else ["not_regular_file"]), False
     if path.stat().st_size == 0:
         return ["zero_byte"], False
     if not is_image_name(path):

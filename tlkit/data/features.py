@@ -30,14 +30,14 @@ from tlkit.data.cache import (
     weights_fingerprint,
 )
 from tlkit.data.preprocessing import EVAL_PREPROCESSING_ID, Preprocessing
-from tlkit.data.scan import FolderScan
+from tlkit.data.scan import FolderScan, relative_name
 from tlkit.data.settings import CacheConfig
 from tlkit.errors import DataError
 from tlkit.seeding import split_epoch_index
 
 log = logging.getLogger(__name__)
 
-CACHE_KEY_FORMAT = 2  # bump when the meaning of a cached row changes
+CACHE_KEY_FORMAT = 3  # bump when the meaning of a cached row changes (3: views seeded by relative path)
 ACTIVATION_DTYPE = torch.float16  # a frozen prefix's activations on disk and in memory: half the bytes of float32
 
 
@@ -102,8 +102,10 @@ def extract_splits(scan: FolderScan, module: Any, pre: Preprocessing, *, augment
     if split is not None:  # the cut point and storage type are part of what a row means
         base_key = {**base_key, "prefix": list(split.prefix_names), "dtype": str(dtype)}
 
+    root = scan.data_root()
+
     def compute(transform, desc: str, view: int | None = None):
-        return _forward(network, transform, run, desc, seed=seed, view=view, dtype=dtype)
+        return _forward(network, transform, run, desc, seed=seed, view=view, dtype=dtype, root=root)
 
     train_paths = [p for p, _ in scan.train]
     val_paths = [p for p, _ in scan.val]
@@ -177,10 +179,11 @@ def _base_key(module: Any, pre: Preprocessing, fingerprint: str) -> dict:
 
 
 def _forward(backbone: Any, transform: Any, run: Extraction, desc: str, *, seed: int = 0, view: int | None = None,
-             dtype: torch.dtype = torch.float32):
-    """paths -> the backbone's features of them through `transform` (reseeded per file and view when augmented)."""
+             dtype: torch.dtype = torch.float32, root: str | None = None):
+    """paths -> the backbone's features of them through `transform` (reseeded per file and view when augmented,
+    from the file's path relative to `root`, the data root)."""
     def forward(paths: list[str]) -> torch.Tensor:
-        seeds = None if view is None else [view_seed(seed, view, p) for p in paths]
+        seeds = None if view is None else [view_seed(seed, view, relative_name(p, root)) for p in paths]
         return extract(backbone, paths, transform, seeds=seeds, device=run.device,
                        batch_size=extraction_batch_size(run.device, run.eval_batch_size),
                        num_workers=run.num_workers, desc=desc, channels_last=run.channels_last, on_bad=run.on_bad,

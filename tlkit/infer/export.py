@@ -83,6 +83,24 @@ def describe_export(classifier: Classifier, policy: TTAPolicy | None = None) -> 
     }
 
 
+def check_export_folder(out_dir: str | Path, *, overwrite: bool = False) -> None:
+    """Refuse to write into a folder that holds files and is not an earlier tlkit export (its model.json carries
+    `export_format`), unless `overwrite`: the export's file names (predict.py, model.json...) are common ones."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"--out {out_dir} is a file; give a folder for the export.")
+    if overwrite or not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    try:
+        earlier = json.loads((out_dir / SIDECAR_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        earlier = None
+    if not (isinstance(earlier, dict) and "export_format" in earlier):
+        raise ExportError(f"--out {out_dir} holds files and is not an earlier tlkit export (no model.json written by "
+                          "tlkit export); choose an empty or new folder, or pass --overwrite to write the export's "
+                          "files there (files of other names are left alone).")
+
+
 def export_safetensors(classifier: Classifier, out_dir: str | Path, *,
                        policy: TTAPolicy | None = None) -> tuple[Path, Path, dict]:
     """Write model.safetensors (backbone.* and head.* tensors, description in its metadata) and model.json."""

@@ -8,10 +8,9 @@ from pathlib import Path
 import torch
 
 from tlkit.data.datamodule import resolve_num_workers
-from tlkit.data.table import scan_data
 from tlkit.data.images import collect_inputs
+from tlkit.data.table import scan_data
 from tlkit.errors import DataError, DataNotFoundError, ExportError, did_you_mean
-from tlkit.model.loading import load_classifier, read_checkpoint, saved_split
 from tlkit.infer.inference import predict_files
 from tlkit.infer.predict import (
     check_outputs,
@@ -26,6 +25,7 @@ from tlkit.infer.tta import (
     policy_for,
 )
 from tlkit.model.classifier import Classifier
+from tlkit.model.loading import load_classifier, read_checkpoint, saved_split
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _saved_split(checkpoint: str | Path) -> dict:
     if Path(checkpoint).suffix == ".safetensors":
         return {}
     saved = saved_split(read_checkpoint(checkpoint))
-    keys = ("val_fraction", "test_fraction", "seed", "source", "csv", "multi_label", "label_delimiter")
+    keys = ("val_fraction", "test_fraction", "seed", "source", "csv", "multi_label", "label_delimiter", "columns")
     return {k: saved[k] for k in keys if k in saved and not (k == "source" and saved[k] == "dataframe")}
 
 
@@ -196,9 +196,12 @@ def export_checkpoint(
     onnx: bool = True,
     atol: float = 1e-3,
     tta: str | dict | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """model.safetensors + model.json (+ model.onnx checked against PyTorch on `images` with onnxruntime, and the
     standalone bundle: predict.py, preprocessing.py, requirements.txt).
+
+    A non-empty `out_dir` is refused unless it holds an earlier tlkit export or `overwrite` is set.
 
     tta: the policy whose views model.json lists for the bundle (default: the checkpoint's own). The safetensors file
     is loaded back and must predict exactly what the checkpoint predicts. Raises ExportError when the ONNX graph
@@ -206,6 +209,7 @@ def export_checkpoint(
     """
     from tlkit.infer.export import (
         ONNX_NAME,
+        check_export_folder,
         export_onnx,
         export_safetensors,
         onnx_parity,
@@ -214,6 +218,7 @@ def export_checkpoint(
         write_sidecar,
     )
 
+    check_export_folder(out_dir, overwrite=overwrite)
     model = load_classifier(checkpoint)
     policy = policy_for(model, tta)
     out_dir = Path(out_dir)
