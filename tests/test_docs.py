@@ -67,7 +67,7 @@ def _cases():
 @pytest.fixture
 def tiny_world(tmp_path, monkeypatch):
     """A working folder with my_images/ and recipes/, and every backbone replaced by a tiny random one at 32 px."""
-    from tlkit.model import module
+    from tlkit.model import classifier as module
     from tlkit.model.settings import BackboneConfig
     from tlkit.run import build
 

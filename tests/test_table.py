@@ -373,7 +373,7 @@ def test_cached_features_of_multi_label_data_carry_multi_hot_targets(tmp_path, p
     root = multi_label_root(tmp_path)
     scan = scan_table(root)
     backbone, _, _ = create_backbone("test_resnet", "none")
-    splits = extract_splits(scan, SimpleNamespace(backbone=backbone, hparams={}), preprocessing,
+    splits = extract_splits(scan, SimpleNamespace(backbone=backbone, embedder=backbone, hparams={}), preprocessing,
                             augment=TrainAugment(preset="none"), cache=CacheConfig(dir=str(tmp_path / "cache")),
                             seed=0, run=Extraction(device=torch.device("cpu"), eval_batch_size=4, num_workers=0,
                                                    progress=False))
