@@ -49,13 +49,15 @@ def test_loss_is_bce_summed_over_classes_as_computed_by_hand():
     targets = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
     p = torch.sigmoid(logits)
     by_hand = -(targets * p.log() + (1 - targets) * (1 - p).log()).sum(1).mean()
-    assert float(module._loss(logits, targets, smoothing=0.0)) == pytest.approx(float(by_hand), rel=1e-6)
+    assert float(module.task.loss(logits, targets)) == pytest.approx(float(by_hand), rel=1e-6)
     smoothed = targets * 0.8 + 0.1  # t (1 - eps) + eps / 2
     pos = torch.tensor([1.0, 2.0, 0.5, 3.0])
     weighted = -(pos * smoothed * p.log() + (1 - smoothed) * (1 - p).log()).sum(1).mean()
-    assert float(module._loss(logits, targets, smoothing=0.2, weighted=True)) == pytest.approx(float(weighted), rel=1e-6)
+    loss = module.task.loss(logits, targets, smoothing=0.2, weight=module.class_weights)
+    assert float(loss) == pytest.approx(float(weighted), rel=1e-6)
     # zero logits: C x ln 2 whatever the labels (what tlkit check expects)
-    assert float(module._loss(torch.zeros(2, 4), targets, smoothing=0.0)) == pytest.approx(4 * math.log(2))
+    assert float(module.task.loss(torch.zeros(2, 4), targets)) == pytest.approx(4 * math.log(2))
+    assert module.task.initial_loss(4) == pytest.approx(4 * math.log(2))
     assert sanity.expected_initial_loss(4, multi_label=True) == pytest.approx(4 * math.log(2))
 
 
@@ -101,11 +103,11 @@ def test_module_metrics_agree_with_the_evaluate_definition():
     module = tiny()
     module.thresholds.copy_(torch.from_numpy(thresholds))
     p, t = torch.from_numpy(probs), torch.from_numpy(targets).int()
-    module.val_ap.update(p, t)
-    module.val_stats.update((p >= module.thresholds).int(), t)
+    module.metrics["val_ap"].update(p, t)
+    module.metrics["val_stats"].update((p >= module.thresholds).int(), t)
     with pytest.warns(UserWarning):  # torchmetrics warns about the class without positives
-        ap = module.val_ap.compute()
-    got = multilabel_summary(ap, module.val_stats.compute())
+        ap = module.metrics["val_ap"].compute()
+    got = multilabel_summary(ap, module.metrics["val_stats"].compute())
     want = multilabel_metrics(probs, targets, thresholds, CLASSES)
     for name in ("map", "f1_micro", "f1_macro"):
         assert float(got[name]) == pytest.approx(want[name], abs=1e-6), name

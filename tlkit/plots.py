@@ -6,14 +6,15 @@ Matplotlib with the Agg backend (files only, no display), imported on first use 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from tlkit.data.images import load_rgb
 from tlkit.io import save_figure
+
+ImageLoader = Callable[[str], np.ndarray]  # a file -> RGB uint8 (H, W, 3); the caller's decode, so plots stays below data
 
 MAX_ANNOTATED_CLASSES = 30  # beyond this the counts overlap; colours still show the structure
 THUMBNAIL = 256
@@ -75,8 +76,9 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path
     return save_figure(fig, path, dpi=110)
 
 
-def plot_top_losses(rows: Sequence[dict], path: Path, *, title: str, columns: int = 4) -> Path:
-    """A grid of the highest-loss images with true / predicted label and probabilities under each."""
+def plot_top_losses(rows: Sequence[dict], path: Path, *, title: str, load: ImageLoader, columns: int = 4) -> Path:
+    """A grid of the highest-loss images with true / predicted label and probabilities under each; `load` decodes a
+    file to an RGB uint8 array (tlkit.data.images.load_rgb: the one decode)."""
     plt = _pyplot()
     count = max(1, len(rows))
     columns = min(columns, count)
@@ -87,7 +89,7 @@ def plot_top_losses(rows: Sequence[dict], path: Path, *, title: str, columns: in
     for ax in axes.flat:
         ax.axis("off")
     for ax, row in zip(axes.flat, rows):
-        ax.imshow(_thumbnail(row["path"]))
+        ax.imshow(_thumbnail(row["path"], load))
         wrong = row["predicted"] != row["true"]
         name = _short(Path(row["path"]).name, 30)
         if wrong:  # three lines either way, so the tiles stay aligned
@@ -102,15 +104,17 @@ def plot_top_losses(rows: Sequence[dict], path: Path, *, title: str, columns: in
     return save_figure(fig, path, dpi=100)
 
 
-def plot_image_gallery(items: Sequence[tuple[str, str]], path: Path, *, title: str, columns: int = 4) -> Path:
-    """Thumbnails of image files with a caption each (e.g. the doctor's flagged files), as one PNG."""
-    return save_image_grid([_thumbnail(image_path) for image_path, _ in items], [caption for _, caption in items],
+def plot_image_gallery(items: Sequence[tuple[str, str]], path: Path, *, title: str, load: ImageLoader,
+                       columns: int = 4) -> Path:
+    """Thumbnails of image files with a caption each (e.g. the doctor's flagged files), as one PNG; `load` as in
+    plot_top_losses."""
+    return save_image_grid([_thumbnail(image_path, load) for image_path, _ in items], [caption for _, caption in items],
                            path, cols=columns, suptitle=title)
 
 
-def _thumbnail(path: str) -> np.ndarray:
+def _thumbnail(path: str, load: ImageLoader) -> np.ndarray:
     try:
-        image = Image.fromarray(load_rgb(path))
+        image = Image.fromarray(load(path))
     except (OSError, ValueError):
         return np.full((THUMBNAIL, THUMBNAIL, 3), 200, dtype=np.uint8)  # the file changed since it was evaluated
     # Fit the square either way: tiny images are enlarged with nearest-neighbour so their real pixels show.

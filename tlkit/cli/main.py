@@ -13,7 +13,13 @@ from pathlib import Path
 from tlkit.cli.audit import add_audit_parser, add_noisy_parser
 from tlkit.cli.commands import HANDLERS, StopSignal, sigterm_stops
 from tlkit.errors import RecipeError, TlkitError
-from tlkit.infer.settings import AGGREGATES, DEFAULT_MAX_VIEWS_PER_FORWARD, PRECISIONS
+from tlkit.infer.settings import (
+    AGGREGATES,
+    DEFAULT_MAX_VIEWS_PER_FORWARD,
+    DEFAULT_PARITY_ATOL,
+    DEFAULT_TOP_LOSSES,
+    PRECISIONS,
+)
 from tlkit.redact import redact_credentials
 
 EXIT_RECIPE_ERROR = 2
@@ -176,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", default="val", choices=("val", "all"),
         help="val: the held-out split (a one-folder layout is split as in training); all: every image",
     )
-    evaluate.add_argument("--top-losses", type=_positive_int, default=16, help="images in the top-loss CSV and gallery")
+    evaluate.add_argument("--top-losses", type=_positive_int, default=DEFAULT_TOP_LOSSES,
+                          help=f"images in the top-loss CSV and gallery (default {DEFAULT_TOP_LOSSES})")
     _add_inference_args(evaluate)
 
     predict = sub.add_parser("predict", help="top-k labels for image files and folders, as CSV (and JSON)")
@@ -208,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="real images (files or folders) for the ONNX parity check, e.g. the validation folder",
     )
     export.add_argument("--no-onnx", action="store_true", help="write only safetensors + model.json")
-    export.add_argument("--atol", type=float, default=1e-3, help="max abs logit difference ONNX vs PyTorch (1e-3)")
+    export.add_argument("--atol", type=float, default=DEFAULT_PARITY_ATOL,
+                        help=f"max abs logit difference ONNX vs PyTorch ({DEFAULT_PARITY_ATOL:g})")
     export.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty --out that is not an earlier export (by default it is refused)")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tlkit.data.images import is_image_name, to_rgb
+from tlkit.data.images import is_image_name, load_rgb, to_rgb
 from tlkit.data.scan import (
     TEST_SPLIT_NAME,
     TRAIN_SPLIT_NAME,
@@ -375,4 +375,5 @@ def write_gallery(report: dict, path: str | Path) -> Path | None:
         raise DataError(f"Refusing to write the gallery inside the data folder ({path}); pass --json elsewhere.")
     from tlkit.plots import plot_image_gallery
 
-    return plot_image_gallery(items, Path(path), title=f"tlkit doctor: files to look at in {report['root']}")
+    return plot_image_gallery(items, Path(path), title=f"tlkit doctor: files to look at in {report['root']}",
+                              load=load_rgb)

@@ -23,9 +23,11 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
+from tlkit.data.images import load_rgb
 from tlkit.data.preprocessing import Preprocessing
 from tlkit.errors import DataError
 from tlkit.infer.inference import InferenceResult, predict_files
+from tlkit.infer.settings import DEFAULT_TOP_LOSSES
 from tlkit.infer.tta import DEFAULT_MAX_VIEWS_PER_FORWARD, TTAPolicy
 from tlkit.io import atomic_open, atomic_write, write_csv_rows
 from tlkit.plots import plot_confusion_matrix, plot_top_losses
@@ -108,7 +110,7 @@ def evaluate_policies(
     *,
     max_views_per_forward: int = DEFAULT_MAX_VIEWS_PER_FORWARD,
     num_workers: int = 0,
-    top_loss_count: int = 16,
+    top_loss_count: int = DEFAULT_TOP_LOSSES,
     skipped: Sequence[tuple[str, str]] = (),
     context: dict | None = None,
     progress: bool | None = None,
@@ -190,8 +192,8 @@ def multi_hot(label_sets: Sequence[Sequence[int]], num_classes: int) -> np.ndarr
 
 def _multilabel_entry(policy: TTAPolicy, result: InferenceResult, targets: np.ndarray, paths: Sequence[str],
                       classes: Sequence[str], thresholds: Sequence[float], folder: Path, top_loss_count: int) -> dict:
-    """One policy's multi-label scores (tlkit.infer.thresholds.multilabel_metrics) and its files."""
-    from tlkit.infer.thresholds import decide, multilabel_metrics
+    """One policy's multi-label scores (tlkit.model.thresholds.multilabel_metrics) and its files."""
+    from tlkit.model.thresholds import decide, multilabel_metrics
 
     metrics = multilabel_metrics(result.probs, targets, thresholds, classes)
     probs = np.clip(result.probs.astype(np.float64), EPS, 1 - EPS)
@@ -289,7 +291,7 @@ def _write_policy_files(
     _write_csv(files["top_losses_csv"], ["path", "true", "predicted", "p_true", "p_predicted", "loss"],
                [[r["path"], r["true"], r["predicted"], f"{r['p_true']:.4f}", f"{r['p_predicted']:.4f}",
                  f"{r['loss']:.4f}"] for r in worst])
-    plot_top_losses(worst, files["top_losses_png"], title=f"Highest-loss images, {policy.label}")
+    plot_top_losses(worst, files["top_losses_png"], title=f"Highest-loss images, {policy.label}", load=load_rgb)
     predicted = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
     _write_csv(files["predictions"], ["path", "true", "predicted", "p_predicted", "correct"],
                [[p, classes[t], classes[k], f"{probs[i, k]:.4f}", int(t == k)]

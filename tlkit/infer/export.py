@@ -26,6 +26,7 @@ from tlkit.data.augment import build_eval_transform
 from tlkit.data.images import load_rgb
 from tlkit.data.preprocessing import describe_eval_preprocessing, eval_resize_size
 from tlkit.errors import ExportError
+from tlkit.infer.settings import DEFAULT_PARITY_ATOL
 from tlkit.infer.tta import TTAPolicy, resolve_policy
 from tlkit.io import atomic_path, atomic_save, atomic_write
 from tlkit.model.classifier import Classifier
@@ -42,7 +43,6 @@ EXPORT_FORMAT = 1
 ONNX_NAME = "model.onnx"
 # The bundle's only dependencies (Image.Resampling: Pillow 9.1+); predict.py imports nothing else outside stdlib.
 BUNDLE_REQUIREMENTS = "numpy>=1.22\nPillow>=9.1\nonnxruntime>=1.16\n"
-DEFAULT_PARITY_ATOL = 1e-3  # logits; float32 kernels of two runtimes differ by ~1e-5, a wrong graph by far more
 
 
 def describe_export(classifier: Classifier, policy: TTAPolicy | None = None) -> dict:

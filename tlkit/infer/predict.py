@@ -38,7 +38,7 @@ def label_set_rows(result: InferenceResult, paths: Sequence[str], classes: Seque
                    thresholds: Sequence[float]) -> list[dict]:
     """Multi-label: one dict per predicted file with its label set (most probable first, possibly empty), their
     probabilities, and every class's probability."""
-    from tlkit.infer.thresholds import decide
+    from tlkit.model.thresholds import decide
 
     chosen = decide(result.probs, thresholds)
     rows = []

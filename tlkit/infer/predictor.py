@@ -20,8 +20,11 @@ from PIL import Image, UnidentifiedImageError
 
 from tlkit.data.preprocessing import CROPS, Preprocessing, View, as_rgb
 from tlkit.errors import CheckpointError, DataError
-from tlkit.model.classifier import Classifier
-from tlkit.infer.settings import DEFAULT_MAX_VIEWS_PER_FORWARD, MAX_TTA_SCALE
+from tlkit.infer.settings import (
+    DEFAULT_MAX_VIEWS_PER_FORWARD,
+    MAX_TTA_SCALE,
+    MAX_TTA_VIEWS,
+)
 from tlkit.infer.tta import (
     TTAPolicy,
     ViewMaker,
@@ -31,6 +34,7 @@ from tlkit.infer.tta import (
     policy_for,
     resolve_policy,
 )
+from tlkit.model.classifier import Classifier
 
 ImageLike = str | Path | Image.Image | np.ndarray
 log = logging.getLogger(__name__)
@@ -246,8 +250,10 @@ def _policy_from_sidecar(meta: dict, pre: Preprocessing) -> TTAPolicy:
     if views_meta is None:  # an export written before the bundle existed: its checkpoint policy
         return resolve_policy(meta.get("tta"), pre)
     views = tuple(View(int(v["scale"]), str(v["crop"]), bool(v["flip"])) for v in views_meta["views"])
-    if not views or len(views) > 64 or any(v.crop not in CROPS or not pre.input_size <= v.scale <= MAX_TTA_SCALE for v in views):
-        raise ValueError("tta_views: 1-64 views with known crops and scales from input_size to 2048 px expected")
+    if not views or len(views) > MAX_TTA_VIEWS or any(v.crop not in CROPS or not pre.input_size <= v.scale <= MAX_TTA_SCALE
+                                                      for v in views):
+        raise ValueError(f"tta_views: 1-{MAX_TTA_VIEWS} views with known crops and scales from input_size to "
+                         f"{MAX_TTA_SCALE} px expected")
     aggregate = normalize_spec({"policy": "none", "aggregate": views_meta["aggregate"]})["aggregate"]
     return TTAPolicy(name=str(views_meta["policy"]), views=views, aggregate=aggregate)
 

@@ -8,6 +8,7 @@ from tlkit.model.settings import (  # noqa: F401  (the TTA section and its bound
     CROPS,
     MAX_TTA_SCALE,
     MAX_TTA_SCALES,
+    MAX_TTA_VIEWS,
     NAMED_FIELDS,
     NAMED_POLICIES,
     POLICIES,
@@ -15,4 +16,6 @@ from tlkit.model.settings import (  # noqa: F401  (the TTA section and its bound
 )
 
 DEFAULT_MAX_VIEWS_PER_FORWARD = 64  # memory cap: views per model forward
+DEFAULT_PARITY_ATOL = 1e-3  # logits; float32 kernels of two runtimes differ by ~1e-5, a wrong graph by far more
+DEFAULT_TOP_LOSSES = 16  # evaluate: the highest-loss images listed and drawn (a 4 x 4 gallery)
 PRECISIONS = ("auto", "fp32", "bf16")  # inference precision choices (tlkit.infer.precision)

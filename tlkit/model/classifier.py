@@ -28,10 +28,9 @@ from tlkit.model.settings import (
     HeadConfig,
     normalize_tta_spec,
 )
+from tlkit.model.tasks import task_from
 
 CHECKPOINT_FORMAT = 2  # 2: settings stored as the settings models' dicts (backbone, strategy, optim, schedule...)
-TASKS = ("single_label", "multi_label")
-DEFAULT_THRESHOLD = 0.5  # a multi-label class is predicted at probability >= this until thresholds are tuned
 
 
 @dataclass(frozen=True)
@@ -86,8 +85,10 @@ class Classifier(nn.Module):
         self.config = config
         self.channels_last = bool(channels_last)
         self.weights_source = weights_source  # where the backbone's pretrained weights came from (for summaries)
-        if config.multi_label:
-            values = [DEFAULT_THRESHOLD] * len(config.classes) if thresholds is None else [float(t) for t in thresholds]
+        self.task = task_from(config.task)
+        if self.task.has_thresholds:
+            values = self.task.default_thresholds(len(config.classes)) if thresholds is None else \
+                [float(t) for t in thresholds]
             if len(values) != len(config.classes):
                 raise ValueError(f"thresholds: one per class ({len(config.classes)}); got {len(values)}.")
             self.register_buffer("thresholds", torch.tensor(values, dtype=torch.float32))
@@ -142,11 +143,11 @@ class Classifier(nn.Module):
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits -> what the model outputs as probabilities: sigmoid per class (multi-label) or softmax."""
-        return logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
+        return self.task.activation(logits)
 
     def describe(self) -> dict[str, Any]:
         """The `tlkit` description of checkpoints and exports: the config, with the current thresholds."""
-        return self.config.to_dict(self.thresholds.tolist() if self.multi_label else None)
+        return self.config.to_dict(self.thresholds.tolist() if self.task.has_thresholds else None)
 
     def extra_repr(self) -> str:
         c = self.config

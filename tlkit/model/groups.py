@@ -27,10 +27,6 @@ class LayerGroup:
     name: str
     param_names: tuple[str, ...]
 
-    def num_params(self, model: nn.Module) -> int:
-        params = dict(model.named_parameters())
-        return sum(params[n].numel() for n in self.param_names)
-
 
 def layer_groups(model: nn.Module, *, coarse: bool = True) -> list[LayerGroup]:
     """Ordered layer groups of `model` (stem first); every trainable parameter is in exactly one group.

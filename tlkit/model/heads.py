@@ -35,7 +35,6 @@ DEFAULT_INIT = {
     "selu": "lecun_normal",
     "tanh": "xavier_normal",
 }
-FINAL_LAYER_INIT = "zeros"
 
 
 def init_linear(layer: nn.Linear, scheme: str, activation: str = "relu") -> None:

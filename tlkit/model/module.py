@@ -18,14 +18,7 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 import torchmetrics.utilities.imports
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassF1Score,
-    MultilabelAveragePrecision,
-    MultilabelStatScores,
-)
 from typing_extensions import override
 
 from tlkit.config import settings_from
@@ -34,8 +27,6 @@ from tlkit.data.protocol import CachePlan
 from tlkit.model.classifier import CHECKPOINT_FORMAT, Classifier, create_classifier
 from tlkit.model.mixing import (
     BatchMixer,
-    binary_cross_entropy,
-    soft_target_cross_entropy,
 )
 from tlkit.model.prefix import PrefixSplit, split_backbone
 from tlkit.model.settings import (
@@ -53,8 +44,9 @@ from tlkit.model.strategies import (
     freeze,
     strategy_from,
 )
+from tlkit.model.tasks import multilabel_summary  # re-exported (see __all__)
 
-__all__ = ["CHECKPOINT_FORMAT", "TransferModule", "multilabel_summary"]
+__all__ = ["CHECKPOINT_FORMAT", "TransferModule", "multilabel_summary"]  # multilabel_summary: from tlkit.model.tasks
 CLASSIFIER_KEYS = ("backbone", "stage_pooling", "head", "thresholds")  # the state-dict roots the Classifier owns
 log = logging.getLogger(__name__)
 
@@ -167,10 +159,8 @@ class TransferModule(L.LightningModule):
         self._frozen_modules: list[str] = []
         self.mixer = (BatchMixer(mixing_config, len(classes), self.optim_config.label_smoothing,
                                  multi_label=self.multi_label) if mixing_config.enabled else None)
-        if self.multi_label:
-            self._build_multilabel_metrics(len(classes))
-        else:
-            self._build_multiclass_metrics(len(classes))
+        self.task = self.classifier.task  # loss, activation, metrics, monitored metric, decisions
+        self.metrics = self.task.metrics(len(classes))
         # data.balance: loss_weights; rebuilt from the plain-float hparam, so checkpoints stay weights_only-safe.
         self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
 
@@ -219,26 +209,10 @@ class TransferModule(L.LightningModule):
     def weights_source(self) -> str:
         return self.classifier.weights_source
 
-    def _build_multiclass_metrics(self, num_classes: int) -> None:
-        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        # Imbalance-aware metrics: macro recall (= balanced accuracy) and macro F1.
-        self.val_balanced_acc = MulticlassAccuracy(num_classes=num_classes, average="macro")
-        self.val_macro_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_balanced_acc = MulticlassAccuracy(num_classes=num_classes, average="macro")
-        self.test_macro_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
-
-    def _build_multilabel_metrics(self, num_classes: int) -> None:
-        for split in ("val", "test"):  # per class; reduced at epoch end over the classes the split has (_log_multilabel)
-            setattr(self, f"{split}_ap", MultilabelAveragePrecision(num_labels=num_classes, average=None))
-            setattr(self, f"{split}_stats", MultilabelStatScores(num_labels=num_classes, average=None))
-
     @property
     def monitor(self) -> str:
-        """The validation metric that chooses the best checkpoint (higher is better): val_map for multi-label, else
-        val_acc."""
-        return "val_map" if self.multi_label else "val_acc"
+        """The validation metric that chooses the best checkpoint (higher is better): the task's (val_acc, val_map)."""
+        return self.task.monitor
 
     # -- model ---------------------------------------------------------------------------------------------------
 
@@ -303,7 +277,7 @@ class TransferModule(L.LightningModule):
         )
 
         probe = [ClosedFormProbe()] if self.strategy.probe_first else []
-        thresholds = [TuneThresholds()] if self.multi_label else []
+        thresholds = [TuneThresholds()] if self.task.has_thresholds else []
         return [StagedUnfreezing(), FrozenBatchNorm(), FeatureCachePhase(), *probe, *thresholds]
 
     def cache_plan(self, epochs: int) -> CachePlan:
@@ -322,12 +296,8 @@ class TransferModule(L.LightningModule):
 
     # -- steps ---------------------------------------------------------------------------------------------------
 
-    def _loss(self, logits: torch.Tensor, targets: torch.Tensor, *, smoothing: float, weighted: bool = False
-              ) -> torch.Tensor:
-        weight = self.class_weights.to(logits.device) if weighted and self.class_weights is not None else None
-        if self.multi_label:
-            return binary_cross_entropy(logits, targets, smoothing=smoothing, pos_weight=weight)
-        return F.cross_entropy(logits, targets, weight=weight, label_smoothing=smoothing)
+    def _class_weights(self, device: torch.device) -> torch.Tensor | None:
+        return self.class_weights.to(device) if self.class_weights is not None else None
 
     def _l1_penalty(self) -> torch.Tensor | float:
         if self.optim_config.l1 <= 0:
@@ -343,19 +313,14 @@ class TransferModule(L.LightningModule):
         if self.mixer is not None and self.mixer.active(self.current_epoch, self._max_epochs()):
             images, soft_targets = self.mixer(images, targets)
             logits = self(images)
-            if self.multi_label:  # smoothing is inside the soft targets
-                loss = self._loss(logits, soft_targets, smoothing=0.0, weighted=True)
-            else:
-                loss = soft_target_cross_entropy(logits, soft_targets)
-                targets = soft_targets.argmax(dim=-1)  # accuracy under mixing counts the dominant label
+            loss, targets = self.task.mixed_loss(logits, soft_targets, weight=self._class_weights(logits.device))
         else:
             logits = self(images)
-            loss = self._loss(logits, targets, smoothing=self.optim_config.label_smoothing, weighted=True)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets),
+            loss = self.task.loss(logits, targets, smoothing=self.optim_config.label_smoothing,
+                                  weight=self._class_weights(logits.device))
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits),
                  sync_dist=True)  # DDP: the mean over all ranks (a no-op in one process)
-        if not self.multi_label:  # multi-label: val_map tells progress; a train mAP would keep every prediction
-            self.train_acc(logits, targets)
-            self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(targets))
+        self.task.log_train(self, logits, targets)
         return loss + self._l1_penalty()
 
     def _max_epochs(self) -> int | None:
@@ -363,36 +328,16 @@ class TransferModule(L.LightningModule):
         return trainer.max_epochs if trainer is not None and trainer.max_epochs not in (None, -1) else None
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
-        """Loss and metrics of a labelled batch, logged as <split>_loss, <split>_acc, <split>_balanced_acc, ..."""
+        """Loss and metrics of a labelled batch, logged as <split>_loss and the task's <split>_* metrics."""
         images, targets = batch
         if len(targets) == 0:  # every file of this batch failed to decode (data.on_bad_image: skip)
             return
         logits = self(images)
-        # Plain cross-entropy (no smoothing) so runs with different smoothing compare fairly.
-        loss = self._loss(logits, targets, smoothing=0.0)
-        n = len(targets)
-        self.log(f"{split}_loss", loss, on_step=False, on_epoch=True, prog_bar=split == "val", batch_size=n,
+        # The plain loss (no smoothing, no class weights) so runs with different settings compare fairly.
+        loss = self.task.loss(logits, targets)
+        self.log(f"{split}_loss", loss, on_step=False, on_epoch=True, prog_bar=split == "val", batch_size=len(targets),
                  sync_dist=True)
-        if self.multi_label:
-            probs, positive = logits.detach().float().sigmoid(), targets.round().int()
-            getattr(self, f"{split}_ap").update(probs, positive)
-            getattr(self, f"{split}_stats").update((probs >= self.thresholds).int(), positive)
-            return
-        for name in ("acc", "balanced_acc", "macro_f1"):
-            metric = getattr(self, f"{split}_{name}")
-            metric(logits, targets)
-            self.log(f"{split}_{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "acc" and split == "val",
-                     batch_size=n)
-
-    def _log_multilabel(self, split: str) -> None:
-        """<split>_map, <split>_f1_micro, <split>_f1_macro of the epoch (F1 at the current thresholds)."""
-        ap, stats = getattr(self, f"{split}_ap"), getattr(self, f"{split}_stats")
-        if not stats.update_called:  # no labelled batch this epoch (every file failed to decode)
-            return
-        for name, value in multilabel_summary(ap.compute(), stats.compute()).items():
-            self.log(f"{split}_{name}", value.float(), prog_bar=split == "val" and name == "map")
-        ap.reset()
-        stats.reset()
+        self.task.log_eval(self, split, logits, targets)
 
     @override
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -400,8 +345,7 @@ class TransferModule(L.LightningModule):
 
     @override
     def on_validation_epoch_end(self) -> None:
-        if self.multi_label:
-            self._log_multilabel("val")
+        self.task.log_epoch_end(self, "val")
 
     @override
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -409,8 +353,7 @@ class TransferModule(L.LightningModule):
 
     @override
     def on_test_epoch_end(self) -> None:
-        if self.multi_label:
-            self._log_multilabel("test")
+        self.task.log_epoch_end(self, "test")
 
     @override
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
@@ -433,9 +376,9 @@ class TransferModule(L.LightningModule):
         """Set each class's decision threshold to the one maximising its F1 on `data`'s validation split (a
         datamodule: its val_dataloader) or on an iterable of (inputs, multi-hot targets) batches; a class without
         positives there keeps 0.5. Stored in `thresholds` (saved with the checkpoint); returns them."""
-        from tlkit.infer.thresholds import tune_thresholds
+        from tlkit.model.thresholds import tune_thresholds
 
-        if not self.multi_label:
+        if not self.task.has_thresholds:
             raise ValueError("tune_thresholds is for multi-label models (TransferModule(multi_label=True)); a "
                              "single-label model predicts the most probable class.")
         probs, targets = self.collect_probabilities(_val_batches(self, data))
@@ -609,18 +552,3 @@ def _val_batches(module: TransferModule, data: L.LightningDataModule | Iterable)
     else:
         data.setup("validate")
     return data.val_dataloader()
-
-
-def multilabel_summary(ap: torch.Tensor, stats: torch.Tensor) -> dict[str, torch.Tensor]:
-    """map, f1_micro, f1_macro from per-class AP (C,) and stat scores (C, 5: tp, fp, tn, fn, support); the macro
-    averages cover the classes with at least one positive (as tlkit.infer.thresholds.multilabel_metrics)."""
-    tp, fp, fn, support = (stats[:, i].double() for i in (0, 1, 3, 4))
-    present = support > 0
-    f1 = torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.zeros_like(tp))
-    micro_den = 2 * tp.sum() + fp.sum() + fn.sum()
-    nan = torch.tensor(float("nan"), dtype=torch.float64)
-    return {
-        "map": ap.double()[present].mean() if present.any() else nan,
-        "f1_micro": 2 * tp.sum() / micro_den if micro_den > 0 else torch.zeros((), dtype=torch.float64),
-        "f1_macro": f1[present].mean() if present.any() else nan,
-    }

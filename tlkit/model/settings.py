@@ -19,6 +19,7 @@ MAX_HIDDEN_WIDTH = 8192  # units per head layer; a wider head than the backbone'
 MAX_HIDDEN_LAYERS = 16
 # Multi-layer features: cells per side of each stage's pooled map (1 = global average); why 2: LinearProbe.stage_grid.
 DEFAULT_STAGE_GRID = 2
+DEFAULT_THRESHOLD = 0.5  # multi-label: sigmoid 0.5 = logit 0, the decision a model makes before any tuning
 
 INITS = (
     "lecun_normal",
@@ -162,6 +163,7 @@ AGGREGATES = ("mean_prob", "mean_logit", "max")
 # (1024 px); a checkpoint or spec asking for more would allocate huge images (12000 px: 320 MB for one view).
 MAX_TTA_SCALE = 2048
 MAX_TTA_SCALES = 8  # views = scales x crops x flips; 8 x 10 = 80 forwards per image is already slow
+MAX_TTA_VIEWS = MAX_TTA_SCALES * 5 * 2  # the most views a policy can have (8 scales x five crops x flips)
 
 
 # What each named policy fixes; a spec may restate these values, anything else needs policy: custom.

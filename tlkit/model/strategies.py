@@ -309,8 +309,6 @@ class Auto(_Strategy):
 StrategyConfig = Annotated[Union[LinearProbe, Finetune, LpFt, Gradual, LayerDecay, FinetuneTop, Auto],
                            Field(discriminator="kind")]
 
-STRATEGIES = ("linear_probe", "finetune", "lp_ft", "gradual", "layer_decay", "finetune_top", "auto")
-
 
 class _StrategyField(Section):
     strategy: StrategyConfig  # a named field, so errors read strategy.kind / strategy.decay as in a recipe

@@ -1,7 +1,7 @@
 """Recipes: YAML files validated by pydantic. load_recipe(path, overrides) -> Recipe.
 
 A recipe composes the settings models each layer owns (tlkit.model.settings, tlkit.model.strategies,
-tlkit.data.settings, tlkit.infer.settings), so the Python API and recipes share one definition and one default per
+tlkit.data.settings), so the Python API and recipes share one definition and one default per
 setting; `tlkit recipe show` prints each with its reason. Unknown keys are errors; all errors of a file are reported
 together with dotted paths and did-you-mean hints.
 
@@ -11,13 +11,13 @@ works from any working directory); a relative path given with `--set` resolves a
 """
 
 from tlkit.data.settings import CacheConfig, DataConfig, TrainAugment
-from tlkit.infer.settings import TTAConfig
 from tlkit.model.settings import (
     BackboneConfig,
     HeadConfig,
     MixingConfig,
     OptimConfig,
     ScheduleConfig,
+    TTAConfig,
 )
 from tlkit.model.strategies import (
     Auto,

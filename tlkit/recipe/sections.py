@@ -1,7 +1,7 @@
 """The recipe: a composition of the settings each layer owns, plus the cross-field checks and run-level sections.
 
 Each section's model lives with the code that uses it (tlkit.model.settings, tlkit.model.strategies,
-tlkit.data.settings, tlkit.infer.settings); only trainer and output, which fit() alone reads, are defined here.
+tlkit.data.settings); only trainer and output, which fit() alone reads, are defined here.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from pydantic import Field, field_validator, model_validator
 
 from tlkit.config import Section
 from tlkit.data.settings import CacheConfig, DataConfig, TrainAugment
-from tlkit.infer.settings import TTAConfig
 from tlkit.model.settings import (
     BackboneConfig,
     HeadConfig,
     MixingConfig,
     OptimConfig,
     ScheduleConfig,
+    TTAConfig,
 )
 from tlkit.model.strategies import Gradual, LinearProbe, LpFt, StrategyConfig
 

@@ -23,6 +23,7 @@ from tlkit.data.features import Extraction, extract_train_eval_features
 from tlkit.errors import BackboneError
 from tlkit.model.probe import holdout_scores
 from tlkit.model.strategies import Auto, LinearProbe, LpFt
+from tlkit.model.tasks import task_from
 from tlkit.recipe import Recipe, recipe_to_dict, validate_recipe
 from tlkit.run.build import build_module_for
 from tlkit.run.console import progress_bars
@@ -117,7 +118,7 @@ def _extraction(recipe: Recipe, datamodule: ImageFolderDataModule, module) -> Ex
 def resolve_auto_strategy(recipe: Recipe, datamodule: ImageFolderDataModule) -> tuple[Recipe, dict | None]:
     """The recipe with `strategy: auto` replaced by the decided strategy, and the decision (None when not auto):
     every number of the three steps, the rule that fired, the resolved strategy and the step's wall time."""
-    if recipe.strategy.kind != "auto":
+    if not isinstance(recipe.strategy, Auto):
         return recipe, None
     settings: Auto = recipe.strategy
     started = time.perf_counter()
@@ -125,7 +126,7 @@ def resolve_auto_strategy(recipe: Recipe, datamodule: ImageFolderDataModule) -> 
     log.info("strategy auto, step 1 (data size): %d training images, %d classes, %.0f per class", train_images,
              num_classes, train_images / max(1, num_classes))
     measured = measure_probes(recipe, datamodule)
-    metric = "mAP" if datamodule.multi_label else "accuracy"
+    metric = task_from(datamodule.multi_label).metric_label  # what the held-out probe scores: accuracy or mAP
     decision = decide_strategy(train_images=train_images, num_classes=num_classes, metric=metric, settings=settings,
                                scores={f: m.get("score") for f, m in measured.items()})
     strategy, notes = _strategy_for(decision, recipe, settings)

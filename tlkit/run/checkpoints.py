@@ -20,6 +20,7 @@ from tlkit.infer.predict import (
     top_k_rows,
     write_predictions_json,
 )
+from tlkit.infer.settings import DEFAULT_PARITY_ATOL, DEFAULT_TOP_LOSSES
 from tlkit.infer.tta import (
     DEFAULT_MAX_VIEWS_PER_FORWARD,
     TTAPolicy,
@@ -88,7 +89,7 @@ def evaluate_checkpoint(
     split: str = "val",
     num_workers: int | str = 0,
     max_views_per_forward: int = DEFAULT_MAX_VIEWS_PER_FORWARD,
-    top_losses: int = 16,
+    top_losses: int = DEFAULT_TOP_LOSSES,
     progress: bool | None = None,
     precision: str = "fp32",
 ) -> dict:
@@ -214,7 +215,7 @@ def export_checkpoint(
     *,
     images: list[str | Path] | None = None,
     onnx: bool = True,
-    atol: float = 1e-3,
+    atol: float = DEFAULT_PARITY_ATOL,
     tta: str | dict | None = None,
     overwrite: bool = False,
 ) -> dict:

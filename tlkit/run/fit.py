@@ -72,6 +72,7 @@ class FitResult(TypedDict, total=False):
     (and best_val_map, test_*) instead of the accuracies, and the tuned per-class thresholds."""
 
     multi_label: bool
+    monitor: str  # the validation metric that chose best.ckpt: the task's (val_acc, val_map)
     val_map: float | None
     val_f1_micro: float | None
     val_f1_macro: float | None
@@ -184,6 +185,7 @@ def _result(recipe: Recipe, datamodule: ImageFolderDataModule, module: TransferM
     best, last = checkpoints
     return {
         "multi_label": module.multi_label,
+        "monitor": module.monitor,  # the metric that picked best.ckpt (search optimises it too)
         **{k: logged.get(k) for k in (*_val_metrics(module), "val_loss")},
         f"best_{module.monitor}": float(best.best_model_score) if best.best_model_score is not None else None,
         **tested,

@@ -37,10 +37,6 @@ from tlkit.run.features import choose_training_inputs
 log = logging.getLogger(__name__)
 
 
-class CheckFailed(TlkitError):
-    """A sanity check failed; the report printed before it lists the likely causes."""
-
-
 def derive(recipe: Recipe, overrides: list[str]) -> Recipe:
     """A validated copy of `recipe` with --set-style overrides (data.root is already absolute)."""
     return validate_recipe(apply_overrides(recipe_to_dict(recipe), overrides), f"{recipe.name} (derived)")
@@ -299,10 +295,11 @@ def search(
         atomic_write(best_path, redact_credentials(yaml.safe_dump(recipe_to_dict(derive(recipe, best_overrides)),
                                                                   sort_keys=False)))
     png = S.plot_plane({k: v["rows"] for k, v in stages.done.items()}, out_dir / "search.png",
-                       title=f"{recipe.name}: val accuracy over lr x weight decay")
+                       title=f"{recipe.name}: {best.user_attrs.get('monitor', 'val_acc')} over lr x weight decay")
     summary = {
         "out_dir": str(out_dir), "storage": stages.shown, "best_recipe": str(best_path), "png": str(png),
         "best": {"stage": best_stage, "trial": best.number, "params": best.params, "val_acc": best.value,
+                 "monitor": best.user_attrs.get("monitor", "val_acc"),
                  "val_loss": best.user_attrs.get("val_loss")},
         "stages": {k: {kk: vv for kk, vv in v.items() if kk not in ("trials",)} for k, v in stages.done.items()},
     }
@@ -334,23 +331,22 @@ class _SearchStages:
             run_dir = self.out_dir / stage / f"trial_{trial.number:03d}"
             if run_dir.exists():  # a retried trial of a killed process starts clean
                 shutil.rmtree(run_dir)
-            pruning = self.S.PruneOnValAcc(trial)
+            pruning = self.S.PruneOnMonitored(trial)
             metrics = fit(trial_recipe, run_dir=run_dir, callbacks=[pruning])
-            if metrics.get("multi_label"):
-                raise TlkitError("tlkit search ranks trials by validation accuracy, which a multi-label model does "
-                                 "not have; choose its learning rate with tlkit lr-find instead.")
+            monitor = metrics["monitor"]  # the task's: val_acc, or val_map for a multi-label model
             if not self.keep_checkpoints:
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-            for key in ("val_acc", "val_loss", "best_val_acc", "wall_s", "epochs", "strategy"):
+            for key in ("val_acc", "val_loss", "wall_s", "epochs", "strategy", "monitor"):
                 trial.set_user_attr(key, metrics.get(key))
+            trial.set_user_attr("best_val_acc", metrics.get(f"best_{monitor}"))  # the table's best-value column
             trial.set_user_attr("run_dir", str(run_dir))
-            log.info("%s trial %d: lr %.2e wd %.2e -> val acc %.2f%%, val loss %.3f (%.1f s)%s", stage, trial.number,
-                     params["lr"], params["weight_decay"], 100 * metrics["val_acc"], metrics["val_loss"],
+            log.info("%s trial %d: lr %.2e wd %.2e -> %s %.2f%%, val loss %.3f (%.1f s)%s", stage, trial.number,
+                     params["lr"], params["weight_decay"], monitor, 100 * metrics[monitor], metrics["val_loss"],
                      metrics["wall_s"], f", pruned after epoch {pruning.pruned_at + 1}" if pruning.pruned_at is not None
                      else "")
             if pruning.pruned_at is not None:
                 raise optuna.TrialPruned()
-            return float(metrics["val_acc"])
+            return float(metrics[monitor])
 
         return trial_value
 

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 
 DEFAULT_LOSS_TOLERANCE = 0.05  # relative to ln(C); a zero-initialised final layer is exact to float rounding
-LN2 = math.log(2.0)
 
 
 @dataclass
@@ -32,7 +31,9 @@ def expected_initial_loss(num_classes: int, multi_label: bool = False) -> float:
     """Cross-entropy of uniform predictions over C classes: ln(C); multi-label, every sigmoid at 0.5: C x ln 2."""
     if num_classes < 2:
         raise ValueError(f"need at least 2 classes; got {num_classes}.")
-    return num_classes * LN2 if multi_label else math.log(num_classes)
+    from tlkit.model.tasks import task_from
+
+    return task_from(multi_label).initial_loss(num_classes)
 
 
 def initial_loss_check(observed: float, num_classes: int, tolerance: float = DEFAULT_LOSS_TOLERANCE, *,

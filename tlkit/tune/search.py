@@ -165,8 +165,9 @@ def run_stage(study: optuna.Study, objective, n_trials: int, *, progress: bool =
     return missing
 
 
-class PruneOnValAcc(L.Callback):
-    """Report val accuracy to an Optuna trial after every validation; stop the run when the pruner says so.
+class PruneOnMonitored(L.Callback):
+    """Report the module's monitored metric (its task's: val_acc, or val_map for multi-label) to an Optuna trial
+    after every validation; stop the run when the pruner says so.
 
     Stops via trainer.should_stop rather than raising inside Lightning; the objective raises TrialPruned after fit.
     """
@@ -177,10 +178,11 @@ class PruneOnValAcc(L.Callback):
 
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or "val_acc" not in trainer.callback_metrics:
+        monitor = pl_module.monitor
+        if trainer.sanity_checking or monitor not in trainer.callback_metrics:
             return
         epoch = trainer.current_epoch
-        self.trial.report(float(trainer.callback_metrics["val_acc"]), step=epoch)
+        self.trial.report(float(trainer.callback_metrics[monitor]), step=epoch)
         if self.trial.should_prune():
             self.pruned_at = epoch
             trainer.should_stop = True

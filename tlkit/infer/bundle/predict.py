@@ -40,6 +40,7 @@ from preprocessing import (
 
 DECODE_ERRORS = (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError)
 AGGREGATES = ("mean_prob", "mean_logit", "max")
+MAX_VIEWS = 80  # the most views a TTA policy can have (tlkit.model.settings.MAX_TTA_VIEWS; this file runs without tlkit)
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs such a cell as a formula
 
 
@@ -110,9 +111,9 @@ class Model:
         views = meta["tta_views"]
         self.views = [View(int(v["scale"]), str(v["crop"]), bool(v["flip"])) for v in views["views"]] if tta \
             else [View(eval_resize_size(self.pre), "center", False)]
-        if not 1 <= len(self.views) <= 64 or any(v.crop not in CROPS or not self.pre.input_size <= v.scale
+        if not 1 <= len(self.views) <= MAX_VIEWS or any(v.crop not in CROPS or not self.pre.input_size <= v.scale
                                                  <= MAX_INPUT_SIZE for v in self.views):
-            raise ValueError(f"tta_views: 1-64 views with crops in {', '.join(CROPS)} and scales from input_size "
+            raise ValueError(f"tta_views: 1-{MAX_VIEWS} views with crops in {', '.join(CROPS)} and scales from input_size "
                              f"to {MAX_INPUT_SIZE} expected")
         self.aggregate = str(views["aggregate"]) if tta else "mean_prob"
         if self.aggregate not in AGGREGATES:
