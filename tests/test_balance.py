@@ -20,11 +20,12 @@ from tlkit.recipe import validate_recipe
 from tlkit.run import fit
 
 
-def imbalanced_folder(root, *, drop: int = 6):
-    """3 classes, 'red' with `drop` fewer training images than the others."""
+def imbalanced_folder(root, *, drop: int = 6, drop_val: int = 0):
+    """3 classes, 'red' with `drop` fewer training images (and `drop_val` fewer val images) than the others."""
     write_colour_classes(root, per_class=12)
-    for path in sorted((root / "train" / "red").iterdir())[:drop]:
-        path.unlink()
+    for split, n in (("train", drop), ("val", drop_val)):
+        for path in sorted((root / split / "red").iterdir())[:n]:
+            path.unlink()
     return root
 
 
@@ -51,13 +52,29 @@ def test_sampler_draws_classes_about_equally_and_is_seeded():
 
 @pytest.mark.parametrize("balance", ["sampler", "loss_weights"])
 def test_balanced_runs_train_and_log_balanced_accuracy_and_macro_f1(tmp_path, balance):
-    root = imbalanced_folder(tmp_path / "data")
+    """The logged val_balanced_acc / val_macro_f1 are sklearn's balanced_accuracy_score / macro f1_score of the
+    checkpoint's predictions on the (imbalanced: 4/4/1) val images, in metrics.json and in metrics.csv."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    from tlkit.infer.predictor import Predictor
+
+    root = imbalanced_folder(tmp_path / "data", drop_val=3)
     recipe = validate_recipe(tiny_recipe_dict(root, data={"balance": balance}, trainer={"epochs": 1}))
     metrics = fit(recipe, run_dir=tmp_path / "run")
     assert metrics["balance"] == balance
-    assert 0.0 <= metrics["val_balanced_acc"] <= 1.0 and 0.0 <= metrics["val_macro_f1"] <= 1.0
-    header = next(csv.reader((tmp_path / "run" / "metrics.csv").open()))
-    assert {"val_balanced_acc", "val_macro_f1"} <= set(header)
+    files = sorted((root / "val").rglob("*.png"))
+    predictor = Predictor.from_checkpoint(metrics["last_checkpoint"], tta="none")  # one epoch: the logged weights
+    truth = [predictor.classes.index(f.parent.name) for f in files]
+    predicted = predictor.probabilities(files).argmax(axis=1)
+    expected = {"val_acc": accuracy_score(truth, predicted),
+                "val_balanced_acc": balanced_accuracy_score(truth, predicted),
+                "val_macro_f1": f1_score(truth, predicted, average="macro", labels=[0, 1, 2], zero_division=0)}
+    assert len({round(v, 6) for v in expected.values()}) == 3, expected  # the three averages are told apart here
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    logged = next(row for row in rows if row.get("val_macro_f1"))
+    for name, value in expected.items():
+        assert metrics[name] == pytest.approx(value, abs=1e-6), (name, metrics[name], expected)
+        assert float(logged[name]) == pytest.approx(value, abs=1e-6), name
     module = load_checkpoint(metrics["last_checkpoint"])  # weights_only load: the weights are plain floats
     if balance == "loss_weights":
         weights = module.hparams.class_weights

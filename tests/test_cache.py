@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
 import numpy as np
+import pytest
 import torch
 from conftest import tiny_recipe_dict, write_colour_classes
 from PIL import Image
+from safetensors import safe_open
 
 from tlkit.data.cache import FeatureCache, file_identity
 from tlkit.infer.checkpoint import load_checkpoint
@@ -56,7 +59,7 @@ def test_second_run_reads_every_feature_from_disk(tmp_path):
 def test_a_changed_file_is_recomputed_never_served_stale(tmp_path):
     root = write_colour_classes(tmp_path / "c", per_class=6)
     fit(probe_recipe(root, tmp_path / "cache"), run_dir=tmp_path / "a")
-    victim = sorted((root / "train" / "red").iterdir())[0]
+    victim = min((root / "train" / "red").iterdir())
     time.sleep(0.01)
     Image.fromarray(np.zeros((36, 36, 3), np.uint8)).save(victim)  # new content, size and mtime
     again = fit(probe_recipe(root, tmp_path / "cache"), run_dir=tmp_path / "b")
@@ -70,24 +73,37 @@ def test_other_preprocessing_uses_another_entry(tmp_path):
     assert other["feature_cache"]["from_disk"] == 0
 
 
+def stored_rows(directory) -> dict[str, torch.Tensor]:
+    """Every row of every entry in a cache folder, by the file identity it is stored under (read from disk)."""
+    rows = {}
+    for path in directory.rglob("features.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            rows.update(zip(json.loads(f.metadata()["identities"]), f.get_tensor("features")))
+    return rows
+
+
 def test_cache_entry_rows_follow_file_identity(tmp_path):
     image = tmp_path / "x.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
     cache = FeatureCache(tmp_path / "cache")
     calls = []
 
-    def compute(paths):
+    def compute(paths):  # the n-th computation returns rows of n: a served row says which computation made it
         calls.append(list(paths))
-        return torch.ones(len(paths), 4)
+        return torch.full((len(paths), 4), float(len(calls)))
 
-    cache.features({"k": 1}, [str(image)], compute)
-    cache.features({"k": 1}, [str(image)], compute)
-    assert len(calls) == 1
-    os.utime(image, ns=(time.time_ns(), time.time_ns() + 10**9))
-    stored = next((tmp_path / "cache").rglob("features.safetensors"))
-    assert file_identity(image) not in stored.read_bytes().decode("utf-8", "ignore")
-    cache.features({"k": 1}, [str(image)], compute)
-    assert len(calls) == 2
+    first = cache.features({"k": 1}, [str(image)], compute)
+    old = file_identity(image)
+    assert list(stored_rows(tmp_path / "cache")) == [old]
+    assert torch.equal(cache.features({"k": 1}, [str(image)], compute), first) and len(calls) == 1
+    os.utime(image, ns=(time.time_ns(), time.time_ns() + 10**9))  # same bytes, another modification time
+    assert file_identity(image) != old
+    again = cache.features({"k": 1}, [str(image)], compute)
+    assert calls == [[str(image)], [str(image)]]
+    assert torch.equal(again, torch.full((1, 4), 2.0))  # recomputed, never the stale row
+    assert torch.equal(stored_rows(tmp_path / "cache")[file_identity(image)], again[0])
+    reread = FeatureCache(tmp_path / "cache").features({"k": 1}, [str(image)], compute)  # a later run
+    assert torch.equal(reread, again) and len(calls) == 2
 
 
 def test_no_disk_cache_writes_nothing(tmp_path):
@@ -127,11 +143,24 @@ def test_finetune_never_uses_the_feature_cache(tmp_path):
 
 
 def test_a_cached_probe_checkpoint_predicts_images(tmp_path):
-    root = write_colour_classes(tmp_path / "c", per_class=6)
-    metrics = fit(probe_recipe(root, tmp_path / "cache"), run_dir=tmp_path / "a")
+    """The head trained on cached features, saved in the checkpoint, gives from the image files the probabilities it
+    gives on their cached features, and the val accuracy fit logged."""
+    from tlkit.infer.predictor import Predictor
+
+    root = write_colour_classes(tmp_path / "c", per_class=12)
+    metrics = fit(probe_recipe(root, tmp_path / "cache", optim={"lr": 0.3}), run_dir=tmp_path / "a")
+    assert metrics["feature_cache"]["used"]
+    files = sorted((root / "val").rglob("*.png"))
     module = load_checkpoint(metrics["best_checkpoint"])
+    rows = stored_rows(tmp_path / "cache")
+    features = torch.stack([rows[file_identity(f)] for f in files])
     with torch.no_grad():
-        assert module(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+        from_features = module.head(features).softmax(dim=-1).numpy()
+    from_images = Predictor.from_checkpoint(metrics["best_checkpoint"], tta="none").probabilities(files)
+    np.testing.assert_allclose(from_images, from_features, atol=1e-5, rtol=0)
+    truth = [module.classes.index(f.parent.name) for f in files]
+    accuracy = float(np.mean(from_images.argmax(1) == truth))
+    assert accuracy == pytest.approx(metrics["best_val_acc"], abs=1e-6) and accuracy >= 0.9, metrics["best_val_acc"]
 
 
 def test_lbfgs_solver_fits_the_head_in_closed_form_and_saves_a_normal_checkpoint(tmp_path):

@@ -80,13 +80,50 @@ def test_soft_target_cross_entropy_equals_cross_entropy_on_one_hot():
     )
 
 
+def test_training_step_learns_from_the_mixed_batch_and_its_soft_targets():
+    """Mixup as computed by hand (lambda drawn as timm draws it, from NumPy's global generator): the training loss is
+    the soft-target cross-entropy of the model on lam * x + (1 - lam) * flip(x) against the mixed one-hot labels."""
+    from tlkit.model.module import TransferModule
+
+    module = TransferModule({"name": "test_resnet", "weights": "none", "input_size": 16}, ["a", "b", "c"],
+                            strategy="linear_probe", mixing={"mixup_alpha": 0.4}).eval()
+    torch.manual_seed(1)
+    for weight in module.head.parameters():  # a head far from its zero init: logits that depend on the pixels
+        torch.nn.init.normal_(weight, std=3.0)
+    images, labels = batch(n=4, size=16)  # labels 0 1 2 0: pairs (0, 3) share a label, (1, 2) do not
+    np.random.seed(3)
+    assert np.random.rand() < 1.0  # mixing.prob 1: the batch is mixed
+    lam = float(np.random.beta(0.4, 0.4))
+    assert 0.05 < lam < 0.95  # a real mix for this seed
+    mixed = lam * images + (1 - lam) * images.flip(0)
+    one_hot = torch.nn.functional.one_hot(labels, 3).float()
+    soft = lam * one_hot + (1 - lam) * one_hot.flip(0)
+    with torch.no_grad():
+        expected = -(soft * torch.log_softmax(module(mixed), dim=-1)).sum(dim=1).mean()
+        unmixed = torch.nn.functional.cross_entropy(module(images), labels)
+    np.random.seed(3)
+    with torch.no_grad(), pytest.warns(UserWarning, match="self.log"):  # no Trainer: logging is skipped
+        loss = module.training_step((images, labels), 0)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert abs(float(expected) - float(unmixed)) > 1e-3  # the unmixed loss would be told apart
+
+
 @pytest.mark.parametrize("strategy", ["linear_probe", "finetune"])
-def test_training_with_mixup_cutmix_and_cutout_runs_for_both_strategies(tmp_path, strategy):
+def test_training_with_mixup_cutmix_and_cutout_runs_for_both_strategies(tmp_path, strategy, monkeypatch):
     from conftest import tiny_recipe_dict, write_colour_classes
 
     from tlkit.recipe import validate_recipe
     from tlkit.run import fit
 
+    mixed_batches = []
+    mix = BatchMixer.forward
+
+    def recording(self, images, labels):  # every batch the training loop hands to the mixer, and what came back
+        out = mix(self, images, labels)
+        mixed_batches.append((images.clone(), *out))
+        return out
+
+    monkeypatch.setattr(BatchMixer, "forward", recording)
     root = write_colour_classes(tmp_path / "c", per_class=6)
     recipe = validate_recipe(tiny_recipe_dict(
         root, strategy={"kind": strategy}, augment={"preset": "medium", "cutout": {"p": 1.0}},
@@ -95,3 +132,8 @@ def test_training_with_mixup_cutmix_and_cutout_runs_for_both_strategies(tmp_path
     assert not recipe.deterministic_training_input
     metrics = fit(recipe, run_dir=tmp_path / "run")
     assert np.isfinite(metrics["train_loss"]) and 0 <= metrics["train_acc"] <= 1
+    assert not metrics["feature_cache"]["used"]
+    assert [len(images) for images, _, _ in mixed_batches] == [8]  # 12 training images, batch 8 (last one dropped)
+    for images, mixed, soft in mixed_batches:
+        assert not torch.equal(mixed, images)  # Mixup or CutMix changed the pixels
+        assert soft.max(dim=1).values.min() < 1.0  # and the targets are soft

@@ -26,9 +26,9 @@ class DataConfig(Section):
     csv: str = "labels.csv"
     """source: csv: the table, relative to root, with columns path,label[,split] or path,<class1>,<class2>,...[,split]
     (0/1 per class); image paths in it are relative to the table's own folder and must stay inside root."""
-    columns: dict[Literal["path", "label", "split"], str] = Field(default_factory=dict)
+    columns: dict[Literal["path", "label", "split"], str] | None = None
     """A table's own column names for path, label and split, e.g. {path: image_name, label: tags}, so a Kaggle-style
-    CSV loads as it is (empty = the names path, label, split)."""
+    CSV loads as it is (null = the names path, label, split)."""
     exclude: str | list[str] | None = None
     """Images left out of training, e.g. a reviewed findings.csv from tlkit audit: a CSV with a path column, a text
     file of paths, or a list; paths relative to data.root. Val and test keep theirs, so scores stay comparable."""

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from tlkit.config import describe_error
 from tlkit.errors import RecipeError, did_you_mean
 from tlkit.recipe.sections import Recipe
+from tlkit.redact import redact_credentials
 
 
 class AliasRefused(yaml.composer.ComposerError):
@@ -147,10 +148,10 @@ def resolve_path(value: str, base: Path) -> Path:
 
 
 def render_recipe(recipe: Recipe) -> str:
-    """The fully resolved recipe as YAML, every field with its one-line reason as a comment."""
+    """The fully resolved recipe as YAML, every field with its one-line reason as a comment (passwords masked)."""
     lines: list[str] = []
     _render(recipe, lines, indent=0)
-    return "\n".join(lines) + "\n"
+    return redact_credentials("\n".join(lines) + "\n")
 
 
 def _render(model: BaseModel, lines: list[str], indent: int) -> None:

@@ -30,6 +30,7 @@ from tlkit.model.ema import WeightEMA
 from tlkit.model.faults import AtomicCheckpointIO, DataHealthGuard, FiniteLossGuard
 from tlkit.model.module import TransferModule
 from tlkit.recipe import Recipe, recipe_to_dict
+from tlkit.redact import redact_credentials
 from tlkit.run import provenance
 from tlkit.run.auto import decision_note, resolve_auto_strategy
 from tlkit.run.build import build_datamodule, build_module_for, default_run_dir
@@ -160,12 +161,14 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
     _train(trainer, module, fit_datamodule, run_dir, epochs, resume_from, checkpoint)
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     thresholds = _tune_best_thresholds(trainer, checkpoint, fit_datamodule) if module.multi_label else None
+    last_saved = last.best_model_path  # before the test pass: trainer.test restores best.ckpt's older callback state
     tested = _test_once(trainer, module, fit_datamodule, checkpoint) if datamodule.scan.test else {}
     metrics = _result(recipe, datamodule, module, logged, tested, trainer=trainer, checkpoints=(checkpoint, last),
                       health=health, extras={"data_warnings": warnings_found, "feature_cache": cache_info,
                                              **({"strategy_auto": auto_decision} if auto_decision else {}),
                                              **({"thresholds": thresholds} if thresholds is not None else {}),
                                              **_probe_info(trainer)})
+    metrics["last_checkpoint"] = last_saved or metrics["last_checkpoint"]
     metrics["wall_s"] = round(time.perf_counter() - started, 2)
     if resume:
         metrics["resumed_from_epoch"] = resume_from.epoch + 1 if resume_from else 0
@@ -313,7 +316,7 @@ def _refuse_reuse(run_dir: Path, *, overwrite: bool) -> None:
 
 def _write_run_files(run_dir: Path, recipe: Recipe, datamodule: ImageFolderDataModule, auto: dict | None) -> None:
     auto_note = decision_note(auto) if auto else ""
-    recipe_text = yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
+    recipe_text = redact_credentials(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))  # never a password
     atomic_write(run_dir / "recipe.yaml", auto_note + recipe_text)
     samples = [*datamodule.scan.train, *datamodule.scan.val]
     labels = dict(samples)  # part of the data's fingerprint: a CSV's labels can change while the images do not

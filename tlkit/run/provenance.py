@@ -16,6 +16,17 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from tlkit.errors import TlkitError
+from tlkit.redact import redact_credentials
+
+
+class ProvenanceError(TlkitError, ValueError):
+    """A run's provenance.json (or metrics.json) that cannot be read as tlkit wrote it."""
+
+
+# The sections differences() reads and the type each must have (a run outside git has "git": null).
+SECTIONS = {"versions": dict, "data": dict, "git": (dict, type(None)), "hardware": dict, "command": list}
+
 LIBRARIES = ("tlkit", "torch", "torchvision", "timm", "lightning", "albumentations", "torchmetrics", "numpy",
              "pillow", "opencv-python-headless", "opencv-python")
 
@@ -116,7 +127,7 @@ def collect(recipe_text: str, data_root: str | Path, data_paths: Iterable[str],
     return {
         "versions": library_versions(),
         "git": git_state(Path.cwd()),
-        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "command": [Path(sys.argv[0]).name, *map(redact_credentials, sys.argv[1:])],  # --set may hold a password
         "python": sys.version.split()[0],
         "recipe_sha256": recipe_hash(recipe_text),
         "data": data_fingerprint(data_root, data_paths, labels),
@@ -147,5 +158,35 @@ def differences(before: dict, now: dict) -> list[str]:
 
 
 def read(run_dir: Path) -> dict | None:
+    """RUN_DIR/provenance.json, checked (None when there is none); a ProvenanceError names what is damaged."""
     path = Path(run_dir) / "provenance.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    record = read_json(path, "provenance.json")
+    for section, kind in SECTIONS.items():
+        if section in record and not isinstance(record[section], kind):
+            raise ProvenanceError(f"{path}: {section!r} is a {type(record[section]).__name__}, not the "
+                                  f"{'object' if section != 'command' else 'list'} tlkit writes; the file was edited "
+                                  "or damaged: restore it, or remove it to reproduce without the comparison.")
+    bad = [f"{section}.{k}" for section in ("versions", "data", "git", "hardware")
+           for k, v in (record.get(section) or {}).items() if isinstance(v, (dict, list))]
+    if not isinstance((record.get("data") or {}).get("labels_sha256", ""), str):
+        bad.append("data.labels_sha256")
+    if bad:
+        raise ProvenanceError(f"{path}: {bad[0]} is not the plain value tlkit writes; the file was edited or damaged: "
+                              "restore it, or remove it to reproduce without the comparison.")
+    return record
+
+
+def read_json(path: Path, name: str) -> dict:
+    """A JSON object that tlkit wrote into a run folder; a ProvenanceError when it is not one."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        cause = exc.strerror if isinstance(exc, OSError) else str(exc).split(":")[0]
+        raise ProvenanceError(f"{path} is not readable JSON ({cause}); {name} was edited or damaged: restore it, or "
+                              "remove it to reproduce without the comparison.") from None
+    if not isinstance(record, dict):
+        raise ProvenanceError(f"{path} holds a JSON {type(record).__name__}, not an object; {name} was edited or "
+                              "damaged: restore it, or remove it to reproduce without the comparison.")
+    return record
