@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
 from tlkit.data.features import Extraction, extract_train_eval_features
 from tlkit.data.images import decode
+from tlkit.data.protocol import CachePlan
 from tlkit.data.scan import FolderScan, relative_name
 from tlkit.data.settings import CacheConfig
 from tlkit.data.table import scan_data
@@ -41,10 +41,21 @@ def image_features(scan: FolderScan, backbone: str, weights: str = "auto", *, in
     everything = replace(scan, train=[*scan.train, *scan.val, *scan.test], val=[], test=[])
     run = Extraction(device=torch.device("cpu"), eval_batch_size=64, num_workers=num_workers, progress=progress)
     cache = CacheConfig(dir=str(cache_dir) if cache_dir is not None else None)
-    rows, info = extract_train_eval_features(everything, SimpleNamespace(backbone=network), pre, cache=cache, run=run)
+    rows, info = extract_train_eval_features(everything, _Embedder(network, backbone), pre, cache=cache, run=run)
     features = rows.views[0].float().numpy()
     return features, {**info, "weights": source, "input_size": pre.input_size, "backbone": backbone,
                       "cpus": os.cpu_count()}
+
+
+class _Embedder:
+    """What extract_train_eval_features reads of a model: the network that embeds images and the cache plan that
+    names it (the same name and weights as a linear-probe run's, so both share cache entries)."""
+
+    def __init__(self, network, name: str):
+        self.embedder, self.name = network, name
+
+    def cache_plan(self, epochs: int) -> CachePlan:
+        return CachePlan(epochs, network=self.embedder, name=self.name)
 
 
 def fit_probe(features: np.ndarray, labels: np.ndarray, *, num_classes: int, seed: int,
