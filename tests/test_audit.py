@@ -8,8 +8,10 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import tiny_recipe_dict, write_colour_classes
+from PIL import Image
 
 from tlkit.data.table import scan_data
 from tlkit.errors import DataError
@@ -97,3 +99,140 @@ def test_exclude_and_relabel_show_in_provenance_and_the_data_fingerprint(tmp_pat
     assert runs["excluded"]["content_sha256"] != runs["plain"]["content_sha256"]
     assert runs["excluded"]["curation"]["exclude"]["left_out_of_training"] == 1
     assert "curation" not in runs["plain"]
+
+
+# -- tlkit audit on a generated folder with planted problems (real lite0 features at 64 px: a few seconds) ---------
+
+PLANTED_MISLABELS = {"train/blue/odd_red.png": "red", "train/red/odd_green.png": "green"}
+PLANTED_TWINS = {"val/green/twin_03.jpg": "train/green/green_03.png", "val/red/twin_05.jpg": "train/red/red_05.png",
+                 "val/blue/twin_07.jpg": "train/blue/blue_07.png"}
+PLANTED_OUTLIER = "train/green/screenshot.png"
+COLOURS = {"blue": (40, 60, 200), "green": (40, 190, 60), "red": (210, 50, 40)}
+
+
+def _patterned(rgb: tuple[int, int, int], seed: int) -> Image.Image:
+    """A class colour with a random coarse pattern, so images of one class differ from each other."""
+    rng = np.random.default_rng(seed)
+    blocks = np.kron(rng.integers(-70, 71, (4, 4, 3)), np.ones((10, 10, 1)))
+    return Image.fromarray(np.clip(np.array(rgb) + blocks + rng.integers(-10, 11, (40, 40, 3)), 0, 255)
+                           .astype(np.uint8))
+
+
+def _planted_folder(root: Path) -> Path:
+    for c, (name, rgb) in enumerate(COLOURS.items()):
+        for i in range(14):
+            folder = root / ("train" if i < 10 else "val") / name
+            folder.mkdir(parents=True, exist_ok=True)
+            _patterned(rgb, 100 * c + i).save(folder / f"{name}_{i:02d}.png")
+    _patterned(COLOURS["red"], 900).save(root / "train/blue/odd_red.png")
+    _patterned(COLOURS["green"], 901).save(root / "train/red/odd_green.png")
+    for twin, source in PLANTED_TWINS.items():  # slightly cropped, resized, re-encoded copies in val
+        Image.open(root / source).crop((1, 2, 39, 39)).resize((44, 43)).save(root / twin, quality=85)
+    board = (np.indices((40, 40)).sum(0) // 5 % 2 * 255).astype(np.uint8)  # a black-and-white screenshot
+    Image.fromarray(np.stack([board] * 3, -1)).save(root / PLANTED_OUTLIER)
+    return root
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    """(data root, digest of the data before the audit, the audit's result)."""
+    from tlkit.audit import audit
+
+    tmp = tmp_path_factory.mktemp("audit")
+    root = _planted_folder(tmp / "planted")
+    before = _tree_digest(root)
+    result = audit(scan_data(root, seed=0), out=tmp / "out", backbone="tf_efficientnet_lite0", weights="bundled",
+                   input_size=64, progress=False)
+    return root, before, result
+
+
+def _found(result, kind: str) -> dict[str, dict]:
+    return {row["path"]: row for row in result.rows if row["finding"] == kind}
+
+
+def test_audit_flags_planted_mislabels_and_suggests_their_true_class(audited):
+    _, _, result = audited
+    issues = _found(result, "label_issue")
+    for path, true in PLANTED_MISLABELS.items():
+        assert issues[path]["suggested"] == true
+    worst = list(issues)[:len(PLANTED_MISLABELS) + 1]  # rows come worst first
+    assert set(PLANTED_MISLABELS) <= set(worst)
+
+
+def test_audit_finds_planted_twins_across_splits_and_nothing_else(audited):
+    _, _, result = audited
+    leaks = _found(result, "leak")
+    assert {path: row["other"] for path, row in leaks.items()} == PLANTED_TWINS
+    assert result.summary["leaks"]["val_with_twin_in_train"] == len(PLANTED_TWINS)
+    assert result.summary["leaks"]["val_images"] == 3 * 4 + len(PLANTED_TWINS)
+
+
+def test_audit_lists_the_planted_outlier_first(audited):
+    _, _, result = audited
+    assert next(row["path"] for row in result.rows if row["finding"] == "outlier") == PLANTED_OUTLIER
+
+
+def test_audit_leaves_the_data_folder_unchanged(audited):
+    root, before, _ = audited
+    assert _tree_digest(root) == before
+
+
+def test_audit_page_is_self_contained_with_every_finding_pictured(audited):
+    _, _, result = audited
+    page = result.files["html"].read_text(encoding="utf-8")
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert page.count('data-finding="label_issue"') == len(_found(result, "label_issue"))
+    assert 'data-finding="leak"' in page and 'data-finding="outlier"' in page
+    assert "data:image/jpeg;base64," in page
+
+
+def test_findings_csv_leaves_flagged_images_out_of_training(audited):
+    root, _, result = audited
+    plain = scan_data(root, seed=0)
+    curated = scan_data(root, seed=0, exclude=str(result.files["csv"]))
+    flagged_train = {row["path"] for row in result.rows if row["split"] == "train"}
+    assert len(curated.train) == len(plain.train) - len(flagged_train)
+    assert curated.val == plain.val
+
+
+def test_audit_refuses_to_write_inside_the_data_folder(colour_folder):
+    from tlkit.audit import audit
+
+    with pytest.raises(DataError, match="inside the data folder"):
+        audit(scan_data(colour_folder), out=colour_folder / "audit", backbone="test_resnet", weights="none",
+              input_size=32, progress=False)
+
+
+def test_multi_label_issues_name_the_missing_class():
+    from tlkit.audit.findings import label_issues
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((60, 3)) < 0.4).astype(np.float32)
+    probs = np.clip(labels * 0.9 + 0.05 + rng.normal(0, 0.02, labels.shape), 0.01, 0.99)
+    labels[7] = [1, 0, 0]
+    probs[7] = [0.95, 0.97, 0.03]  # the probe is sure image 7 also shows class 1
+    issues = label_issues(labels, probs, multi_label=True)
+    assert issues[0].index == 7 and issues[0].suggested == (0, 1)
+
+
+def test_out_of_fold_probabilities_come_from_probes_that_never_saw_the_image():
+    from tlkit.audit.findings import out_of_fold_probabilities
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    features = (np.eye(3)[labels] * 4 + rng.normal(0, 1, (60, 3))).astype(np.float32)
+    labels[0] = 2  # a flipped label: a probe that saw it would lean towards 2
+    probs = out_of_fold_probabilities(features, labels, num_classes=3, folds=5, seed=0)
+    assert probs.shape == (60, 3) and np.allclose(probs.sum(1), 1)
+    assert probs[0].argmax() == 0
+
+
+def test_cli_audit_writes_findings_and_page_outside_the_folder(tmp_path, capsys):
+    from tlkit.cli.main import main
+
+    root = write_colour_classes(tmp_path / "colours")
+    assert main(["audit", str(root), "--backbone", "test_resnet", "--weights", "none", "--input-size", "32",
+                 "--out", str(tmp_path / "audit"), "--no-progress", "--folds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "label issues" in out and (tmp_path / "audit" / "findings.csv").is_file()
+    assert (tmp_path / "audit" / "audit.html").is_file()

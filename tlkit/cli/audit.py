@@ -51,8 +51,9 @@ def add_audit_parser(sub) -> None:
     audit.add_argument("--input-size", type=_positive, help="image size in pixels (default: the backbone's)")
     audit.add_argument("--folds", type=_positive, default=5, help="folds of the out-of-fold probe (default 5)")
     audit.add_argument("--neighbours", type=_positive, default=3, help="nearest neighbours shown per image (3)")
-    audit.add_argument("--duplicate-threshold", type=float, default=0.95,
-                       help="cosine similarity of features above which two images are near-duplicates (0.95)")
+    audit.add_argument("--duplicate-threshold", type=float, default=0.9,
+                       help="similarity (cosine of 12x12 thumbnails, mean colour removed) from which two images are "
+                            "near-duplicates (0.9)")
     audit.add_argument("--outliers", type=float, default=0.01,
                        help="share of images, the farthest from the others, listed as outliers (0.01)")
     audit.add_argument("--seed", type=int, default=0, help="seed of the folds (default 0)")
@@ -61,6 +62,41 @@ def add_audit_parser(sub) -> None:
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from tlkit.audit import audit_command
+    """Audit FOLDER (class folders), a label table (.csv) or --recipe's data; print where the findings went."""
+    import os
+    from pathlib import Path
 
-    return audit_command(args)
+    from tlkit.audit import AuditSettings
+    from tlkit.errors import DataError
+
+    settings = AuditSettings(folds=args.folds, neighbours=args.neighbours, duplicate_threshold=args.duplicate_threshold,
+                             outlier_fraction=args.outliers, seed=args.seed)
+    workers = min(4, os.cpu_count() or 1)
+    if args.recipe:
+        from tlkit.recipe.loading import load_recipe
+        from tlkit.run.audit import audit_recipe
+
+        result = audit_recipe(load_recipe(args.recipe, args.overrides), settings=settings, out=args.out,
+                              num_workers=workers, progress=not args.no_progress)
+    else:
+        if not args.folder:
+            raise DataError("tlkit audit needs a data folder, a label table (.csv) or --recipe; e.g. tlkit audit "
+                            "path/to/images.")
+        from tlkit.audit import audit
+        from tlkit.data.table import scan_data
+
+        given = Path(args.folder)
+        table = given.suffix.lower() == ".csv"
+        root = given.parent if table else given
+        scan = scan_data(root, source="csv" if table else "folder", csv=given.name if table else "labels.csv",
+                         seed=args.seed)
+        result = audit(scan, out=args.out or Path("runs") / "audit" / Path(root).resolve().name,
+                       backbone=args.backbone, weights=args.weights, input_size=args.input_size, settings=settings,
+                       num_workers=workers, progress=not args.no_progress)
+    s = result.summary
+    print(f"{s['images']} images: {s['label_issues']} label issues, {s['leaks']['val_with_twin_in_train']} val images "
+          f"with a near-twin in train, {s['near_duplicate_pairs']} near-duplicate pairs within a split, "
+          f"{s['outliers']} outliers")
+    print(f"findings: {result.files['csv']}\npage: {result.files['html']}")
+    print(f"leave them out of training with: --set data.exclude={result.files['csv']} (after reviewing the rows)")
+    return 0
