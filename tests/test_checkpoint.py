@@ -73,7 +73,7 @@ def test_load_from_checkpoint_rebuilds_offline_for_any_backbone(tmp_path, monkey
             raise AssertionError(f"reload asked for {weights!r} weights")
         return real(name, weights, **kwargs)
 
-    monkeypatch.setattr("tlkit.model.module.create_backbone", offline_only)
+    monkeypatch.setattr("tlkit.model.classifier.create_backbone", offline_only)
     reloaded = TransferModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     assert asked == ["none"]
     x = torch.rand(2, 3, 32, 32)

@@ -114,3 +114,48 @@ def test_generate_and_doctor_on_a_table_never_import_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
                             env={**__import__("os").environ, "PYTHONPATH": str(repo)})
     assert result.returncode == 0, result.stderr
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_noisy_copy_moves_the_fraction_of_training_images_and_writes_the_truth_beside_it(tmp_path):
+    from tlkit.data.generate import truth_path, write_noisy
+
+    source = write_colour_classes(tmp_path / "colours", per_class=15)
+    before = _tree_digest(source)
+    out = write_noisy(source, tmp_path / "noisy", fraction=0.2, seed=3)
+    assert _tree_digest(source) == before  # the source is only read
+    truth = list(csv.DictReader(truth_path(out).open()))
+    assert truth_path(out).parent == out.parent and not (out / truth_path(out).name).exists()
+    train = [p for p in (out / "train").rglob("*.png")]
+    assert len(truth) == round(0.2 * len(train)) == 6
+    for row in truth:
+        assert row["given"] != row["true"] and row["path"].startswith(f"train/{row['given']}/")
+        assert (out / row["path"]).is_file()
+    assert _tree_digest(out / "val") == _tree_digest(source / "val")  # val is copied as it is
+    digests = sorted(_tree_digest(out / "train").values())
+    assert digests == sorted(_tree_digest(source / "train").values())  # every training image once, none changed
+
+
+def test_noisy_copy_is_seeded_and_refuses_to_overwrite(tmp_path):
+    from tlkit.data.generate import truth_path, write_noisy
+
+    source = write_colour_classes(tmp_path / "colours", per_class=15)
+    a = write_noisy(source, tmp_path / "a", fraction=0.2, seed=1)
+    b = write_noisy(source, tmp_path / "b", fraction=0.2, seed=1)
+    assert truth_path(a).read_text() == truth_path(b).read_text()
+    with pytest.raises(DataError, match="already exists"):
+        write_noisy(source, a, fraction=0.2, seed=1)
+    with pytest.raises(DataError, match="between 0 and 1"):
+        write_noisy(source, tmp_path / "c", fraction=1.5)
+
+
+def test_cli_generate_noisy(tmp_path, capsys):
+    source = write_colour_classes(tmp_path / "colours", per_class=15)
+    assert main(["generate", "noisy", "--from", str(source), "--out", str(tmp_path / "n"), "--fraction", "0.1",
+                 "--seed", "0"]) == 0
+    assert "3 training images moved" in capsys.readouterr().out
+    assert (tmp_path / "n.truth.csv").is_file()

@@ -49,7 +49,7 @@ class Watch(Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if not self.head:
             self.head = {k: v.detach().clone() for k, v in module.head.state_dict().items()}
-            self.trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+            self.trainable = {n for n, p in module.classifier.named_parameters() if p.requires_grad}
         self.train_shapes.append(tuple(batch[0].shape[1:]))
 
     def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):

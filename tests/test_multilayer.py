@@ -9,7 +9,7 @@ from test_cache import probe_recipe
 
 from tlkit.errors import BackboneError, RecipeError
 from tlkit.infer.checkpoint import load_checkpoint
-from tlkit.model.backbones import create_backbone
+from tlkit.model.classifier import create_classifier
 from tlkit.model.module import TransferModule
 from tlkit.model.strategies import strategy_from
 from tlkit.run import export_checkpoint, fit
@@ -21,9 +21,9 @@ from tlkit.run import export_checkpoint, fit
     ("test_resnet", "stages", (32, 32, 48, 192, 96)),  # the last stage is the final map: not repeated
 ])
 def test_the_extractor_concatenates_normalised_stage_blocks(name, features, widths):
-    model, _, _ = create_backbone(name, "none", features=features)
-    assert model.block_widths == widths and model.num_features == sum(widths)
-    out = model.eval()(torch.randn(3, 3, 32, 32))
+    model = create_classifier(name, ["a", "b"], weights="none", features=features, stage_grid=1)
+    assert model.stage_pooling.block_widths == widths and model.num_features == sum(widths)
+    out = model.eval().embed(torch.randn(3, 3, 32, 32))
     assert out.shape == (3, sum(widths))
     for block in torch.split(out, widths, dim=1):  # every block has unit mean square per image
         torch.testing.assert_close(block.pow(2).mean(1), torch.ones(3), atol=1e-4, rtol=1e-4)
@@ -40,26 +40,26 @@ def test_grid_pooling_is_adaptive_average_pooling(size):
 
 
 def test_a_stage_grid_widens_only_the_stage_blocks():
-    model, _, _ = create_backbone("test_efficientnet", "none", features=[3, 1], stage_grid=2)
-    assert model.block_widths == (4 * 24, 4 * 48, 256)
-    out = model.eval()(torch.randn(3, 3, 32, 32))
-    for block in torch.split(out, model.block_widths, dim=1):
+    model = create_classifier("test_efficientnet", ["a", "b"], weights="none", features=[3, 1], stage_grid=2)
+    assert model.stage_pooling.block_widths == (4 * 24, 4 * 48, 256)
+    out = model.eval().embed(torch.randn(3, 3, 32, 32))
+    for block in torch.split(out, model.stage_pooling.block_widths, dim=1):
         torch.testing.assert_close(block.pow(2).mean(1), torch.ones(3), atol=1e-4, rtol=1e-4)
 
 
 def test_the_last_block_is_the_plain_backbones_features_up_to_scale():
     torch.manual_seed(0)
-    plain, _, _ = create_backbone("test_efficientnet", "none")
-    multi, _, _ = create_backbone("test_efficientnet", "none", features=[2])
-    multi.model.load_state_dict(plain.state_dict())
+    plain = create_classifier("test_efficientnet", ["a", "b"], weights="none")
+    multi = create_classifier("test_efficientnet", ["a", "b"], weights="none", features=[2])
+    multi.backbone.load_state_dict(plain.backbone.state_dict())
     x = torch.randn(2, 3, 32, 32)
-    last, direct = multi.eval()(x)[:, -plain.num_features:], plain.eval()(x)
+    last, direct = multi.eval().embed(x)[:, -plain.num_features:], plain.eval().embed(x)
     torch.testing.assert_close(last / last.norm(dim=1, keepdim=True), direct / direct.norm(dim=1, keepdim=True))
 
 
 def test_a_stage_out_of_range_is_a_one_line_error():
     with pytest.raises(BackboneError, match=r"got stage 7; test_resnet has stages 0-4"):
-        create_backbone("test_resnet", "none", features=[7])
+        create_classifier("test_resnet", ["a", "b"], weights="none", features=[7])
 
 
 def test_settings_refuse_bad_values_with_their_field():
@@ -97,7 +97,7 @@ def test_sgd_and_closed_form_probes_train_and_reload(tmp_path, strategy):
     metrics = fit(probe_recipe(root, tmp_path / "cache", strategy=strategy), run_dir=tmp_path / "run")
     assert metrics["val_acc"] >= 0.9
     module = load_checkpoint(metrics["last_checkpoint"])
-    assert module.backbone.num_features == 1312 and module.strategy.features == "stages"
+    assert module.classifier.num_features == 1312 and module.strategy.features == "stages"
     weight = module.head[-1].weight
     if strategy.get("select"):
         assert metrics["feature_cache"]["solver"]["kept_features"] == 328

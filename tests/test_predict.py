@@ -146,8 +146,8 @@ def test_predictor_takes_a_batch_array_and_refuses_other_dtypes(trained_run):
     predictor = Predictor_from(trained_run, tta="none")
     batch = np.random.default_rng(0).integers(0, 256, (4, 20, 30, 3), dtype=np.uint8)
     assert len(predictor.predict(batch, top_k=1)) == 4
-    with pytest.raises(ValueError, match=r"must be uint8 .* got float64"):
-        predictor.predict(np.zeros((20, 30, 3)))
+    with pytest.raises(ValueError, match=r"must be uint8 .* got float64 with values 200..200"):
+        predictor.predict(np.full((20, 30, 3), 200.0))  # floats are read only in [0, 1]
 
 
 def Predictor_from(trained_run, **kwargs):

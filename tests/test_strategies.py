@@ -38,7 +38,7 @@ class RecordLR(Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         optimizer = trainer.optimizers[0]
         self.steps.append({g["name"]: g["lr"] for g in optimizer.param_groups})
-        self.trainable[trainer.current_epoch] = {n for n, p in module.named_parameters() if p.requires_grad}
+        self.trainable[trainer.current_epoch] = {n for n, p in module.classifier.named_parameters() if p.requires_grad}
 
 
 def trainer_for(epochs: int, callbacks: list, tmp_path=None) -> L.Trainer:
@@ -60,7 +60,7 @@ def test_plan_covers_every_parameter_once_head_first(arch):
     module = TransferModule({"name": arch, "input_size": 32}, CLASSES, weights="none", strategy="gradual")
     specs = module.group_specs
     names = [n for s in specs for n in s.params]
-    assert sorted(names) == sorted(n for n, _ in module.named_parameters())
+    assert sorted(names) == sorted(n for n, _ in module.classifier.named_parameters())
     assert len(names) == len(set(names))
     assert specs[0].name == "head"
     # from the top down: the group just below the head is the backbone's last one, the stem comes last
@@ -72,7 +72,7 @@ def test_gradual_explicit_list_leaves_later_groups_frozen_for_good():
     starts = [s.unfreeze_epoch for s in module.group_specs]
     assert starts[:3] == [0, 1, 3] and all(s is None for s in starts[3:])
     never = [n for s in module.group_specs[3:] for n in s.params]
-    assert not any(module.get_parameter(n).requires_grad for n in never)
+    assert not any(module.classifier.get_parameter(n).requires_grad for n in never)
 
 
 def test_layer_decay_lr_factor_is_decay_to_the_depth():

@@ -6,25 +6,69 @@ Each handler imports its machinery on first use, so `tlkit --help` and recipe er
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from tlkit.cli.audit import run_audit, run_noisy
 from tlkit.errors import RecipeError
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM: a batch scheduler must not record a stopped run as a success
 
 
-def interrupted_message(run_dir: str | Path | None, epoch: int | None = None) -> str:
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a batch scheduler's stop or time limit), raised where the program is, as Ctrl-C is: Lightning
+    then shuts down gracefully and the CLI prints where the run is and how to continue it."""
+
+
+class StopSignal:
+    """What stopped the command: 'Ctrl-C' unless SIGTERM arrived (set by the handler `sigterm_stops` installs)."""
+
+    received: str | None = None
+
+    @classmethod
+    def cause(cls) -> str:
+        return cls.received or "Ctrl-C"
+
+    @classmethod
+    def exit_code(cls) -> int:
+        return EXIT_TERMINATED if cls.received == "SIGTERM" else EXIT_INTERRUPTED
+
+
+@contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """While the block runs, SIGTERM raises Terminated. Left alone, Python would die without a word, and Lightning's
+    own handler turns SIGTERM into a SystemExit with code 0 (the run recorded as a success, with no metrics.json)."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread only
+        yield
+        return
+
+    def terminate(signum, frame) -> None:
+        StopSignal.received = "SIGTERM"
+        raise Terminated()
+
+    StopSignal.received = None
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted_message(run_dir: str | Path | None, epoch: int | None = None, cause: str = "Ctrl-C") -> str:
     """Where an interrupted `tlkit train` left its run, and the command that continues it."""
     if run_dir is None or not Path(run_dir).is_dir():
-        return ("interrupted (Ctrl-C) before training started; if a 'run directory:' line was printed above, "
+        return (f"interrupted ({cause}) before training started; if a 'run directory:' line was printed above, "
                 "`tlkit train --resume` that folder to continue, else start the run again.")
     during = f" during epoch {epoch + 1}" if epoch is not None else ""
     saved = ("checkpoints/last.ckpt holds the last completed epoch"
              if (Path(run_dir) / "checkpoints" / "last.ckpt").is_file() else "no epoch had completed yet")
-    return (f"interrupted (Ctrl-C){during}: the run is in {run_dir} ({saved}); continue it with: "
+    return (f"interrupted ({cause}){during}: the run is in {run_dir} ({saved}); continue it with: "
             f"tlkit train --resume {shlex.quote(str(run_dir))}")
 
 
@@ -84,18 +128,9 @@ def _train(args: argparse.Namespace) -> int:
         raise RecipeError("tlkit train needs --recipe FILE (a new run) or --resume RUN_DIR (continue a killed run).")
     else:
         recipe = load_recipe(args.recipe, overrides)  # fails fast, before any data scan or model build
-    from tlkit.model.faults import InterruptNotice
-    from tlkit.run import fit
-
-    notice = InterruptNotice()
-    try:
-        metrics = fit(recipe, run_dir=args.resume or args.run_dir, resume=bool(args.resume), overwrite=args.overwrite,
-                      callbacks=[notice])
-    except (KeyboardInterrupt, SystemExit) as exc:
-        if isinstance(exc, SystemExit) and not notice.interrupted:
-            raise
-        print(interrupted_message(notice.run_dir or args.resume or args.run_dir, notice.epoch), file=sys.stderr)
-        return EXIT_INTERRUPTED
+    metrics = _fit_or_stop(recipe, args.resume or args.run_dir, resume=bool(args.resume), overwrite=args.overwrite)
+    if isinstance(metrics, int):
+        return metrics
     from tlkit.run.distributed import launch_rank
 
     if launch_rank() == 0:  # under torchrun / srun every rank trains; one summary is enough
@@ -103,10 +138,26 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit_or_stop(recipe, run_dir: str | None, *, resume: bool = False, overwrite: bool = False) -> dict | int:
+    """fit()'s metrics; or, when Ctrl-C or SIGTERM stopped it at any stage, the exit code after the message that
+    says where the run is and how to continue it."""
+    from tlkit.model.faults import InterruptNotice
+    from tlkit.run import fit
+
+    notice = InterruptNotice()
+    try:
+        return fit(recipe, run_dir=run_dir, resume=resume, overwrite=overwrite, callbacks=[notice])
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if isinstance(exc, SystemExit) and not notice.interrupted:
+            raise
+        print(interrupted_message(notice.run_dir or run_dir, notice.epoch, StopSignal.cause()), file=sys.stderr)
+        return StopSignal.exit_code()
+
+
 def _reproduce(args: argparse.Namespace, overrides: list[str]) -> int:
     """Train RUN_DIR's recipe again into a new run directory; say what differs (versions, data, results)."""
     from tlkit.recipe import load_recipe
-    from tlkit.run import fit, provenance
+    from tlkit.run import provenance
 
     source = Path(args.reproduce)
     if args.recipe or args.resume:
@@ -114,12 +165,16 @@ def _reproduce(args: argparse.Namespace, overrides: list[str]) -> int:
     if not (source / "recipe.yaml").is_file():
         raise RecipeError(f"--reproduce {source}: no recipe.yaml there; pass a run directory tlkit wrote.")
     recipe = load_recipe(source / "recipe.yaml", overrides)
-    metrics = fit(recipe, run_dir=args.run_dir, overwrite=args.overwrite)
+    # Everything the comparison reads is checked now: a damaged file must not surface after a whole run has trained.
+    before = provenance.read(source)
+    old = provenance.read_json(source / "metrics.json", "metrics.json") if (source / "metrics.json").is_file() else {}
+    metrics = _fit_or_stop(recipe, args.run_dir, overwrite=args.overwrite)
+    if isinstance(metrics, int):
+        return metrics
     print(format_summary(metrics))
-    before, now = provenance.read(source), provenance.read(Path(metrics["run_dir"]))
-    changes = provenance.differences(before or {}, now or {}) if before else ["the original run has no provenance.json"]
-    old = json.loads((source / "metrics.json").read_text()) if (source / "metrics.json").is_file() else {}
-    if old.get("val_acc") is not None and metrics.get("val_acc") is not None:
+    now = provenance.read(Path(metrics["run_dir"]))
+    changes = provenance.differences(before, now or {}) if before else ["the original run has no provenance.json"]
+    if isinstance(old.get("val_acc"), (int, float)) and metrics.get("val_acc") is not None:
         changes.append(f"val accuracy: {old['val_acc']:.2%} then, {metrics['val_acc']:.2%} now")
     print(f"reproduced {source}:" if changes else f"reproduced {source}: same versions, data and hardware")
     for line in changes:
@@ -185,7 +240,7 @@ def _export(args: argparse.Namespace) -> int:
     from tlkit.run import export_checkpoint
 
     summary = export_checkpoint(args.checkpoint, args.out, images=args.images, onnx=not args.no_onnx, atol=args.atol,
-                                tta=args.tta)
+                                tta=args.tta, overwrite=args.overwrite)
     print(f"wrote {summary['weights']} and {summary['sidecar']} (loads back identically)")
     if "onnx" in summary:
         parity = summary["onnx_parity"]
@@ -360,6 +415,8 @@ def _generate(args: argparse.Namespace) -> int:
     if args.kind == "digits":
         print(f"digits: {write_digits(args.out)}")
         return 0
+    if args.kind == "noisy":
+        return run_noisy(args)
     counts = {s: getattr(args, s) for s in ("train", "val", "test") if getattr(args, s) is not None}
     out = write_mosaics(args.source, args.out, counts=counts, grid=args.grid, min_classes=args.min_classes,
                         max_classes=args.max_classes, cell=args.cell, seed=args.seed, val_fraction=args.val_fraction)
@@ -375,4 +432,5 @@ HANDLERS = {
     "train": _train, "preview": _preview, "evaluate": _evaluate, "predict": _predict, "export": _export,
     "recipe": _recipe_show, "groups": _groups, "check": _check, "lr-find": _lr_find, "search": _search,
     "diagnose": _diagnose, "init-stats": _init_stats, "doctor": _doctor, "report": _report, "generate": _generate,
+    "audit": run_audit,
 }

@@ -10,9 +10,11 @@ import re
 import sys
 from pathlib import Path
 
-from tlkit.cli.commands import EXIT_INTERRUPTED, HANDLERS
+from tlkit.cli.audit import add_audit_parser, add_noisy_parser
+from tlkit.cli.commands import HANDLERS, StopSignal, sigterm_stops
 from tlkit.errors import RecipeError, TlkitError
 from tlkit.infer.settings import AGGREGATES, DEFAULT_MAX_VIEWS_PER_FORWARD, PRECISIONS
+from tlkit.redact import redact_credentials
 
 EXIT_RECIPE_ERROR = 2
 
@@ -207,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--no-onnx", action="store_true", help="write only safetensors + model.json")
     export.add_argument("--atol", type=float, default=1e-3, help="max abs logit difference ONNX vs PyTorch (1e-3)")
+    export.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty --out that is not an earlier export (by default it is refused)")
 
     groups = sub.add_parser("groups", help="the layer groups of a backbone that gradual / layer_decay strategies use")
     groups.add_argument("backbone", help="timm architecture, e.g. tf_efficientnet_lite0")
@@ -223,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", dest="json_out", help="report path (default runs/doctor/<folder name>.json)")
 
     _add_generate_parser(sub)
+    add_audit_parser(sub)
 
     recipe = sub.add_parser("recipe", help="inspect recipes")
     recipe_sub = recipe.add_subparsers(dest="recipe_command", required=True)
@@ -254,6 +259,7 @@ def _add_generate_parser(sub) -> None:
     mosaic.add_argument("--val-fraction", type=_fraction, default=0.2,
                         help="source without val/: the seeded fraction of its images kept for val mosaics (0.2)")
     mosaic.add_argument("--seed", type=int, default=0, help="seed of the split and the draws (default 0)")
+    add_noisy_parser(kinds)
 
 
 def _add_tuning_parsers(sub) -> None:
@@ -323,19 +329,20 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handler = HANDLERS[args.command]
     try:
-        return handler(args)
+        with sigterm_stops():
+            return handler(args)
     except RecipeError as exc:
-        print(f"error: {exc}", file=sys.stderr)  # may list several problems, one per line
+        print(f"error: {redact_credentials(str(exc))}", file=sys.stderr)  # may list several problems, one per line
         return EXIT_RECIPE_ERROR
     except TlkitError as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {redact_credentials(_one_line(exc))}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # `train` reports its run and the --resume command itself
-        print("interrupted (Ctrl-C); files tlkit had finished writing are complete (each is written atomically).",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM; `train` reports its run and the --resume command itself
+        print(f"interrupted ({StopSignal.cause()}); files tlkit had finished writing are complete (each is written "
+              "atomically).", file=sys.stderr)
+        return StopSignal.exit_code()
     except OSError as exc:  # disk full, read-only or forbidden folder: the environment, not a bug, so no traceback
-        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        print(f"error: {redact_credentials(describe_os_error(exc))}", file=sys.stderr)
         return 1
 
 

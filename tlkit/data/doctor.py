@@ -22,6 +22,7 @@ from tlkit.data.scan import (
     TEST_SPLIT_NAME,
     TRAIN_SPLIT_NAME,
     VAL_SPLIT_NAMES,
+    case_clashes,
     leaves_root,
     link_problem,
 )
@@ -65,7 +66,14 @@ ACTIONS = {
     "duplicate_within_split": "used as is (over-weights those images); consider removing copies",
     "duplicate_across_splits": "LEAKAGE: the same bytes in train and val inflate val metrics; remove one copy",
     # label tables (CSV)
-    "missing_file": "skipped at scan, listed in skipped.txt (paths are relative to the table's folder)",
+    "missing_file": "skipped at scan, listed in skipped.txt (paths are relative to the table's folder); more than "
+                    "half of the listed images missing is refused",
+    "multi_label_guessed": "read as multi-label because these rows hold several labels; set data.multi_label: true "
+                           "to confirm, or false if the separator is part of class names",
+    "classes_differing_in_case": "trained as different classes; write each class one way (rename the folder or "
+                                 "the label)",
+    "class_with_one_image": "too few to learn or measure; with val carved from train, training refuses it",
+    "not_regular_file": "skipped at scan without being opened (a FIFO, socket or device: reading waits forever)",
     "empty_path": "refused: training stops naming the row; give every row an image path",
     "path_outside_root": "refused: training stops naming the row; images must be inside the table's folder",
     "duplicate_path": "refused: training stops naming the rows; list each image once (labels a;b in one row)",
@@ -181,8 +189,8 @@ def _entry_cases(path: Path, root: Path, min_size: int) -> tuple[list[str], bool
     problem = link_problem(path) if path.is_symlink() else None
     if problem is not None:
         return ["symlink_loop" if "loop" in problem else "broken_symlink"], False
-    if not path.is_file():
-        return [], False  # a folder linked inside root (os.walk does not follow it)
+    if not path.is_file():  # a folder linked inside root (os.walk does not follow it), or a FIFO, socket, device
+        return ([] if path.is_dir() else ["not_regular_file"]), False
     if path.stat().st_size == 0:
         return ["zero_byte"], False
     if not is_image_name(path):
@@ -220,6 +228,7 @@ def diagnose(root: str | Path, *, min_size: int = DEFAULT_MIN_SIZE) -> dict:
             if good == 0:
                 found["empty_class_folder"].append(str(class_dir))
     main = "train" if "train" in counts else "all"
+    found["classes_differing_in_case"] = case_clashes(sorted({c for split in counts.values() for c in split}))
     if len(counts[main]) < 2:
         raise DataError(
             f"{splits[main]} needs at least 2 class subfolders (found {len(counts[main])}); "

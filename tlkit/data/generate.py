@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from tlkit.errors import DataError
+from tlkit.io import atomic_write
 
 GENERATORS = ("digits",)
 MOSAIC_SPLITS = ("train", "val", "test")
@@ -164,3 +165,68 @@ def generate(kind: str, root: str | Path) -> Path:
     if kind == "digits":
         return write_digits(root)
     raise ValueError(f"Unknown built-in dataset {kind!r}; expected one of {', '.join(GENERATORS)}.")
+
+
+def write_noisy(source: str | Path, out: str | Path, *, fraction: float = 0.1, seed: int = 0) -> Path:
+    """A copy of an image folder with `fraction` of its training images moved to another class folder (uniformly
+    among the others, seeded), for checking a label audit against a known answer.
+
+    Only training images move: train/<class>/ when the folder has train/ (val/ and test/ are copied as they are),
+    else every <class>/ image (a one-folder layout is split into val later, so some moved images may land in val).
+    The truth goes next to `out`, not inside it: <out>.truth.csv with path (relative to out), given (the class
+    folder it is in now), true (where it came from). Written to a temporary folder and renamed into place; a
+    non-empty `out` or an existing truth file is refused. The source is only read."""
+    from tlkit.data.scan import scan_folder
+
+    source, out = Path(source), Path(out)
+    truth = truth_path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out} already exists; choose another output folder or delete it first.")
+    if truth.exists():
+        raise DataError(f"{truth} already exists (the truth of an earlier noisy copy); delete it or choose another "
+                        "--out.")
+    if not 0 < fraction < 1:
+        raise DataError(f"--fraction must be between 0 and 1 (the share of training images to mislabel); got "
+                        f"{fraction}.")
+    scan_folder(source)  # the same checks (classes, images) a training run makes, before anything is written
+    train_dir = source / "train" if (source / "train").is_dir() else source
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    images = sorted(p for c in classes for p in (train_dir / c).rglob("*") if p.is_file() and not any(
+        part.startswith(".") for part in p.relative_to(train_dir).parts))
+    rng = random.Random(f"noisy|{seed}")
+    moved = set(rng.sample(range(len(images)), round(fraction * len(images))))
+    rows = [["path", "given", "true"]]
+    if out.exists():
+        out.rmdir()  # empty: the atomic rename needs the name free
+    with _written_atomically(out) as tmp:
+        for item in sorted(source.iterdir()):
+            if item != train_dir and item.name not in classes and not item.name.startswith("."):
+                (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+        inner = tmp / train_dir.relative_to(source)
+        for index, path in enumerate(images):
+            true = path.relative_to(train_dir).parts[0]
+            given = rng.choice([c for c in classes if c != true]) if index in moved else true
+            target = _free_name(inner / given / path.relative_to(train_dir / true))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+            if given != true:
+                rows.append([target.relative_to(tmp).as_posix(), given, true])
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(rows)
+    atomic_write(truth, text.getvalue())
+    return out
+
+
+def truth_path(out: str | Path) -> Path:
+    """Where write_noisy puts the truth of a noisy copy: beside the folder, so training never sees it."""
+    out = Path(out)
+    return out.parent / f"{out.name}.truth.csv"
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or path with _1, _2... before the suffix when another class already has a file of that name (the
+    name must not give away where an image came from)."""
+    candidate, n = path, 1
+    while candidate.exists():
+        candidate, n = path.with_name(f"{path.stem}_{n}{path.suffix}"), n + 1
+    return candidate

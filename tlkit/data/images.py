@@ -43,6 +43,8 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[str], list[tuple[
             files += found
         elif path.is_file():
             files.append(str(path))
+        elif path.exists():  # a FIFO, socket or device: opening it could wait forever
+            missing.append((str(path), "not a regular file (a FIFO, socket or device); never opened"))
         else:
             missing.append((str(path), "no such file or folder"))
     return list(dict.fromkeys(files)), missing  # each file once, in the order given

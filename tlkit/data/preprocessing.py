@@ -41,6 +41,7 @@ BACKGROUND = (255, 255, 255)  # transparent pixels become white, as most viewers
 # Names this implementation in feature-cache keys: features computed by an earlier eval resize (albumentations' cv2
 # area resize, before issue 16) or another Pillow must not be reused.
 EVAL_PREPROCESSING_ID = f"pillow-short-side-v1 (Pillow {Image.__version__})"
+MAX_INPUT_SIZE = 2048  # the largest model input a checkpoint or model.json may state (the largest TTA scale too)
 CROPS = ("center", "top_left", "top_right", "bottom_left", "bottom_right", "full")
 
 
@@ -59,13 +60,35 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(
+        """From a checkpoint's or model.json's dict, checked (the file may come from anyone): ValueError naming the
+        first bad value (KeyError / TypeError for a missing or non-numeric one)."""
+        pre = cls(
             input_size=int(d["input_size"]),
             crop_pct=float(d["crop_pct"]),
             interpolation=str(d["interpolation"]),
             mean=tuple(float(x) for x in d["mean"]),  # type: ignore[arg-type]
             std=tuple(float(x) for x in d["std"]),  # type: ignore[arg-type]
         )
+        problem = pre.problem()
+        if problem:
+            raise ValueError(f"preprocessing: {problem}")
+        return pre
+
+    def problem(self) -> str | None:
+        """What makes this contract unusable (None when it is sound): sizes out of range, an unknown interpolation,
+        mean/std that are not 3 finite numbers (std > 0). A NaN mean would make every probability NaN."""
+        if not 1 <= self.input_size <= MAX_INPUT_SIZE:
+            return f"input_size {self.input_size} is not in 1..{MAX_INPUT_SIZE}"
+        if not 0.1 <= self.crop_pct <= 1.0:  # NaN fails too
+            return f"crop_pct {self.crop_pct} is not in 0.1..1"
+        if self.interpolation not in INTERPOLATIONS:
+            return f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}"
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != 3 or not all(math.isfinite(v) for v in values):
+                return f"{name} {list(values)} is not 3 finite numbers (R, G, B)"
+        if min(self.std) <= 0:
+            return f"std {list(self.std)} has a value <= 0"
+        return None
 
     def replace(self, **overrides) -> Preprocessing:
         """Copy with the non-None overrides applied (recipe values win over the model's pretrained config)."""
@@ -110,6 +133,31 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) ->
     return image.convert("RGB")
 
 
+# An image whose long side is more than MAX_ASPECT_RATIO times its short side is refused from its header, as a
+# decompression bomb is: a tiny file (a 1 x 60000 px PNG takes a few KB) would otherwise ask the short-side resize for
+# 256 x 15,360,000 px (11 GB). Real photos, panoramas included, stay far below 100:1, and a centre crop of such a
+# strip would show 1% of it anyway.
+MAX_ASPECT_RATIO = 100
+# The backstop on any one resize's output, whatever the scale asked for (a TTA scale up to 2048 px): no resize
+# produces more pixels than tlkit decodes (PIL's Image.MAX_IMAGE_PIXELS, ~89 Mpx; 268 MB as RGB uint8).
+MAX_RESIZE_PIXELS = 89_478_485
+
+
+class ImageGeometryError(ValueError):
+    """An image whose size preprocessing refuses (empty, an extreme aspect ratio, a resize over the bound). A
+    ValueError, so every caller that skips undecodable files skips it too, with this message as the reason."""
+
+
+def check_geometry(width: int, height: int) -> None:
+    """ImageGeometryError for a 0-pixel image or one beyond MAX_ASPECT_RATIO (checked before any pixel is read)."""
+    if width < 1 or height < 1:
+        raise ImageGeometryError(f"{width}x{height} pixels: an empty image")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageGeometryError(
+            f"{width}x{height} pixels: aspect ratio over {MAX_ASPECT_RATIO}:1, refused (resizing its short side "
+            "would need gigabytes); crop it into pieces nearer to square")
+
+
 def exceeds_pixel_limit(width: int, height: int) -> bool:
     """True for images larger than the one pixel limit tlkit applies everywhere (training scan, decode, predict,
     evaluate): PIL's Image.MAX_IMAGE_PIXELS (~89 Mpx; None disables it). PIL itself only warns up to twice that."""
@@ -131,21 +179,45 @@ def load_rgb(path: str | Path) -> np.ndarray:
                 f"{image.width}x{image.height} pixels is over the {Image.MAX_IMAGE_PIXELS} pixel limit (PIL's "
                 "Image.MAX_IMAGE_PIXELS); downscale the image, or raise the limit if you trust it"
             )
+        check_geometry(*image.size)
         image = ImageOps.exif_transpose(image)
         return np.asarray(to_rgb(image), dtype=np.uint8)
 
 
+def _uint8(image: np.ndarray) -> np.ndarray:
+    """A numpy image as uint8: uint8 as is; float images in [0, 1] (matplotlib's, skimage's img_as_float) scaled by
+    255 and rounded (a plain .astype(np.uint8) would turn them black). Anything else: ValueError with the fix."""
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
+        raise ValueError(f"A numpy image must be HxW or HxWxC with C in 1, 3, 4 (RGB order); got shape {image.shape}.")
+    if image.dtype == np.uint8 or not image.size:  # an empty one is refused by its size just after
+        return image.astype(np.uint8, copy=False)
+    if image.dtype.kind == "f" and np.isfinite(image).all() and 0.0 <= image.min() and image.max() <= 1.0:
+        return np.rint(image * 255.0).astype(np.uint8)
+    raise ValueError(f"A numpy image must be uint8 (0-255) or float in [0, 1]; got {image.dtype}"
+                     f"{_value_range(image)}. Convert 0-255 values with np.clip(x, 0, 255).astype(np.uint8), "
+                     "or scale floats to [0, 1] first.")
+
+
+def _value_range(image: np.ndarray) -> str:
+    if not image.size or image.dtype.kind not in "fiub":
+        return ""
+    finite = image[np.isfinite(image)] if image.dtype.kind == "f" else image
+    if not finite.size:
+        return " with no finite value"
+    return f" with values {finite.min():g}..{finite.max():g}" + (" and NaN/inf" if finite.size < image.size else "")
+
+
 def as_rgb(image: str | Path | Image.Image | np.ndarray) -> np.ndarray:
-    """A path, PIL image or numpy array (HxW grey, HxWx1/3/4 uint8, RGB(A) order) -> HxWx3 uint8 RGB, decoded as
-    files are (a PIL image's EXIF orientation is applied too; alpha onto white)."""
+    """A path, PIL image or numpy array (HxW grey, HxWx1/3/4, uint8 or float in [0, 1], RGB(A) order) -> HxWx3 uint8
+    RGB, decoded as files are (a PIL image's EXIF orientation is applied too; alpha onto white)."""
     if isinstance(image, (str, Path)):
         return load_rgb(image)
     if isinstance(image, Image.Image):
+        check_geometry(*image.size)
         return np.asarray(to_rgb(ImageOps.exif_transpose(image)), dtype=np.uint8)
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
-            raise ValueError(f"A numpy image must be uint8 HxW or HxWxC with C in 1, 3, 4 (RGB order); got "
-                             f"{image.dtype} {image.shape}. Convert with .astype(np.uint8) or pass a PIL image.")
+        image = _uint8(image)
+        check_geometry(image.shape[1], image.shape[0])
         if image.ndim == 3 and image.shape[2] == 3:
             return np.ascontiguousarray(image)
         if image.ndim == 3 and image.shape[2] == 1:
@@ -175,6 +247,10 @@ def resize(rgb: np.ndarray, height: int, width: int, interpolation: str) -> np.n
     """Pillow's resize of the RGB uint8 image to height x width (no-op when already that size)."""
     if rgb.shape[:2] == (height, width):
         return rgb
+    if height * width > MAX_RESIZE_PIXELS:
+        raise ImageGeometryError(
+            f"{rgb.shape[1]}x{rgb.shape[0]} pixels would be resized to {width}x{height}, over the "
+            f"{MAX_RESIZE_PIXELS} pixel bound of a resize; use a smaller TTA scale or crop the image")
     out = Image.fromarray(rgb).resize((width, height), resample=PIL_RESAMPLE[interpolation],
                                                   reducing_gap=None)
     return np.asarray(out, dtype=np.uint8)

@@ -26,6 +26,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from tlkit.data.images import is_image_name
+from tlkit.data.preprocessing import ImageGeometryError, check_geometry
 from tlkit.errors import DataError, DataNotFoundError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,22 @@ class FolderScan:
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (width, height), from the header
     test: list[Sample] = field(default_factory=list)  # evaluated once at the end, never used for selection
     multi_label: bool = False
+    root: str | None = None  # the data root the sample paths lie under (None: a scan built by hand)
+    curation: dict = field(default_factory=dict)  # data.exclude / data.relabel as applied (tlkit.data.curation)
+
+    def data_root(self) -> str:
+        """The folder sample paths are named relative to: the scanned root, or (a scan built by hand) the deepest
+        folder holding every sample."""
+        if self.root is not None:
+            return self.root
+        folders = {os.path.dirname(os.path.abspath(p)) for p, _ in (*self.train, *self.val, *self.test)}
+        return os.path.commonpath(sorted(folders))
+
+
+def relative_name(path: str | Path, root: str | Path) -> str:
+    """`path` relative to the data root, with / separators: what a random choice about a file is keyed by, so the same
+    images draw the same in a copied or moved folder, on any machine."""
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()
 
 
 def leaves_root(path: Path, root: Path) -> bool:
@@ -86,6 +103,10 @@ def read_header(path: Path) -> tuple[tuple[int, int] | None, str | None]:
         return None, f"unreadable: {type(exc).__name__}"
     if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:  # PIL only warns below 2x the limit
         return None, f"decompression bomb: {width}x{height} pixels, refused from its header"
+    try:
+        check_geometry(width, height)  # an extreme aspect ratio: a resize bomb
+    except ImageGeometryError as exc:
+        return None, str(exc)
     return (width, height), None
 
 
@@ -187,6 +208,8 @@ def scan_folder(root: str | Path, *, val_fraction: float = 0.2, test_fraction: f
     source = train_dir or root
     classes = [p.name for p in _class_dirs(source)]
     _check_classes(classes, source)
+    for clash in case_clashes(classes):
+        log.warning("class folders %s differ only in case: they are trained as different classes; merge them", clash)
     for folder in (val_dir, test_dir):
         if folder is not None:
             _check_extra_classes(folder, source, classes)
@@ -206,7 +229,16 @@ def scan_folder(root: str | Path, *, val_fraction: float = 0.2, test_fraction: f
         raise DataError(f"No validation images found under {root}; add images to the validation folder.")
     for path, reason in skipped:
         log.warning("skipped %s (%s)", path, reason)
-    return FolderScan(classes=classes, train=train, val=val, layout=layout, skipped=skipped, sizes=sizes, test=test)
+    return FolderScan(classes=classes, train=train, val=val, layout=layout, skipped=skipped, sizes=sizes, test=test,
+                      root=str(root))
+
+
+def case_clashes(classes: list[str]) -> list[str]:
+    """Class names equal but for case ("Bees == bees"): nearly always one class written two ways."""
+    groups: dict[str, list[str]] = {}
+    for name in classes:
+        groups.setdefault(name.casefold(), []).append(name)
+    return [" == ".join(names) for names in groups.values() if len(names) > 1]
 
 
 def _check_classes(classes: list[str], folder: Path) -> None:
@@ -226,7 +258,9 @@ def stratified_split(
     fraction is > 0 and the class has images to spare). val does not depend on test_fraction, so a checkpoint's
     val split is re-created from (val_fraction, seed) alone. A fraction of 0 carves nothing.
 
-    key: the stratum of a sample instead of its label (multi-label data); a stratum of one image stays in train."""
+    key: the stratum of a sample instead of its label (multi-label data); a stratum of one image stays in train.
+    Samples are shuffled from their sorted order: paths under one root sort as their relative paths do, so a copy of
+    the folder anywhere else is split the same."""
     by_class: dict[int, list[Sample]] = {}
     for sample in sorted(samples):
         by_class.setdefault(sample[1] if key is None else key(sample), []).append(sample)

@@ -26,6 +26,15 @@ class DataConfig(Section):
     csv: str = "labels.csv"
     """source: csv: the table, relative to root, with columns path,label[,split] or path,<class1>,<class2>,...[,split]
     (0/1 per class); image paths in it are relative to the table's own folder and must stay inside root."""
+    columns: dict[Literal["path", "label", "split"], str] | None = None
+    """A table's own column names for path, label and split, e.g. {path: image_name, label: tags}, so a Kaggle-style
+    CSV loads as it is (null = the names path, label, split)."""
+    exclude: str | list[str] | None = None
+    """Images left out of training, e.g. a reviewed findings.csv from tlkit audit: a CSV with a path column, a text
+    file of paths, or a list; paths relative to data.root. Val and test keep theirs, so scores stay comparable."""
+    relabel: str | None = None
+    """A CSV of path,label (or audit's findings.csv: its suggested column) whose labels replace the given ones in
+    every split; the images are not touched."""
     multi_label: bool | None = None
     """Several labels per image: null = decide from the table (multi-label when a label cell holds label_delimiter or
     the table has 0/1 class columns); class folders are always single-label."""

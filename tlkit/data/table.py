@@ -19,15 +19,18 @@ import csv
 import logging
 import math
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tlkit.data.curation import curate, rename_columns
 from tlkit.data.scan import (
     LINK_OUTSIDE,
     FolderScan,
     _existing_root,
+    case_clashes,
     read_header,
     stratified_split,
 )
@@ -40,6 +43,12 @@ SPLIT_VALUES = {"train": "train", "val": "val", "valid": "val", "validation": "v
 ONE, ZERO = frozenset({"1", "1.0", "true", "yes"}), frozenset({"0", "0.0", "false", "no"})
 TABLE_LAYOUT = "table"
 MAX_LISTED = 3  # examples named in an error message; the doctor lists all
+# Tables are read into memory (about 500 bytes a row once parsed): reading stops with an error past this many rows, so
+# a runaway table costs at most ~1 GB instead of ending in a MemoryError. ImageNet-1k's 1.28 M images fit.
+MAX_TABLE_ROWS = 2_000_000
+# More than this fraction of the listed images missing is refused: it is nearly always paths written relative to
+# another folder, and training on the few that happen to exist would look like success.
+MAX_MISSING_FRACTION = 0.5
 
 CLASS_CELL_FIX = ("write 1 where the image has the class, else 0 (without a label column, every column but path and "
                   "split is a class)")
@@ -59,16 +68,25 @@ REFUSED = {
 
 @dataclass
 class Table:
-    """A table as read: column names and rows of text cells, with where each row came from (for messages)."""
+    """A table as read: column names and rows of text cells (tuples aligned with columns, to keep big tables small),
+    with where each row came from (for messages: `place(i)`)."""
 
     name: str  # the CSV file's path, or "DataFrame"
     base: Path  # the folder image paths are relative to
     columns: list[str]
-    rows: list[dict[str, str]]
-    places: list[str]  # "labels.csv line 7" / "DataFrame row 5", aligned with rows
+    rows: list[tuple[str, ...]]
+    origins: list  # the CSV line numbers, or the DataFrame's index labels, aligned with rows
+
+    def place(self, i: int) -> str:
+        """ "labels.csv line 7" / "DataFrame row 5" """
+        return f"{self.where} {self.origins[i]}"
+
+    @property
+    def where(self) -> str:
+        return "DataFrame row" if self.name == "DataFrame" else f"{os.path.basename(self.name)} line"
 
 
-@dataclass
+@dataclass(slots=True)
 class TableRow:
     place: str
     written: str  # the path as the table writes it
@@ -102,9 +120,7 @@ def _check_columns(columns: list[str], name: str) -> None:
         raise DataError(f"{name}: the header repeats column(s) {', '.join(map(repr, repeated))}; give each column "
                         "one name.")
     if PATH not in columns:
-        hint = did_you_mean(PATH, columns) or next(
-            (f" Rename {c!r} to 'path'?" for c in columns if c.lower() in ("file", "filename", "image", "filepath",
-                                                                          "image_path", "img", "name")), "")
+        hint = did_you_mean(PATH, columns) or _mapping_hint(columns)
         raise DataError(f"{name}: no 'path' column in the header (found {', '.join(map(repr, columns)) or 'none'})."
                         f"{hint} Expected path,label[,split] or path,<class1>,<class2>,...[,split].")
     if "" in columns:
@@ -113,8 +129,43 @@ def _check_columns(columns: list[str], name: str) -> None:
         raise DataError(f"{name}: only a 'path' column; add a label column (path,label) or one 0/1 column per class.")
 
 
-def read_csv_table(path: str | Path) -> Table:
-    """Read a CSV with the standard library; DataError naming the file (and line) and the fix when unusable."""
+# Headers of other tools' tables (Kaggle's image_name,tags / id,label / path,tags): which column to read for what.
+PATH_LIKE = ("file", "filename", "file_name", "fname", "filepath", "image", "img", "image_path", "image_name",
+             "image_id", "imageid", "name", "id")
+LABEL_LIKE = ("labels", "tags", "tag", "class", "classes", "category", "target")
+
+
+def _mapping_hint(columns: list[str]) -> str:
+    """ " Rename 'image_name' to 'path' and 'tags' to 'label'? ..." for a header naming its columns otherwise."""
+    path_column = next((c for c in columns if c.lower() in PATH_LIKE), None)
+    if path_column is None:
+        return ""
+    label_column = next((c for c in columns if c.lower() in LABEL_LIKE), None)
+    label = label_column if label_column and LABEL not in columns else None
+    mapping = f"path: {path_column}" + (f", label: {label}" if label else "")
+    return (f" Is {path_column!r} the image path{f' and {label!r} the label' if label else ''}? Set data.columns: "
+            f"{{{mapping}}} (or rename the header); paths need their file extension (an id such as 0001 is written "
+            "0001.jpg).")
+
+
+def _label_column(table: Table) -> list[str]:
+    """The columns as parsed: a lone column of class names beside path (Kaggle's path,tags) is the label column,
+    said in a warning, instead of being read as one 0/1 class column that every row then fails."""
+    others = [c for c in table.columns if c not in (PATH, LABEL, SPLIT)]
+    if LABEL in table.columns or len(others) != 1:
+        return table.columns
+    j = table.columns.index(others[0])
+    if all(cells[j].lower() in ONE | ZERO for cells in table.rows):
+        return table.columns
+    log.warning("%s: took column %r as the label column (its cells are class names, not 0/1); set data.columns: "
+                "{label: %s} to say so, or write 0/1 cells for a class column", table.name, others[0], others[0])
+    return [LABEL if c == others[0] else c for c in table.columns]
+
+
+def read_csv_table(path: str | Path, column_names: dict[str, str] | None = None) -> Table:
+    """Read a CSV with the standard library, streaming: DataError naming the file (and line) and the fix when
+    unusable, or when it has more than MAX_TABLE_ROWS rows (reading stops there: bounded memory); column_names: the
+    table's own names for path, label, split (data.columns)."""
     path = Path(path)
     if not path.is_file():
         parent = path.parent
@@ -123,27 +174,40 @@ def read_csv_table(path: str | Path) -> Table:
                                 "(e.g. --set data.csv=labels.csv).")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets often write a BOM
-            records = [(reader_line, cells) for reader_line, cells in _records(csv.reader(f)) if any(
-                c.strip() for c in cells)]
+            columns, rows, lines = _read_rows(path, _records(csv.reader(f)), column_names)
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as CSV UTF-8.") from None
     except csv.Error as exc:
         raise DataError(f"{path}: not a readable CSV ({exc}); check quoting around commas.") from None
-    if not records:
-        raise DataError(f"{path} is empty; expected a header line such as path,label[,split] and one row per image.")
-    (_, head), body = records[0], records[1:]
-    columns = _header(head)
-    _check_columns(columns, str(path))
-    rows, places = [], []
-    for line, cells in body:
+    return Table(name=str(path), base=path.parent, columns=columns, rows=rows, origins=lines)
+
+
+def _read_rows(path: Path, records, column_names: dict[str, str] | None = None
+               ) -> tuple[list[str], list[tuple[str, ...]], list[int]]:
+    """(columns, rows of stripped cells, their line numbers) from (line, cells) records; blank lines skipped."""
+    columns: list[str] | None = None
+    rows: list[tuple[str, ...]] = []
+    lines: list[int] = []
+    for line, cells in records:
+        if not any(c.strip() for c in cells):
+            continue
+        if columns is None:
+            columns = _header(rename_columns([c.strip() for c in cells], column_names, str(path)))  # data.columns
+            _check_columns(columns, str(path))
+            continue
         if len(cells) != len(columns):
             raise DataError(f"{path} line {line}: {len(cells)} cell(s) where the header has {len(columns)}; quote "
                             "cells that contain commas, and give every row one cell per column.")
-        rows.append({c: v.strip() for c, v in zip(columns, cells)})
-        places.append(f"{path.name} line {line}")
+        if len(rows) == MAX_TABLE_ROWS:
+            raise DataError(f"{path} has more than {MAX_TABLE_ROWS:,} rows (stopped reading at line {line}); tlkit "
+                            "reads a table into memory: split it into smaller tables, or use class folders.")
+        rows.append(tuple(c.strip() for c in cells))
+        lines.append(line)
+    if columns is None:
+        raise DataError(f"{path} is empty; expected a header line such as path,label[,split] and one row per image.")
     if not rows:
         raise DataError(f"{path} has a header but no rows; add one row per image.")
-    return Table(name=str(path), base=path.parent, columns=columns, rows=rows, places=places)
+    return columns, rows, lines
 
 
 def _records(reader):
@@ -164,25 +228,27 @@ def _cell_text(value: Any, delimiter: str) -> str:
     return str(value).strip()
 
 
-def dataframe_table(df: Any, root: str | Path, *, delimiter: str = ";") -> Table:
+def dataframe_table(df: Any, root: str | Path, *, delimiter: str = ";",
+                    column_names: dict[str, str] | None = None) -> Table:
     """A pandas DataFrame (or anything with .columns and .to_dict('records')) as a Table whose paths are relative to
     root. A label cell may also be a list of class names (multi-label)."""
     if not hasattr(df, "columns") or not hasattr(df, "to_dict"):
         raise DataError(f"Expected a pandas DataFrame with columns path,label[,split]; got {type(df).__name__}.")
-    columns = _header([str(c) for c in df.columns])
+    columns = _header(rename_columns([str(c).strip() for c in df.columns], column_names, "DataFrame"))
     _check_columns(columns, "DataFrame")
-    rows = [{c: _cell_text(v, delimiter) for c, v in zip(columns, record.values())}
-            for record in df.to_dict(orient="records")]
+    rows = [tuple(_cell_text(v, delimiter) for v in record.values()) for record in df.to_dict(orient="records")]
     if not rows:
         raise DataError("The DataFrame has no rows; add one row per image.")
-    places = [f"DataFrame row {index}" for index in getattr(df, "index", range(len(rows)))]
-    return Table(name="DataFrame", base=Path(root), columns=columns, rows=rows, places=places)
+    return Table(name="DataFrame", base=Path(root), columns=columns, rows=rows,
+                 origins=list(getattr(df, "index", range(len(rows)))))
 
 
 # -- parsing ----------------------------------------------------------------------------------------------------------
 
 def _inside(path: str, root: str) -> bool:
-    return os.path.commonpath([path, root]) == root
+    """Whether normalised absolute `path` is `root` or below it (a prefix test: commonpath cost 10 s per million
+    rows)."""
+    return path == root or path.startswith(root if root.endswith(os.sep) else root + os.sep)
 
 
 def _labels(row: dict[str, str], place: str, class_columns: list[str], multi_label: bool | None,
@@ -213,15 +279,18 @@ def parse_table(table: Table, root: str | Path, *, multi_label: bool | None = No
     """Every row checked: path (present, inside root, listed once), labels, split. Files are not opened here."""
     root_abs = os.path.abspath(root)
     base = os.path.abspath(table.base)
-    class_columns = [c for c in table.columns if c not in (PATH, LABEL, SPLIT)] if LABEL not in table.columns else []
-    if LABEL in table.columns and len(table.columns) > 2 + (SPLIT in table.columns):
-        extra = [c for c in table.columns if c not in (PATH, LABEL, SPLIT)]
+    columns = _label_column(table)
+    class_columns = [c for c in columns if c not in (PATH, LABEL, SPLIT)] if LABEL not in columns else []
+    if LABEL in columns and len(columns) > 2 + (SPLIT in columns):
+        extra = [c for c in columns if c not in (PATH, LABEL, SPLIT)]
         raise DataError(f"{table.name}: a 'label' column and other columns ({', '.join(map(repr, extra))}); use "
                         "path,label[,split], or path plus one 0/1 column per class without 'label'.")
     problems: dict[str, list[str]] = {case: [] for case in (*REFUSED, "no_labels", "class_without_images")}
     rows: list[TableRow] = []
     first: dict[str, str] = {}
-    for row, place in zip(table.rows, table.places):
+    where = table.where
+    for cells, origin in zip(table.rows, table.origins):
+        row, place = dict(zip(columns, cells)), f"{where} {origin}"
         written = row[PATH]
         if not written:
             problems["empty_path"].append(place)
@@ -252,10 +321,36 @@ def parse_table(table: Table, root: str | Path, *, multi_label: bool | None = No
         problems["no_labels" if decided else "empty_label"] += [r.place for r in rows if not r.labels]
         rows = [r for r in rows if r.labels or decided]
         classes = sorted({name for r in rows for name in r.labels})
-    present = {name for r in rows for name in r.labels}
+    present = Counter(name for r in rows for name in r.labels)
     problems["class_without_images"] = [c for c in classes if c not in present]
+    if decided and multi_label is None and not class_columns:  # guessed from the delimiter: say so
+        problems["multi_label_guessed"] = [f"{r.place}: {delimiter.join(r.labels)!r}" for r in rows
+                                           if len(r.labels) > 1]
+    problems["classes_differing_in_case"] = case_clashes(classes)
+    single = {c for c, n in present.items() if n == 1}
+    problems["class_with_one_image"] = [f"{c!r} ({r.place})" for r in rows for c in r.labels if c in single]
     return ParsedTable(rows=rows, classes=classes, multi_label=decided, form="columns" if class_columns else "label",
                        problems={k: v for k, v in problems.items() if v}, has_split=SPLIT in table.columns)
+
+
+# Problems a table may have that training accepts, warned about at scan (the doctor lists every row).
+WARNED = {
+    "multi_label_guessed": "read as multi-label because {n} row(s) hold several labels ({listed}); set "
+                           "data.multi_label: true to confirm, or false if the separator belongs to class names "
+                           "(or change data.label_delimiter)",
+    "classes_differing_in_case": "{n} group(s) of class names differ only in case ({listed}); they are trained as "
+                                 "different classes: write each class one way",
+    "class_with_one_image": "{n} class(es) with a single image ({listed}): too few to learn or measure",
+}
+
+
+def warn_problems(parsed: ParsedTable, name: str) -> None:
+    for case, message in WARNED.items():
+        items = parsed.problems.get(case, [])
+        if items:
+            listed = ", ".join(items[:MAX_LISTED]) + (f" and {len(items) - MAX_LISTED} more" if len(items) >
+                                                                                             MAX_LISTED else "")
+            log.warning("%s: %s", name, message.format(n=len(items), listed=listed))
 
 
 # -- scanning ---------------------------------------------------------------------------------------------------------
@@ -275,28 +370,67 @@ def refuse_problems(parsed: ParsedTable, name: str) -> None:
 
 def _usable_files(rows: list[TableRow], root: str | Path, name: str, skipped: list[tuple[str, str]],
                   sizes: dict[str, tuple[int, int]]) -> list[TableRow]:
-    """Rows whose file exists, stays inside root through links, and has a readable image header; the others are
-    skipped and listed, as the folder scan skips unreadable files."""
+    """Rows whose file exists, is a regular file, stays inside root through links, and has a readable image header;
+    the others are skipped and listed, as the folder scan skips unreadable files. DataError when more than
+    MAX_MISSING_FRACTION of the listed files are missing."""
+    missing = [row for row in rows if not os.path.lexists(row.path)]
+    _refuse_missing(missing, len(rows), name)
+    skipped += [(row.path, f"missing (listed on {row.place})") for row in missing]
+    gone = {id(row) for row in missing}
     real_root = os.path.realpath(root)
-    usable, missing = [], []
+    usable = []
     for row in rows:
-        if not os.path.lexists(row.path):
-            missing.append(row)
-            skipped.append((row.path, f"missing (listed on {row.place})"))
+        if id(row) in gone:
             continue
-        if not _inside(os.path.realpath(row.path), real_root):
-            skipped.append((row.path, LINK_OUTSIDE))
-            continue
-        size, reason = read_header(Path(row.path))
+        reason = _file_problem(row.path, real_root)
+        if reason is None:
+            size, reason = read_header(Path(row.path))
         if reason is not None:
             skipped.append((row.path, reason))
             continue
         sizes[row.path] = size
         usable.append(row)
-    if rows and len(missing) == len(rows):
-        raise DataError(f"None of the {len(rows)} images listed in {name} exist (first: {missing[0].place}: "
-                        f"{missing[0].written!r} -> {missing[0].path}); paths are relative to the table's folder.")
     return usable
+
+
+def _file_problem(path: str, real_root: str) -> str | None:
+    """Why an existing listed path cannot be read as an image file before opening it (None: go on). A FIFO or a
+    device is never opened: reading one waits forever."""
+    if not _inside(os.path.realpath(path), real_root):
+        return LINK_OUTSIDE
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
+    if stat.S_ISDIR(mode):
+        return "a folder, not an image file"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, socket or device); never opened"
+    return None
+
+
+def _refuse_missing(missing: list[TableRow], listed: int, name: str) -> None:
+    if not missing or len(missing) <= MAX_MISSING_FRACTION * listed:
+        return
+    first = "; ".join(f"{row.place}: {row.written!r}" for row in missing[:MAX_LISTED])
+    if len(missing) == listed:
+        raise DataError(f"None of the {listed:,} images listed in {name} exist (first: {missing[0].place}: "
+                        f"{missing[0].written!r} -> {missing[0].path}); paths are relative to the table's folder.")
+    raise DataError(f"{len(missing):,} of the {listed:,} images listed in {name} do not exist (first: {first}); "
+                    f"tlkit refuses a table with more than {MAX_MISSING_FRACTION:.0%} missing. Check that paths are "
+                    "relative to the table's folder, or remove the rows of deleted images (tlkit doctor lists them).")
+
+
+def log_skipped(skipped: list[tuple[str, str]], *, shown: int = 10) -> None:
+    """Warn about skipped files: the first `shown` one per line, then one summary line (a table naming a million
+    missing files must not print a million lines; the run's skipped.txt lists every one)."""
+    for path, reason in skipped[:shown]:
+        log.warning("skipped %s (%s)", path, reason)
+    if len(skipped) > shown:
+        reasons = Counter(reason.split(" (listed on ")[0] for _, reason in skipped[shown:])
+        summary = ", ".join(f"{n:,} {why}" for why, n in reasons.most_common(3))
+        log.warning("skipped %s more file(s): %s%s", f"{len(skipped) - shown:,}", summary,
+                    " ..." if len(reasons) > 3 else "")
 
 
 def _stratum(labels: tuple[int, ...], counts: Counter) -> int:
@@ -317,6 +451,7 @@ def scan_parsed(parsed: ParsedTable, root: str | Path, name: str, *, val_fractio
     """FolderScan of a parsed table: refused problems raise, unusable files are skipped and listed, splits come
     from the split column or are carved (seeded) from the training rows."""
     refuse_problems(parsed, name)
+    warn_problems(parsed, name)
     if not parsed.multi_label and len(parsed.classes) < 2:
         raise DataError(f"{name} names {len(parsed.classes)} class(es) ({', '.join(parsed.classes) or 'none'}); "
                         "single-label training needs at least 2.")
@@ -329,15 +464,26 @@ def scan_parsed(parsed: ParsedTable, root: str | Path, name: str, *, val_fractio
         ids = tuple(sorted(index[c] for c in row.labels))
         by_split[row.split].append((row.path, ids if parsed.multi_label else ids[0]))
     pool = by_split["train"] + by_split[None]
+    if not parsed.multi_label and not by_split["val"] and val_fraction > 0:
+        _refuse_single_images(parsed, rows, name)
     train, val, test = _carve(pool, multi_label=parsed.multi_label,
                               val_fraction=0.0 if by_split["val"] else val_fraction,
                               test_fraction=0.0 if by_split["test"] else test_fraction, seed=seed)
     val, test = sorted(by_split["val"]) or val, sorted(by_split["test"]) or test
     _check_training_classes(parsed, train, val, name)
-    for path, reason in skipped:
-        log.warning("skipped %s (%s)", path, reason)
+    log_skipped(skipped)
     return FolderScan(classes=list(parsed.classes), train=train, val=val, layout=TABLE_LAYOUT, skipped=skipped,
-                      sizes=sizes, test=test, multi_label=parsed.multi_label)
+                      sizes=sizes, test=test, multi_label=parsed.multi_label, root=str(root))
+
+
+def _refuse_single_images(parsed: ParsedTable, rows: list[TableRow], name: str) -> None:
+    """A class with one usable training row cannot be split into train and val: name it and its line."""
+    counts = Counter(row.labels[0] for row in rows if row.split in (None, "train"))
+    single = [row for row in rows if row.split in (None, "train") and counts[row.labels[0]] == 1]
+    if single:
+        listed = "; ".join(f"{row.labels[0]!r} ({row.place})" for row in single[:MAX_LISTED])
+        raise DataError(f"{len(single)} class(es) in {name} have a single training image: {listed}; val is carved "
+                        "per class, so each needs at least 2: add images, or mark rows split=val.")
 
 
 def _check_training_classes(parsed: ParsedTable, train: list, val: list, name: str) -> None:
@@ -353,35 +499,52 @@ def _check_training_classes(parsed: ParsedTable, train: list, val: list, name: s
 
 def scan_table(root: str | Path, csv_name: str | Path = "labels.csv", *, multi_label: bool | None = None,
                label_delimiter: str = ";", val_fraction: float = 0.2, test_fraction: float = 0.0,
-               seed: int = 42) -> FolderScan:
-    """Scan data.root/<csv_name> (data.source: csv) into a FolderScan."""
+               seed: int = 42, columns: dict[str, str] | None = None) -> FolderScan:
+    """Scan data.root/<csv_name> (data.source: csv) into a FolderScan; columns: the table's names for path, label,
+    split (data.columns)."""
     root = _existing_root(root)
-    table = read_csv_table(root / csv_name)
+    path = root / csv_name
+    if not _inside(os.path.realpath(path), os.path.realpath(root)):  # never read (or echo) a file outside the data
+        raise DataError(f"data.csv {str(csv_name)!r} is outside data.root {str(root)!r}; put the label table inside "
+                        "the data folder and give its path relative to it (e.g. --set data.csv=labels.csv).")
+    table = read_csv_table(path, columns)
     parsed = parse_table(table, root, multi_label=multi_label, delimiter=label_delimiter)
     return scan_parsed(parsed, root, table.name, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
 
 
 def scan_dataframe(df: Any, root: str | Path, *, multi_label: bool | None = None, label_delimiter: str = ";",
-                   val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 42) -> FolderScan:
+                   val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 42,
+                   columns: dict[str, str] | None = None) -> FolderScan:
     """Scan a DataFrame whose paths are relative to root: the same checks as a CSV."""
     root = _existing_root(root)
-    table = dataframe_table(df, root, delimiter=label_delimiter)
+    table = dataframe_table(df, root, delimiter=label_delimiter, column_names=columns)
     parsed = parse_table(table, root, multi_label=multi_label, delimiter=label_delimiter)
     return scan_parsed(parsed, root, table.name, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
 
 
 def scan_data(root: str | Path, *, source: str = "folder", csv: str = "labels.csv", multi_label: bool | None = None,
               label_delimiter: str = ";", val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 42,
-              table: Any = None) -> FolderScan:
-    """The scan for any data source: class folders, a CSV under root, or a DataFrame (`table`)."""
+              table: Any = None, columns: dict[str, str] | None = None, exclude: Any = None,
+              relabel: str | None = None) -> FolderScan:
+    """The scan for any data source: class folders, a CSV under root, or a DataFrame (`table`), with data.exclude
+    and data.relabel applied (tlkit.data.curation)."""
+    split = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    scan = _scan_source(root, source, csv, multi_label, label_delimiter, split, table, columns)
+    return curate(scan, exclude=exclude, relabel=relabel, label_delimiter=label_delimiter)
+
+
+def _scan_source(root, source, csv, multi_label, label_delimiter, split, table, columns) -> FolderScan:
     from tlkit.data.scan import scan_folder
 
-    split = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    labels = {"multi_label": multi_label, "label_delimiter": label_delimiter, "columns": columns, **split}
     if table is not None:
-        return scan_dataframe(table, root, multi_label=multi_label, label_delimiter=label_delimiter, **split)
+        return scan_dataframe(table, root, **labels)
     if source == "csv":
-        return scan_table(root, csv, multi_label=multi_label, label_delimiter=label_delimiter, **split)
+        return scan_table(root, csv, **labels)
     if multi_label:
         raise DataError("multi_label: true needs labels from a table (data.source: csv); class folders give each "
                         "image one label.")
+    if columns:
+        raise DataError("data.columns renames a table's columns, but data.source is folder; set data.source: csv "
+                        "(and data.csv: <your table>), or remove data.columns.")
     return scan_folder(root, **split)

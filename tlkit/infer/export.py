@@ -3,7 +3,7 @@
 The sidecar (`model.json`) is the checkpoint's self-description: classes, backbone, head,
 preprocessing, TTA policy, plus the input/output contract of the exported graph, the eval preprocessing spelled out
 step by step (`eval_preprocessing`) and the concrete TTA views (`tta_views`). The same JSON is embedded in the
-safetensors metadata, so the weights file alone is enough to load the model back (`load_exported`).
+safetensors metadata, so the weights file alone is enough to load the model back (`load_classifier`).
 
 With ONNX, the folder is also a standalone bundle (`write_bundle`): predict.py + tlkit's preprocessing.py (copied
 verbatim) + requirements.txt run the model with numpy, Pillow and onnxruntime only, with tlkit's exact numbers.
@@ -20,50 +20,40 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 import tlkit.data.preprocessing
 from tlkit.data.augment import build_eval_transform
 from tlkit.data.images import load_rgb
 from tlkit.data.preprocessing import describe_eval_preprocessing, eval_resize_size
-from tlkit.errors import CheckpointError, ExportError
+from tlkit.errors import ExportError
 from tlkit.infer.tta import TTAPolicy, resolve_policy
 from tlkit.io import atomic_path, atomic_save, atomic_write
-from tlkit.model.module import TransferModule
+from tlkit.model.classifier import Classifier
+from tlkit.model.loading import (  # noqa: F401
+    SIDECAR_NAME,
+    WEIGHTS_NAME,
+    load_classifier,
+    read_thresholds,
+)
 
 log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = 1
-WEIGHTS_NAME = "model.safetensors"
 ONNX_NAME = "model.onnx"
-SIDECAR_NAME = "model.json"
-BUNDLE_FILES = ("predict.py", "preprocessing.py", "requirements.txt")
 # The bundle's only dependencies (Image.Resampling: Pillow 9.1+); predict.py imports nothing else outside stdlib.
 BUNDLE_REQUIREMENTS = "numpy>=1.22\nPillow>=9.1\nonnxruntime>=1.16\n"
 DEFAULT_PARITY_ATOL = 1e-3  # logits; float32 kernels of two runtimes differ by ~1e-5, a wrong graph by far more
 
 
-class Classifier(nn.Module):
-    """backbone -> head as a plain nn.Module: what gets exported (no Lightning, no training hooks)."""
-
-    def __init__(self, module: TransferModule):
-        super().__init__()
-        self.backbone = module.backbone
-        self.head = module.head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
-
-
-def describe_export(module: TransferModule, policy: TTAPolicy | None = None) -> dict:
+def describe_export(classifier: Classifier, policy: TTAPolicy | None = None) -> dict:
     """The sidecar: the checkpoint's self-description, the exported graph's input and output contract, the exact eval
     preprocessing and the views of `policy` (default: the checkpoint's TTA policy)."""
-    pre = module.preprocessing
+    pre = classifier.preprocessing
     size = pre.input_size
-    policy = policy or resolve_policy(module.tta_spec, pre)
+    policy = policy or resolve_policy(classifier.tta_spec, pre)
     return {
         "export_format": EXPORT_FORMAT,
-        **module.describe(),
+        **classifier.describe(),
         "input": {
             "name": "input",
             "shape": ["batch", 3, size, size],
@@ -75,9 +65,9 @@ def describe_export(module: TransferModule, policy: TTAPolicy | None = None) -> 
                 "eval_preprocessing below"
             ),
         },
-        "output": {"name": "logits", "shape": ["batch", len(module.classes)],
+        "output": {"name": "logits", "shape": ["batch", len(classifier.classes)],
                    "activation": ("sigmoid per class; a class is predicted when its probability >= its entry in "
-                                  "`thresholds`" if module.multi_label else "softmax over classes")},
+                                  "`thresholds`" if classifier.multi_label else "softmax over classes")},
         "eval_preprocessing": describe_eval_preprocessing(pre),
         "tta_views": {
             "policy": policy.label,
@@ -93,15 +83,34 @@ def describe_export(module: TransferModule, policy: TTAPolicy | None = None) -> 
     }
 
 
-def export_safetensors(module: TransferModule, out_dir: str | Path, *,
+def check_export_folder(out_dir: str | Path, *, overwrite: bool = False) -> None:
+    """Refuse to write into a folder that holds files and is not an earlier tlkit export (its model.json carries
+    `export_format`), unless `overwrite`: the export's file names (predict.py, model.json...) are common ones."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"--out {out_dir} is a file; give a folder for the export.")
+    if overwrite or not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    try:
+        earlier = json.loads((out_dir / SIDECAR_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        earlier = None
+    if not (isinstance(earlier, dict) and "export_format" in earlier):
+        raise ExportError(f"--out {out_dir} holds files and is not an earlier tlkit export (no model.json written by "
+                          "tlkit export); choose an empty or new folder, or pass --overwrite to write the export's "
+                          "files there (files of other names are left alone).")
+
+
+def export_safetensors(classifier: Classifier, out_dir: str | Path, *,
                        policy: TTAPolicy | None = None) -> tuple[Path, Path, dict]:
     """Write model.safetensors (backbone.* and head.* tensors, description in its metadata) and model.json."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = describe_export(module, policy)
-    state = {k: v.detach().cpu().contiguous() for k, v in Classifier(module).state_dict().items()}
+    meta = describe_export(classifier, policy)
+    state = {k: v.detach().cpu().contiguous() for k, v in classifier.state_dict().items()
+             if k != "thresholds"}  # a multi-label model's thresholds are in the description
     weights = out_dir / WEIGHTS_NAME
     atomic_save(weights, lambda name: save_file(state, name, metadata={"tlkit": json.dumps(meta)}))
     sidecar = write_sidecar(meta, out_dir)
@@ -124,66 +133,21 @@ def write_bundle(out_dir: str | Path) -> list[Path]:
     return [*written, atomic_write(out_dir / "requirements.txt", BUNDLE_REQUIREMENTS)]
 
 
-def load_exported(path: str | Path, *, map_location: str | torch.device = "cpu") -> TransferModule:
-    """A TransferModule in eval mode from an exported model.safetensors (no pickle, no recipe, no download)."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    from tlkit.infer.checkpoint import load_weights, module_from_metadata
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Exported model {str(path)!r} does not exist; write one with `tlkit export`.")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            embedded = (f.metadata() or {}).get("tlkit")
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"Cannot read {path} as safetensors ({type(exc).__name__}); the file may be truncated.") from exc
-    sidecar = path.with_name(SIDECAR_NAME)
-    if embedded is None and not sidecar.is_file():
-        raise CheckpointError(f"{path} has no tlkit description and no {SIDECAR_NAME} beside it; export it with tlkit.")
-    try:
-        meta = json.loads(embedded) if embedded is not None else json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: its tlkit description is not readable JSON ({type(exc).__name__}); "
-                              "export the model again with `tlkit export`.") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("preprocessing"), dict):
-        raise CheckpointError(f"{path}: its tlkit description has no preprocessing; export it again with `tlkit export`.")
-    module = module_from_metadata(path, {
-        "backbone": {"name": meta.get("backbone"), **meta["preprocessing"], "weights": "none"},  # weights: the file
-        "classes": meta.get("classes"),
-        "head": meta.get("head"),
-        "tta": meta.get("tta"),
-        "strategy": {"kind": "linear_probe", "features": meta.get("features", "last")},  # the extractor's shape
-        "multi_label": meta.get("multi_label") is True,
-    })
-    load_weights(path, Classifier(module), state)
-    if module.multi_label:
-        module.thresholds.copy_(torch.tensor(read_thresholds(path, meta, len(module.classes))))
-    return module.to(map_location).eval()
-
-
-def read_thresholds(path: str | Path, meta: dict, num_classes: int) -> list[float]:
-    """A multi-label export's per-class thresholds, checked (one number in [0, 1] per class)."""
-    values = meta.get("thresholds")
-    if (not isinstance(values, list) or len(values) != num_classes
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in values)):
-        raise CheckpointError(f"{path}: a multi-label export needs 'thresholds', one number in [0, 1] per class "
-                              f"({num_classes}); export the model again with `tlkit export`.")
-    return [float(v) for v in values]
+def load_exported(path: str | Path, *, map_location: str | torch.device = "cpu") -> Classifier:
+    """A Classifier in eval mode from an exported model.safetensors (no pickle, no recipe, no download)."""
+    return load_classifier(path, map_location=map_location)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # ONNX
 
 
-def export_onnx(module: TransferModule, path: str | Path, *, opset: int | None = None) -> Path:
+def export_onnx(classifier: Classifier, path: str | Path, *, opset: int | None = None) -> Path:
     """Write an ONNX graph: float32 [batch, 3, S, S] normalised input -> [batch, C] logits, dynamic batch."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = Classifier(module).eval()
-    size = module.preprocessing.input_size
+    model = classifier.eval()
+    size = classifier.preprocessing.input_size
     example = torch.zeros(2, 3, size, size)
     try:
         with atomic_path(path) as tmp, warnings.catch_warnings(), _quiet_loggers("onnxscript", "onnx_ir", "torch.onnx", "torch.export"):
@@ -194,7 +158,7 @@ def export_onnx(module: TransferModule, path: str | Path, *, opset: int | None =
                 str(tmp),
                 input_names=["input"],
                 output_names=["logits"],
-                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
                 opset_version=opset,
                 external_data=False,  # one file: lite0-sized models are far below protobuf's 2 GB limit
                 dynamo=True,
@@ -203,7 +167,7 @@ def export_onnx(module: TransferModule, path: str | Path, *, opset: int | None =
     except Exception as exc:  # noqa: BLE001 - exporter failures come in many types; the message names the cause
         detail = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise ExportError(
-            f"ONNX export of {module.hparams.backbone['name']} failed ({type(exc).__name__}: {detail}); the safetensors "
+            f"ONNX export of {classifier.config.backbone} failed ({type(exc).__name__}: {detail}); the safetensors "
             "export still works (use --no-onnx)."
         ) from exc
     return path
@@ -223,9 +187,9 @@ def _quiet_loggers(*names: str):
             lg.setLevel(level)
 
 
-def parity_inputs(module: TransferModule, images: Sequence[str | Path], *, limit: int = 16) -> tuple[torch.Tensor, list[str]]:
+def parity_inputs(classifier: Classifier, images: Sequence[str | Path], *, limit: int = 16) -> tuple[torch.Tensor, list[str]]:
     """Real images through the eval transform (the one eval preprocessing); unreadable files are skipped."""
-    transform = build_eval_transform(module.preprocessing)
+    transform = build_eval_transform(classifier.preprocessing)
     tensors, used = [], []
     # Evenly spaced through the list, so a sorted folder contributes every class, not just the first one.
     picks = set(np.linspace(0, len(images) - 1, num=min(limit, len(images))).round().astype(int).tolist()) if images else set()
@@ -246,21 +210,21 @@ def parity_inputs(module: TransferModule, images: Sequence[str | Path], *, limit
     return torch.stack(tensors), used
 
 
-def onnx_parity(module: TransferModule, onnx_path: str | Path, inputs: torch.Tensor, *, atol: float = DEFAULT_PARITY_ATOL) -> dict:
+def onnx_parity(classifier: Classifier, onnx_path: str | Path, inputs: torch.Tensor, *, atol: float = DEFAULT_PARITY_ATOL) -> dict:
     """Run PyTorch and onnxruntime on the same inputs; max abs differences of logits and probabilities (and, for a
     multi-label model, how often the label sets at its thresholds agree)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     with torch.inference_mode():
-        expected = Classifier(module).eval()(inputs).float()
+        expected = classifier.eval()(inputs).float()
     got = torch.from_numpy(session.run(["logits"], {"input": inputs.numpy().astype(np.float32)})[0])
     logit_diff = float((got - expected).abs().max())
-    prob_diff = float((module.probabilities(got) - module.probabilities(expected)).abs().max())
+    prob_diff = float((classifier.probabilities(got) - classifier.probabilities(expected)).abs().max())
     agree = float((got.argmax(-1) == expected.argmax(-1)).float().mean())
     sets = {}
-    if module.multi_label:
-        decide = lambda logits: module.probabilities(logits) >= module.thresholds  # noqa: E731
+    if classifier.multi_label:
+        decide = lambda logits: classifier.probabilities(logits) >= classifier.thresholds  # noqa: E731
         sets = {"label_set_agreement": float((decide(got) == decide(expected)).all(-1).float().mean())}
     return {
         "images": int(inputs.shape[0]),

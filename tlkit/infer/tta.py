@@ -34,6 +34,7 @@ from tlkit.infer.settings import (  # noqa: F401  (AGGREGATES, CROPS, POLICIES: 
     POLICIES,
     TTAConfig,
 )
+from tlkit.model.settings import normalize_tta_spec as normalize_spec
 
 FIVE_CROPS = ("center", "top_left", "top_right", "bottom_left", "bottom_right")
 
@@ -75,25 +76,6 @@ def policy_for(module, tta: str | Mapping[str, Any] | None = None, aggregate: st
     if aggregate is not None:
         spec = {**normalize_spec(spec), "aggregate": aggregate}
     return resolve_policy(spec, module.preprocessing)
-
-
-def normalize_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
-    """Validate a spec through TTAConfig and return its canonical plain-dict form (what checkpoints store).
-
-    Accepts a policy name ('ten_crop'), a dict (a recipe's `tta` section), or None (= 'none'). A spec may come from an
-    untrusted checkpoint: TTAConfig bounds the scales before any image is resized.
-    """
-    from pydantic import ValidationError
-
-    from tlkit.config import describe_error
-
-    data = {"policy": "none" if spec is None else spec} if spec is None or isinstance(spec, str) else spec
-    if not isinstance(data, Mapping):
-        raise TTAError(f"A TTA policy is a name ({', '.join(NAMED_POLICIES)}) or a mapping; got {spec!r}.")
-    try:
-        return TTAConfig.model_validate(dict(data)).canonical()
-    except ValidationError as exc:
-        raise TTAError("; ".join(f"TTA {describe_error(e, TTAConfig)}" for e in exc.errors())) from None
 
 
 def multi_scale_lengths(pre: Preprocessing) -> list[int]:

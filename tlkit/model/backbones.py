@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
@@ -38,27 +37,17 @@ def model_preprocessing(model: torch.nn.Module) -> Preprocessing:
     )
 
 
-def create_backbone(
-    name: str, weights: str = "auto", *, drop_path_rate: float = 0.0, features: str | Sequence[int] = "last",
-    stage_grid: int = 1,
-) -> tuple[torch.nn.Module, Preprocessing, str]:
+def create_backbone(name: str, weights: str = "auto", *, drop_path_rate: float = 0.0
+                    ) -> tuple[torch.nn.Module, Preprocessing, str]:
     """Build timm model `name` with `num_classes=0` (pooled features, `num_features` wide).
 
     Args:
         weights: auto | hub | bundled | none | a local file path.
-        features: last = the model's pooled features; stages or a list of stage indices (0 = earliest) = those
-            stages' pooled outputs concatenated with the last ones (tlkit.model.multilayer).
-        stage_grid: those stages' maps are average-pooled to stage_grid x stage_grid cells (1 = global average).
 
     Returns:
         (model, preprocessing from its pretrained config, a short description of where the weights came from).
     """
-    model, preprocessing, source = _create_pooled(name, weights, drop_path_rate)
-    if features == "last":
-        return model, preprocessing, source
-    from tlkit.model.multilayer import MultiLayerFeatures, resolve_stages
-
-    return MultiLayerFeatures(model, resolve_stages(model, features, name), stage_grid), preprocessing, source
+    return _create_pooled(name, weights, drop_path_rate)
 
 
 def _create_pooled(name: str, weights: str, drop_path_rate: float) -> tuple[torch.nn.Module, Preprocessing, str]:

@@ -1,7 +1,17 @@
-"""TransferModule: a pretrained timm backbone + a new head, trained as a linear probe or a low-LR fine-tune."""
+"""TransferModule: trains a Classifier (a pretrained timm backbone + a new head) as a linear probe or a low-LR
+fine-tune.
+
+The module holds the Classifier as `self.classifier` and only adds training (strategy phases, the feature-cache
+inputs, mixing, loss, metrics, optimizer groups, the checkpoint contract). Its state dict is the Classifier's
+(`backbone.*`, `head.*`, `thresholds`, `stage_pooling.*`: the `classifier.` prefix is dropped on save and added back on
+load), so a checkpoint's `state_dict` loads into a Classifier as is, and checkpoints of every tlkit version with
+format 2 load in both directions.
+"""
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -9,6 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+import torchmetrics.utilities.imports
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassF1Score,
@@ -19,12 +30,16 @@ from typing_extensions import override
 
 from tlkit.config import settings_from
 from tlkit.data.preprocessing import Preprocessing
-from tlkit.infer.tta import TTAPolicy, normalize_spec, resolve_policy
-from tlkit.model.backbones import create_backbone
-from tlkit.model.heads import build_head
-from tlkit.model.mixing import BatchMixer, binary_cross_entropy, soft_target_cross_entropy
+from tlkit.data.protocol import CachePlan
+from tlkit.model.classifier import CHECKPOINT_FORMAT, Classifier, create_classifier
+from tlkit.model.mixing import (
+    BatchMixer,
+    binary_cross_entropy,
+    soft_target_cross_entropy,
+)
 from tlkit.model.prefix import PrefixSplit, split_backbone
 from tlkit.model.settings import (
+    DEFAULT_STAGE_GRID,
     BackboneConfig,
     HeadConfig,
     MixingConfig,
@@ -39,7 +54,17 @@ from tlkit.model.strategies import (
     strategy_from,
 )
 
-CHECKPOINT_FORMAT = 2  # 2: settings stored as the settings models' dicts (backbone, strategy, optim, schedule...)
+__all__ = ["CHECKPOINT_FORMAT", "TransferModule", "multilabel_summary"]
+CLASSIFIER_KEYS = ("backbone", "stage_pooling", "head", "thresholds")  # the state-dict roots the Classifier owns
+log = logging.getLogger(__name__)
+
+# torchmetrics decides whether torch_xla is installed lazily, on the first metric update; under torch.compile that
+# first update runs inside dynamo, which cannot trace the package lookup. Deciding it now lets `torch.compile(module)`
+# fit.
+bool(torchmetrics.utilities.imports._XLA_AVAILABLE)
+
+MIXING_NEEDS_IMAGES = ("feature cache: Mixup/CutMix mix images, not features (nor a frozen prefix's activations), so "
+                       "this run trains on images (uncached); set mixing alphas to 0 to use the cache.")
 
 
 class TransferModule(L.LightningModule):
@@ -96,20 +121,16 @@ class TransferModule(L.LightningModule):
         self.optim_config = settings_from(OptimConfig, optim)
         self.schedule_config = settings_from(ScheduleConfig, schedule, shorthand="kind")
         mixing_config = settings_from(MixingConfig, mixing)
-        self.tta_spec = normalize_spec(tta)  # fails on a bad policy before any model is built
-        self.classes = list(classes)
-        self.multi_label = bool(multi_label)
-        self.backbone, pretrained_pre, self.weights_source = create_backbone(
-            backbone_config.name, backbone_config.weights, drop_path_rate=backbone_config.drop_path_rate,
+        self.classifier: Classifier = create_classifier(
+            backbone_config, classes, head=self.head_config, tta=tta, multi_label=multi_label,
             features=getattr(self.strategy, "features", "last"),  # linear_probe's multi-layer features
-            stage_grid=getattr(self.strategy, "stage_grid", 1),
+            stage_grid=getattr(self.strategy, "stage_grid", DEFAULT_STAGE_GRID), channels_last=channels_last,
         )
-        self.preprocessing: Preprocessing = pretrained_pre.replace(**backbone_config.preprocessing_overrides())
         # FixRes: training crops may be smaller than the eval input (the one eval preprocessing stays `preprocessing`).
         self.train_preprocessing = self.preprocessing.replace(input_size=backbone_config.train_input_size)
         # Plain types only: checkpoints must load with torch.load(weights_only=True). The resolved preprocessing is
         # stored, so a reload never depends on the pretrained config of another timm version.
-        self.save_hyperparameters({
+        self._settings = {
             "backbone": {**backbone_config.model_dump(mode="json"), **self.preprocessing.to_dict()},
             "classes": self.classes,
             "strategy": self.strategy.model_dump(mode="json"),
@@ -121,16 +142,20 @@ class TransferModule(L.LightningModule):
             "class_weights": [float(w) for w in class_weights] if class_weights is not None else None,
             "channels_last": channels_last,
             "multi_label": self.multi_label,
-        })
-        self.head = build_head(self.backbone.num_features, len(classes), self.head_config)
-        self.channels_last = channels_last
-        if channels_last:
-            self.backbone.to(memory_format=torch.channels_last)
+        }
+        # A user's subclass with its own __init__ is rebuilt from its own arguments (load_from_checkpoint calls
+        # cls(**hparams)), as Lightning's save_hyperparameters() records them; the settings then travel in the
+        # checkpoint's tlkit section (on_save_checkpoint).
+        subclass = type(self).__init__ is not TransferModule.__init__
+        self.save_hyperparameters(_subclass_init_args(inspect.currentframe()) if subclass else self._settings)
+        self.register_state_dict_post_hook(_classifier_layout)
+        self.register_load_state_dict_pre_hook(_module_layout)
+        # Layer-group names are the Classifier's (backbone.*, head.*): the strategy plans over the Classifier.
         self.group_specs = self.strategy.plan(self.backbone, self.head)
         for spec in self.group_specs:  # never-trained groups freeze now (before any DDP wrap: it must not see them)
             if spec.unfreeze_epoch is None:
                 for name in spec.params:
-                    self.get_parameter(name).requires_grad_(False)
+                    self.classifier.get_parameter(name).requires_grad_(False)
         self.backbone_frozen = all(s.unfreeze_epoch is None for s in self.group_specs if s.name != "head")
         frozen_prefix = self.strategy.frozen_prefix(self.group_specs)
         # finetune_top: the frozen bottom of the backbone and its trained top, so cached activations can enter the top
@@ -149,6 +174,51 @@ class TransferModule(L.LightningModule):
         # data.balance: loss_weights; rebuilt from the plain-float hparam, so checkpoints stay weights_only-safe.
         self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
 
+    # -- the Classifier's parts, where Lightning users and the strategy plan look for them ------------------------
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        """The timm model itself (forward_features, group_matcher, pretrained_cfg with the real preprocessing)."""
+        return self.classifier.backbone
+
+    @property
+    def head(self) -> torch.nn.Module:
+        return self.classifier.head
+
+    @property
+    def embedder(self) -> torch.nn.Module:
+        """Images -> the head's input (what the feature cache runs): the backbone, or backbone + stage pooling."""
+        return self.classifier.embedder
+
+    @property
+    def classes(self) -> list[str]:
+        return self.classifier.classes
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.classifier.preprocessing
+
+    @property
+    def tta_spec(self) -> dict:
+        return self.classifier.tta_spec
+
+    @property
+    def multi_label(self) -> bool:
+        return self.classifier.multi_label
+
+    @property
+    def thresholds(self) -> torch.Tensor:
+        """A multi-label model's per-class decision thresholds (the Classifier's buffer)."""
+        return self.classifier.thresholds
+
+    @property
+    def channels_last(self) -> bool:
+        return self.classifier.channels_last
+
+    @property
+    def weights_source(self) -> str:
+        return self.classifier.weights_source
+
     def _build_multiclass_metrics(self, num_classes: int) -> None:
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -160,8 +230,6 @@ class TransferModule(L.LightningModule):
         self.test_macro_f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
 
     def _build_multilabel_metrics(self, num_classes: int) -> None:
-        # Per-class decision thresholds: a buffer, so they travel in the state dict (checkpoint, load_state_dict).
-        self.register_buffer("thresholds", torch.full((num_classes,), 0.5))
         for split in ("val", "test"):  # per class; reduced at epoch end over the classes the split has (_log_multilabel)
             setattr(self, f"{split}_ap", MultilabelAveragePrecision(num_labels=num_classes, average=None))
             setattr(self, f"{split}_stats", MultilabelStatScores(num_labels=num_classes, average=None))
@@ -173,11 +241,6 @@ class TransferModule(L.LightningModule):
         return "val_map" if self.multi_label else "val_acc"
 
     # -- model ---------------------------------------------------------------------------------------------------
-
-    @property
-    def tta_policy(self) -> TTAPolicy:
-        """The default TTA policy's concrete views for this model's input size."""
-        return resolve_policy(self.tta_spec, self.preprocessing)
 
     @override
     def forward(self, x: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -200,10 +263,8 @@ class TransferModule(L.LightningModule):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features; no autograd graph through a frozen backbone (it would never be used)."""
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
-            return self.backbone(x)
+            return self.classifier.embed(x)
 
     @override
     def train(self, mode: bool = True) -> TransferModule:
@@ -212,13 +273,13 @@ class TransferModule(L.LightningModule):
         if self.backbone_frozen:
             self.backbone.eval()
         for name in self._frozen_modules:
-            self.get_submodule(name).eval()
+            self.classifier.get_submodule(name).eval()
         return self
 
     def set_phase(self, epoch: int) -> None:
         """Apply `epoch`'s phase: requires_grad per group and eval() for frozen modules (LR gating is the scheduler's)."""
         self.phase_epoch = int(epoch)
-        self._frozen_modules = apply_phase(self, self.group_specs, epoch)
+        self._frozen_modules = apply_phase(self.classifier, self.group_specs, epoch)
         backbone_specs = [s for s in self.group_specs if s.name != "head"]
         self.backbone_frozen = not any(s.active(epoch) for s in backbone_specs)
         self.train(self.training)
@@ -229,16 +290,35 @@ class TransferModule(L.LightningModule):
 
     @override
     def configure_callbacks(self) -> list[L.Callback]:
-        """lp_ft's closed-form probe fits the head at fit start, on a plain Trainer too (tlkit.model.lpft)."""
+        """The training phases, as callbacks a plain Trainer gets too (tlkit.model.phases): the strategy's phase at
+        every epoch start, frozen BatchNorm statistics kept whatever else runs (SWA), cached features only in the
+        epochs that may read them, lp_ft's closed-form probe at fit start, and multi-label decision thresholds
+        tuned after fit. A hook override cannot switch them off."""
         from tlkit.model.lpft import ClosedFormProbe
+        from tlkit.model.phases import (
+            FeatureCachePhase,
+            FrozenBatchNorm,
+            StagedUnfreezing,
+            TuneThresholds,
+        )
 
-        return [ClosedFormProbe()] if self.strategy.probe_first else []
+        probe = [ClosedFormProbe()] if self.strategy.probe_first else []
+        thresholds = [TuneThresholds()] if self.multi_label else []
+        return [StagedUnfreezing(), FrozenBatchNorm(), FeatureCachePhase(), *probe, *thresholds]
 
-    @override
-    def on_train_epoch_start(self) -> None:
-        # Here, not in __init__: DDP has wrapped the model by now with every ever-trained parameter registered
-        # (Lightning #20340: parameters frozen at wrap time are never synchronised after unfreezing).
-        self.set_phase(self.current_epoch)
+    def cache_plan(self, epochs: int) -> CachePlan:
+        """What the feature cache can serve a fit of `epochs` epochs (tlkit.data.protocol.ServedModel): the leading
+        epochs the strategy trains on a frozen backbone (or frozen prefix), unless Mixup/CutMix needs images."""
+        served, reason = self.strategy.cached_epochs(epochs), None
+        if served == 0:
+            reason = f"strategy {self.strategy.kind} trains the backbone"
+        elif self.mixer is not None:
+            log.warning(MIXING_NEEDS_IMAGES)
+            served, reason = 0, "image-space mixing requested"
+        split = self.prefix_split
+        return CachePlan(served, reason, network=split.prefix() if split is not None else self.embedder,
+                         name=self.classifier.config.backbone, prefix=split, probe_first=self.strategy.probe_first,
+                         channels_last=self.channels_last)
 
     # -- steps ---------------------------------------------------------------------------------------------------
 
@@ -345,7 +425,7 @@ class TransferModule(L.LightningModule):
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits -> what the model outputs as probabilities: sigmoid per class (multi-label) or softmax."""
-        return logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
+        return self.classifier.probabilities(logits)
 
     # -- multi-label thresholds ------------------------------------------------------------------------------------
 
@@ -381,10 +461,25 @@ class TransferModule(L.LightningModule):
 
     # -- optimisation --------------------------------------------------------------------------------------------
 
+    @property
+    def lr(self) -> float:
+        """optim.lr: the head's LR, which every group's LR is a fixed factor of. Lightning's Tuner.lr_find reads and
+        sets it (`Tuner(trainer).lr_find(module, datamodule=dm)`); the groups keep their ratios."""
+        return self.optim_config.lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.optim_config = self.optim_config.model_copy(update={"lr": float(value)})
+        if isinstance(self.hparams.get("optim"), dict):  # checkpoints state the LR the model trained with
+            self.hparams["optim"] = {**self.hparams["optim"], "lr": float(value)}
+
     def optimizer_groups(self) -> list[dict]:
-        """The optimizer's parameter groups as the strategy plans them (lr = optim.lr x the group's factor)."""
+        """The optimizer's parameter groups as the strategy plans them (lr = optim.lr x the group's factor), each
+        with its `unfreeze_epoch`: the documented hook for a user's own optimizer, e.g.
+        `torch.optim.SGD(self.optimizer_groups(), lr=self.lr, momentum=0.9)` in configure_optimizers. Before its
+        unfreeze epoch a group is frozen (requires_grad False), so any optimizer leaves it alone."""
         o = self.optim_config
-        return build_optimizer_groups(self, self.group_specs, lr=o.lr, weight_decay=o.weight_decay)
+        return build_optimizer_groups(self.classifier, self.group_specs, lr=o.lr, weight_decay=o.weight_decay)
 
     def build_optimizer(self, groups: list[dict] | None = None) -> torch.optim.Optimizer:
         """The recipe's optimizer over `groups` (default optimizer_groups()); training, check and lr-find share it."""
@@ -419,21 +514,36 @@ class TransferModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    @override
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        super().lr_scheduler_step(scheduler, metric)
+        # Tuner.lr_find sweeps every group at one LR; scaled back to the plan's factors, the sweep finds the LR of
+        # the model as it will train (its scheduler is the only one of that module).
+        if type(scheduler).__module__ == "lightning.pytorch.tuner.lr_finder":
+            factors = [g["lr"] / self.optim_config.lr for g in self.optimizer_groups()]
+            for group, factor in zip(scheduler.optimizer.param_groups, factors):
+                group["lr"] *= factor
+
+    @override
+    def to_torchscript(self, file_path: Any = None, method: str | None = "script", example_inputs: Any = None,
+                       **kwargs: Any) -> Any:
+        """TorchScript by tracing: `module.to_torchscript(method="trace")` (example inputs default to one image at
+        the model's input size). Scripting is refused: forward takes images, pooled features or cached activations."""
+        from tlkit.errors import ExportError
+
+        if method != "trace":
+            raise ExportError(f'to_torchscript(method={method!r}) cannot script TransferModule (its forward also '
+                              'takes cached features); use method="trace", or tlkit export for ONNX.')
+        if example_inputs is None:
+            size = self.preprocessing.input_size
+            example_inputs = torch.zeros(1, 3, size, size, device=self.device)
+        return super().to_torchscript(file_path, method="trace", example_inputs=example_inputs, **kwargs)
+
     # -- checkpoint contract -------------------------------------------------------------------------------------
 
     def describe(self) -> dict:
         """Everything evaluate/predict/export need besides the weights."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "classes": list(self.classes),
-            "backbone": self.hparams.backbone["name"],
-            "head": self.head_config.model_dump(mode="json"),
-            "strategy": self.strategy.kind,
-            "features": getattr(self.strategy, "features", "last"),  # multi-layer probes: what the backbone outputs
-            "preprocessing": self.preprocessing.to_dict(),
-            "tta": dict(self.tta_spec),
-            **({"multi_label": True, "thresholds": [float(t) for t in self.thresholds]} if self.multi_label else {}),
-        }
+        return {**self.classifier.describe(), "strategy": self.strategy.kind}
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -442,6 +552,10 @@ class TransferModule(L.LightningModule):
         hparams = checkpoint.get("hyper_parameters")
         if isinstance(hparams, dict) and isinstance(hparams.get("backbone"), dict):
             checkpoint["hyper_parameters"] = {**hparams, "backbone": {**hparams["backbone"], "weights": "none"}}
+        if type(self).__init__ is not TransferModule.__init__:  # hparams are the subclass's own arguments
+            backbone = {**self._settings["backbone"], "weights": "none"}
+            checkpoint["tlkit"]["settings"] = {**self._settings, "backbone": backbone,
+                                               "optim": self.optim_config.model_dump(mode="json")}
         if self.phase_epoch is not None:  # the phase a resume continues from
             checkpoint["tlkit"]["phase"] = {"epoch": self.phase_epoch,
                                             "trainable_groups": self.trainable_groups(self.phase_epoch)}
@@ -453,12 +567,36 @@ class TransferModule(L.LightningModule):
             # Restore eval() of frozen modules now; requires_grad is re-derived at the next epoch start (after any
             # DDP wrap), from the epoch Lightning restores, so the resumed run continues the same phase sequence.
             self.phase_epoch = int(phase["epoch"])
-            self._frozen_modules = apply_phase(self, self.group_specs, self.phase_epoch)
+            self._frozen_modules = apply_phase(self.classifier, self.group_specs, self.phase_epoch)
             for spec in self.group_specs:
                 if spec.unfreeze_epoch is not None:
                     for name in spec.params:
-                        self.get_parameter(name).requires_grad_(True)
+                        self.classifier.get_parameter(name).requires_grad_(True)
 
+
+def _classifier_layout(module: torch.nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    """state_dict(): the Classifier's keys without the `classifier.` prefix (the checkpoint layout)."""
+    inner = f"{prefix}classifier."
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+
+
+def _module_layout(module: torch.nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """load_state_dict(): the checkpoint layout's Classifier keys back under `classifier.`."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        if key[len(prefix):].split(".", 1)[0] in CLASSIFIER_KEYS:
+            state_dict[f"{prefix}classifier.{key[len(prefix):]}"] = state_dict.pop(key)
+
+
+
+def _subclass_init_args(frame: Any) -> dict[str, Any]:
+    """The arguments of the most specific __init__ above `frame` (TransferModule.__init__'s), **kwargs spread, as
+    Lightning's own save_hyperparameters() collects them."""
+    from lightning.pytorch.core.mixins import HyperparametersMixin
+    from lightning.pytorch.utilities.parsing import collect_init_args
+
+    levels = collect_init_args(frame, [], classes=(HyperparametersMixin,))
+    return dict(levels[-1]) if levels else {}
 
 
 def _val_batches(module: TransferModule, data: L.LightningDataModule | Iterable) -> Iterable:

@@ -2,7 +2,8 @@
 
 A linear probe on the last layer sees only what the pretraining task kept at the top; earlier stages keep more
 generic, lower-level signals (textures, colours), which help most when the target data differs from the
-pretraining data (low resolution, satellite, medical images). The wrapper behaves like a pooled-feature backbone
+pretraining data (low resolution, satellite, medical images). StagePooling sits beside the timm backbone in a
+Classifier (never around it); `classifier.embedder` runs both and behaves like a pooled-feature backbone
 (`num_features` wide, forward -> (B, num_features)), so the head, the feature cache, checkpoints and ONNX export
 take it as they take the plain backbone.
 
@@ -44,31 +45,32 @@ def resolve_stages(model: nn.Module, features: str | Sequence[int], name: str) -
     return tuple(sorted(set(features)))
 
 
-class MultiLayerFeatures(nn.Module):
-    """A timm model (num_classes=0) whose output is [stage blocks..., final pooled features], each block normalised.
+class StagePooling(nn.Module):
+    """The multi-layer part of a Classifier beside its timm backbone: embed(backbone, x) = [stage blocks..., final
+    pooled features], each block normalised. It holds no weights of its own (only which stages and the grid), so
+    the backbone stays the timm model itself (`classifier.backbone.forward_features` works as in timm).
 
     A stage whose output is the final feature map itself (ResNet's last stage) is not repeated."""
 
-    def __init__(self, model: nn.Module, stages: Sequence[int], grid: int = 1):
+    def __init__(self, backbone: nn.Module, stages: Sequence[int], grid: int):
         super().__init__()
-        self.model = model
-        self.pretrained_cfg = getattr(model, "pretrained_cfg", {})
         stages = tuple(stages)
-        if stages and stages[-1] == stage_count(model) - 1 and _last_stage_is_final(model):
+        if stages and stages[-1] == stage_count(backbone) - 1 and _last_stage_is_final(backbone):
             stages = stages[:-1]
         self.stages, self.grid = stages, int(grid)
-        self.block_widths = (*(model.feature_info[i]["num_chs"] * self.grid**2 for i in stages), model.num_features)
+        self.block_widths = (*(backbone.feature_info[i]["num_chs"] * self.grid**2 for i in stages),
+                             backbone.num_features)
         self.num_features = sum(self.block_widths)
         # Part of the state dict, so the weights fingerprint (the feature cache's key) differs per stage choice and
         # grid: [-grid, stages...] (grid 1 gives [-1, ...], the layout from before grids existed).
         self.register_buffer("feature_stages", torch.tensor([-self.grid, *stages], dtype=torch.long))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.stages:
-            final, maps = self.model.forward_intermediates(x, indices=list(self.stages))
+            final, maps = backbone.forward_intermediates(x, indices=list(self.stages))
         else:
-            final, maps = self.model.forward_features(x), []
-        blocks = [grid_pool(m, self.grid) for m in maps] + [self.model.forward_head(final, pre_logits=True)]
+            final, maps = backbone.forward_features(x), []
+        blocks = [grid_pool(m, self.grid) for m in maps] + [backbone.forward_head(final, pre_logits=True)]
         return torch.cat([_unit_rms(b) for b in blocks], dim=1)
 
 

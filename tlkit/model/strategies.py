@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from tlkit.config import Section
+from tlkit.model.settings import DEFAULT_STAGE_GRID
 
 if TYPE_CHECKING:  # torch stays unimported until a model is built (recipe validation must not import it)
     from torch import nn
@@ -98,7 +99,7 @@ class LinearProbe(_Strategy):
     feature stages, earliest first) plus the last features, each block normalised and concatenated (a multi-layer
     probe, Head2Toe); a list such as [2, 3] = those stages plus the last. Helps most when the images differ from
     the pretraining photos (low resolution, satellite, medical); extraction costs the same, the head is wider."""
-    stage_grid: int = Field(default=2, ge=1, le=4)
+    stage_grid: int = Field(default=DEFAULT_STAGE_GRID, ge=1, le=4)
     """With stages or a list: each stage's map is average-pooled to stage_grid x stage_grid cells (Head2Toe's strided
     pooling; 1 = one global average). 2 keeps where things are: on 32-pixel CIFAR-10 photos at 224 px the probe
     scored 78.5% held out with 2 against 75.8% with 1 (the last features alone: 75.2%); the head is 4x wider on

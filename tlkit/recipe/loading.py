@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from tlkit.config import describe_error
 from tlkit.errors import RecipeError, did_you_mean
 from tlkit.recipe.sections import Recipe
+from tlkit.redact import redact_credentials
 
 
 class AliasRefused(yaml.composer.ComposerError):
@@ -124,6 +125,9 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         return Path.cwd() if from_cli else recipe_dir
 
     recipe.data.root = str(resolve_path(recipe.data.root, base_for("data.root")))
+    for key in ("exclude", "relabel"):  # files the recipe names are found like data.root (a list holds image paths)
+        if isinstance(getattr(recipe.data, key), str):
+            setattr(recipe.data, key, str(resolve_path(getattr(recipe.data, key), base_for(f"data.{key}"))))
     weights = recipe.backbone.weights
     if weights not in ("auto", "hub", "bundled", "none"):
         weights_file = resolve_path(weights, base_for("backbone.weights"))
@@ -144,10 +148,10 @@ def resolve_path(value: str, base: Path) -> Path:
 
 
 def render_recipe(recipe: Recipe) -> str:
-    """The fully resolved recipe as YAML, every field with its one-line reason as a comment."""
+    """The fully resolved recipe as YAML, every field with its one-line reason as a comment (passwords masked)."""
     lines: list[str] = []
     _render(recipe, lines, indent=0)
-    return "\n".join(lines) + "\n"
+    return redact_credentials("\n".join(lines) + "\n")
 
 
 def _render(model: BaseModel, lines: list[str], indent: int) -> None:

@@ -26,10 +26,25 @@ def png_uri(fig, dpi: int = 100) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def file_uri(path: Path) -> str:
-    """An image file from the run directory (evaluate's and preview's PNGs) inlined as a data: URI."""
-    kind = "svg+xml" if path.suffix.lower() == ".svg" else path.suffix.lower().lstrip(".").replace("jpg", "jpeg")
-    return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_INLINE_BYTES = 20 * 2**20  # evaluate's galleries and preview grids are a few MB at most
+
+
+def file_uri(path: Path, inside: Path) -> str | None:
+    """A PNG inside the folder `inside` (evaluate's top losses, preview's grid) as a data: URI; None for anything
+    else. report.json names its files, so a path leading out of the run folder (absolute, '..', a symlink) or a file
+    that is not a PNG (a private key, say) must never end up in a page that gets shared."""
+    try:
+        resolved = path.resolve(strict=True)
+        if not resolved.is_relative_to(inside.resolve()) or not resolved.is_file():
+            return None
+        with resolved.open("rb") as f:
+            data = f.read(MAX_INLINE_BYTES + 1)
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+        return None
+    if not data.startswith(PNG_SIGNATURE) or len(data) > MAX_INLINE_BYTES:
+        return None
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def _series(run: Run, key: str) -> tuple[list[int], list[float]]:

@@ -6,7 +6,6 @@ metrics.csv), so a killed or half-finished run still gets a report that says wha
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass, field
@@ -15,7 +14,13 @@ from pathlib import Path
 import yaml
 
 from tlkit.errors import ReportError
-from tlkit.tune.diagnose import Diagnosis, diagnose_curves, read_metrics_csv
+from tlkit.redact import redact_credentials
+from tlkit.tune.diagnose import (
+    Diagnosis,
+    diagnose_curves,
+    metrics_rows,
+    read_metrics_csv,
+)
 
 RUN_FILES = ("recipe.yaml", "metrics.csv")  # either one makes a folder a run (metrics.json comes only at the end)
 PREVIEW_NAMES = ("augment_preview.png", "preview.png")
@@ -60,11 +65,12 @@ def read_run(path: str | Path) -> Run:
         raise ReportError(f"{path} is not a tlkit run directory (no recipe.yaml or metrics.csv); pass the folder "
                           "tlkit train wrote (runs/<recipe>/<timestamp>/).")
     run = Run(path=path, label=path.name)
-    if (path / "recipe.yaml").is_file():
-        run.recipe_text = (path / "recipe.yaml").read_text(encoding="utf-8")
+    if (path / "recipe.yaml").is_file():  # masked again: a run written before tlkit masked passwords
+        run.recipe_text = redact_credentials(_utf8(path / "recipe.yaml"))
         run.recipe = _yaml_mapping(run.recipe_text)
     run.metrics = _json(path / "metrics.json") or {}
-    run.provenance = _json(path / "provenance.json")
+    provenance = _json(path / "provenance.json")
+    run.provenance = json.loads(redact_credentials(json.dumps(provenance))) if isinstance(provenance, dict) else None
     run.classes = _json(path / "classes.json") or []
     if (path / "metrics.csv").is_file():
         run.epochs, run.lr = read_epochs(path / "metrics.csv")
@@ -84,14 +90,13 @@ def read_epochs(path: Path) -> tuple[dict[int, dict[str, float]], dict[str, list
     """
     epochs: dict[int, dict[str, float]] = {}
     lr: dict[str, list[float]] = {}
-    with path.open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            values = {k: float(v) for k, v in row.items() if k not in ("epoch", "step") and v not in (None, "")}
-            if row.get("epoch"):
-                epochs.setdefault(int(float(row["epoch"])), {}).update(values)
-            for key, value in values.items():
-                if key.startswith("lr-"):
-                    lr.setdefault(key, []).append(value)
+    for row in metrics_rows(path):
+        values = {k: v for k, v in row.items() if k not in ("epoch", "step")}
+        if "epoch" in row and math.isfinite(row["epoch"]):
+            epochs.setdefault(int(row["epoch"]), {}).update(values)
+        for key, value in values.items():
+            if key.startswith("lr-"):
+                lr.setdefault(key, []).append(value)
     return epochs, lr
 
 
@@ -133,6 +138,14 @@ def _json(path: Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None  # a file cut short by a kill: the report shows the section as missing
+
+
+def _utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ReportError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); tlkit "
+                          "writes it as UTF-8, so it was damaged or replaced: restore it from a copy.") from None
 
 
 def _yaml_mapping(text: str) -> dict:

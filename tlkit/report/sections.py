@@ -151,16 +151,21 @@ def top_losses(run: Run) -> str:
     parts = []
     for ev in run.evaluations:
         for label, entry in ev.report["policies"].items():
-            parts.append(_top_loss_details(ev, label, entry, first=not parts))
+            parts.append(_top_loss_details(run, ev, label, entry, first=not parts))
     return "".join(parts)
 
 
-def _top_loss_details(ev: Evaluation, label: str, entry: dict, *, first: bool) -> str:
+def _top_loss_details(run: Run, ev: Evaluation, label: str, entry: dict, *, first: bool) -> str:
     files = entry.get("files") or {}
-    png = ev.folder / files.get("top_losses_png", f"{label}/top_losses.png")
-    gallery = figure(figures.file_uri(png), f"highest-loss images, {label}", cls="gallery") if png.is_file() else \
-        "" if ev.report.get("multi_label") else hint(f"{png} is missing.")  # multi-label: a table, no gallery
-    rows = _csv_rows(ev.folder / files.get("top_losses_csv", f"{label}/top_losses.csv"))
+    png = ev.folder / str(files.get("top_losses_png", f"{label}/top_losses.png"))
+    uri = figures.file_uri(png, inside=run.path)
+    if uri is not None:
+        gallery = figure(uri, f"highest-loss images, {label}", cls="gallery")
+    elif png.is_file():
+        gallery = hint(f"{png} is not shown: the report inlines only PNG files inside the run folder.")
+    else:  # multi-label: a table, no gallery
+        gallery = "" if ev.report.get("multi_label") else hint(f"{png} is missing.")
+    rows = _csv_rows(ev.folder / str(files.get("top_losses_csv", f"{label}/top_losses.csv")), inside=run.path)
     listing = table(["image", "true", "predicted", "p(true)", "loss"],
                     [[r.get("path", ""), r.get("true", ""), r.get("predicted", ""), r.get("p_true", ""),
                       r.get("loss", "")] for r in rows], cls="paths") if rows else ""
@@ -168,11 +173,15 @@ def _top_loss_details(ev: Evaluation, label: str, entry: dict, *, first: bool) -
             f"{gallery}{listing}</details>")
 
 
-def _csv_rows(path: Path) -> list[dict]:
-    if not path.is_file():
+def _csv_rows(path: Path, inside: Path) -> list[dict]:
+    """evaluate's top-loss table; only a CSV inside the run folder (report.json names it, so it could name any file)."""
+    try:
+        if not path.resolve(strict=True).is_relative_to(inside.resolve()) or not path.is_file():
+            return []
+        with path.open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    except (OSError, RuntimeError, UnicodeDecodeError, csv.Error):  # missing, a symlink loop, damaged: no table
         return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def data_warnings(run: Run) -> str:
@@ -207,8 +216,9 @@ def augmentation(run: Run) -> str:
     mixing = run.recipe.get("mixing") or {}
     line = (f"<p>augment preset <code>{esc(augment.get('preset', '?'))}</code>, mixup "
             f"{esc(mixing.get('mixup_alpha', 0))}, cutmix {esc(mixing.get('cutmix_alpha', 0))}</p>")
-    if run.preview is not None:
-        return line + figure(figures.file_uri(run.preview), "augmentation preview",
+    uri = figures.file_uri(run.preview, inside=run.preview.parent) if run.preview is not None else None
+    if uri is not None:  # found by its fixed name in the run folder or its recipe's folder; still a PNG there
+        return line + figure(uri, "augmentation preview",
                              f"{run.preview} (tlkit preview): training samples as the model sees them", cls="gallery")
     command = (f"tlkit preview --recipe {shlex.quote(str(run.path / 'recipe.yaml'))} "
                f"--out {shlex.quote(str(run.path / 'augment_preview.png'))}")

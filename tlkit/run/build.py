@@ -45,6 +45,9 @@ def build_datamodule(recipe: Recipe) -> ImageFolderDataModule:
         csv=d.csv,
         multi_label=d.multi_label,
         label_delimiter=d.label_delimiter,
+        columns=d.columns,
+        exclude=d.exclude,
+        relabel=d.relabel,
     )
 
 

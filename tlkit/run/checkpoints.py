@@ -8,16 +8,16 @@ from pathlib import Path
 import torch
 
 from tlkit.data.datamodule import resolve_num_workers
-from tlkit.data.table import scan_data
 from tlkit.data.images import collect_inputs
+from tlkit.data.table import scan_data
 from tlkit.errors import DataError, DataNotFoundError, ExportError, did_you_mean
-from tlkit.infer.checkpoint import load_checkpoint, read_checkpoint, saved_split
 from tlkit.infer.inference import predict_files
 from tlkit.infer.predict import (
+    STDOUT,
+    PredictionsCsv,
     check_outputs,
     label_set_rows,
     top_k_rows,
-    write_predictions_csv,
     write_predictions_json,
 )
 from tlkit.infer.tta import (
@@ -25,23 +25,27 @@ from tlkit.infer.tta import (
     TTAPolicy,
     policy_for,
 )
-from tlkit.model.module import TransferModule
+from tlkit.model.classifier import Classifier
+from tlkit.model.loading import load_classifier, read_checkpoint, saved_split
 
 log = logging.getLogger(__name__)
 
 
 EVAL_SPLITS = ("val", "all")
+# Images per piece of `tlkit predict`: rows reach the CSV (and a progress line the log) after each piece, so a run
+# killed midway keeps what it did; a DataLoader per piece costs little next to 256 decodes and forwards.
+PREDICT_CHUNK = 256
 
 
 def resolve_policies(
-    module: TransferModule, requested: list[str | dict] | None, aggregate: str | None = None
+    model: Classifier, requested: list[str | dict] | None, aggregate: str | None = None
 ) -> list[TTAPolicy]:
     """The single view first, then each requested policy ('checkpoint' = the one the model was trained with);
     default: the single view plus the checkpoint's policy. Duplicates are dropped."""
     specs: list[str | dict] = ["none", *(requested if requested else ["checkpoint"])]
     policies: dict[str, TTAPolicy] = {}
     for spec in specs:
-        policy = policy_for(module, spec, aggregate)
+        policy = policy_for(model, spec, aggregate)
         policies.setdefault(policy.label, policy)
     return list(policies.values())
 
@@ -95,11 +99,11 @@ def evaluate_checkpoint(
     """
     if split not in EVAL_SPLITS:
         raise DataError(f"Unknown split {split!r}; expected one of {', '.join(EVAL_SPLITS)}.{did_you_mean(split, EVAL_SPLITS)}")
-    module = load_checkpoint(checkpoint)
-    policies = resolve_policies(module, tta, aggregate)  # bad policy names fail before any data scan
+    model = load_classifier(checkpoint)
+    policies = resolve_policies(model, tta, aggregate)  # bad policy names fail before any data scan
     split_state = _saved_split(checkpoint)
     scan = scan_data(data, **split_state)  # a table-labelled run re-reads the same table
-    to_model = match_classes(scan.classes, module.classes, data)
+    to_model = match_classes(scan.classes, model.classes, data)
     chosen = scan.val if split == "val" else scan.train + scan.val + scan.test
     samples = [(path, to_model_labels(label, to_model)) for path, label in chosen]
     out_dir = Path(out) if out is not None else default_eval_dir(checkpoint)
@@ -108,8 +112,8 @@ def evaluate_checkpoint(
         "data": str(data),
         "split": split,
         "layout": scan.layout,
-        "backbone": module.hparams.backbone["name"],
-        "preprocessing": module.preprocessing.to_dict(),
+        "backbone": model.config.backbone,
+        "preprocessing": model.preprocessing.to_dict(),
     }
     if scan.layout == "single" and split == "val":
         if not split_state:
@@ -122,7 +126,7 @@ def evaluate_checkpoint(
     )
 
     report = evaluate_policies(
-        module, samples, module.classes, policies, module.preprocessing, out_dir,
+        model, samples, model.classes, policies, model.preprocessing, out_dir,
         max_views_per_forward=max_views_per_forward, num_workers=resolve_num_workers(num_workers),
         top_loss_count=top_losses, skipped=scan.skipped, context=context, progress=progress, precision=precision,
     )
@@ -136,7 +140,7 @@ def _saved_split(checkpoint: str | Path) -> dict:
     if Path(checkpoint).suffix == ".safetensors":
         return {}
     saved = saved_split(read_checkpoint(checkpoint))
-    keys = ("val_fraction", "test_fraction", "seed", "source", "csv", "multi_label", "label_delimiter")
+    keys = ("val_fraction", "test_fraction", "seed", "source", "csv", "multi_label", "label_delimiter", "columns")
     return {k: saved[k] for k in keys if k in saved and not (k == "source" and saved[k] == "dataframe")}
 
 
@@ -162,30 +166,46 @@ def predict_checkpoint(
     Unreadable or missing files are skipped and listed; raises DataError only when nothing could be predicted.
     """
     check_outputs([out, json_out], overwrite=overwrite)
-    module = load_checkpoint(checkpoint)
-    policy = policy_for(module, tta, aggregate)
+    model = load_classifier(checkpoint)
+    policy = policy_for(model, tta, aggregate)
     files, missing = collect_inputs(inputs)
     if not files:
         first = f" ({missing[0][0]}: {missing[0][1]})" if missing else ""
         raise DataNotFoundError(f"No image files to predict{first}; pass image files or folders of images.")
-    result = predict_files(
-        module, files, policy, module.preprocessing, max_views_per_forward=max_views_per_forward,
-        num_workers=resolve_num_workers(num_workers), progress=progress, desc=f"predict {policy.label}",
-        precision=precision,
-    )
-    skipped = missing + result.failed
-    if not result.indices:
-        path, why = result.failed[0]
-        raise DataError(f"Nothing was predicted: all {len(files)} file(s) were unreadable (e.g. {path}: {why}).")
-    k = max(1, min(top_k, len(module.classes)))
-    thresholds = dict(zip(module.classes, module.thresholds.tolist())) if module.multi_label else None
-    rows = (label_set_rows(result, files, module.classes, list(thresholds.values())) if thresholds is not None
-            else top_k_rows(result, files, module.classes, k))
-    written = {"csv": str(write_predictions_csv(rows, out, k))}
+    k = max(1, min(top_k, len(model.classes)))
+    thresholds = dict(zip(model.classes, model.thresholds.tolist())) if model.multi_label else None
+    rows: list[dict] = []
+    failed: list[tuple[str, str]] = []
+    with PredictionsCsv(out, k) as sink:
+        for start, chunk in _chunks(files):
+            result = predict_files(
+                model, chunk, policy, model.preprocessing, max_views_per_forward=max_views_per_forward,
+                num_workers=resolve_num_workers(num_workers), progress=progress, desc=f"predict {policy.label}",
+                precision=precision,
+            )
+            failed += result.failed
+            done = (label_set_rows(result, chunk, model.classes, list(thresholds.values())) if thresholds is not None
+                    else top_k_rows(result, chunk, model.classes, k))
+            sink.write(done)
+            rows += done
+            if len(files) > PREDICT_CHUNK:
+                log.info("predicted %s of %s images (%s skipped)", f"{start + len(chunk):,}", f"{len(files):,}",
+                         f"{len(failed):,}")
+        if not rows:  # inside the block: no CSV is left behind
+            path, why = failed[0]
+            raise DataError(f"Nothing was predicted: all {len(files)} file(s) were unreadable (e.g. {path}: {why}).")
+    skipped = missing + failed
+    written = {"csv": str(out) if str(out) == STDOUT else str(Path(out))}
     if json_out is not None:
         written["json"] = str(write_predictions_json(rows, skipped, json_out, thresholds=thresholds))
     return {"predicted": len(rows), "skipped": skipped, "policy": policy.label, "views": policy.num_views,
             "rows": rows, **written}
+
+
+def _chunks(files: list[str]):
+    """(start, files) in PREDICT_CHUNK pieces: each piece's rows reach the CSV as soon as it is done."""
+    for start in range(0, len(files), PREDICT_CHUNK):
+        yield start, files[start: start + PREDICT_CHUNK]
 
 
 def export_checkpoint(
@@ -196,9 +216,12 @@ def export_checkpoint(
     onnx: bool = True,
     atol: float = 1e-3,
     tta: str | dict | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """model.safetensors + model.json (+ model.onnx checked against PyTorch on `images` with onnxruntime, and the
     standalone bundle: predict.py, preprocessing.py, requirements.txt).
+
+    A non-empty `out_dir` is refused unless it holds an earlier tlkit export or `overwrite` is set.
 
     tta: the policy whose views model.json lists for the bundle (default: the checkpoint's own). The safetensors file
     is loaded back and must predict exactly what the checkpoint predicts. Raises ExportError when the ONNX graph
@@ -206,39 +229,40 @@ def export_checkpoint(
     """
     from tlkit.infer.export import (
         ONNX_NAME,
+        check_export_folder,
         export_onnx,
         export_safetensors,
-        load_exported,
         onnx_parity,
         parity_inputs,
         write_bundle,
         write_sidecar,
     )
 
-    module = load_checkpoint(checkpoint)
-    policy = policy_for(module, tta)
+    check_export_folder(out_dir, overwrite=overwrite)
+    model = load_classifier(checkpoint)
+    policy = policy_for(model, tta)
     out_dir = Path(out_dir)
-    weights, sidecar, meta = export_safetensors(module, out_dir, policy=policy)
+    weights, sidecar, meta = export_safetensors(model, out_dir, policy=policy)
     files, _ = collect_inputs(images or [])
     if files:
-        inputs, used = parity_inputs(module, files)
+        inputs, used = parity_inputs(model, files)
         source = f"{len(used)} image(s) through the eval transform"
     else:
-        size = module.preprocessing.input_size
+        size = model.preprocessing.input_size
         inputs = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
         source = "4 random normalised tensors (pass --images for real photos)"
         log.warning("no --images given: checking the export on random tensors instead of real photos")
-    reloaded = load_exported(weights)
+    reloaded = load_classifier(weights)
     with torch.inference_mode():
-        reload_diff = float((reloaded(inputs) - module(inputs)).abs().max())
-    if reload_diff != 0.0 or (module.multi_label and not torch.equal(reloaded.thresholds, module.thresholds)):
+        reload_diff = float((reloaded(inputs) - model(inputs)).abs().max())
+    if reload_diff != 0.0 or (model.multi_label and not torch.equal(reloaded.thresholds, model.thresholds)):
         raise ExportError(f"{weights} loads back with different outputs (max abs diff {reload_diff:.3g}) or "
                           "thresholds; please report this.")
     summary = {"out_dir": str(out_dir), "weights": str(weights), "sidecar": str(sidecar), "parity_inputs": source,
                "reload_max_abs_diff": reload_diff}
     if onnx:
-        onnx_path = export_onnx(module, out_dir / ONNX_NAME)
-        parity = {**onnx_parity(module, onnx_path, inputs, atol=atol), "inputs": source}
+        onnx_path = export_onnx(model, out_dir / ONNX_NAME)
+        parity = {**onnx_parity(model, onnx_path, inputs, atol=atol), "inputs": source}
         if not parity["ok"]:  # never leave a graph behind that a Predictor or a user would pick up
             onnx_path.unlink(missing_ok=True)
             raise ExportError(

@@ -30,6 +30,7 @@ from tlkit.model.ema import WeightEMA
 from tlkit.model.faults import AtomicCheckpointIO, DataHealthGuard, FiniteLossGuard
 from tlkit.model.module import TransferModule
 from tlkit.recipe import Recipe, recipe_to_dict
+from tlkit.redact import redact_credentials
 from tlkit.run import provenance
 from tlkit.run.auto import decision_note, resolve_auto_strategy
 from tlkit.run.build import build_datamodule, build_module_for, default_run_dir
@@ -315,12 +316,14 @@ def _refuse_reuse(run_dir: Path, *, overwrite: bool) -> None:
 
 def _write_run_files(run_dir: Path, recipe: Recipe, datamodule: ImageFolderDataModule, auto: dict | None) -> None:
     auto_note = decision_note(auto) if auto else ""
-    recipe_text = yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
+    recipe_text = redact_credentials(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))  # never a password
     atomic_write(run_dir / "recipe.yaml", auto_note + recipe_text)
     samples = [*datamodule.scan.train, *datamodule.scan.val]
     labels = dict(samples)  # part of the data's fingerprint: a CSV's labels can change while the images do not
-    atomic_write(run_dir / "provenance.json",
-                 json.dumps(provenance.collect(recipe_text, recipe.data.root, list(labels), labels), indent=2) + "\n")
+    record = provenance.collect(recipe_text, recipe.data.root, list(labels), labels)
+    if datamodule.scan.curation:  # data.exclude / data.relabel as applied: which file, how many images, its hash
+        record["data"]["curation"] = datamodule.scan.curation
+    atomic_write(run_dir / "provenance.json", json.dumps(record, indent=2) + "\n")
     atomic_write(run_dir / "classes.json", json.dumps(datamodule.classes, indent=2) + "\n")
     if datamodule.scan.skipped:
         atomic_write(run_dir / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in datamodule.scan.skipped))

@@ -28,6 +28,7 @@ from tlkit.recipe import (
     recipe_to_dict,
     validate_recipe,
 )
+from tlkit.redact import redact_credentials
 from tlkit.run.auto import resolve_auto_strategy
 from tlkit.run.build import build_datamodule, build_module_for
 from tlkit.run.console import progress_bars, quiet_intended_warnings
@@ -55,7 +56,7 @@ def write_recipe_copy(source: str | Path, overrides: list[str], out: str | Path,
     if out.parent.resolve() != source.parent.resolve():
         raw.setdefault("data", {})["root"] = data_root
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, yaml.safe_dump(raw, sort_keys=False))
+    atomic_write(out, redact_credentials(yaml.safe_dump(raw, sort_keys=False)))  # never a password
     return out
 
 
@@ -295,7 +296,8 @@ def search(
     if source is not None:
         write_recipe_copy(source, [*(source_overrides or []), *best_overrides], best_path, data_root=recipe.data.root)
     else:
-        atomic_write(best_path, yaml.safe_dump(recipe_to_dict(derive(recipe, best_overrides)), sort_keys=False))
+        atomic_write(best_path, redact_credentials(yaml.safe_dump(recipe_to_dict(derive(recipe, best_overrides)),
+                                                                  sort_keys=False)))
     png = S.plot_plane({k: v["rows"] for k, v in stages.done.items()}, out_dir / "search.png",
                        title=f"{recipe.name}: val accuracy over lr x weight decay")
     summary = {

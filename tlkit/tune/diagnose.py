@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlkit.errors import DataNotFoundError
+from tlkit.errors import DataError, DataNotFoundError
 from tlkit.io import save_figure
 
 CURVES = ("train_loss", "val_loss", "train_acc", "val_acc")
@@ -104,20 +105,42 @@ def diagnose_curves(
     return verdict("well fit", f"gap {final_gap:+.1%}, train accuracy {ta[-1]:.1%}{note or ', val loss flat'}")
 
 
+def metrics_rows(path: Path) -> Iterator[dict[str, float]]:
+    """The filled cells of each row of a Lightning CSVLogger metrics.csv, as numbers (NaN and inf included).
+
+    A cell that is not a number, or a file that is not UTF-8 text, is a DataError naming the line and column: the file
+    was edited or damaged, and a traceback from float() would not say where."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            for row in reader:
+                values = {}
+                for key, text in row.items():
+                    if text in (None, "") or key is None:  # key None: more cells than columns (kept out)
+                        continue
+                    try:
+                        values[key] = float(text)
+                    except (TypeError, ValueError):
+                        raise DataError(f"{path}, line {reader.line_num}, column {key!r}: {str(text)[:40]!r} is not a "
+                                        "number; metrics.csv is written by tlkit train: restore it, or remove that "
+                                        "row.") from None
+                yield values
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); it is "
+                        "damaged: restore it from a copy.") from None
+
+
 def read_metrics_csv(path: str | Path) -> dict[str, list[float]]:
     """Per-epoch curves {'epoch', 'train_loss', ...} from a Lightning CSVLogger metrics.csv."""
     path = Path(path)
     if not path.is_file():
         raise DataNotFoundError(f"{path} not found; give a run directory written by tlkit train (it has metrics.csv).")
     by_epoch: dict[int, dict[str, float]] = {}
-    with path.open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            if not row.get("epoch"):
-                continue
-            epoch = by_epoch.setdefault(int(float(row["epoch"])), {})
-            for key in CURVES:
-                if row.get(key) not in (None, ""):
-                    epoch[key] = float(row[key])
+    for row in metrics_rows(path):
+        if "epoch" not in row or not math.isfinite(row["epoch"]):
+            continue
+        epoch = by_epoch.setdefault(int(row["epoch"]), {})
+        epoch.update({key: row[key] for key in CURVES if key in row})
     epochs = sorted(e for e, m in by_epoch.items() if all(k in m for k in CURVES))
     curves = {"epoch": [float(e) for e in epochs]}
     curves.update({k: [by_epoch[e][k] for e in epochs] for k in CURVES})
