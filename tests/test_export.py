@@ -6,6 +6,7 @@ import importlib.util
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ def val_images(trained_run) -> list[str]:
 
 
 def test_export_writes_weights_sidecar_and_onnx(exported):
-    summary, out = exported
+    _, out = exported
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "model.json", "model.onnx", "predict.py",
                                                "preprocessing.py", "requirements.txt"}
     meta = json.loads((out / "model.json").read_text())
@@ -63,18 +64,47 @@ def test_export_writes_weights_sidecar_and_onnx(exported):
     assert meta["onnx_parity"]["images"] == 12 and "image(s) through the eval transform" in meta["onnx_parity"]["inputs"]
 
 
-def test_onnx_matches_pytorch_on_real_images(trained_run, exported):
+def timm_reference(pre) -> object:
+    """timm's own eval transform (Resize + CenterCrop + ToTensor + Normalize on a PIL image) for a preprocessing
+    contract: the independent reference tlkit's eval preprocessing must reproduce."""
+    from timm.data import create_transform
+
+    return create_transform(input_size=pre.input_size, crop_pct=pre.crop_pct, interpolation=pre.interpolation,
+                            mean=pre.mean, std=pre.std, is_training=False)
+
+
+def odd_sized_images(folder: Path) -> list[Path]:
+    """Colour-class-like images whose sizes need a real resize and, after it, a crop at an odd offset (x.5: rounds
+    to even) on the long side, in both orientations."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    paths = []
+    for i, (w, h) in enumerate([(39, 36), (36, 43), (100, 47), (47, 100), (64, 64), (23, 17), (250, 90)]):
+        pixels = np.clip(np.array([(40, 60, 200), (40, 190, 60), (210, 50, 40)][i % 3]) +
+                         rng.integers(-60, 61, (h, w, 3)), 0, 255).astype(np.uint8)
+        paths.append(folder / f"odd_{w}x{h}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    return paths
+
+
+def test_onnx_matches_pytorch_on_real_images(trained_run, exported, tmp_path):
     summary, out = exported
     assert summary["onnx_parity"]["max_abs_diff_logits"] < 1e-4
-    # Independently of the exporter's own check: preprocess real images with the eval transform and compare.
+    # Independently of the exporter's own check: tlkit's eval transform must reproduce timm's on real images of
+    # awkward sizes, and the ONNX graph's logits on timm's tensors must equal PyTorch's on tlkit's.
+    from PIL import Image
+
     module = load_checkpoint(trained_run[1] / "checkpoints" / "last.ckpt")
-    transform = build_eval_transform(module.preprocessing)
-    batch = torch.stack([transform(load_rgb(p)) for p in val_images(trained_run)[:7]])  # a batch size never exported
+    files = [*val_images(trained_run)[:3], *odd_sized_images(tmp_path)]  # 10: a batch size never exported
+    ours = torch.stack([build_eval_transform(module.preprocessing)(load_rgb(p)) for p in files])
+    reference = torch.stack([timm_reference(module.preprocessing)(Image.open(p).convert("RGB")) for p in files])
+    torch.testing.assert_close(ours, reference, atol=1e-6, rtol=0)
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    logits = session.run(None, {"input": batch.numpy()})[0]
+    logits = session.run(None, {"input": reference.numpy()})[0]
     with torch.no_grad():
-        expected = module(batch).numpy()
-    assert logits.shape == (7, 3)
+        expected = module(ours).numpy()
+    assert logits.shape == (10, 3) and np.ptp(expected, axis=1).min() > 0.1  # logits, and they differ per class
     np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
 
 
@@ -157,7 +187,7 @@ def test_the_import_blocker_really_blocks(tmp_path):
     assert "blocked imports: albumentations, cv2, lightning, timm, tlkit, torch, torchvision" in done.stderr
 
 
-def test_standalone_bundle_matches_tlkit_predict_on_58_awkward_images(trained_run, exported, tmp_path):
+def test_standalone_bundle_matches_tlkit_predict_on_58_awkward_images(trained_run, exported, tmp_path, monkeypatch):
     # Non-square, tiny (1x1), large (2000x1500), grey, palette (+ transparency), alpha, 16-bit, CMYK, EXIF-rotated,
     # BMP/GIF/WebP/TIFF; single view and the bundle's 6-view multi_scale, standalone run where torch/tlkit cannot load.
     images = verify_export.write_varied_images(tmp_path / "varied")
@@ -168,6 +198,24 @@ def test_standalone_bundle_matches_tlkit_predict_on_58_awkward_images(trained_ru
     for policy in ("none", "multi_scale"):
         assert result[policy]["max_abs_diff"] < 1e-4, result
         assert result[policy]["top1_agreement"] == 1.0
+    # Both sides above share tlkit's preprocessing; check the shipped copy against timm's transform, and the bundle's
+    # logits (its preprocessing + model.onnx) against PyTorch's on timm's tensors.
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("bundle_preprocessing", exported[1] / "preprocessing.py")
+    shipped = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, shipped)  # its dataclasses look their module up there
+    spec.loader.exec_module(shipped)
+    module = load_checkpoint(trained_run[1] / "checkpoints" / "last.ckpt")
+    pre = shipped.Preprocessing.from_dict(json.loads((exported[1] / "model.json").read_text())["preprocessing"])
+    rgb = [shipped.load_rgb(p) for p in images]  # decoding (EXIF, alpha, modes) is the bundle's own, as in predict.py
+    bundle_inputs = np.stack([shipped.eval_preprocess(x, pre) for x in rgb])
+    reference = torch.stack([timm_reference(module.preprocessing)(Image.fromarray(x)) for x in rgb])
+    np.testing.assert_allclose(bundle_inputs, reference.numpy(), atol=1e-6, rtol=0)
+    session = ort.InferenceSession(str(exported[1] / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = module(reference).numpy()
+    np.testing.assert_allclose(session.run(None, {"input": bundle_inputs})[0], expected, atol=1e-4, rtol=0)
 
 
 def test_standalone_predict_prints_a_table_and_writes_csv_to_stdout(trained_run, exported, tmp_path):
