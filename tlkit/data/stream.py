@@ -200,7 +200,8 @@ def read_manifest(root: str | Path) -> dict:
     return manifest
 
 
-def _streaming_dataset_class():
+def streaming_dataset_class():
+    """litdata.StreamingDataset with a tlkit transform (defined on first use: LitData is an optional install)."""
     litdata = _litdata()
 
     class TransformedStream(litdata.StreamingDataset):
@@ -283,7 +284,7 @@ class StreamDataModule(L.LightningDataModule):
             raise ValueError("StreamDataModule needs preprocessing: pass preprocessing=model.preprocessing, or fit "
                              "a model that has a `preprocessing` attribute (TransferModule does).")
         train_pre = getattr(module, "train_preprocessing", None) or self.preprocessing
-        dataset = _streaming_dataset_class()
+        dataset = streaming_dataset_class()
         eval_transform = build_eval_transform(self.preprocessing)
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
         for split in wanted:
