@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from tests.conftest import tiny_recipe_dict, write_colour_classes
@@ -78,7 +77,10 @@ def test_measurement_scores_both_feature_choices_on_held_out_images(tmp_path):
     assert set(measured) == {"last", "stages"}
     for m in measured.values():
         assert m["metric"] == "accuracy" and m["held_out_images"] == 6 and m["fit_images"] == 24
-        assert 0.0 <= m["score"] <= 1.0 and m["C"] > 0
+        # Colour classes are separable by these features: held-out images scored against their own labels are all
+        # right (scored against misaligned or shuffled labels they would not be; scoring the training rows instead is
+        # caught on indistinguishable classes below, whose held-out score stays under the saturation bar).
+        assert m["score"] == 1.0 and m["C"] > 0
         assert m["extracted"] == 30 and m["from_disk"] == 0
     assert measured["stages"]["width"] > measured["last"]["width"] == 96
     again = measure_probes(recipe, build_datamodule(recipe))  # the second time the cache serves every row

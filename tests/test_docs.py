@@ -67,16 +67,16 @@ def _cases():
 @pytest.fixture
 def tiny_world(tmp_path, monkeypatch):
     """A working folder with my_images/ and recipes/, and every backbone replaced by a tiny random one at 32 px."""
-    from tlkit.model import module
+    from tlkit.model import classifier
     from tlkit.model.settings import BackboneConfig
     from tlkit.run import build
 
-    real = module.create_backbone
+    real = classifier.create_backbone
 
     def tiny_backbone(name, weights, **kwargs):
         return real("test_resnet", "none", **kwargs)
 
-    monkeypatch.setattr(module, "create_backbone", tiny_backbone)
+    monkeypatch.setattr(classifier, "create_backbone", tiny_backbone)
     monkeypatch.setattr(build, "create_backbone", tiny_backbone)
     monkeypatch.setattr(BackboneConfig, "preprocessing_overrides", lambda self: {"input_size": 32})
     write_colour_classes(tmp_path / "my_images", per_class=12)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -200,7 +201,7 @@ def test_a_tiny_fit_learns_the_label_sets(fitted):
 def test_checkpoint_round_trip_keeps_multi_label_and_thresholds(fitted):
     from tlkit.infer.checkpoint import load_checkpoint, read_checkpoint
 
-    module, _, _, thresholds, ckpt, *_ = fitted
+    _, _, _, thresholds, ckpt, *_ = fitted
     raw = read_checkpoint(ckpt)
     assert raw["tlkit"]["multi_label"] is True and raw["tlkit"]["thresholds"] == pytest.approx(thresholds)
     loaded = load_checkpoint(ckpt)
@@ -213,7 +214,7 @@ def test_predict_lists_each_images_label_set(fitted, tmp_path):
     from tlkit.cli.commands import format_predictions_table
     from tlkit.run import predict_checkpoint
 
-    module, _, _, thresholds, ckpt, files, sets = fitted
+    _, _, _, thresholds, ckpt, files, sets = fitted
     summary = predict_checkpoint(ckpt, [str(f) for f in files], out=tmp_path / "p.csv", json_out=tmp_path / "p.json")
     rows = summary["rows"]
     right = sum(set(r["labels"]) == {CLASSES[k] for k in s} for r, s in zip(rows, sets))
@@ -226,19 +227,27 @@ def test_predict_lists_each_images_label_set(fitted, tmp_path):
     assert [row["labels"] for row in table] == [";".join(r["labels"]) for r in rows]
     data = json.loads((tmp_path / "p.json").read_text())
     assert data["thresholds"] == pytest.approx(dict(zip(CLASSES, thresholds)))
-    assert "(" in format_predictions_table(rows)
+    lines = format_predictions_table(rows).splitlines()
+    assert len(lines) == 1 + len(rows)
+    for line, r in zip(lines[1:], rows):  # each image: its path, then its labels with their probabilities
+        shown = re.findall(r"(\w+) \((\d\.\d{3})\)", line)
+        assert line.split()[0] == r["path"] and [label for label, _ in shown] == r["labels"], line
+        assert [float(p) for _, p in shown] == pytest.approx([r["probabilities"][c] for c in r["labels"]], abs=5e-4)
 
 
 def test_predictor_returns_label_sets(fitted):
     from tlkit.infer.predictor import Predictor
 
-    _, _, _, _, ckpt, files, _ = fitted
+    _, _, _, thresholds, ckpt, files, sets = fitted
     predictor = Predictor.from_checkpoint(ckpt)
-    assert predictor.multi_label
-    got = predictor.predict([str(f) for f in files[:4]])
-    for p in got:
-        assert p.labels == [c for c in p.labels if p.probabilities[CLASSES.index(c)] >= predictor.thresholds[CLASSES.index(c)]]
+    assert predictor.multi_label and predictor.thresholds == pytest.approx(thresholds)
+    got = predictor.predict([str(f) for f in files])
+    for p in got:  # exactly the classes at or over their thresholds, most probable first
+        over = [c for c, prob, t in zip(CLASSES, p.probabilities, thresholds) if prob >= t]
+        assert sorted(p.labels) == sorted(over) and p.probs == sorted(p.probs, reverse=True)
         assert p.label == (p.labels[0] if p.labels else None)
+    right = sum(set(p.labels) == {CLASSES[k] for k in s} for p, s in zip(got, sets))
+    assert right >= 9, [p.labels for p in got]  # the label sets of unseen images
 
 
 def test_evaluate_reports_map_and_f1(fitted, tmp_path):
@@ -331,7 +340,9 @@ def test_a_multi_label_run_monitors_map_and_stores_tuned_thresholds(csv_run):
     assert {"val_map", "val_f1_micro", "val_f1_macro", "best_val_map", "test_map", "test_f1_micro",
             "test_f1_macro"} <= set(metrics)
     assert "val_acc" not in metrics and "best_val_acc" not in metrics
-    assert metrics["best_val_map"] > 0.6 and metrics["test_map"] > 0.6, metrics
+    # An uninformed ranking scores about the label prevalence (0.45) per class; the squares are learnt well above it.
+    prevalence = float(np.mean([len(s) / len(CLASSES) for s in label_sets(80, 7)]))
+    assert metrics["best_val_map"] > prevalence + 0.35 and metrics["test_map"] > prevalence + 0.35, (prevalence, metrics)
     assert list(metrics["thresholds"]) == sorted(CLASSES)  # the table's classes, in their sorted order
     best = read_checkpoint(run_dir / "checkpoints" / "best.ckpt")
     assert best["tlkit"]["thresholds"] == pytest.approx(list(metrics["thresholds"].values()))
@@ -348,7 +359,7 @@ def test_evaluate_rereads_the_table_of_a_multi_label_run(csv_run, tmp_path):
     report = evaluate_checkpoint(run_dir / "checkpoints" / "best.ckpt", root, out=tmp_path)
     entry = report["policies"]["none"]
     assert report["multi_label"] and report["num_images"] == metrics["num_val"]
-    assert entry["map"] == pytest.approx(metrics["best_val_map"], abs=0.02)  # the same images, the same weights
+    assert entry["map"] == pytest.approx(metrics["best_val_map"], abs=1e-5)  # the same images, the same weights
 
 
 def test_check_expects_c_ln2_for_a_multi_label_recipe(csv_run):

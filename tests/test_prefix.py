@@ -3,6 +3,7 @@ the top groups + head trained on them, and a checkpoint that still predicts from
 
 from __future__ import annotations
 
+import csv
 import logging
 
 import lightning as L
@@ -123,28 +124,34 @@ def test_fit_trains_the_top_from_the_cache_and_the_checkpoint_predicts_from_imag
     from tlkit.run import fit
 
     root = write_colour_classes(tmp_path / "colours")
-    recipe = validate_recipe(tiny_recipe_dict(root, strategy={"kind": "finetune_top", "train_top": 2},
+    # test_resnet: its random features vary with colour (test_efficientnet's top, trained in 9 steps, validates at
+    # chance with BatchNorm statistics that few steps cannot settle, with or without the cache)
+    recipe = validate_recipe(tiny_recipe_dict(root, backbone={"name": "test_resnet"},
+                                              strategy={"kind": "finetune_top", "train_top": 2},
                                               cache={"dir": str(tmp_path / "cache"), "views": 2},
-                                              trainer={"epochs": 3}))
+                                              optim={"name": "adamw", "lr": 0.01}, trainer={"epochs": 3}))
     metrics = fit(recipe, run_dir=tmp_path / "run")
     cache = metrics["feature_cache"]
-    assert cache["used"] and cache["views"] == 2 and cache["prefix"]["trained_top"][0] == "blocks.3"
-    assert metrics["val_acc"] is not None
+    assert cache["used"] and cache["views"] == 2 and cache["prefix"]["trained_top"][0] == "layer3"
+    assert metrics["val_acc"] >= 0.9, metrics  # the top learnt the colours (chance: 1/3)
     best = load_checkpoint(metrics["best_checkpoint"])
     assert best.prefix_split is not None
     # Random init starts every BatchNorm at mean 0 / var 1: the trained top's moved, the frozen prefix's did not.
     state = best.state_dict()
-    assert not torch.equal(state["backbone.blocks.4.0.bn1.running_mean"], torch.zeros_like(
-        state["backbone.blocks.4.0.bn1.running_mean"]))
-    for name in ("backbone.bn1.running_mean", "backbone.blocks.2.0.bn1.running_mean"):
+    assert not torch.equal(state["backbone.layer3.0.bn1.running_mean"], torch.zeros_like(
+        state["backbone.layer3.0.bn1.running_mean"]))
+    for name in ("backbone.bn1.running_mean", "backbone.layer2.0.bn1.running_mean"):
         assert torch.equal(state[name], torch.zeros_like(state[name]))
 
-    # The saved model runs from images: its val accuracy from images matches the one fit logged from float16
-    # activations (to one of the 12 images, should rounding flip a near tie).
+    # The saved model runs from images: its val accuracy and loss from images match the ones fit logged from float16
+    # activations (the loss within float16 rounding; a top that learnt nothing would not reach the accuracy).
     images = ImageFolderDataModule(root, batch_size=8, num_workers=0, cache=False)
     results = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).validate(
         best, datamodule=images, verbose=False)
-    assert results[0]["val_acc"] == pytest.approx(metrics[f"best_{best.monitor}"], abs=1 / 12 + 1e-6)
+    logged = {r["epoch"]: r for r in csv.DictReader((tmp_path / "run" / "metrics.csv").open()) if r.get("val_loss")}
+    at_best = logged[str(torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)["epoch"])]
+    assert results[0]["val_acc"] == pytest.approx(metrics["best_val_acc"], abs=1e-6) and results[0]["val_acc"] >= 0.9
+    assert results[0]["val_loss"] == pytest.approx(float(at_best["val_loss"]), rel=1e-2, abs=1e-3)
     from tlkit.cli.main import main
 
     assert main(["evaluate", "--checkpoint", metrics["best_checkpoint"], "--data", str(root),

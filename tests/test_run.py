@@ -59,7 +59,7 @@ def test_linear_probe_learns_colour_classes(tiny_run):
 
 
 def test_checkpoint_is_self_describing_and_loads_with_weights_only(tiny_run):
-    recipe, _, run_dir = tiny_run
+    _, _, run_dir = tiny_run
     raw = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     meta = raw["tlkit"]
     assert meta["classes"] == ["blue", "green", "red"]
@@ -179,7 +179,7 @@ def test_a_run_whose_data_disappears_stops_instead_of_reporting_success(tmp_path
 
 def test_mid_run_skips_under_the_threshold_are_counted_in_metrics(tmp_path):
     root = write_colour_classes(tmp_path / "colours", per_class=6)
-    broken = sorted((root / "train").rglob("*.png"))[0]
+    broken = min((root / "train").rglob("*.png"))
     recipe = validate_recipe(tiny_recipe_dict(root, trainer={"epochs": 2}, cache={"features": False},
                                               data={"on_bad_image": "skip", "max_bad_fraction": 0.5}))
 
@@ -253,18 +253,57 @@ def test_wandb_offline_run_is_written_under_the_run_dir(tmp_path, monkeypatch):
     assert len(runs) == 1 and runs[0].stat().st_size > 0
 
 
+class SeenBatches(L.Callback):
+    """How many images each validation and test batch of a fit held, and in which trainer call."""
+
+    def __init__(self):
+        self.val: list[tuple[str, int]] = []
+        self.test: list[tuple[str, int]] = []
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.val.append((trainer.state.fn, len(batch[1])))
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.test.append((trainer.state.fn, len(batch[1])))
+
+
 def test_a_test_folder_is_evaluated_once_at_the_end_and_never_chooses_checkpoints(tmp_path):
+    import csv
+
+    import numpy as np
+
+    from tlkit.infer.predictor import Predictor
+
     root = write_colour_classes(tmp_path / "colours", per_class=6)
     for image in sorted((root / "val").rglob("*.png"))[::2]:  # half of val becomes the test split
         target = root / "test" / image.parent.name / image.name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(image, target)
     recipe = validate_recipe(tiny_recipe_dict(root, backbone={"name": "test_resnet"},
-                                              optim={"name": "adamw", "lr": 0.3}, trainer={"epochs": 2}))
-    metrics = fit(recipe, run_dir=tmp_path / "run")
+                                              optim={"name": "adamw", "lr": 0.3}, trainer={"epochs": 3}))
+    seen = SeenBatches()
+    metrics = fit(recipe, run_dir=tmp_path / "run", callbacks=[seen])
     assert metrics["num_test"] == 3 and metrics["num_val"] == 3
-    assert metrics["test_acc"] is not None and 0 <= metrics["test_acc"] <= 1
-    assert metrics["val_acc"] is not None  # val metrics are not replaced by the test pass
+    # Validation (which chooses best.ckpt) only ever sees the 3 val images; the 3 test images once, after training.
+    assert seen.val == [("fit", 3)] * 3 and seen.test == [("test", 3)]
+    # best.ckpt is the first epoch of the highest val accuracy
+    rows = [r for r in csv.DictReader((tmp_path / "run" / "metrics.csv").open()) if r.get("val_acc")]
+    val_acc = [float(r["val_acc"]) for r in rows]
+    best = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert best["epoch"] == int(np.argmax(val_acc)) and metrics["best_val_acc"] == pytest.approx(max(val_acc))
+    # The test figures are best.ckpt's on the test images (not the final weights'): its loss tells them apart.
+    files = sorted((root / "test").rglob("*.png"))
+
+    def loss_and_accuracy(checkpoint):
+        predictor = Predictor.from_checkpoint(checkpoint, tta="none")
+        probs = predictor.probabilities(files)
+        truth = np.array([predictor.classes.index(f.parent.name) for f in files])
+        return float(-np.log(probs[np.arange(len(files)), truth]).mean()), float((probs.argmax(1) == truth).mean())
+
+    test_loss, test_acc = loss_and_accuracy(metrics["best_checkpoint"])
+    assert metrics["test_loss"] == pytest.approx(test_loss, abs=1e-5) and metrics["test_acc"] == pytest.approx(test_acc)
+    assert abs(loss_and_accuracy(metrics["last_checkpoint"])[0] - test_loss) > 1e-3  # the final weights differ
+    assert metrics["val_acc"] == pytest.approx(val_acc[-1])  # val metrics are not replaced by the test pass
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["test_acc"] == metrics["test_acc"]
     csv_text = (tmp_path / "run" / "metrics.csv").read_text()

@@ -6,6 +6,7 @@ Each case expects the documented safe behaviour: a skipped file with its reason 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
-from conftest import tiny_recipe_dict, write_colour_classes
+from conftest import tiny_recipe_dict, write_colour_classes, write_image
 from PIL import Image
 from test_reliability import assert_one_error_line, cli, untouched
 
@@ -32,7 +34,8 @@ def _checkpoint(trained_run) -> Path:
 
 
 def _strip(path: Path, width: int, height: int) -> Path:
-    """A tiny PNG with an extreme aspect ratio (1 x 60000 px is 2.9 KB): under the pixel limit, a resize bomb."""
+    """A tiny PNG with an extreme aspect ratio (1 x 60000 px flat grey: 199 bytes): under the pixel limit, a resize
+    bomb."""
     Image.new("L", (width, height), 128).save(path)
     return path
 
@@ -310,3 +313,278 @@ def test_data_csv_outside_the_data_root_is_refused_unread(tmp_path, capsys, monk
             code, err = cli(["train", "--recipe", recipe], capsys)
         assert_one_error_line(code, err, "is outside data.root", "put the label table inside", expected=1)
         assert "root:x" not in err
+
+
+def _table(tmp_path: Path, header: str, rows: list[str], n_images: int = 8) -> Path:
+    """root/0..n.png and labels.csv with `header` and `rows` (text lines; {i} is the image number)."""
+    root = tmp_path / "t"
+    for i in range(n_images):
+        write_image(root / f"{i}.png", seed=i)
+    (root / "labels.csv").write_text(header + "\n" + "".join(r + "\n" for r in rows))
+    return root
+
+
+KAGGLE_HEADERS = {
+    "image_name,tags": (("Is 'image_name' the image path and 'tags' the label? Set data.columns: {path: "
+                         "image_name, label: tags}"), {"path": "image_name", "label": "tags"}),
+    "id,label": ("Is 'id' the image path? Set data.columns: {path: id} (or rename the header)", {"path": "id"}),
+}
+
+
+@pytest.mark.parametrize("header", KAGGLE_HEADERS)
+def test_kaggle_style_header_gets_the_mapping_and_the_mapping_works(tmp_path, header):
+    from tlkit.data.table import scan_table
+
+    needle, mapping = KAGGLE_HEADERS[header]
+    root = _table(tmp_path, header, [f"{i}.png,{'ab'[i % 2]}" for i in range(8)])
+    with pytest.raises(DataError, match="no 'path' column") as refused:
+        scan_table(root)
+    assert needle in str(refused.value)
+    assert scan_table(root, columns=mapping).classes == ["a", "b"]
+
+
+def test_path_tags_header_reads_tags_as_the_label_column_and_says_so(tmp_path, caplog):
+    from tlkit.data.table import scan_table
+
+    root = _table(tmp_path, "path,tags", [f"{i}.png,{'ab'[i % 2]}" for i in range(8)])
+    with caplog.at_level("WARNING", logger="tlkit.data.table"):
+        scan = scan_table(root)
+    assert scan.classes == ["a", "b"] and not scan.multi_label  # not one 0/1 class column named 'tags'
+    assert "took column 'tags' as the label column" in caplog.text
+
+
+def test_a_separator_in_a_few_labels_says_the_table_became_multi_label(tmp_path, caplog):
+    from tlkit.data.doctor import diagnose_table
+    from tlkit.data.table import scan_table
+
+    rows = [f"{i}.png,{'ab'[i % 2]}" for i in range(7)] + ["7.png,a;b"]
+    root = _table(tmp_path, "path,label", rows)
+    with caplog.at_level("WARNING", logger="tlkit.data.table"):
+        assert scan_table(root).multi_label
+    assert "read as multi-label because 1 row(s) hold several labels (labels.csv line 9: 'a;b')" in caplog.text
+    assert diagnose_table(root / "labels.csv")["cases"]["multi_label_guessed"]["count"] == 1
+
+
+def test_classes_differing_in_case_are_named_by_scan_and_doctor(tmp_path, caplog):
+    from tlkit.data.doctor import diagnose, diagnose_table
+    from tlkit.data.scan import scan_folder
+    from tlkit.data.table import scan_table
+
+    root = _table(tmp_path, "path,label", [f"{i}.png,{['bees', 'Bees', 'ants'][i % 3]}" for i in range(8)])
+    with caplog.at_level("WARNING"):
+        scan_table(root)
+    assert "class names differ only in case (Bees == bees)" in caplog.text
+    assert diagnose_table(root / "labels.csv")["cases"]["classes_differing_in_case"]["items"] == ["Bees == bees"]
+    folders = tmp_path / "folders"
+    for i, name in enumerate(["Bees", "bees", "Bees", "bees", "ants", "ants"]):
+        write_image(folders / name / f"{i}.png", seed=i)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        scan_folder(folders)
+    assert "class folders Bees == bees differ only in case" in caplog.text
+    assert diagnose(folders)["cases"]["classes_differing_in_case"]["items"] == ["Bees == bees"]
+
+
+def test_a_class_on_one_row_is_named_with_its_line(tmp_path):
+    from tlkit.data.table import scan_table
+
+    root = _table(tmp_path, "path,label", [f"{i}.png,{'ab'[i % 2]}" for i in range(7)] + ["7.png,wasp"])
+    with pytest.raises(DataError, match=r"1 class\(es\) in .*labels.csv have a single training image: 'wasp' "
+                                        r"\(labels.csv line 9\)"):
+        scan_table(root)
+
+
+@pytest.mark.parametrize("label", ["=HYPERLINK(\"http://x\")", "+1+1", "-cmd", "@SUM(A1)"])
+def test_formula_labels_are_neutralised_in_csv_outputs(label):
+    import io
+
+    from tlkit.io import csv_safe, write_csv_rows
+
+    f = io.StringIO()
+    write_csv_rows(f, [["path", "label_1", "prob_1"], ["x.png", label, "0.5"], ["y.png", "-0.25", "0.5"]])
+    lines = f.getvalue().splitlines()
+    assert lines[1].split(",", 1)[1].lstrip('"').startswith("'") and csv_safe(label) == "'" + label
+    assert lines[2] == "y.png,-0.25,0.5"  # numbers stay numbers
+
+
+def test_formula_class_names_are_neutralised_in_predictions_and_per_class_csv(tmp_path):
+    from tlkit.infer.evaluate import _write_csv
+    from tlkit.infer.predict import write_predictions_csv
+
+    rows = [{"path": "x.png", "labels": ["=cmd|' /C calc'!A0", "@bees"], "probs": [0.75, 0.25]}]
+    out = write_predictions_csv(rows, tmp_path / "predictions.csv", 2)
+    assert out.read_text().splitlines()[1] == "x.png,'=cmd|' /C calc'!A0,0.750000,'@bees,0.250000"
+    _write_csv(tmp_path / "per_class.csv", ["class", "recall"], [["+ants", 0.5], ["-1", -0.5]])
+    assert (tmp_path / "per_class.csv").read_text().splitlines()[1:] == ["'+ants,0.5", "-1,-0.5"]
+
+
+def test_tlkit_predict_writes_rows_as_pieces_finish_and_logs_progress(trained_run, tmp_path, monkeypatch, caplog):
+    from tlkit.infer import predict as predict_module
+    from tlkit.run import checkpoints
+
+    monkeypatch.setattr(checkpoints, "PREDICT_CHUNK", 2)
+    files = _good_images(trained_run, 5)
+    out = tmp_path / "predictions.csv"
+    seen: list[int] = []
+    real_write = predict_module.PredictionsCsv.write
+
+    def spy(self, rows):  # what is on disk after each piece (in the file that replaces `out` at the end)
+        real_write(self, rows)
+        (written,) = tmp_path.glob(".predictions.*")
+        seen.append(len(written.read_text().splitlines()) - 1)
+
+    monkeypatch.setattr(predict_module.PredictionsCsv, "write", spy)
+    with caplog.at_level("INFO", logger="tlkit.run.checkpoints"):
+        summary = checkpoints.predict_checkpoint(_checkpoint(trained_run), files, out=out, tta="none")
+    assert seen == [2, 4, 5] and summary["predicted"] == 5 and len(out.read_text().splitlines()) == 6
+    assert "predicted 4 of 5 images (0 skipped)" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 7. Feature-cache data is checked, not trusted: damaged rows recomputed, never blamed on images; unwritable cache
+
+
+def _cache_files(tmp_path: Path, n: int = 6) -> list[str]:
+    return [str(write_image(tmp_path / "img" / f"{i}.png", seed=i)) for i in range(n)]
+
+
+class _Compute:
+    """Deterministic 'features' (row i of path p: a value from p's name) that count what was computed."""
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def __call__(self, paths: list[str]) -> torch.Tensor:
+        self.calls.append(list(paths))
+        return torch.stack([torch.linspace(0, 1, 16) * (1 + int(Path(p).stem)) for p in paths])
+
+
+def _entry_file(cache_dir: Path) -> Path:
+    (path,) = cache_dir.rglob("features.safetensors")
+    return path
+
+
+def _damage(path: Path, how: str) -> None:
+    """Change bytes of the stored tensor (the end of a safetensors file is its data), keeping the file readable."""
+    data = bytearray(path.read_bytes())
+    if how == "bit_flip":
+        data[-70] ^= 0x10
+    elif how == "zeroed":
+        data[-200:-72] = bytes(128)
+    else:  # NaN: a float32 quiet NaN over one value of row 2
+        data[-4 * 16 * 4 + 8: -4 * 16 * 4 + 12] = b"\x00\x00\xc0\x7f"
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["bit_flip", "zeroed", "nan"])
+def test_damaged_feature_rows_are_recomputed_with_one_warning(tmp_path, caplog, how):
+    from tlkit.data.cache import FeatureCache
+
+    files, compute = _cache_files(tmp_path), _Compute()
+    fresh = FeatureCache(tmp_path / "cache").features({"k": 1}, files, compute)
+    _damage(_entry_file(tmp_path / "cache"), how)
+    with caplog.at_level("WARNING", logger="tlkit.data.cache"):
+        served = FeatureCache(tmp_path / "cache").features({"k": 1}, files, compute)
+    assert torch.equal(served, fresh)  # never the damaged bytes
+    assert 1 <= len(compute.calls[1]) < len(files)  # only the damaged rows were recomputed
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "fail their checksum (damaged on disk); recomputing them" in warnings[0]
+    assert "repair or remove" not in caplog.text
+    again = FeatureCache(tmp_path / "cache").features({"k": 1}, files, compute)  # the entry was rewritten whole
+    assert torch.equal(again, fresh) and len(compute.calls) == 2
+
+
+def test_feature_entry_without_checksums_is_recomputed_not_trusted(tmp_path, caplog):
+    from safetensors.torch import save_file
+
+    from tlkit.data.cache import FeatureCache, file_identity
+
+    files, compute = _cache_files(tmp_path, 2), _Compute()
+    FeatureCache(tmp_path / "cache").features({"k": 1}, files, compute)
+    entry = _entry_file(tmp_path / "cache")
+    save_file({"features": torch.zeros(2, 16)}, str(entry),  # an older tlkit's entry, or forged metadata
+              metadata={"identities": json.dumps([file_identity(f) for f in files])})
+    with caplog.at_level("WARNING", logger="tlkit.data.cache"):
+        served = FeatureCache(tmp_path / "cache").features({"k": 1}, files, compute)
+    assert served.abs().sum() > 0 and "no valid row checksums" in caplog.text
+
+
+@pytest.mark.parametrize(("errno_code", "strerror"), [(errno.ENOSPC, "No space left on device"),
+                                                      (errno.EROFS, "Read-only file system")])
+def test_unwritable_feature_cache_is_one_warning_and_work_goes_on(tmp_path, caplog, monkeypatch, errno_code,
+                                                                  strerror):
+    from tlkit.data import cache as cache_module
+
+    def refuse(path, save):
+        raise OSError(errno_code, strerror, str(path))
+
+    monkeypatch.setattr(cache_module, "atomic_save", refuse)
+    files, compute = _cache_files(tmp_path), _Compute()
+    store = cache_module.FeatureCache(tmp_path / "cache")
+    with caplog.at_level("WARNING", logger="tlkit.data.cache"):
+        first = store.features({"k": 1}, files, compute)
+        store.features({"k": 2}, files, compute)  # saving is off now: no second attempt, no second warning
+    assert torch.equal(first, _Compute()(files))
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert f"({strerror}); going on without saving them" in warning and "set cache.disk: false" in warning
+
+
+def test_training_on_a_full_cache_disk_finishes_with_one_warning(tmp_path, capsys, monkeypatch, caplog):
+    from tlkit.data import cache as cache_module
+
+    def full(path, save):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(cache_module, "atomic_save", full)
+    root = write_colour_classes(tmp_path / "data", per_class=6)
+    recipe = tmp_path / "probe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe_dict(root, backbone={"name": "test_resnet"}, trainer={"epochs": 1},
+                                                      cache={"dir": str(tmp_path / "cache")})))
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING", logger="tlkit.data.cache"):
+        code, err = cli(["train", "--recipe", recipe], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    assert len([r for r in caplog.records if "cannot save features" in r.getMessage()]) == 1
+
+
+def test_backbone_nan_features_are_not_blamed_on_the_images(tmp_path):
+    from tlkit.data.augment import build_eval_transform
+    from tlkit.data.cache import extract
+    from tlkit.data.preprocessing import Preprocessing
+
+    class Broken(torch.nn.Module):  # weights gone NaN: every decoded image gives NaN features
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.tensor(float("nan")))
+
+        def forward(self, x):
+            return x.mean(dim=(2, 3)) * self.weight
+
+    pre = Preprocessing(input_size=16, crop_pct=1.0, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
+    with pytest.raises(DataError, match="NaN/inf features for images that decoded; its weights .* not the images"):
+        extract(Broken(), _cache_files(tmp_path, 2), build_eval_transform(pre), seeds=None, batch_size=2,
+                num_workers=0, desc="features", channels_last=False, on_bad="skip", progress=False)
+
+
+def test_tlkit_predict_stopped_midway_keeps_its_rows_and_the_old_file(trained_run, tmp_path, monkeypatch):
+    from tlkit.infer import predict as predict_module
+    from tlkit.run import checkpoints
+
+    monkeypatch.setattr(checkpoints, "PREDICT_CHUNK", 2)
+    out = tmp_path / "predictions.csv"
+    out.write_text("the user's previous predictions\n")
+    real_write = predict_module.PredictionsCsv.write
+    pieces = []
+
+    def stop_after_two_pieces(self, rows):
+        real_write(self, rows)
+        pieces.append(len(rows))
+        if len(pieces) == 2:
+            raise KeyboardInterrupt  # what Ctrl-C and SIGTERM raise
+
+    monkeypatch.setattr(predict_module.PredictionsCsv, "write", stop_after_two_pieces)
+    with untouched(out), pytest.raises(KeyboardInterrupt):
+        checkpoints.predict_checkpoint(_checkpoint(trained_run), _good_images(trained_run, 5), out=out, tta="none",
+                                       overwrite=True)
+    assert len((tmp_path / "predictions.csv.partial").read_text().splitlines()) == 1 + 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv", "predictions.csv.partial"]

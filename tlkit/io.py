@@ -8,9 +8,10 @@ redirect the write.
 
 from __future__ import annotations
 
+import csv
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -76,6 +77,29 @@ def atomic_save(path: str | Path, save: Callable[[str], object]) -> Path:
     with atomic_path(path) as tmp:
         save(str(tmp))
     return Path(path)
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection: a class named
+# '=HYPERLINK(...)' would run when predictions.csv is opened). Such text cells get a leading apostrophe.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """`value` for a CSV cell: text a spreadsheet would run as a formula gets a leading ' (numbers, negative ones
+    included, are left as they are)."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_START):
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return "'" + value
+    return value
+
+
+def write_csv_rows(f: IO[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Write rows to an open text file as CSV, every cell through csv_safe: the one CSV writer of tlkit's outputs
+    (predictions, per-class metrics, evaluation tables)."""
+    csv.writer(f, lineterminator="\n").writerows([csv_safe(cell) for cell in row] for row in rows)
 
 
 def save_figure(fig: Any, path: str | Path, *, dpi: int = 110) -> Path:

@@ -16,9 +16,12 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
+from tlkit.config import settings_from  # noqa: E402
 from tlkit.data.preprocessing import (  # noqa: E402,F401  (eval_resize_size: re-exported)
     Preprocessing,
+    as_rgb,
     eval_crop,
     eval_preprocess,
     eval_resize_size,
@@ -67,7 +70,8 @@ class _AlbumentationsToTensor:
         self.pipeline.set_random_seed(seed % 2**32)
         self._seeded_for = (os.getpid(), torch.initial_seed())
 
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
+    def __call__(self, image: np.ndarray | Image.Image) -> torch.Tensor:
+        image = as_rgb(image)  # a PIL image (torchvision's ImageFolder) or any uint8 array, as the eval transform
         key = (os.getpid(), torch.initial_seed())
         if key != self._seeded_for:
             self.pipeline.set_random_seed(torch.initial_seed() % 2**32)
@@ -81,13 +85,15 @@ class _AlbumentationsToTensor:
 
 
 class EvalTransform:
-    """Callable: RGB uint8 HWC numpy -> float32 CHW tensor through preprocessing.eval_preprocess. Deterministic."""
+    """Callable: a PIL image (any mode, EXIF orientation applied) or a uint8 array (HxW grey, HxWx1/3/4 RGB(A)) ->
+    float32 CHW tensor through preprocessing.eval_preprocess. Deterministic. Fits torchvision datasets, which hand
+    transforms PIL images, as well as tlkit's own decoded arrays."""
 
     def __init__(self, pre: Preprocessing):
         self.pre = pre
 
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(eval_preprocess(image, self.pre))
+    def __call__(self, image: np.ndarray | Image.Image) -> torch.Tensor:
+        return torch.from_numpy(eval_preprocess(as_rgb(image), self.pre))
 
     def __repr__(self) -> str:
         return f"EvalTransform({self.pre})"
@@ -125,9 +131,12 @@ def _crop_steps(pre: Preprocessing, aug: TrainAugment) -> list[A.BasicTransform]
     ]
 
 
-def build_train_transform(pre: Preprocessing, aug: TrainAugment | None = None) -> _AlbumentationsToTensor:
-    """Geometry (crop, flips, rotation, lens) -> colour (jitter, grey, blur) -> Cutout -> normalise."""
-    aug = aug or TrainAugment()
+def build_train_transform(pre: Preprocessing, aug: TrainAugment | dict | str | None = None
+                          ) -> _AlbumentationsToTensor:
+    """Geometry (crop, flips, rotation, lens) -> colour (jitter, grey, blur) -> Cutout -> normalise. `aug`: a
+    TrainAugment, its dict or a preset name (none, light, medium, heavy); None = the recipe's default. The transform
+    takes PIL images and uint8 arrays, as build_eval_transform's."""
+    aug = settings_from(TrainAugment, aug, shorthand="preset")
     steps = [] if aug.crop == "center" else _crop_steps(pre, aug)  # center: the eval patch, made before the pipeline
     if aug.hflip > 0:
         steps.append(A.HorizontalFlip(p=aug.hflip))

@@ -3,7 +3,10 @@
 With a frozen backbone every epoch would recompute the same features; the physical limit of a linear probe is one
 backbone forward per image. Entries are keyed by backbone + weights fingerprint + preprocessing + transform + view;
 inside an entry each row is keyed by the file's identity (path, size, mtime), so a changed file is recomputed and a
-stale row is never used. Only the cache looks at where a file is: the augmentation of a view is seeded by the file's
+stale row is never used. Each row carries a CRC-32 of its bytes, checked on every read: a row damaged on disk (bit
+flips, zeroed blocks) is recomputed with one warning, never trained on and never blamed on its image. A cache that
+cannot be written (a full disk, a read-only folder) is one warning; the run goes on without it. Only the cache looks
+at where a file is: the augmentation of a view is seeded by the file's
 path relative to the data root, so a moved folder recomputes its rows and gets the same features.
 """
 
@@ -13,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,8 +134,11 @@ def extract(backbone: torch.nn.Module, paths: Sequence[str], transform: Callable
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             computed = backbone(images)
+            if not computed.isfinite().all():  # NaN rows mark undecodable files only: never blame decoded ones
+                raise DataError(f"{desc}: the backbone gave NaN/inf features for images that decoded; its weights "
+                                "or the input preprocessing are broken, not the images: check backbone.weights.")
             out = computed.to(device="cpu", dtype=dtype, memory_format=torch.contiguous_format)
-            if not out.isfinite().all() and computed.isfinite().all():  # NaN marks undecodable files only
+            if not out.isfinite().all():
                 raise DataError(f"{desc}: outputs exceed the range of {dtype} (max |value| "
                                 f"{float(computed.abs().max()):g}); cut the backbone elsewhere or use kind finetune.")
             row_shape = tuple(out.shape[1:])
@@ -152,12 +159,20 @@ class CacheStats:
     misses: int = 0
 
 
+def row_checksums(features: torch.Tensor) -> list[int]:
+    """CRC-32 of each row's bytes (any dtype): what a read checks before trusting a row."""
+    flat = features.detach().cpu().contiguous().reshape(len(features), -1).view(torch.uint8).numpy()
+    return [zlib.crc32(row) for row in flat]
+
+
 class FeatureCache:
-    """Rows of features per cache key, stored as safetensors + a JSON list of file identities. directory=None: off."""
+    """Rows of features per cache key, stored as safetensors + JSON lists of file identities and row CRC-32s.
+    directory=None: off. A write that fails (full disk, read-only folder) warns once and turns saving off."""
 
     def __init__(self, directory: str | Path | None):
         self.directory = Path(directory) if directory is not None else None
         self.stats = CacheStats()
+        self.saving = directory is not None
 
     def _entry(self, key: dict) -> Path | None:
         if self.directory is None:
@@ -166,41 +181,60 @@ class FeatureCache:
         return self.directory / digest
 
     def _read(self, entry: Path | None) -> dict[str, torch.Tensor]:
+        """The entry's rows whose bytes match their checksum; damaged rows are left out (recomputed)."""
         path = entry / "features.safetensors" if entry is not None else None
         if path is None or not path.is_file():
             return {}
         try:
             with safe_open(str(path), framework="pt") as f:
-                identities = json.loads(f.metadata()["identities"])
+                meta = f.metadata()
+                identities = json.loads(meta["identities"])
+                checksums = json.loads(meta.get("crc32", "null"))
                 features = f.get_tensor("features")
         except Exception as exc:  # noqa: BLE001 - a damaged entry of any kind is recomputed, never trusted
-            log.warning("ignoring unreadable feature cache entry %s (%s)", entry, exc)
+            log.warning("feature cache entry %s is unreadable (%s); recomputing it", entry, str(exc)[:120])
             return {}
-        if len(identities) != len(features):
+        if not isinstance(checksums, list) or not len(identities) == len(checksums) == len(features):
+            log.warning("feature cache entry %s has no valid row checksums (damaged, or written by an older tlkit); "
+                        "recomputing it", entry)
             return {}
-        return dict(zip(identities, features))
+        good = [crc == stored for crc, stored in zip(row_checksums(features), checksums)]
+        if not all(good):
+            log.warning("feature cache entry %s: %d of %d rows fail their checksum (damaged on disk); recomputing "
+                        "them", entry, good.count(False), len(good))
+        return {ident: row for ident, row, ok in zip(identities, features, good) if ok}
 
     def _write(self, entry: Path, key: dict, rows: dict[str, torch.Tensor]) -> None:
-        """One file holds the features and their row identities, so one atomic rename commits both."""
+        """One file holds the features, their row identities and checksums, so one atomic rename commits all."""
         identities = list(rows)
-        atomic_save(entry / "features.safetensors", lambda name: save_file(
-            {"features": torch.stack([rows[i] for i in identities]).contiguous()}, name,
-            metadata={"identities": json.dumps(identities), "key": json.dumps(key, sort_keys=True)}))
+        features = torch.stack([rows[i] for i in identities]).contiguous()
+        try:
+            atomic_save(entry / "features.safetensors", lambda name: save_file(
+                {"features": features}, name,
+                metadata={"identities": json.dumps(identities), "crc32": json.dumps(row_checksums(features)),
+                          "key": json.dumps(key, sort_keys=True)}))
+        except OSError as exc:
+            self.saving = False
+            log.warning("cannot save features in the cache %s (%s); going on without saving them. Free space "
+                        "there, point cache.dir elsewhere, or set cache.disk: false.", self.directory,
+                        exc.strerror or exc)
 
     def features(self, key: dict, paths: Sequence[str], compute: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
-        """Features for `paths` in order: cached rows whose file identity still matches, `compute` for the rest."""
+        """Features for `paths` in order: cached rows whose file identity still matches and whose bytes pass their
+        checksum, `compute` for the rest. Rows of files that failed to decode (NaN) are returned, never stored."""
         entry = self._entry(key)
         rows = self._read(entry)
         identities = [file_identity(p) for p in paths]
         missing = [p for p, ident in zip(paths, identities) if ident not in rows]
         self.stats.hits += len(paths) - len(missing)
         self.stats.misses += len(missing)
+        undecodable: dict[str, torch.Tensor] = {}
         if missing:
             for ident, row in zip((file_identity(p) for p in missing), compute(missing)):
-                rows[ident] = row
-            if entry is not None:
+                (rows if row.isfinite().all() else undecodable)[ident] = row
+            if entry is not None and self.saving:
                 self._write(entry, key, rows)
-        return torch.stack([rows[i] for i in identities])
+        return torch.stack([rows[i] if i in rows else undecodable[i] for i in identities])
 
 
 def targets(labels: Sequence, num_classes: int | None = None) -> torch.Tensor:

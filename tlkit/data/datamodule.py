@@ -6,6 +6,7 @@ Scanning and splitting live in tlkit.data.scan (re-exported here); cached featur
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from collections import Counter
@@ -22,9 +23,10 @@ from typing_extensions import override
 from tlkit.config import settings_from
 from tlkit.data.augment import TrainAugment, build_eval_transform, build_train_transform
 from tlkit.data.cache import CachedFeatures, extraction_device
-from tlkit.data.features import Extraction, FeatureSplits, PhasedDataset, cached_network, extract_splits
+from tlkit.data.features import Extraction, FeatureSplits, PhasedDataset, extract_splits
 from tlkit.data.images import BadSample, decode
 from tlkit.data.preprocessing import Preprocessing
+from tlkit.data.protocol import CachePlan, ServedModel, served_model
 from tlkit.data.scan import (  # noqa: F401  (re-exported: the names' historical home)
     VAL_SPLIT_NAMES,
     FolderScan,
@@ -46,8 +48,6 @@ from tlkit.seeding import (
 log = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("skip", "error")
-MIXING_NEEDS_IMAGES = ("feature cache: Mixup/CutMix mix images, not features (nor a frozen prefix's activations), so "
-                       "this run trains on images (uncached); set mixing alphas to 0 to use the cache.")
 
 
 class ImageDataset(Dataset):
@@ -240,6 +240,41 @@ def _unlimited(epochs: int | None) -> int:
     return sys.maxsize if epochs is None or epochs < 0 else int(epochs)
 
 
+def _batch_limits(trainer: L.Trainer, stage: str) -> tuple[int | None, int | None]:
+    """(train, val) batches of a run that uses only a few (fast_dev_run sets both to its count; an int
+    limit_train_batches / limit_val_batches); None = all. Fractions keep every image: Lightning applies them to the
+    loader's length, so a loader shortened here would be cut again."""
+    if stage not in ("fit", "validate"):
+        return None, None
+
+    def count(limit: float) -> int | None:
+        return int(limit) if isinstance(limit, int) and not isinstance(limit, bool) else None
+
+    return count(trainer.limit_train_batches), count(trainer.limit_val_batches)
+
+
+def _limited(scan: FolderScan, limits: tuple[int | None, int | None], *, batch_sizes: tuple[int, int], seed: int
+             ) -> FolderScan:
+    """`scan` with only the images that `limits` batches read: a seeded draw of train (all classes in play), the
+    first val images (the order validation reads them in)."""
+    train_batches, val_batches = limits
+    train, val = scan.train, scan.val
+    if train_batches is not None and train_batches * batch_sizes[0] < len(train):
+        keep = np.random.default_rng(seed).permutation(len(train))[: train_batches * batch_sizes[0]]
+        train = [train[i] for i in sorted(keep)]
+    if val_batches is not None:
+        val = val[: val_batches * batch_sizes[1]]
+    if train is scan.train and val is scan.val:
+        return scan
+    log.info("using %d train and %d val images of %d and %d: the run reads only %s train and %s val batches",
+             len(train), len(val), len(scan.train), len(scan.val), train_batches or "all", val_batches or "all")
+    return dataclasses.replace(scan, train=train, val=val)
+
+
+def _describe(pre: Preprocessing) -> str:
+    return f"{pre.input_size} px, crop_pct {pre.crop_pct}, {pre.interpolation}, mean {pre.mean}, std {pre.std}"
+
+
 _DATA_DEFAULTS = DataConfig.model_fields
 
 
@@ -260,7 +295,8 @@ class ImageFolderDataModule(PathBatches):
     and kept on disk (cache.disk); the other epochs, and Mixup/CutMix runs (they mix images), read images.
     `dm.cache_info` says what happened.
 
-    Args mirror DataConfig (validated by it, same defaults), plus:
+    Args mirror DataConfig (validated by it, same defaults); `root` may also be a DataConfig or its dict (the
+    recipe's data section), which then gives those arguments. Besides:
         preprocessing: eval geometry and normalisation; None = the fitted module's `preprocessing`.
         augment: training augmentation (TrainAugment, its dict or a preset name); default the recipe's.
         cache: CacheConfig, its dict, or False for images every epoch; default the recipe's (on, 1 view, on disk).
@@ -273,7 +309,7 @@ class ImageFolderDataModule(PathBatches):
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | DataConfig | Mapping,
         *,
         preprocessing: Preprocessing | None = None,
         augment: TrainAugment | Mapping | str | None = None,
@@ -299,13 +335,21 @@ class ImageFolderDataModule(PathBatches):
         relabel: str | None = None,
     ):
         super().__init__()
-        self.config = settings_from(DataConfig, {
-            "root": str(root), "batch_size": batch_size, "eval_batch_size": eval_batch_size,
-            "num_workers": num_workers, "val_fraction": val_fraction, "test_fraction": test_fraction,
-            "on_bad_image": on_bad_image, "balance": balance, "source": source,
-            "csv": csv, "multi_label": multi_label,
-            "label_delimiter": label_delimiter, "columns": dict(columns or {}), "exclude": exclude,
-            "relabel": relabel})
+        data = {"batch_size": batch_size, "eval_batch_size": eval_batch_size, "num_workers": num_workers,
+                "val_fraction": val_fraction, "test_fraction": test_fraction, "on_bad_image": on_bad_image,
+                "balance": balance, "source": source, "csv": csv, "multi_label": multi_label,
+                "label_delimiter": label_delimiter, "columns": dict(columns) if columns else None,
+                "exclude": exclude, "relabel": relabel}
+        if isinstance(root, (DataConfig, Mapping)):  # the recipe's data section, as TransferModule takes its sections
+            section = settings_from(DataConfig, root)
+            both = [k for k, v in data.items() if v != _DATA_DEFAULTS[k].get_default(call_default_factory=True)]
+            if both:
+                raise DataError(f"{', '.join(both)} given both in the data settings and as argument(s); give them "
+                                "in one place.")
+            data, root = {k: getattr(section, k) for k in data}, section.root
+        self.config = settings_from(DataConfig, {"root": str(root), **data})
+        (batch_size, eval_batch_size, num_workers, val_fraction, test_fraction, on_bad_image, balance, source, csv,
+         multi_label, label_delimiter, columns, exclude, relabel) = data.values()
         if first_epoch < 0:
             raise ValueError(f"first_epoch must be >= 0; got {first_epoch}.")
         self.root = Path(root)
@@ -328,6 +372,7 @@ class ImageFolderDataModule(PathBatches):
             seed=seed)
         self.sample_weights = (balanced_sample_weights([y for _, y in self.scan.train], self.num_classes)
                                if balance == "sampler" else None)
+        self._train_weights = self.sample_weights  # those of the images a fit reads (all but under batch limits)
         self.skipped: list[tuple[str, str]] = []  # predict: files that failed to decode
         self.cache_info: dict = {"used": False}
         self._features: FeatureSplits | None = None
@@ -404,118 +449,139 @@ class ImageFolderDataModule(PathBatches):
             self.setup_for(None, stage=stage)
             return
         self.setup_for(trainer.lightning_module, stage=stage, epochs=trainer.max_epochs,
-                       device=trainer.strategy.root_device)
+                       device=trainer.strategy.root_device, limits=_batch_limits(trainer, stage))
 
     def setup_for(self, module: L.LightningModule | None, *, stage: str = "fit", epochs: int | None = None,
-                  device: torch.device | None = None) -> None:
+                  device: torch.device | None = None, limits: tuple[int | None, int | None] = (None, None)) -> None:
         """setup() for `module` without a Trainer (tlkit check and lr-find use it; setup() calls it): `epochs` is
-        the fit's length (None = unlimited), `device` where features are extracted (None: CUDA when available)."""
-        pre = self._preprocessing(module)
+        the fit's length (None = unlimited), `device` where features are extracted (None: CUDA when available),
+        `limits` the (train, val) batches a run uses when it uses only a few (fast_dev_run, an int
+        limit_train_batches): only those images are decoded and only their features extracted.
+
+        Every setup asks `module` (tlkit.data.protocol.ServedModel) for its preprocessing, so a datamodule reused for
+        another model serves that model's input size; a model of other classes is refused in one line."""
+        model = self._served(module, stage)
+        pre = self._preprocessing(model)
         self.input_size = pre.input_size
+        scan = _limited(self.scan, limits, batch_sizes=(self.batch_size, self.eval_batch_size), seed=self.seed)
         eval_transform = build_eval_transform(pre)
         bad = {"on_bad": self.on_bad_image, "bad_log": self.bad_log, "seed": self.seed,
                "num_classes": self.num_classes if self.multi_label else None}
         if stage == "fit":
-            train_pre = self._train_preprocessing(module, pre)
-            images = (ImageDataset(self.scan.train, build_train_transform(train_pre, self.augment), **bad),
-                      ImageDataset(self.scan.val, eval_transform, **bad))
-            self.train_set, self.val_set = self._fit_sets(module, (pre, train_pre), images, _unlimited(epochs), device)
+            self._train_weights = (balanced_sample_weights([y for _, y in scan.train], self.num_classes)
+                                   if self.sample_weights is not None and scan is not self.scan else self.sample_weights)
+            # FixRes: the model's smaller training size goes with its own eval preprocessing only
+            train_pre = model.train_preprocessing if model is not None and model.preprocessing == pre else pre
+            images = (ImageDataset(scan.train, build_train_transform(train_pre, self.augment), **bad),
+                      ImageDataset(scan.val, eval_transform, **bad))
+            self.train_set, self.val_set = self._fit_sets(model, scan, (pre, train_pre), images, _unlimited(epochs),
+                                                          device)
         elif stage == "validate":
-            frozen = self._frozen_features(module)
-            self.val_set = frozen.val if frozen is not None else ImageDataset(self.scan.val, eval_transform, **bad)
+            frozen = self._frozen_features(model, pre, scan)
+            self.val_set = frozen.val if frozen is not None else ImageDataset(scan.val, eval_transform, **bad)
         elif stage == "test":
             self.test_set = ImageDataset(self.scan.test, eval_transform, **bad)
         elif stage == "predict":
             self.predict_set = ImageDataset(self.scan.val, eval_transform, **bad, with_paths=True)
 
-    def _preprocessing(self, module: Any) -> Preprocessing:
-        """The given preprocessing, else the module's, which then stays the datamodule's (`dm.preprocessing` says
-        what its loaders use; a later setup for another module must not silently change it)."""
-        if self.preprocessing is None:
-            self.preprocessing = getattr(module, "preprocessing", None)
-        if self.preprocessing is None:
-            raise ValueError(
-                "ImageFolderDataModule needs preprocessing: pass preprocessing=model.preprocessing, "
-                "or fit a model that has a `preprocessing` attribute (TransferModule does)."
-            )
-        return self.preprocessing
+    def _served(self, module: Any, stage: str) -> ServedModel | None:
+        """The model as the data sees it (None: no model, or a plain one used with the given preprocessing), after
+        checking that it was built for this data's classes and kind of labels."""
+        if module is None or (self.preprocessing is not None and not isinstance(module, ServedModel)):
+            return None
+        model = served_model(module, needed_by="ImageFolderDataModule")
+        if stage != "predict" and list(model.classes) != self.classes:
+            raise DataError(f"the model's classes {list(model.classes)} are not the data's {self.classes} (in label "
+                            "order); build the model with classes=datamodule.classes.")
+        if stage != "predict" and bool(model.multi_label) != self.multi_label:
+            kind = ("multi-label", "single-label")
+            raise DataError(f"the data is {kind[not self.multi_label]} but the model is {kind[not model.multi_label]};"
+                            f" build the model with multi_label=datamodule.multi_label ({self.multi_label}).")
+        return model
 
-    @staticmethod
-    def _train_preprocessing(module: Any, pre: Preprocessing) -> Preprocessing:
-        """The training crops' preprocessing: the module's train_preprocessing (a smaller training size, FixRes) when
-        its eval preprocessing is the one in use, else `pre`."""
-        train_pre = getattr(module, "train_preprocessing", None)
-        return train_pre if train_pre is not None and getattr(module, "preprocessing", None) == pre else pre
+    def _preprocessing(self, model: ServedModel | None) -> Preprocessing:
+        """The model's preprocessing, asked at every setup; a datamodule given its own must agree with the model."""
+        given = self.preprocessing
+        if model is None:
+            if given is None:
+                raise DataError("ImageFolderDataModule needs preprocessing: pass preprocessing=model.preprocessing, "
+                                "or fit a tlkit model (it states its own, tlkit.data.protocol.ServedModel).")
+            return given
+        if given is not None and given != model.preprocessing:
+            raise DataError(f"the datamodule's preprocessing ({_describe(given)}) is not the model's "
+                            f"({_describe(model.preprocessing)}); leave preprocessing unset so each model gets its "
+                            "own, or pass the model's.")
+        return model.preprocessing
 
-    def _fit_sets(self, module: Any, pres: tuple[Preprocessing, Preprocessing], images: tuple[Dataset, Dataset],
-                  epochs: int, device: torch.device | None) -> tuple[Dataset, Dataset]:
-        """(train, val) datasets of a fit: features for the epochs the strategy can serve from a frozen backbone,
-        images for the rest (a PhasedDataset when both occur). A strategy that probes first (lp_ft's closed-form
+    def _fit_sets(self, model: ServedModel | None, scan: FolderScan, pres: tuple[Preprocessing, Preprocessing],
+                  images: tuple[Dataset, Dataset], epochs: int, device: torch.device | None) -> tuple[Dataset, Dataset]:
+        """(train, val) datasets of a fit: features for the epochs the model's plan serves from a frozen network,
+        images for the rest (a PhasedDataset when both occur). A model that probes first (lp_ft's closed-form
         head) gets the features extracted for its probe even when no epoch reads them."""
-        switch, reason = self._cache_plan(module, epochs)
-        if switch <= self.first_epoch:  # nothing to serve from the cache (a resumed lp_ft past its probe phase too)
-            self.cache_info = {"used": False, **({"reason": reason} if reason else {})}
-            if self.first_epoch == 0 and getattr(getattr(module, "strategy", None), "probe_first", False):
-                self.cache_info = {**self._feature_splits(module, pres, device).info, "served_epochs": 0,
+        plan = self._cache_plan(model, epochs)
+        if plan.epochs <= self.first_epoch:  # nothing to serve from the cache (a resumed lp_ft past its probe too)
+            self.cache_info = {"used": False, **({"reason": plan.reason} if plan.reason else {})}
+            if self.first_epoch == 0 and plan.probe_first:
+                self.cache_info = {**self._feature_splits(plan, scan, pres, device).info, "served_epochs": 0,
                                    "phase": "closed-form probe"}
             return images
-        features = self._feature_splits(module, pres, device)
+        features = self._feature_splits(plan, scan, pres, device)
         self.cache_info = dict(features.info)
-        if switch >= epochs:
+        if plan.epochs >= epochs:
             return features.train, features.val
         self.cache_info["phase"] = "probe"
-        self.cache_info["switch_epoch"] = switch
-        return PhasedDataset(features.train, images[0], switch), PhasedDataset(features.val, images[1], switch)
+        self.cache_info["switch_epoch"] = plan.epochs
+        return (PhasedDataset(features.train, images[0], plan.epochs),
+                PhasedDataset(features.val, images[1], plan.epochs))
 
-    def _cache_plan(self, module: Any, epochs: int) -> tuple[int, str | None]:
-        """(epoch the feature phase ends at, why there is none): the module's strategy decides; Mixup/CutMix and
-        cache.features: false opt out."""
-        strategy = getattr(module, "strategy", None)
-        if not self.cache.features:
-            return 0, "cache.features is off"
-        if strategy is None or not hasattr(strategy, "cached_epochs") or not hasattr(module, "backbone"):
-            return 0, "the module has no tlkit strategy (module.strategy.cached_epochs) and backbone"
-        switch = strategy.cached_epochs(epochs)
-        if switch == 0:
-            return 0, f"strategy {getattr(strategy, 'kind', type(strategy).__name__)} trains the backbone"
-        if getattr(module, "mixer", None) is not None:
-            log.warning(MIXING_NEEDS_IMAGES)
-            return 0, "image-space mixing requested"
-        return switch, None
+    def _cache_plan(self, model: ServedModel | None, epochs: int) -> CachePlan:
+        """What the cache serves: the model's plan; models without one opt out, and cache.features: false serves
+        no epoch (a closed-form probe still reads the features it fits on)."""
+        if model is None:
+            return CachePlan(0, "a plain model on the given preprocessing (no tlkit.data.protocol.ServedModel)")
+        plan = model.cache_plan(epochs)
+        return plan if self.cache.features else dataclasses.replace(plan, epochs=0, reason="cache.features is off")
 
-    def _feature_splits(self, module: Any, pres: tuple[Preprocessing, Preprocessing], device: torch.device | None
-                        ) -> FeatureSplits:
-        """The backbone's features of train (K views) and val, extracted once per set of weights: a second setup
-        (trainer.fit after tlkit check, lr-find, a validate) reuses them when the backbone is unchanged.
+    def _feature_splits(self, plan: CachePlan, scan: FolderScan, pres: tuple[Preprocessing, Preprocessing],
+                        device: torch.device | None) -> FeatureSplits:
+        """The network's features of train (K views) and val, extracted once per set of weights: a second setup
+        (trainer.fit after tlkit check, lr-find, a validate) reuses them when the network and images are unchanged.
         `pres` = (eval preprocessing, training preprocessing)."""
-        from tlkit.data.cache import weights_fingerprint
-
         pre, train_pre = pres
-        if (self._features is not None and self._features.preprocessing == pre
-                and self._features.train_preprocessing in (None, train_pre)
-                and self._features.fingerprint == weights_fingerprint(cached_network(module))):
+        if self._reusable(plan.network, pre, scan, train_pre):
             return self._features
         run = Extraction(device=device or extraction_device("auto"), eval_batch_size=self.eval_batch_size,
-                         num_workers=self.num_workers, channels_last=bool(getattr(module, "channels_last", False)),
+                         num_workers=self.num_workers, channels_last=plan.channels_last,
                          on_bad=self.on_bad_image, bad_log=self.bad_log, progress=self._progress_bar())
-        self._features = extract_splits(self.scan, module, pre, augment=self.augment, cache=self.cache,
+        self._features = extract_splits(scan, plan, pre, augment=self.augment, cache=self.cache,
                                         seed=self.seed, run=run, train_pre=train_pre)
         return self._features
+
+    def _reusable(self, network: torch.nn.Module | None, pre: Preprocessing, scan: FolderScan,
+                  train_pre: Preprocessing | None = None) -> bool:
+        """The features already extracted came from `network`'s weights, `pre` and `scan`'s images."""
+        from tlkit.data.cache import weights_fingerprint
+
+        f = self._features
+        return (f is not None and network is not None and f.preprocessing == pre
+                and f.train_preprocessing in (None, train_pre or f.train_preprocessing)
+                and f.train.paths == [p for p, _ in scan.train] and f.val.paths == [p for p, _ in scan.val]
+                and f.fingerprint == weights_fingerprint(network))
 
     def _progress_bar(self) -> bool:
         """Show the extraction bar when the trainer shows its own (trainer.progress_bar and a terminal in tlkit
         train); outside a Trainer, when stderr is a terminal."""
-        trainer = getattr(self, "trainer", None)
+        trainer = self.trainer
         return trainer.progress_bar_callback is not None if trainer is not None else sys.stderr.isatty()
 
-    def _frozen_features(self, module: Any) -> FeatureSplits | None:
-        """Features already extracted from this module's backbone while it is frozen (a linear probe's validate
-        after an lbfgs fit), else None: validating on them equals validating on images, minus the backbone."""
-        from tlkit.data.cache import weights_fingerprint
-
-        if self._features is None or module is None or not getattr(module, "backbone_frozen", False):
+    def _frozen_features(self, model: ServedModel | None, pre: Preprocessing, scan: FolderScan
+                         ) -> FeatureSplits | None:
+        """Features already extracted from this model's frozen network with these weights (a linear probe's
+        validate after its fit), else None: validating on them equals validating on images, minus the backbone."""
+        if model is None or self._features is None:
             return None
-        return self._features if self._features.fingerprint == weights_fingerprint(module.embedder) else None
+        plan = model.cache_plan(0)
+        return self._features if plan.prefix is None and self._reusable(plan.network, pre, scan) else None
 
     def feature_splits(self) -> FeatureSplits | None:
         """The cached features a fit set up (None when it trains on images only); the closed-form probe reads them."""
@@ -529,7 +595,7 @@ class ImageFolderDataModule(PathBatches):
     @override
     def train_dataloader(self) -> DataLoader:
         return make_loader(self._ready(self.train_set, "fit"), batch_size=self.batch_size, shuffle=True,
-                           num_workers=self._workers(self.train_set), sample_weights=self.sample_weights,
+                           num_workers=self._workers(self.train_set), sample_weights=self._train_weights,
                            seed=self.seed, epoch=self.first_epoch)
 
     @override

@@ -22,6 +22,7 @@ from tlkit.data.scan import (
     TEST_SPLIT_NAME,
     TRAIN_SPLIT_NAME,
     VAL_SPLIT_NAMES,
+    case_clashes,
     leaves_root,
     link_problem,
 )
@@ -67,6 +68,11 @@ ACTIONS = {
     # label tables (CSV)
     "missing_file": "skipped at scan, listed in skipped.txt (paths are relative to the table's folder); more than "
                     "half of the listed images missing is refused",
+    "multi_label_guessed": "read as multi-label because these rows hold several labels; set data.multi_label: true "
+                           "to confirm, or false if the separator is part of class names",
+    "classes_differing_in_case": "trained as different classes; write each class one way (rename the folder or "
+                                 "the label)",
+    "class_with_one_image": "too few to learn or measure; with val carved from train, training refuses it",
     "not_regular_file": "skipped at scan without being opened (a FIFO, socket or device: reading waits forever)",
     "empty_path": "refused: training stops naming the row; give every row an image path",
     "path_outside_root": "refused: training stops naming the row; images must be inside the table's folder",
@@ -222,6 +228,7 @@ def diagnose(root: str | Path, *, min_size: int = DEFAULT_MIN_SIZE) -> dict:
             if good == 0:
                 found["empty_class_folder"].append(str(class_dir))
     main = "train" if "train" in counts else "all"
+    found["classes_differing_in_case"] = case_clashes(sorted({c for split in counts.values() for c in split}))
     if len(counts[main]) < 2:
         raise DataError(
             f"{splits[main]} needs at least 2 class subfolders (found {len(counts[main])}); "

@@ -30,6 +30,7 @@ from tlkit.data.cache import (
     weights_fingerprint,
 )
 from tlkit.data.preprocessing import EVAL_PREPROCESSING_ID, Preprocessing
+from tlkit.data.protocol import CachePlan
 from tlkit.data.scan import FolderScan, relative_name
 from tlkit.data.settings import CacheConfig
 from tlkit.errors import DataError
@@ -66,39 +67,24 @@ class Extraction:
     progress: bool = True  # a progress bar while extracting (off when the trainer shows none, e.g. not a terminal)
 
 
-def backbone_name(module: Any) -> str:
-    """The architecture name for the cache key: TransferModule's hparams, else timm's pretrained_cfg, else the
-    class name (the weights fingerprint is the real identity; the name keeps entries readable and stable)."""
-    hparams = getattr(module, "hparams", {}) or {}
-    backbone = hparams.get("backbone") if isinstance(hparams, dict) or hasattr(hparams, "get") else None
-    if isinstance(backbone, dict) and backbone.get("name"):
-        return str(backbone["name"])
-    cfg = getattr(module.backbone, "pretrained_cfg", None) or {}
-    return str(cfg.get("architecture") or type(module.backbone).__name__)
-
-
-def cached_network(module: Any) -> torch.nn.Module:
-    """What the cache runs: the frozen prefix of a module that has one (finetune_top), else the whole backbone."""
-    split = getattr(module, "prefix_split", None)
-    return split.prefix() if split is not None else module.embedder
-
-
-def extract_splits(scan: FolderScan, module: Any, pre: Preprocessing, *, augment: TrainAugment, cache: CacheConfig,
-                   seed: int, run: Extraction, train_pre: Preprocessing | None = None) -> FeatureSplits:
+def extract_splits(scan: FolderScan, plan: CachePlan, pre: Preprocessing, *, augment: TrainAugment,
+                   cache: CacheConfig, seed: int, run: Extraction, train_pre: Preprocessing | None = None
+                   ) -> FeatureSplits:
     """Features of every train image (cache.views augmented views, or 1 when the augmentation is deterministic) and
-    every val image through `module.embedder` (the backbone, with any multi-layer stage pooling), from the disk cache where the file is unchanged. `train_pre`: the
-    training views' preprocessing when it differs from the eval one (a smaller training size).
+    every val image through the model's frozen network (`plan.network`), from the disk cache where the file is
+    unchanged. `train_pre`: the training views' preprocessing when it differs from the eval one (a smaller training
+    size).
 
-    A module with a frozen prefix (`module.prefix_split`, strategy finetune_top) gets that prefix's activations
-    instead, stored float16, after checking their size against cache.max_gb."""
+    A plan with a frozen prefix (`plan.prefix`, strategy finetune_top) gets that prefix's activations instead,
+    stored float16, after checking their size against cache.max_gb."""
     train_pre = train_pre or pre
     started = time.perf_counter()
-    split = getattr(module, "prefix_split", None)
-    network = cached_network(module)
+    split = plan.prefix
+    network = plan.network
     dtype = ACTIVATION_DTYPE if split is not None else torch.float32
     store = FeatureCache(_cache_directory(cache))
     fingerprint = weights_fingerprint(network)
-    base_key = _base_key(module, pre, fingerprint)
+    base_key = _base_key(plan.name, pre, fingerprint)
     if split is not None:  # the cut point and storage type are part of what a row means
         base_key = {**base_key, "prefix": list(split.prefix_names), "dtype": str(dtype)}
 
@@ -157,7 +143,7 @@ def extract_train_eval_features(scan: FolderScan, module: Any, pre: Preprocessin
     later run with the same backbone, weights and preprocessing reads them from disk."""
     started = time.perf_counter()
     store = FeatureCache(_cache_directory(cache))
-    key = {**_base_key(module, pre, weights_fingerprint(module.embedder)), "transform": "eval"}
+    key = {**_base_key(module.cache_plan(0).name, pre, weights_fingerprint(module.embedder)), "transform": "eval"}
     paths = [p for p, _ in scan.train]
     rows = store.features(key, paths, _forward(module.embedder, build_eval_transform(pre), run, "features: train"))
     num_classes = len(scan.classes) if scan.multi_label else None
@@ -171,9 +157,9 @@ def _cache_directory(cache: CacheConfig) -> Path | str | None:
     return (cache.dir or default_feature_dir()) if cache.disk else None
 
 
-def _base_key(module: Any, pre: Preprocessing, fingerprint: str) -> dict:
+def _base_key(name: str, pre: Preprocessing, fingerprint: str) -> dict:
     """What every cache entry of this backbone and preprocessing shares; the transform (and view) complete it."""
-    return {"format": CACHE_KEY_FORMAT, "backbone": backbone_name(module), "weights": fingerprint,
+    return {"format": CACHE_KEY_FORMAT, "backbone": name, "weights": fingerprint,
             "preprocessing": pre.to_dict(), "versions": code_versions(),
             "eval": EVAL_PREPROCESSING_ID}  # features from another eval resize must not be reused
 

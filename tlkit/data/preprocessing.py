@@ -134,7 +134,7 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) ->
 
 
 # An image whose long side is more than MAX_ASPECT_RATIO times its short side is refused from its header, as a
-# decompression bomb is: a tiny file (a 1 x 60000 px PNG is 2.9 KB) would otherwise ask the short-side resize for
+# decompression bomb is: a tiny file (a 1 x 60000 px PNG takes a few KB) would otherwise ask the short-side resize for
 # 256 x 15,360,000 px (11 GB). Real photos, panoramas included, stay far below 100:1, and a centre crop of such a
 # strip would show 1% of it anyway.
 MAX_ASPECT_RATIO = 100

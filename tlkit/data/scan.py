@@ -208,6 +208,8 @@ def scan_folder(root: str | Path, *, val_fraction: float = 0.2, test_fraction: f
     source = train_dir or root
     classes = [p.name for p in _class_dirs(source)]
     _check_classes(classes, source)
+    for clash in case_clashes(classes):
+        log.warning("class folders %s differ only in case: they are trained as different classes; merge them", clash)
     for folder in (val_dir, test_dir):
         if folder is not None:
             _check_extra_classes(folder, source, classes)
@@ -229,6 +231,14 @@ def scan_folder(root: str | Path, *, val_fraction: float = 0.2, test_fraction: f
         log.warning("skipped %s (%s)", path, reason)
     return FolderScan(classes=classes, train=train, val=val, layout=layout, skipped=skipped, sizes=sizes, test=test,
                       root=str(root))
+
+
+def case_clashes(classes: list[str]) -> list[str]:
+    """Class names equal but for case ("Bees == bees"): nearly always one class written two ways."""
+    groups: dict[str, list[str]] = {}
+    for name in classes:
+        groups.setdefault(name.casefold(), []).append(name)
+    return [" == ".join(names) for names in groups.values() if len(names) > 1]
 
 
 def _check_classes(classes: list[str], folder: Path) -> None:

@@ -30,6 +30,7 @@ from tlkit.data.scan import (
     LINK_OUTSIDE,
     FolderScan,
     _existing_root,
+    case_clashes,
     read_header,
     stratified_split,
 )
@@ -119,15 +120,46 @@ def _check_columns(columns: list[str], name: str) -> None:
         raise DataError(f"{name}: the header repeats column(s) {', '.join(map(repr, repeated))}; give each column "
                         "one name.")
     if PATH not in columns:
-        hint = did_you_mean(PATH, columns) or next(
-            (f" Rename {c!r} to 'path'?" for c in columns if c.lower() in ("file", "filename", "image", "filepath",
-                                                                          "image_path", "img", "name")), "")
+        hint = did_you_mean(PATH, columns) or _mapping_hint(columns)
         raise DataError(f"{name}: no 'path' column in the header (found {', '.join(map(repr, columns)) or 'none'})."
                         f"{hint} Expected path,label[,split] or path,<class1>,<class2>,...[,split].")
     if "" in columns:
         raise DataError(f"{name}: the header has an empty column name; name every column (path,label[,split]).")
     if len(columns) == 1:
         raise DataError(f"{name}: only a 'path' column; add a label column (path,label) or one 0/1 column per class.")
+
+
+# Headers of other tools' tables (Kaggle's image_name,tags / id,label / path,tags): which column to read for what.
+PATH_LIKE = ("file", "filename", "file_name", "fname", "filepath", "image", "img", "image_path", "image_name",
+             "image_id", "imageid", "name", "id")
+LABEL_LIKE = ("labels", "tags", "tag", "class", "classes", "category", "target")
+
+
+def _mapping_hint(columns: list[str]) -> str:
+    """ " Rename 'image_name' to 'path' and 'tags' to 'label'? ..." for a header naming its columns otherwise."""
+    path_column = next((c for c in columns if c.lower() in PATH_LIKE), None)
+    if path_column is None:
+        return ""
+    label_column = next((c for c in columns if c.lower() in LABEL_LIKE), None)
+    label = label_column if label_column and LABEL not in columns else None
+    mapping = f"path: {path_column}" + (f", label: {label}" if label else "")
+    return (f" Is {path_column!r} the image path{f' and {label!r} the label' if label else ''}? Set data.columns: "
+            f"{{{mapping}}} (or rename the header); paths need their file extension (an id such as 0001 is written "
+            "0001.jpg).")
+
+
+def _label_column(table: Table) -> list[str]:
+    """The columns as parsed: a lone column of class names beside path (Kaggle's path,tags) is the label column,
+    said in a warning, instead of being read as one 0/1 class column that every row then fails."""
+    others = [c for c in table.columns if c not in (PATH, LABEL, SPLIT)]
+    if LABEL in table.columns or len(others) != 1:
+        return table.columns
+    j = table.columns.index(others[0])
+    if all(cells[j].lower() in ONE | ZERO for cells in table.rows):
+        return table.columns
+    log.warning("%s: took column %r as the label column (its cells are class names, not 0/1); set data.columns: "
+                "{label: %s} to say so, or write 0/1 cells for a class column", table.name, others[0], others[0])
+    return [LABEL if c == others[0] else c for c in table.columns]
 
 
 def read_csv_table(path: str | Path, column_names: dict[str, str] | None = None) -> Table:
@@ -247,9 +279,10 @@ def parse_table(table: Table, root: str | Path, *, multi_label: bool | None = No
     """Every row checked: path (present, inside root, listed once), labels, split. Files are not opened here."""
     root_abs = os.path.abspath(root)
     base = os.path.abspath(table.base)
-    class_columns = [c for c in table.columns if c not in (PATH, LABEL, SPLIT)] if LABEL not in table.columns else []
-    if LABEL in table.columns and len(table.columns) > 2 + (SPLIT in table.columns):
-        extra = [c for c in table.columns if c not in (PATH, LABEL, SPLIT)]
+    columns = _label_column(table)
+    class_columns = [c for c in columns if c not in (PATH, LABEL, SPLIT)] if LABEL not in columns else []
+    if LABEL in columns and len(columns) > 2 + (SPLIT in columns):
+        extra = [c for c in columns if c not in (PATH, LABEL, SPLIT)]
         raise DataError(f"{table.name}: a 'label' column and other columns ({', '.join(map(repr, extra))}); use "
                         "path,label[,split], or path plus one 0/1 column per class without 'label'.")
     problems: dict[str, list[str]] = {case: [] for case in (*REFUSED, "no_labels", "class_without_images")}
@@ -257,7 +290,7 @@ def parse_table(table: Table, root: str | Path, *, multi_label: bool | None = No
     first: dict[str, str] = {}
     where = table.where
     for cells, origin in zip(table.rows, table.origins):
-        row, place = dict(zip(table.columns, cells)), f"{where} {origin}"
+        row, place = dict(zip(columns, cells)), f"{where} {origin}"
         written = row[PATH]
         if not written:
             problems["empty_path"].append(place)
@@ -288,10 +321,36 @@ def parse_table(table: Table, root: str | Path, *, multi_label: bool | None = No
         problems["no_labels" if decided else "empty_label"] += [r.place for r in rows if not r.labels]
         rows = [r for r in rows if r.labels or decided]
         classes = sorted({name for r in rows for name in r.labels})
-    present = {name for r in rows for name in r.labels}
+    present = Counter(name for r in rows for name in r.labels)
     problems["class_without_images"] = [c for c in classes if c not in present]
+    if decided and multi_label is None and not class_columns:  # guessed from the delimiter: say so
+        problems["multi_label_guessed"] = [f"{r.place}: {delimiter.join(r.labels)!r}" for r in rows
+                                           if len(r.labels) > 1]
+    problems["classes_differing_in_case"] = case_clashes(classes)
+    single = {c for c, n in present.items() if n == 1}
+    problems["class_with_one_image"] = [f"{c!r} ({r.place})" for r in rows for c in r.labels if c in single]
     return ParsedTable(rows=rows, classes=classes, multi_label=decided, form="columns" if class_columns else "label",
                        problems={k: v for k, v in problems.items() if v}, has_split=SPLIT in table.columns)
+
+
+# Problems a table may have that training accepts, warned about at scan (the doctor lists every row).
+WARNED = {
+    "multi_label_guessed": "read as multi-label because {n} row(s) hold several labels ({listed}); set "
+                           "data.multi_label: true to confirm, or false if the separator belongs to class names "
+                           "(or change data.label_delimiter)",
+    "classes_differing_in_case": "{n} group(s) of class names differ only in case ({listed}); they are trained as "
+                                 "different classes: write each class one way",
+    "class_with_one_image": "{n} class(es) with a single image ({listed}): too few to learn or measure",
+}
+
+
+def warn_problems(parsed: ParsedTable, name: str) -> None:
+    for case, message in WARNED.items():
+        items = parsed.problems.get(case, [])
+        if items:
+            listed = ", ".join(items[:MAX_LISTED]) + (f" and {len(items) - MAX_LISTED} more" if len(items) >
+                                                                                             MAX_LISTED else "")
+            log.warning("%s: %s", name, message.format(n=len(items), listed=listed))
 
 
 # -- scanning ---------------------------------------------------------------------------------------------------------
@@ -392,6 +451,7 @@ def scan_parsed(parsed: ParsedTable, root: str | Path, name: str, *, val_fractio
     """FolderScan of a parsed table: refused problems raise, unusable files are skipped and listed, splits come
     from the split column or are carved (seeded) from the training rows."""
     refuse_problems(parsed, name)
+    warn_problems(parsed, name)
     if not parsed.multi_label and len(parsed.classes) < 2:
         raise DataError(f"{name} names {len(parsed.classes)} class(es) ({', '.join(parsed.classes) or 'none'}); "
                         "single-label training needs at least 2.")
@@ -404,6 +464,8 @@ def scan_parsed(parsed: ParsedTable, root: str | Path, name: str, *, val_fractio
         ids = tuple(sorted(index[c] for c in row.labels))
         by_split[row.split].append((row.path, ids if parsed.multi_label else ids[0]))
     pool = by_split["train"] + by_split[None]
+    if not parsed.multi_label and not by_split["val"] and val_fraction > 0:
+        _refuse_single_images(parsed, rows, name)
     train, val, test = _carve(pool, multi_label=parsed.multi_label,
                               val_fraction=0.0 if by_split["val"] else val_fraction,
                               test_fraction=0.0 if by_split["test"] else test_fraction, seed=seed)
@@ -412,6 +474,16 @@ def scan_parsed(parsed: ParsedTable, root: str | Path, name: str, *, val_fractio
     log_skipped(skipped)
     return FolderScan(classes=list(parsed.classes), train=train, val=val, layout=TABLE_LAYOUT, skipped=skipped,
                       sizes=sizes, test=test, multi_label=parsed.multi_label, root=str(root))
+
+
+def _refuse_single_images(parsed: ParsedTable, rows: list[TableRow], name: str) -> None:
+    """A class with one usable training row cannot be split into train and val: name it and its line."""
+    counts = Counter(row.labels[0] for row in rows if row.split in (None, "train"))
+    single = [row for row in rows if row.split in (None, "train") and counts[row.labels[0]] == 1]
+    if single:
+        listed = "; ".join(f"{row.labels[0]!r} ({row.place})" for row in single[:MAX_LISTED])
+        raise DataError(f"{len(single)} class(es) in {name} have a single training image: {listed}; val is carved "
+                        "per class, so each needs at least 2: add images, or mark rows split=val.")
 
 
 def _check_training_classes(parsed: ParsedTable, train: list, val: list, name: str) -> None:

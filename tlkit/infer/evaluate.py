@@ -9,7 +9,6 @@ cross-entropy, and there is no confusion matrix (labels do not compete).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -28,7 +27,7 @@ from tlkit.data.preprocessing import Preprocessing
 from tlkit.errors import DataError
 from tlkit.infer.inference import InferenceResult, predict_files
 from tlkit.infer.tta import DEFAULT_MAX_VIEWS_PER_FORWARD, TTAPolicy
-from tlkit.io import atomic_open, atomic_write
+from tlkit.io import atomic_open, atomic_write, write_csv_rows
 from tlkit.plots import plot_confusion_matrix, plot_top_losses
 
 log = logging.getLogger(__name__)
@@ -308,6 +307,4 @@ def _pct(value: float | None) -> str:
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     with atomic_open(path, newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
+        write_csv_rows(f, [header, *rows])  # class names are neutralised (csv_safe)

@@ -3,17 +3,21 @@ multi-label model, each image's label set (the classes at or over their threshol
 
 from __future__ import annotations
 
-import csv
 import json
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 import numpy as np
+from typing_extensions import Self
 
 from tlkit.errors import DataError, DataNotFoundError
 from tlkit.infer.inference import InferenceResult
-from tlkit.io import atomic_open
+from tlkit.io import atomic_open, atomic_path, write_csv_rows
 
 
 def top_k_rows(result: InferenceResult, paths: Sequence[str], classes: Sequence[str], k: int) -> list[dict]:
@@ -47,6 +51,7 @@ def label_set_rows(result: InferenceResult, paths: Sequence[str], classes: Seque
     return rows
 
 
+log = logging.getLogger(__name__)
 STDOUT = "-"
 LABEL_SEPARATOR = ";"  # between the labels of a set in one CSV cell, as in a multi-label CSV source
 
@@ -58,9 +63,8 @@ def check_outputs(paths: Sequence[str | Path | None], *, overwrite: bool) -> Non
             raise DataError(f"{path} already exists; pass --overwrite to replace it, or choose another --out/--json.")
 
 
-def write_predictions_csv(rows: Sequence[dict], path: str | Path, k: int) -> Path | str:
-    """Columns: path, label_1, prob_1, ..., label_k, prob_k; multi-label rows: path, labels and probs (the label set,
-    ';'-separated), then p_<class> for every class. path '-' writes to stdout."""
+def _csv_table(rows: Sequence[dict], k: int) -> tuple[list[str], list[list]]:
+    """(header, body) of the predictions CSV for `rows` (see write_predictions_csv)."""
     if rows and "probabilities" in rows[0]:
         classes = list(rows[0]["probabilities"])
         header = ["path", "labels", "probs", *(f"p_{c}" for c in classes)]
@@ -70,15 +74,62 @@ def write_predictions_csv(rows: Sequence[dict], path: str | Path, k: int) -> Pat
         header = ["path"] + [f"{name}_{i}" for i in range(1, k + 1) for name in ("label", "prob")]
         body = [[r["path"], *[x for label, p in zip(r["labels"], r["probs"]) for x in (label, f"{p:.6f}")]]
                 for r in rows]
+    return header, body
+
+
+def write_predictions_csv(rows: Sequence[dict], path: str | Path, k: int) -> Path | str:
+    """Columns: path, label_1, prob_1, ..., label_k, prob_k; multi-label rows: path, labels and probs (the label set,
+    ';'-separated), then p_<class> for every class. path '-' writes to stdout. Written atomically."""
+    header, body = _csv_table(rows, k)
     if str(path) == STDOUT:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(body)
+        write_csv_rows(sys.stdout, [header, *body])
         sys.stdout.flush()
         return STDOUT
     path = Path(path)
-    _atomic(path, lambda f: (csv.writer(f).writerow(header), csv.writer(f).writerows(body)))
+    _atomic(path, lambda f: write_csv_rows(f, [header, *body]))
     return path
+
+
+class PredictionsCsv:
+    """The predictions CSV, written as pieces of the work finish: rows go to a temporary file beside `path`
+    (flushed after each piece) that replaces `path` atomically at the end, so an existing file survives a failed
+    run. Stopped midway (Ctrl-C, SIGTERM), the rows done are kept as `<path>.partial`. path '-' is stdout.
+    Use as a context manager."""
+
+    def __init__(self, path: str | Path, k: int):
+        self.path, self.k = path, k
+        self._file: Any = None
+        self._atomic: Any = None
+        self._tmp: Path | None = None
+
+    def __enter__(self) -> Self:
+        if str(self.path) != STDOUT:
+            _check_folder(Path(self.path))
+            self._atomic = atomic_path(self.path)
+            self._tmp = self._atomic.__enter__()  # a read-only folder fails here, before any work
+        return self
+
+    def write(self, rows: Sequence[dict]) -> None:
+        if not rows:
+            return
+        header, body = _csv_table(rows, self.k)
+        if self._file is None:
+            self._file = sys.stdout if self._tmp is None else open(self._tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed in __exit__
+            write_csv_rows(self._file, [header])
+        write_csv_rows(self._file, body)
+        self._file.flush()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._atomic is None:
+            return
+        if self._file is not None:
+            self._file.close()
+        if exc_type is not None and not issubclass(exc_type, Exception) and self._file is not None:
+            partial = Path(f"{self.path}.partial")  # stopped: keep what was done, never over the old file
+            os.replace(self._tmp, partial)
+            log.warning("stopped: the rows predicted so far are in %s", partial)
+        self._atomic.__exit__(exc_type, exc, tb)
 
 
 def write_predictions_json(rows: Sequence[dict], skipped: Sequence[tuple[str, str]], path: str | Path, *,
@@ -91,8 +142,12 @@ def write_predictions_json(rows: Sequence[dict], skipped: Sequence[tuple[str, st
     return path
 
 
-def _atomic(path: Path, write) -> None:
+def _check_folder(path: Path) -> None:
     if not path.parent.is_dir():
         raise DataNotFoundError(f"Output folder {str(path.parent)!r} does not exist; create it or choose another --out.")
+
+
+def _atomic(path: Path, write) -> None:
+    _check_folder(path)
     with atomic_open(path, newline="") as f:
         write(f)

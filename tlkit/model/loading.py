@@ -104,7 +104,8 @@ def read_checkpoint(path: str | Path) -> dict:
 
 def _checked_hparams(path: str | Path, checkpoint: dict) -> dict:
     """The checkpoint's hyper-parameters (format 2), with backbone weights 'none' (the state dict holds them all)."""
-    hparams = checkpoint.get("hyper_parameters")
+    # A user's subclass saves its own __init__ arguments as hyper_parameters and tlkit's settings here
+    hparams = checkpoint["tlkit"].get("settings") or checkpoint.get("hyper_parameters")
     version = checkpoint["tlkit"].get("format", 1)
     if not isinstance(version, int) or not isinstance(hparams, dict):
         raise CheckpointError(f"{path} has no readable tlkit metadata (format {version!r}); {_FROM_A_RUN}.")

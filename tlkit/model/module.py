@@ -10,6 +10,8 @@ format 2 load in both directions.
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+import torchmetrics.utilities.imports
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassF1Score,
@@ -27,6 +30,7 @@ from typing_extensions import override
 
 from tlkit.config import settings_from
 from tlkit.data.preprocessing import Preprocessing
+from tlkit.data.protocol import CachePlan
 from tlkit.model.classifier import CHECKPOINT_FORMAT, Classifier, create_classifier
 from tlkit.model.mixing import (
     BatchMixer,
@@ -52,6 +56,15 @@ from tlkit.model.strategies import (
 
 __all__ = ["CHECKPOINT_FORMAT", "TransferModule", "multilabel_summary"]
 CLASSIFIER_KEYS = ("backbone", "stage_pooling", "head", "thresholds")  # the state-dict roots the Classifier owns
+log = logging.getLogger(__name__)
+
+# torchmetrics decides whether torch_xla is installed lazily, on the first metric update; under torch.compile that
+# first update runs inside dynamo, which cannot trace the package lookup. Deciding it now lets `torch.compile(module)`
+# fit.
+bool(torchmetrics.utilities.imports._XLA_AVAILABLE)
+
+MIXING_NEEDS_IMAGES = ("feature cache: Mixup/CutMix mix images, not features (nor a frozen prefix's activations), so "
+                       "this run trains on images (uncached); set mixing alphas to 0 to use the cache.")
 
 
 class TransferModule(L.LightningModule):
@@ -117,7 +130,7 @@ class TransferModule(L.LightningModule):
         self.train_preprocessing = self.preprocessing.replace(input_size=backbone_config.train_input_size)
         # Plain types only: checkpoints must load with torch.load(weights_only=True). The resolved preprocessing is
         # stored, so a reload never depends on the pretrained config of another timm version.
-        self.save_hyperparameters({
+        self._settings = {
             "backbone": {**backbone_config.model_dump(mode="json"), **self.preprocessing.to_dict()},
             "classes": self.classes,
             "strategy": self.strategy.model_dump(mode="json"),
@@ -129,7 +142,12 @@ class TransferModule(L.LightningModule):
             "class_weights": [float(w) for w in class_weights] if class_weights is not None else None,
             "channels_last": channels_last,
             "multi_label": self.multi_label,
-        })
+        }
+        # A user's subclass with its own __init__ is rebuilt from its own arguments (load_from_checkpoint calls
+        # cls(**hparams)), as Lightning's save_hyperparameters() records them; the settings then travel in the
+        # checkpoint's tlkit section (on_save_checkpoint).
+        subclass = type(self).__init__ is not TransferModule.__init__
+        self.save_hyperparameters(_subclass_init_args(inspect.currentframe()) if subclass else self._settings)
         self.register_state_dict_post_hook(_classifier_layout)
         self.register_load_state_dict_pre_hook(_module_layout)
         # Layer-group names are the Classifier's (backbone.*, head.*): the strategy plans over the Classifier.
@@ -272,16 +290,35 @@ class TransferModule(L.LightningModule):
 
     @override
     def configure_callbacks(self) -> list[L.Callback]:
-        """lp_ft's closed-form probe fits the head at fit start, on a plain Trainer too (tlkit.model.lpft)."""
+        """The training phases, as callbacks a plain Trainer gets too (tlkit.model.phases): the strategy's phase at
+        every epoch start, frozen BatchNorm statistics kept whatever else runs (SWA), cached features only in the
+        epochs that may read them, lp_ft's closed-form probe at fit start, and multi-label decision thresholds
+        tuned after fit. A hook override cannot switch them off."""
         from tlkit.model.lpft import ClosedFormProbe
+        from tlkit.model.phases import (
+            FeatureCachePhase,
+            FrozenBatchNorm,
+            StagedUnfreezing,
+            TuneThresholds,
+        )
 
-        return [ClosedFormProbe()] if self.strategy.probe_first else []
+        probe = [ClosedFormProbe()] if self.strategy.probe_first else []
+        thresholds = [TuneThresholds()] if self.multi_label else []
+        return [StagedUnfreezing(), FrozenBatchNorm(), FeatureCachePhase(), *probe, *thresholds]
 
-    @override
-    def on_train_epoch_start(self) -> None:
-        # Here, not in __init__: DDP has wrapped the model by now with every ever-trained parameter registered
-        # (Lightning #20340: parameters frozen at wrap time are never synchronised after unfreezing).
-        self.set_phase(self.current_epoch)
+    def cache_plan(self, epochs: int) -> CachePlan:
+        """What the feature cache can serve a fit of `epochs` epochs (tlkit.data.protocol.ServedModel): the leading
+        epochs the strategy trains on a frozen backbone (or frozen prefix), unless Mixup/CutMix needs images."""
+        served, reason = self.strategy.cached_epochs(epochs), None
+        if served == 0:
+            reason = f"strategy {self.strategy.kind} trains the backbone"
+        elif self.mixer is not None:
+            log.warning(MIXING_NEEDS_IMAGES)
+            served, reason = 0, "image-space mixing requested"
+        split = self.prefix_split
+        return CachePlan(served, reason, network=split.prefix() if split is not None else self.embedder,
+                         name=self.classifier.config.backbone, prefix=split, probe_first=self.strategy.probe_first,
+                         channels_last=self.channels_last)
 
     # -- steps ---------------------------------------------------------------------------------------------------
 
@@ -424,8 +461,23 @@ class TransferModule(L.LightningModule):
 
     # -- optimisation --------------------------------------------------------------------------------------------
 
+    @property
+    def lr(self) -> float:
+        """optim.lr: the head's LR, which every group's LR is a fixed factor of. Lightning's Tuner.lr_find reads and
+        sets it (`Tuner(trainer).lr_find(module, datamodule=dm)`); the groups keep their ratios."""
+        return self.optim_config.lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.optim_config = self.optim_config.model_copy(update={"lr": float(value)})
+        if isinstance(self.hparams.get("optim"), dict):  # checkpoints state the LR the model trained with
+            self.hparams["optim"] = {**self.hparams["optim"], "lr": float(value)}
+
     def optimizer_groups(self) -> list[dict]:
-        """The optimizer's parameter groups as the strategy plans them (lr = optim.lr x the group's factor)."""
+        """The optimizer's parameter groups as the strategy plans them (lr = optim.lr x the group's factor), each
+        with its `unfreeze_epoch`: the documented hook for a user's own optimizer, e.g.
+        `torch.optim.SGD(self.optimizer_groups(), lr=self.lr, momentum=0.9)` in configure_optimizers. Before its
+        unfreeze epoch a group is frozen (requires_grad False), so any optimizer leaves it alone."""
         o = self.optim_config
         return build_optimizer_groups(self.classifier, self.group_specs, lr=o.lr, weight_decay=o.weight_decay)
 
@@ -462,6 +514,31 @@ class TransferModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    @override
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        super().lr_scheduler_step(scheduler, metric)
+        # Tuner.lr_find sweeps every group at one LR; scaled back to the plan's factors, the sweep finds the LR of
+        # the model as it will train (its scheduler is the only one of that module).
+        if type(scheduler).__module__ == "lightning.pytorch.tuner.lr_finder":
+            factors = [g["lr"] / self.optim_config.lr for g in self.optimizer_groups()]
+            for group, factor in zip(scheduler.optimizer.param_groups, factors):
+                group["lr"] *= factor
+
+    @override
+    def to_torchscript(self, file_path: Any = None, method: str | None = "script", example_inputs: Any = None,
+                       **kwargs: Any) -> Any:
+        """TorchScript by tracing: `module.to_torchscript(method="trace")` (example inputs default to one image at
+        the model's input size). Scripting is refused: forward takes images, pooled features or cached activations."""
+        from tlkit.errors import ExportError
+
+        if method != "trace":
+            raise ExportError(f'to_torchscript(method={method!r}) cannot script TransferModule (its forward also '
+                              'takes cached features); use method="trace", or tlkit export for ONNX.')
+        if example_inputs is None:
+            size = self.preprocessing.input_size
+            example_inputs = torch.zeros(1, 3, size, size, device=self.device)
+        return super().to_torchscript(file_path, method="trace", example_inputs=example_inputs, **kwargs)
+
     # -- checkpoint contract -------------------------------------------------------------------------------------
 
     def describe(self) -> dict:
@@ -475,6 +552,10 @@ class TransferModule(L.LightningModule):
         hparams = checkpoint.get("hyper_parameters")
         if isinstance(hparams, dict) and isinstance(hparams.get("backbone"), dict):
             checkpoint["hyper_parameters"] = {**hparams, "backbone": {**hparams["backbone"], "weights": "none"}}
+        if type(self).__init__ is not TransferModule.__init__:  # hparams are the subclass's own arguments
+            backbone = {**self._settings["backbone"], "weights": "none"}
+            checkpoint["tlkit"]["settings"] = {**self._settings, "backbone": backbone,
+                                               "optim": self.optim_config.model_dump(mode="json")}
         if self.phase_epoch is not None:  # the phase a resume continues from
             checkpoint["tlkit"]["phase"] = {"epoch": self.phase_epoch,
                                             "trainable_groups": self.trainable_groups(self.phase_epoch)}
@@ -506,6 +587,16 @@ def _module_layout(module: torch.nn.Module, state_dict: dict, prefix: str, *args
         if key[len(prefix):].split(".", 1)[0] in CLASSIFIER_KEYS:
             state_dict[f"{prefix}classifier.{key[len(prefix):]}"] = state_dict.pop(key)
 
+
+
+def _subclass_init_args(frame: Any) -> dict[str, Any]:
+    """The arguments of the most specific __init__ above `frame` (TransferModule.__init__'s), **kwargs spread, as
+    Lightning's own save_hyperparameters() collects them."""
+    from lightning.pytorch.core.mixins import HyperparametersMixin
+    from lightning.pytorch.utilities.parsing import collect_init_args
+
+    levels = collect_init_args(frame, [], classes=(HyperparametersMixin,))
+    return dict(levels[-1]) if levels else {}
 
 
 def _val_batches(module: TransferModule, data: L.LightningDataModule | Iterable) -> Iterable:

@@ -8,16 +8,16 @@ from pathlib import Path
 import torch
 
 from tlkit.data.datamodule import resolve_num_workers
-from tlkit.data.table import scan_data
 from tlkit.data.images import collect_inputs
+from tlkit.data.table import scan_data
 from tlkit.errors import DataError, DataNotFoundError, ExportError, did_you_mean
-from tlkit.model.loading import load_classifier, read_checkpoint, saved_split
 from tlkit.infer.inference import predict_files
 from tlkit.infer.predict import (
+    STDOUT,
+    PredictionsCsv,
     check_outputs,
     label_set_rows,
     top_k_rows,
-    write_predictions_csv,
     write_predictions_json,
 )
 from tlkit.infer.tta import (
@@ -26,11 +26,15 @@ from tlkit.infer.tta import (
     policy_for,
 )
 from tlkit.model.classifier import Classifier
+from tlkit.model.loading import load_classifier, read_checkpoint, saved_split
 
 log = logging.getLogger(__name__)
 
 
 EVAL_SPLITS = ("val", "all")
+# Images per piece of `tlkit predict`: rows reach the CSV (and a progress line the log) after each piece, so a run
+# killed midway keeps what it did; a DataLoader per piece costs little next to 256 decodes and forwards.
+PREDICT_CHUNK = 256
 
 
 def resolve_policies(
@@ -168,24 +172,40 @@ def predict_checkpoint(
     if not files:
         first = f" ({missing[0][0]}: {missing[0][1]})" if missing else ""
         raise DataNotFoundError(f"No image files to predict{first}; pass image files or folders of images.")
-    result = predict_files(
-        model, files, policy, model.preprocessing, max_views_per_forward=max_views_per_forward,
-        num_workers=resolve_num_workers(num_workers), progress=progress, desc=f"predict {policy.label}",
-        precision=precision,
-    )
-    skipped = missing + result.failed
-    if not result.indices:
-        path, why = result.failed[0]
-        raise DataError(f"Nothing was predicted: all {len(files)} file(s) were unreadable (e.g. {path}: {why}).")
     k = max(1, min(top_k, len(model.classes)))
     thresholds = dict(zip(model.classes, model.thresholds.tolist())) if model.multi_label else None
-    rows = (label_set_rows(result, files, model.classes, list(thresholds.values())) if thresholds is not None
-            else top_k_rows(result, files, model.classes, k))
-    written = {"csv": str(write_predictions_csv(rows, out, k))}
+    rows: list[dict] = []
+    failed: list[tuple[str, str]] = []
+    with PredictionsCsv(out, k) as sink:
+        for start, chunk in _chunks(files):
+            result = predict_files(
+                model, chunk, policy, model.preprocessing, max_views_per_forward=max_views_per_forward,
+                num_workers=resolve_num_workers(num_workers), progress=progress, desc=f"predict {policy.label}",
+                precision=precision,
+            )
+            failed += result.failed
+            done = (label_set_rows(result, chunk, model.classes, list(thresholds.values())) if thresholds is not None
+                    else top_k_rows(result, chunk, model.classes, k))
+            sink.write(done)
+            rows += done
+            if len(files) > PREDICT_CHUNK:
+                log.info("predicted %s of %s images (%s skipped)", f"{start + len(chunk):,}", f"{len(files):,}",
+                         f"{len(failed):,}")
+        if not rows:  # inside the block: no CSV is left behind
+            path, why = failed[0]
+            raise DataError(f"Nothing was predicted: all {len(files)} file(s) were unreadable (e.g. {path}: {why}).")
+    skipped = missing + failed
+    written = {"csv": str(out) if str(out) == STDOUT else str(Path(out))}
     if json_out is not None:
         written["json"] = str(write_predictions_json(rows, skipped, json_out, thresholds=thresholds))
     return {"predicted": len(rows), "skipped": skipped, "policy": policy.label, "views": policy.num_views,
             "rows": rows, **written}
+
+
+def _chunks(files: list[str]):
+    """(start, files) in PREDICT_CHUNK pieces: each piece's rows reach the CSV as soon as it is done."""
+    for start in range(0, len(files), PREDICT_CHUNK):
+        yield start, files[start: start + PREDICT_CHUNK]
 
 
 def export_checkpoint(

@@ -163,12 +163,14 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
     _train(trainer, module, fit_datamodule, run_dir, epochs, resume_from, checkpoint)
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
     thresholds = _tune_best_thresholds(trainer, checkpoint, fit_datamodule) if module.multi_label else None
+    last_saved = last.best_model_path  # before the test pass: trainer.test restores best.ckpt's older callback state
     tested = _test_once(trainer, module, fit_datamodule, checkpoint) if datamodule.scan.test else {}
     metrics = _result(recipe, datamodule, module, logged, tested, trainer=trainer, checkpoints=(checkpoint, last),
                       health=health, extras={"data_warnings": warnings_found, "feature_cache": cache_info,
                                              **({"strategy_auto": auto_decision} if auto_decision else {}),
                                              **({"thresholds": thresholds} if thresholds is not None else {}),
                                              **_probe_info(trainer)})
+    metrics["last_checkpoint"] = last_saved or metrics["last_checkpoint"]
     metrics["wall_s"] = round(time.perf_counter() - started, 2)
     if resume:
         metrics["resumed_from_epoch"] = resume_from.epoch + 1 if resume_from else 0

@@ -24,8 +24,8 @@ class ProvenanceError(TlkitError, ValueError):
     """A run's provenance.json (or metrics.json) that cannot be read as tlkit wrote it."""
 
 
-# The sections differences() reads and the type each must have (None allowed: a run outside git has "git": null).
-SECTIONS = {"versions": dict, "data": dict, "git": dict, "hardware": dict, "command": list}
+# The sections differences() reads and the type each must have (a run outside git has "git": null).
+SECTIONS = {"versions": dict, "data": dict, "git": (dict, type(None)), "hardware": dict, "command": list}
 
 LIBRARIES = ("tlkit", "torch", "torchvision", "timm", "lightning", "albumentations", "torchmetrics", "numpy",
              "pillow", "opencv-python-headless", "opencv-python")
@@ -164,15 +164,17 @@ def read(run_dir: Path) -> dict | None:
         return None
     record = read_json(path, "provenance.json")
     for section, kind in SECTIONS.items():
-        if record.get(section) is not None and not isinstance(record[section], kind):
-            raise ProvenanceError(f"{path}: {section!r} is a {type(record[section]).__name__}, not a "
-                                  f"{kind.__name__}; the file was edited or damaged: restore it, or remove it to "
-                                  "reproduce without the comparison.")
-    for section in ("versions", "data", "git", "hardware"):
-        bad = [k for k, v in (record.get(section) or {}).items() if isinstance(v, (dict, list))]
-        if bad:
-            raise ProvenanceError(f"{path}: {section}.{bad[0]} is not a plain value; the file was edited or damaged: "
-                                  "restore it, or remove it to reproduce without the comparison.")
+        if section in record and not isinstance(record[section], kind):
+            raise ProvenanceError(f"{path}: {section!r} is a {type(record[section]).__name__}, not the "
+                                  f"{'object' if section != 'command' else 'list'} tlkit writes; the file was edited "
+                                  "or damaged: restore it, or remove it to reproduce without the comparison.")
+    bad = [f"{section}.{k}" for section in ("versions", "data", "git", "hardware")
+           for k, v in (record.get(section) or {}).items() if isinstance(v, (dict, list))]
+    if not isinstance((record.get("data") or {}).get("labels_sha256", ""), str):
+        bad.append("data.labels_sha256")
+    if bad:
+        raise ProvenanceError(f"{path}: {bad[0]} is not the plain value tlkit writes; the file was edited or damaged: "
+                              "restore it, or remove it to reproduce without the comparison.")
     return record
 
 
