@@ -276,16 +276,20 @@ class StreamDataModule(L.LightningDataModule):
     @override
     def setup(self, stage: str) -> None:
         from tlkit.data.augment import build_eval_transform, build_train_transform
+        from tlkit.data.protocol import served_model
 
         module = self.trainer.lightning_module if self.trainer is not None else None
-        if self.preprocessing is None:
-            self.preprocessing = getattr(module, "preprocessing", None)
-        if self.preprocessing is None:
+        served = served_model(module, needed_by="StreamDataModule") if module is not None else None
+        if served is not None and list(served.classes) != self.classes:
+            raise DataError(f"the model's classes {list(served.classes)} differ from the stream's {self.classes}; "
+                            "build the model with StreamDataModule(...).classes.")
+        pre = self.preprocessing or (served.preprocessing if served is not None else None)
+        if pre is None:
             raise ValueError("StreamDataModule needs preprocessing: pass preprocessing=model.preprocessing, or fit "
-                             "a model that has a `preprocessing` attribute (TransferModule does).")
-        train_pre = getattr(module, "train_preprocessing", None) or self.preprocessing
+                             "a model that states it (tlkit.data.protocol.ServedModel; TransferModule does).")
+        train_pre = served.train_preprocessing if served is not None and self.preprocessing is None else pre
         dataset = streaming_dataset_class()
-        eval_transform = build_eval_transform(self.preprocessing)
+        eval_transform = build_eval_transform(pre)
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
         for split in wanted:
             if not self.count(split):
