@@ -51,8 +51,8 @@ def main() -> None:
     parser.add_argument("--data", help="image folder (default: generated photo-sized JPEGs)")
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--images", type=int, default=160, help="images per phase (default 160)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--images", type=int, help="images per phase (default 48 on CPU, 320 on a GPU: minutes)")
     parser.add_argument("--workers", default="auto", help="loader workers, or auto (CPUs per device)")
     parser.add_argument("--precision", default="32", choices=["32", "16-mixed", "bf16-mixed"])
     args = parser.parse_args()
@@ -69,6 +69,7 @@ def main() -> None:
     if dtype is torch.float16 and device.type != "cuda":
         raise SystemExit("--precision 16-mixed needs a CUDA GPU; use 32 or bf16-mixed here.")
     workers = resolve_workers(args.workers)
+    args.images = args.images or (320 if device.type != "cpu" else 48)
     work = Path(tempfile.mkdtemp(prefix="device_check_"))
     data = Path(args.data) if args.data else write_images(work / "images", args.images, 640)
     module = TransferModule({"name": args.backbone, "weights": "none", "input_size": args.size}, ["a", "b"],
