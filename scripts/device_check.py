@@ -34,15 +34,19 @@ def write_images(root: Path, count: int, side: int) -> Path:
 
 
 def timed(batches, step, limit: int) -> float:
-    """images/s of `step` over `batches` after one warm-up batch, up to `limit` images."""
-    iterator = iter(batches)
+    """images/s of `step` over `batches` (re-read from the start as often as needed) after one warm-up batch, until
+    `limit` images have been seen: a loader's later epochs decode every image again, as in training."""
+    def endless():
+        while True:
+            yield from batches
+
+    iterator = endless()
     step(next(iterator))
     seen, started = 0, time.perf_counter()
-    for batch in iterator:
+    while seen < limit:
+        batch = next(iterator)
         step(batch)
         seen += len(batch[0])
-        if seen >= limit:
-            break
     return seen / max(time.perf_counter() - started, 1e-9)
 
 
@@ -103,7 +107,7 @@ def main() -> None:
               "predict (eval + softmax)": lambda b: sync(forward(b, False))}
     one = next(iter(train_loader))
     one = (one[0].to(device), one[1].to(device))
-    repeat = [one] * (args.images // args.batch + 2)
+    repeat = [one]
     loader_rate = timed(train_loader, lambda b: None, args.images)
     print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else os.cpu_count()} "
           f"{'' if device.type == 'cuda' else 'CPUs'}), {args.backbone} at {args.size} px, batch {args.batch}, "
