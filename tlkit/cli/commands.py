@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tlkit.cli.audit import run_audit, run_noisy
+from tlkit.cli.stream import run_data
 from tlkit.errors import RecipeError
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C
@@ -432,5 +433,5 @@ HANDLERS = {
     "train": _train, "preview": _preview, "evaluate": _evaluate, "predict": _predict, "export": _export,
     "recipe": _recipe_show, "groups": _groups, "check": _check, "lr-find": _lr_find, "search": _search,
     "diagnose": _diagnose, "init-stats": _init_stats, "doctor": _doctor, "report": _report, "generate": _generate,
-    "audit": run_audit,
+    "audit": run_audit, "data": run_data,
 }

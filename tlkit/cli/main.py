@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tlkit.cli.audit import add_audit_parser, add_noisy_parser
 from tlkit.cli.commands import HANDLERS, StopSignal, sigterm_stops
+from tlkit.cli.stream import add_data_parser
 from tlkit.errors import RecipeError, TlkitError
 from tlkit.infer.settings import (
     AGGREGATES,
@@ -46,7 +47,7 @@ def _add_checkpoint_arg(parser: argparse.ArgumentParser) -> None:
 def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-workers", default=0, type=_workers,
-        help="image-decoding worker processes (default 0: on a small CPU they compete with the model; auto = min(4, CPUs))",
+        help="image-decoding worker processes (default 0: on a small CPU they compete with the model; auto = CPUs per device, at most 8)",
     )
     parser.add_argument(
         "--max-views-per-forward", type=_positive_int, default=DEFAULT_MAX_VIEWS_PER_FORWARD,
@@ -236,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_generate_parser(sub)
     add_audit_parser(sub)
+    add_data_parser(sub)
 
     recipe = sub.add_parser("recipe", help="inspect recipes")
     recipe_sub = recipe.add_subparsers(dest="recipe_command", required=True)

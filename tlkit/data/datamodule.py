@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +36,7 @@ from tlkit.data.scan import (  # noqa: F401  (re-exported: the names' historical
 )
 from tlkit.data.settings import CacheConfig, DataConfig
 from tlkit.data.table import TABLE_LAYOUT, scan_data
+from tlkit.data.workers import local_devices, resolve_workers
 from tlkit.errors import DataError
 from tlkit.seeding import (
     EpochSampler,
@@ -156,9 +156,7 @@ class PathBatches(L.LightningDataModule):
 
 
 def resolve_num_workers(num_workers: int | str) -> int:
-    if num_workers == "auto":
-        return min(4, os.cpu_count() or 1)
-    return int(num_workers)
+    return resolve_workers(num_workers, local_devices())  # auto: this process's share of the machine's CPUs
 
 
 def balanced_sample_weights(labels: Sequence[int] | Sequence[tuple[int, ...]], num_classes: int) -> list[float]:

@@ -36,7 +36,7 @@ class ImageFilesDataModule(PathBatches):
     Args:
         inputs: a folder (images below it, recursively; hidden files skipped), a file, or a list of either.
         preprocessing: the eval transform's contract; None = the predicting module's `preprocessing`.
-        batch_size, num_workers: the loader's ("auto" = min(4, CPU count)).
+        batch_size, num_workers: the loader's ("auto" = the CPUs per device, at most 8).
     """
 
     def __init__(self, inputs: str | Path | Sequence[str | Path], *, preprocessing: Preprocessing | None = None,

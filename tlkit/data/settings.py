@@ -52,7 +52,8 @@ class DataConfig(Section):
     eval_batch_size: int | None = Field(default=None, gt=0, le=MAX_BATCH_SIZE)
     """Validation batch size (1-4096); null = 2 x batch_size (no gradients to store)."""
     num_workers: int | Literal["auto"] = "auto"
-    """DataLoader worker processes (0-64); auto = min(4, CPU count)."""
+    """DataLoader worker processes (0-64); auto = the CPUs this process may use divided by the devices (one loader
+    per device), at most 8 each; 0 on a single CPU."""
 
     @field_validator("num_workers", mode="before")
     @classmethod

@@ -28,13 +28,17 @@ MAX_SEED = 2**32 - 1  # numpy.random.seed accepts 0..2**32-1
 class TrainerConfig(Section):
     epochs: int = Field(default=10, gt=0)
     """Passes over the training set."""
-    precision: Literal["32", "bf16-mixed"] = "32"
-    """32 is exact everywhere; bf16-mixed saves memory/time on recent GPUs and CPUs with AMX."""
+    precision: Literal["32", "16-mixed", "bf16-mixed"] = "32"
+    """32 is exact everywhere; bf16-mixed saves memory/time on recent GPUs and CPUs with AMX; 16-mixed = fp16 AMP
+    with loss scaling for CUDA GPUs without bf16 (V100, T4; refused on CPU)."""
 
     @field_validator("precision", mode="before")
     @classmethod
     def _precision_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) else value  # --set trainer.precision=32 parses as an int
+    compile: bool = False
+    """Compile the backbone with torch.compile (in place; checkpoints unchanged): the first steps pay the compilation
+    (seconds to minutes), later steps may run faster on GPUs; measure with scripts/bench_compile.py first."""
     accelerator: str = "auto"
     """Passed to lightning.Trainer (auto, cpu, gpu, ...)."""
     devices: int | str = "auto"

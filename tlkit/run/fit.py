@@ -32,6 +32,7 @@ from tlkit.model.module import TransferModule
 from tlkit.recipe import Recipe, recipe_to_dict
 from tlkit.redact import redact_credentials
 from tlkit.run import provenance
+from tlkit.run.accelerate import CompileEmbedder, check_precision
 from tlkit.run.auto import decision_note, resolve_auto_strategy
 from tlkit.run.build import build_datamodule, build_module_for, default_run_dir
 from tlkit.run.console import EpochLines, progress_bars, quiet_intended_warnings
@@ -128,6 +129,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
         return json.loads((Path(run_dir) / "metrics.json").read_text())
     started = time.perf_counter()
     check_sync_batchnorm(recipe.trainer.sync_batchnorm, recipe.trainer.accelerator)
+    check_precision(recipe.trainer.precision, recipe.trainer.accelerator)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     datamodule = build_datamodule(recipe)
     recipe, auto_decision = resolve_auto_strategy(recipe, datamodule)
@@ -351,7 +353,7 @@ def _build_trainer(recipe: Recipe, run_dir: Path, epochs: int, resume_from: Resu
         callbacks=[LearningRateMonitor(logging_interval="epoch"), BatchSeeding(recipe.seed), FinalFigures(run_dir),
                    *([EpochLines()] if t.progress_bar and not progress_bars(t.progress_bar) else []),
                    *([WeightEMA(recipe.optim.ema_decay)] if recipe.optim.ema_decay > 0 else []),
-                   FiniteLossGuard(recipe.optim.lr), *callbacks],
+                   FiniteLossGuard(recipe.optim.lr), *([CompileEmbedder()] if t.compile else []), *callbacks],
         enable_progress_bar=progress_bars(t.progress_bar),
         enable_model_summary=False,
         log_every_n_steps=min(50, steps_per_epoch),
