@@ -155,7 +155,8 @@ def test_step_schedule_decays_by_gamma_every_step_size():
 
 
 def test_own_lightning_trainer_without_a_recipe(colour_folder):
-    """The library path: datamodule gives class names; it takes preprocessing from the model being fitted."""
+    """The library path: datamodule gives class names; it serves the preprocessing of the model being fitted (asked at
+    every setup, never stored over the user's own setting)."""
     from tlkit import ImageFolderDataModule as DM
     from tlkit import TransferModule as TM
 
@@ -166,5 +167,5 @@ def test_own_lightning_trainer_without_a_recipe(colour_folder):
         enable_model_summary=False,
     )
     trainer.fit(model, datamodule=dm)
-    assert dm.preprocessing == model.preprocessing
+    assert dm.preprocessing is None and dm.input_size == model.preprocessing.input_size == 32
     assert trainer.callback_metrics["val_acc"] >= 0.9

@@ -186,8 +186,8 @@ def test_precision_given_as_int_is_accepted():
 
 
 def test_unsupported_precision_is_rejected():
-    with pytest.raises(RecipeError, match=r"trainer\.precision: got '16-mixed'"):
-        load_recipe(None, ["data.root=x", "trainer.precision=16-mixed"])
+    with pytest.raises(RecipeError, match=r"trainer\.precision: got '64-true'"):
+        load_recipe(None, ["data.root=x", "trainer.precision=64-true"])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
