@@ -44,7 +44,7 @@ def sklearn_baseline(features: np.ndarray, labels: np.ndarray, seed: int) -> np.
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     probs = cross_val_predict(model, features, labels, cv=StratifiedKFold(5, shuffle=True, random_state=seed),
                               method="predict_proba")
-    return np.flatnonzero(find_label_issues(labels=labels, pred_probs=probs))
+    return np.flatnonzero(find_label_issues(labels=labels, pred_probs=probs, n_jobs=1))  # no fork beside torch
 
 
 def probe_accuracy(train_x, train_y, val_x, val_y, classes: int, seed: int) -> float:

@@ -67,20 +67,23 @@ class LabelIssue:
 
 
 def label_issues(labels: np.ndarray, probs: np.ndarray, *, multi_label: bool = False) -> list[LabelIssue]:
-    """Images cleanlab finds likely mislabelled (confident learning on the out-of-fold probabilities), worst first."""
+    """Images cleanlab finds likely mislabelled (confident learning on the out-of-fold probabilities), worst first.
+
+    n_jobs=1: cleanlab's default forks a process pool, and a fork of a process that runs torch's threads can deadlock
+    in the child (seen: `tlkit audit` hung forever in CI's test run)."""
     if multi_label:
         from cleanlab.multilabel_classification.filter import find_label_issues
         from cleanlab.multilabel_classification.rank import get_label_quality_scores
 
         given = [list(np.flatnonzero(row)) for row in labels]
-        flagged = find_label_issues(labels=given, pred_probs=probs)
+        flagged = find_label_issues(labels=given, pred_probs=probs, n_jobs=1)
         quality = get_label_quality_scores(labels=given, pred_probs=probs)
         suggested = [tuple(np.flatnonzero(p >= 0.5).tolist()) for p in probs]
     else:
         from cleanlab.filter import find_label_issues
         from cleanlab.rank import get_label_quality_scores
 
-        flagged = find_label_issues(labels=labels, pred_probs=probs)
+        flagged = find_label_issues(labels=labels, pred_probs=probs, n_jobs=1)
         quality = get_label_quality_scores(labels=labels, pred_probs=probs)
         suggested = [(int(p.argmax()),) for p in probs]
     issues = [LabelIssue(int(i), float(quality[i]), suggested[i]) for i in np.flatnonzero(flagged)]
