@@ -19,7 +19,7 @@ The phase is a pure function of (plan, epoch), so every DDP rank and every resum
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -64,6 +64,13 @@ class _Strategy(Section):
     """What every kind answers besides plan(backbone, head) -> [GroupSpec], which each kind defines."""
 
     staged: ClassVar[bool] = False  # the trainable set changes during the run (DDP must allow unused parameters)
+    searchable: ClassVar[bool] = False  # `tlkit search --strategies` may try this kind with its defaults
+    backbone_lr_searched: ClassVar[bool] = False  # search samples backbone_lr_mult (--backbone-lr-mult) for this kind
+
+    @classmethod
+    def kind_name(cls) -> str:
+        """The kind's name as a recipe writes it (strategy.kind), from the class alone."""
+        return cls.model_fields["kind"].default
 
     def cached_epochs(self, epochs: int) -> int:
         """How many leading epochs the cache can serve: the head alone on a frozen backbone (cached features), or
@@ -90,6 +97,7 @@ class _Strategy(Section):
 class LinearProbe(_Strategy):
     kind: Literal["linear_probe"] = "linear_probe"
     """Freeze the backbone (no grads, BatchNorm in eval) and train only the head: the rule for small data."""
+    searchable: ClassVar[bool] = True
     solver: Literal["sgd", "lbfgs"] = "sgd"
     """sgd = the optim section's optimizer for trainer.epochs; lbfgs = closed-form multinomial logistic regression
     (one sigmoid per class for multi-label data) on cached features, L2 strength chosen on a held-out 20% of train
@@ -139,6 +147,9 @@ class Finetune(_Strategy):
     """Train everything, backbone at a lower LR: the rule when there is more data."""
     backbone_lr_mult: float = Field(default=0.1, gt=0, le=1)
     """Backbone LR = head LR x this; the usual rule of thumb is about 1/10."""
+
+    searchable: ClassVar[bool] = True
+    backbone_lr_searched: ClassVar[bool] = True
 
     def plan(self, backbone: nn.Module, head: nn.Module) -> list[GroupSpec]:
         return [_head_spec(head), _whole_backbone(backbone, self.backbone_lr_mult, 0)]
@@ -306,8 +317,16 @@ class Auto(_Strategy):
                          "tlkit.run.auto.resolve_auto_strategy); or choose linear_probe or lp_ft yourself.")
 
 
-StrategyConfig = Annotated[Union[LinearProbe, Finetune, LpFt, Gradual, LayerDecay, FinetuneTop, Auto],
+StrategyConfig = Annotated[LinearProbe | Finetune | LpFt | Gradual | LayerDecay | FinetuneTop | Auto,
                            Field(discriminator="kind")]
+STRATEGY_CLASSES: dict[str, type[_Strategy]] = {cls.kind_name(): cls for cls in get_args(get_args(StrategyConfig)[0])}
+SEARCHABLE_KINDS = tuple(kind for kind, cls in STRATEGY_CLASSES.items() if cls.searchable)
+BACKBONE_LR_SEARCH = Finetune  # the kind a search of backbone_lr_mult trains when it searches no kind
+
+
+def backbone_lr_searched(kind: str | None) -> bool:
+    """Whether search samples backbone_lr_mult for a trial of `kind` (None: no kind searched, BACKBONE_LR_SEARCH)."""
+    return (BACKBONE_LR_SEARCH if kind is None else STRATEGY_CLASSES[kind]).backbone_lr_searched
 
 
 class _StrategyField(Section):
