@@ -27,6 +27,8 @@ from tlkit.config import Section
 from tlkit.model.settings import DEFAULT_STAGE_GRID
 
 if TYPE_CHECKING:  # torch stays unimported until a model is built (recipe validation must not import it)
+    from collections.abc import Sequence
+
     from torch import nn
 
 
@@ -87,6 +89,12 @@ class _Strategy(Section):
         """The head is fitted in closed form on cached features before the first epoch (lp_ft's probe)."""
         return False
 
+    def unmet_needs(self, *, head_hidden: Sequence[int] = (), cache_features: bool = True, mixing: bool = False,
+                    balance: str = "none") -> str | None:
+        """One line naming what this strategy needs of the other settings and does not get (None: all met). The
+        defaults are the settings that meet every need, so a caller passes only what it knows."""
+        return None
+
     def multipliers(self, groups: list[dict], *, steps_per_epoch: int, **schedule) -> list:
         """One LambdaLR factor per optimizer group: the schedule times the group's gate (0 until it unfreezes)."""
         from tlkit.model.schedules import GatedMultiplier
@@ -140,6 +148,18 @@ class LinearProbe(_Strategy):
 
     def cached_epochs(self, epochs: int) -> int:
         return epochs
+
+    def unmet_needs(self, *, head_hidden: Sequence[int] = (), cache_features: bool = True, mixing: bool = False,
+                    balance: str = "none") -> str | None:
+        if self.solver != "lbfgs":
+            return None
+        problems = [why for unmet, why in (
+            (bool(head_hidden), "head.hidden must be [] (a logistic regression is one linear layer)"),
+            (not cache_features, "cache.features must be true (the solver fits cached features)"),
+            (mixing, "mixing must be off (features cannot be mixed)"),
+            (balance != "none", "data.balance must be none (the solver fits an unweighted logistic regression)"))
+            if unmet]
+        return "strategy.solver: lbfgs needs " + "; ".join(problems) if problems else None
 
 
 class Finetune(_Strategy):
@@ -197,6 +217,12 @@ class LpFt(_Strategy):
 
     def cached_epochs(self, epochs: int) -> int:
         return min(self.fine_tune_epoch, epochs)
+
+    def unmet_needs(self, *, head_hidden: Sequence[int] = (), cache_features: bool = True, mixing: bool = False,
+                    balance: str = "none") -> str | None:
+        if self.probe_first and head_hidden:
+            return "strategy.probe: closed_form fits one linear layer, so head.hidden must be []; or use probe: sgd"
+        return None
 
     def multipliers(self, groups: list[dict], *, steps_per_epoch: int, **schedule) -> list:
         """probe sgd: each phase gets a whole schedule (warmup included), the head's LR scaled by head_lr_mult in the

@@ -140,30 +140,18 @@ class Recipe(Section):
         if self.data.balance == "loss_weights" and self.mixing.enabled:
             raise ValueError("data.balance: loss_weights weights hard labels, but Mixup/CutMix trains on mixed soft "
                              "targets; use data.balance: sampler with mixing, or set the mixing alphas to 0")
-        if self.data.balance != "none" and getattr(self.strategy, "solver", "sgd") == "lbfgs":
-            raise ValueError("data.balance: the lbfgs solver fits an unweighted logistic regression; use solver: sgd")
         return self
 
     @model_validator(mode="after")
-    def _lbfgs_needs_cache_and_linear_head(self) -> Recipe:
-        if getattr(self.strategy, "solver", "sgd") == "lbfgs":
-            problems = []
-            if self.head.hidden:
-                problems.append("head.hidden must be [] (a logistic regression is one linear layer)")
-            if not self.cache.features:
-                problems.append("cache.features must be true (the solver fits cached features)")
-            if self.mixing.enabled:
-                problems.append("mixing must be off (features cannot be mixed)")
-            if problems:
-                raise ValueError("strategy.solver: lbfgs needs " + "; ".join(problems))
+    def _strategy_needs_met(self) -> Recipe:
+        if problem := self.strategy.unmet_needs(head_hidden=self.head.hidden, cache_features=self.cache.features,
+                                                mixing=self.mixing.enabled, balance=self.data.balance):
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")
     def _staged_phases_fit_in_the_run(self) -> Recipe:
         epochs = self.trainer.epochs
-        if isinstance(self.strategy, LpFt) and self.strategy.probe_first and self.head.hidden:
-            raise ValueError("strategy.probe: closed_form fits one linear layer, so head.hidden must be []; "
-                             "or use probe: sgd")
         if isinstance(self.strategy, LpFt) and not self.strategy.probe_first and self.strategy.probe_epochs >= epochs:
             raise ValueError(f"strategy.probe_epochs ({self.strategy.probe_epochs}) must be less than trainer.epochs "
                              f"({epochs}), or the fine-tune phase never starts")

@@ -160,23 +160,23 @@ def _strategy_for(decision: Decision, recipe: Recipe, settings: Auto) -> tuple[L
     """The decided kind as a strategy section, set up as the measurement was where the recipe allows; notes say
     where it does not."""
     notes = []
+    setup = {"head_hidden": recipe.head.hidden, "cache_features": recipe.cache.features,
+             "mixing": recipe.mixing.enabled, "balance": recipe.data.balance}
     if decision.strategy is LpFt:
-        probe = "sgd" if recipe.head.hidden else "closed_form"
-        if recipe.head.hidden:
-            notes.append("head.hidden is set, so lp_ft probes by sgd epochs instead of in closed form")
+        chosen = LpFt(probe="closed_form", backbone_lr_mult=settings.backbone_lr_mult, batchnorm=settings.batchnorm)
+        if blocker := chosen.unmet_needs(**setup):
+            notes.append(f"{blocker}: so lp_ft probes by sgd epochs instead of in closed form")
+            chosen = chosen.model_copy(update={"probe": "sgd"})
         if decision.features != "last":
             notes.append(f"{decision.features} features scored best, but lp_ft has no features setting: its probe "
                          "and fine-tune use the last features")
-        return LpFt(probe=probe, backbone_lr_mult=settings.backbone_lr_mult, batchnorm=settings.batchnorm), notes
-    blockers = [why for blocked, why in ((bool(recipe.head.hidden), "head.hidden is set"),
-                                         (not recipe.cache.features, "cache.features is off"),
-                                         (recipe.mixing.enabled, "mixing is on"),
-                                         (recipe.data.balance != "none", f"data.balance is {recipe.data.balance}"))
-                if blocked]
-    if blockers:
-        notes.append(f"{', '.join(blockers)}: the linear probe trains by sgd for trainer.epochs instead of the "
-                     "closed-form (lbfgs) fit that was measured")
-    return LinearProbe(solver="sgd" if blockers else "lbfgs", features=decision.features), notes
+        return chosen, notes
+    chosen = LinearProbe(solver="lbfgs", features=decision.features)
+    if blocker := chosen.unmet_needs(**setup):
+        notes.append(f"{blocker}: so the linear probe trains by sgd for trainer.epochs instead of the closed-form "
+                     "(lbfgs) fit that was measured")
+        chosen = chosen.model_copy(update={"solver": "sgd"})
+    return chosen, notes
 
 
 def decision_note(decision: dict) -> str:
