@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tlkit.config import Section
-from tlkit.data.settings import CacheConfig, DataConfig, TrainAugment
+from tlkit.data.settings import DEFAULT_SEED, CacheConfig, DataConfig, TrainAugment
 from tlkit.model.settings import (
     BackboneConfig,
     HeadConfig,
@@ -94,7 +94,7 @@ class Recipe(Section):
     """Recipe format version."""
     name: str = "recipe"
     """Run name (defaults to the file name); runs are grouped under <runs_dir>/<name>/, so it is one folder name."""
-    seed: int = Field(default=42, ge=0, le=MAX_SEED)
+    seed: int = Field(default=DEFAULT_SEED, ge=0, le=MAX_SEED)
     """Seeds Python, NumPy, torch and loader workers (0 to 2**32-1, NumPy's range): same seed on CPU, same metrics."""
 
     @field_validator("name")
