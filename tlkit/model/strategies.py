@@ -90,9 +90,10 @@ class _Strategy(Section):
         return False
 
     def unmet_needs(self, *, head_hidden: Sequence[int] = (), cache_features: bool = True, mixing: bool = False,
-                    balance: str = "none") -> str | None:
+                    balance: str = "none", epochs: int | None = None) -> str | None:
         """One line naming what this strategy needs of the other settings and does not get (None: all met). The
-        defaults are the settings that meet every need, so a caller passes only what it knows."""
+        defaults are the settings that meet every need (epochs None: not known), so a caller passes only what it
+        knows."""
         return None
 
     def multipliers(self, groups: list[dict], *, steps_per_epoch: int, **schedule) -> list:
@@ -150,7 +151,7 @@ class LinearProbe(_Strategy):
         return epochs
 
     def unmet_needs(self, *, head_hidden: Sequence[int] = (), cache_features: bool = True, mixing: bool = False,
-                    balance: str = "none") -> str | None:
+                    balance: str = "none", epochs: int | None = None) -> str | None:
         if self.solver != "lbfgs":
             return None
         problems = [why for unmet, why in (
@@ -219,9 +220,12 @@ class LpFt(_Strategy):
         return min(self.fine_tune_epoch, epochs)
 
     def unmet_needs(self, *, head_hidden: Sequence[int] = (), cache_features: bool = True, mixing: bool = False,
-                    balance: str = "none") -> str | None:
+                    balance: str = "none", epochs: int | None = None) -> str | None:
         if self.probe_first and head_hidden:
             return "strategy.probe: closed_form fits one linear layer, so head.hidden must be []; or use probe: sgd"
+        if epochs is not None and not self.probe_first and self.probe_epochs >= epochs:
+            return (f"strategy.probe_epochs ({self.probe_epochs}) must be less than trainer.epochs ({epochs}), or the "
+                    "fine-tune phase never starts")
         return None
 
     def multipliers(self, groups: list[dict], *, steps_per_epoch: int, **schedule) -> list:
@@ -254,6 +258,16 @@ class Gradual(_Strategy):
     """Backbone LR = head LR x this once a group is unfrozen."""
 
     staged: ClassVar[bool] = True
+
+    def unmet_needs(self, *, head_hidden: Sequence[int] = (), cache_features: bool = True, mixing: bool = False,
+                    balance: str = "none", epochs: int | None = None) -> str | None:
+        first = (self.unfreeze_epochs or [self.unfreeze_every])[0]
+        if epochs is not None and first >= epochs:
+            return (f"strategy: the first group unfreezes at epoch {first} but trainer.epochs is {epochs}; lower "
+                    "unfreeze_every / unfreeze_epochs or train longer")
+        if self.unfreeze_epochs and self.unfreeze_epochs != sorted(self.unfreeze_epochs):
+            return "strategy.unfreeze_epochs must not decrease (groups unfreeze from the top down)"
+        return None
 
     def plan(self, backbone: nn.Module, head: nn.Module) -> list[GroupSpec]:
         specs = [_head_spec(head)]

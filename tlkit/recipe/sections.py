@@ -20,7 +20,7 @@ from tlkit.model.settings import (
     ScheduleConfig,
     TTAConfig,
 )
-from tlkit.model.strategies import Gradual, LinearProbe, LpFt, StrategyConfig
+from tlkit.model.strategies import LinearProbe, StrategyConfig
 
 MAX_SEED = 2**32 - 1  # numpy.random.seed accepts 0..2**32-1
 
@@ -145,23 +145,9 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _strategy_needs_met(self) -> Recipe:
         if problem := self.strategy.unmet_needs(head_hidden=self.head.hidden, cache_features=self.cache.features,
-                                                mixing=self.mixing.enabled, balance=self.data.balance):
+                                                mixing=self.mixing.enabled, balance=self.data.balance,
+                                                epochs=self.trainer.epochs):
             raise ValueError(problem)
-        return self
-
-    @model_validator(mode="after")
-    def _staged_phases_fit_in_the_run(self) -> Recipe:
-        epochs = self.trainer.epochs
-        if isinstance(self.strategy, LpFt) and not self.strategy.probe_first and self.strategy.probe_epochs >= epochs:
-            raise ValueError(f"strategy.probe_epochs ({self.strategy.probe_epochs}) must be less than trainer.epochs "
-                             f"({epochs}), or the fine-tune phase never starts")
-        if isinstance(self.strategy, Gradual):
-            first = (self.strategy.unfreeze_epochs or [self.strategy.unfreeze_every])[0]
-            if first >= epochs:
-                raise ValueError(f"strategy: the first group unfreezes at epoch {first} but trainer.epochs is {epochs}; "
-                                 "lower unfreeze_every / unfreeze_epochs or train longer")
-            if self.strategy.unfreeze_epochs and self.strategy.unfreeze_epochs != sorted(self.strategy.unfreeze_epochs):
-                raise ValueError("strategy.unfreeze_epochs must not decrease (groups unfreeze from the top down)")
         return self
 
     @property
