@@ -89,6 +89,12 @@ class _Strategy(Section):
         """The head is fitted in closed form on cached features before the first epoch (lp_ft's probe)."""
         return False
 
+    @property
+    def closed_form_only(self) -> bool:
+        """The head is fitted in closed form on cached features and nothing trains by gradient steps (linear_probe
+        with solver lbfgs): a run fits it, then only validates and saves."""
+        return False
+
     def unmet_needs(self, *, head_hidden: Sequence[int] = (), cache_features: bool = True, mixing: bool = False,
                     balance: str = "none", epochs: int | None = None) -> str | None:
         """One line naming what this strategy needs of the other settings and does not get (None: all met). The
@@ -149,6 +155,10 @@ class LinearProbe(_Strategy):
 
     def cached_epochs(self, epochs: int) -> int:
         return epochs
+
+    @property
+    def closed_form_only(self) -> bool:
+        return self.solver == "lbfgs"
 
     def unmet_needs(self, *, head_hidden: Sequence[int] = (), cache_features: bool = True, mixing: bool = False,
                     balance: str = "none", epochs: int | None = None) -> str | None:
