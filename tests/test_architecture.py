@@ -115,3 +115,37 @@ def test_the_documented_picture_lists_every_package_once():
     assert len(names) == len(set(names))
     assert set(names) == {p.stem for p in PACKAGE.iterdir() if (p.is_dir() and (p / "__init__.py").is_file())
                           or (p.suffix == ".py" and not p.name.startswith("__"))}
+
+
+def strategy_kind_comparisons(root: Path = PACKAGE) -> list[str]:
+    """Lines outside tlkit/model/strategies.py that compare a strategy kind with its name as a string literal
+    ('path:line: text'). `kind == "auto"` counts, a bare == "auto" does not: accelerators and weights say auto too."""
+    from tlkit.model.strategies import STRATEGY_CLASSES
+
+    names = "|".join(re.escape(kind) for kind in STRATEGY_CLASSES)
+    only_strategies = "|".join(re.escape(kind) for kind in STRATEGY_CLASSES if kind != "auto")
+    patterns = [re.compile(rf"kind\s*[!=]=\s*[\"']({names})[\"']"),
+                re.compile(rf"[\"']({names})[\"']\s*[!=]=\s*[\w.]*kind\b"),
+                re.compile(rf"([!=]=|\bin\s*[(\[{{])[^#\n]*?[\"']({only_strategies})[\"']")]
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).as_posix() == "model/strategies.py":
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if any(p.search(line) for p in patterns):
+                found.append(f"{path.relative_to(root.parent)}:{number}: {line.strip()}")
+    return found
+
+
+def test_nothing_outside_the_strategies_compares_a_strategy_kind_with_a_string():
+    found = strategy_kind_comparisons()
+    assert not found, "ask the strategy object (tlkit.model.strategies) instead:\n" + "\n".join(found)
+
+
+def test_the_kind_comparison_finder_finds_each_spelling(tmp_path):
+    package = tmp_path / "tlkit"
+    (package / "model").mkdir(parents=True)
+    (package / "model" / "strategies.py").write_text('if kind == "finetune":\n    pass\n', encoding="utf-8")
+    (package / "run.py").write_text('a = kind != "auto"\nb = "lp_ft" == s.kind\nc = p.get("s", "x") == "finetune"\n'
+                                    'd = k in ("linear_probe", "x")\ne = accelerator == "auto"\n', encoding="utf-8")
+    assert [line.split(":")[1] for line in strategy_kind_comparisons(package)] == ["1", "2", "3", "4"]

@@ -95,3 +95,26 @@ def test_search_writes_reports_and_resumes_after_an_interruption(tmp_path, monke
     calls.clear()
     assert main(args) == 0  # a finished search re-run does no work
     assert calls == []
+
+
+@pytest.mark.parametrize(("strategy", "params", "expected"), [
+    ({"kind": "linear_probe"}, {"backbone_lr_mult": 0.2}, "strategy={kind: finetune, backbone_lr_mult: 0.2}"),
+    ({"kind": "linear_probe"}, {"strategy": "finetune"}, "strategy={kind: finetune, backbone_lr_mult: 0.1}"),
+    ({"kind": "finetune", "backbone_lr_mult": 0.3}, {"strategy": "finetune"},
+     "strategy={kind: finetune, backbone_lr_mult: 0.3}"),
+    ({"kind": "finetune"}, {"strategy": "linear_probe"}, "strategy={kind: linear_probe}"),
+    ({"kind": "linear_probe", "solver": "lbfgs"}, {"strategy": "linear_probe"}, None),
+    ({"kind": "linear_probe"}, {}, None),
+])
+def test_a_trial_overrides_the_strategy_only_where_it_searched_one(tmp_path, strategy, params, expected):
+    from tlkit.recipe import validate_recipe
+    from tlkit.run.tuning import _trial_overrides
+
+    recipe = validate_recipe(tiny_recipe_dict(tmp_path, strategy=strategy), "test")
+    overrides = _trial_overrides(recipe, {"lr": 0.01, "weight_decay": 1e-4, **params}, epochs=1)
+    assert [o for o in overrides if o.startswith("strategy=")] == ([expected] if expected else [])
+
+
+def test_a_search_space_refuses_an_unknown_strategy_kind():
+    with pytest.raises(ValueError, match="search strategies: got fine_tune"):
+        SearchSpace(strategies=["fine_tune"])

@@ -15,7 +15,7 @@ from tlkit.data.datamodule import ImageFolderDataModule
 from tlkit.model.groups import layer_groups
 from tlkit.model.module import TransferModule
 from tlkit.model.schedules import GatedMultiplier, LRMultiplier
-from tlkit.model.strategies import LayerDecay
+from tlkit.model.strategies import Finetune, LayerDecay, LinearProbe, LpFt
 from tlkit.recipe import validate_recipe
 
 CLASSES = ["blue", "green", "red"]
@@ -278,3 +278,19 @@ def test_drop_connect_head_drops_weights_in_training_only():
     layers[1].weight.data.normal_()
     assert not torch.equal(head(x), head(x))  # a fresh weight mask every forward
     assert set(head.state_dict()) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+def test_each_strategy_names_the_settings_it_needs_and_does_not_get():
+    assert "data.balance must be none" in LinearProbe(solver="lbfgs").unmet_needs(balance="sampler")
+    assert "cache.features must be true" in LinearProbe(solver="lbfgs").unmet_needs(cache_features=False)
+    assert LinearProbe(solver="sgd").unmet_needs(head_hidden=[8], mixing=True, balance="sampler") is None
+    assert "head.hidden must be []" in LpFt().unmet_needs(head_hidden=[8])
+    assert LpFt(probe="sgd").unmet_needs(head_hidden=[8]) is None
+    assert Finetune().unmet_needs(head_hidden=[8], cache_features=False, mixing=True) is None
+
+
+def test_a_recipe_refuses_a_closed_form_probe_on_an_mlp_head():
+    from tlkit.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="closed_form fits one linear layer"):
+        validate_recipe({"data": {"root": "x"}, "strategy": {"kind": "lp_ft"}, "head": {"hidden": [8]}})

@@ -83,12 +83,13 @@ def run_audit(args: argparse.Namespace) -> int:
             raise DataError("tlkit audit needs a data folder, a label table (.csv) or --recipe; e.g. tlkit audit "
                             "path/to/images.")
         from tlkit.audit import audit
+        from tlkit.data.settings import DEFAULT_TABLE
         from tlkit.data.table import scan_data
 
         given = Path(args.folder)
         table = given.suffix.lower() == ".csv"
         root = given.parent if table else given
-        scan = scan_data(root, source="csv" if table else "folder", csv=given.name if table else "labels.csv",
+        scan = scan_data(root, source="csv" if table else "folder", csv=given.name if table else DEFAULT_TABLE,
                          seed=args.seed)
         result = audit(scan, out=args.out or Path("runs") / "audit" / Path(root).resolve().name,
                        backbone=args.backbone, weights=args.weights, input_size=args.input_size, settings=settings,

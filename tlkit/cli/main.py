@@ -21,6 +21,7 @@ from tlkit.infer.settings import (
     DEFAULT_TOP_LOSSES,
     PRECISIONS,
 )
+from tlkit.model.strategies import SEARCHABLE_KINDS
 from tlkit.redact import redact_credentials
 
 EXIT_RECIPE_ERROR = 2
@@ -306,7 +307,7 @@ def _add_tuning_parsers(sub) -> None:
                         help="coarse weight decay range, log-uniform (default 1e-6 1e-2)")
     search.add_argument("--backbone-lr-mult", nargs=2, type=float, metavar=("LOW", "HIGH"),
                         help="also search the fine-tune backbone LR multiplier in this range (e.g. 0.01 1)")
-    search.add_argument("--strategies", nargs="+", choices=("linear_probe", "finetune"),
+    search.add_argument("--strategies", nargs="+", choices=SEARCHABLE_KINDS,
                         help="also search the strategy kind (default: the recipe's)")
     search.add_argument("--keep-checkpoints", action="store_true", help="keep each trial's checkpoints (large)")
     search.add_argument("--no-progress", action="store_true", help="no progress bar")

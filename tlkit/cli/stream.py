@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tlkit.data.settings import DEFAULT_SEED, DEFAULT_VAL_FRACTION
+
 
 def _side(text: str) -> int:
     value = int(text)
@@ -33,11 +35,13 @@ def add_data_parser(sub) -> None:
     optimize.add_argument("--quality", type=int, default=90, choices=range(50, 101), metavar="50-100",
                           help="JPEG quality (default 90)")
     optimize.add_argument("--workers", type=_workers, help="encoding processes (default: one per CPU)")
-    optimize.add_argument("--val-fraction", type=float, default=0.2,
-                          help="val share carved when SRC has no val split (default 0.2, as data.val_fraction)")
+    optimize.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                          help=f"val share carved when SRC has no val split (default {DEFAULT_VAL_FRACTION}, as "
+                               "data.val_fraction)")
     optimize.add_argument("--test-fraction", type=float, default=0.0,
                           help="test share carved when SRC has no test split (default 0)")
-    optimize.add_argument("--seed", type=int, default=42, help="seed of a carved split (default 42, a recipe's seed)")
+    optimize.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                          help=f"seed of a carved split (default {DEFAULT_SEED}, a recipe's seed)")
     optimize.add_argument("--overwrite", action="store_true", help="replace an earlier stream at OUT")
     optimize.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tlkit.data.scan import FolderScan, relative_name
+from tlkit.data.settings import DEFAULT_LABEL_DELIMITER
 from tlkit.errors import DataError, DataNotFoundError, did_you_mean
 
 TABLE_NAMES = ("path", "label", "split")  # the columns tlkit reads; data.columns maps a table's own names to them
@@ -86,7 +87,7 @@ def _absolute(written: str, root: str | Path) -> str:
 
 
 def curate(scan: FolderScan, *, exclude: str | Path | Sequence[str] | None = None, relabel: str | Path | None = None,
-           label_delimiter: str = ";") -> FolderScan:
+           label_delimiter: str = DEFAULT_LABEL_DELIMITER) -> FolderScan:
     """The scan with `exclude`d images left out of training (val and test keep theirs, so scores stay comparable)
     and `relabel`led images given their new label in every split. Every listed path must be in the scan."""
     if exclude is None and relabel is None:

@@ -34,7 +34,7 @@ from tlkit.data.scan import (  # noqa: F401  (re-exported: the names' historical
     scan_folder,
     stratified_split,
 )
-from tlkit.data.settings import CacheConfig, DataConfig
+from tlkit.data.settings import DEFAULT_SEED, CacheConfig, DataConfig
 from tlkit.data.table import TABLE_LAYOUT, scan_data
 from tlkit.data.workers import local_devices, resolve_workers
 from tlkit.errors import DataError
@@ -319,7 +319,7 @@ class ImageFolderDataModule(PathBatches):
         num_workers: int | str = _DATA_DEFAULTS["num_workers"].default,
         val_fraction: float = _DATA_DEFAULTS["val_fraction"].default,
         test_fraction: float = _DATA_DEFAULTS["test_fraction"].default,
-        seed: int = 42,
+        seed: int = DEFAULT_SEED,
         on_bad_image: str = _DATA_DEFAULTS["on_bad_image"].default,
         balance: str = _DATA_DEFAULTS["balance"].default,
         first_epoch: int = 0,

@@ -26,6 +26,7 @@ from tlkit.data.scan import (
     leaves_root,
     link_problem,
 )
+from tlkit.data.settings import DEFAULT_LABEL_DELIMITER
 from tlkit.errors import DataError, DataNotFoundError, did_you_mean
 from tlkit.io import atomic_write
 
@@ -288,7 +289,7 @@ def default_report_path(root: str | Path) -> Path:
 
 
 def diagnose_table(table: str | Path, *, min_size: int = DEFAULT_MIN_SIZE, multi_label: bool | None = None,
-                   delimiter: str = ";") -> dict:
+                   delimiter: str = DEFAULT_LABEL_DELIMITER) -> dict:
     """Report every problem of a label table (rows training refuses, files it skips, classes without images) and
     every special case of the images it lists, as `diagnose` does for folders. The table's folder is the root.
     Raises DataNotFoundError / DataError only if the table cannot be read (missing, empty, no path column)."""

@@ -27,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from tlkit.data.images import is_image_name
 from tlkit.data.preprocessing import ImageGeometryError, check_geometry
+from tlkit.data.settings import DEFAULT_SEED, DEFAULT_VAL_FRACTION
 from tlkit.errors import DataError, DataNotFoundError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 TRAIN_SPLIT_NAME = "train"
 VAL_SPLIT_NAMES = ("val", "valid", "validation")
 TEST_SPLIT_NAME = "test"
-LAYOUTS = ("split", "carved", "single")
 LINK_OUTSIDE = "symlink leaving the data folder (not followed)"
 
 Sample = tuple[str, int]  # multi-label data: (path, tuple of sorted class indices, possibly empty)
@@ -190,8 +190,8 @@ def _check_extra_classes(folder: Path, train_dir: Path, classes: list[str]) -> N
         )
 
 
-def scan_folder(root: str | Path, *, val_fraction: float = 0.2, test_fraction: float = 0.0,
-                seed: int = 42) -> FolderScan:
+def scan_folder(root: str | Path, *, val_fraction: float = DEFAULT_VAL_FRACTION, test_fraction: float = 0.0,
+                seed: int = DEFAULT_SEED) -> FolderScan:
     """Find classes and samples of each split under root; raises DataNotFoundError / DataError with the fix in one
     line. Splits that are not folders are carved from the training images (seeded, stratified)."""
     root = _existing_root(root)

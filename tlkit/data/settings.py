@@ -14,6 +14,10 @@ from tlkit.config import Section
 
 MAX_BATCH_SIZE = 4096  # beyond this a CPU/GPU batch of images does not fit in memory at any useful input size
 MAX_NUM_WORKERS = 64  # each worker is a process holding a copy of the dataset; more only costs memory
+DEFAULT_SEED = 42  # the recipe's seed; also the split seed of the Python API's scans and datamodule
+DEFAULT_VAL_FRACTION = 0.2
+DEFAULT_LABEL_DELIMITER = ";"
+DEFAULT_TABLE = "labels.csv"
 
 
 class DataConfig(Section):
@@ -23,7 +27,7 @@ class DataConfig(Section):
     source: Literal["folder", "csv"] = "folder"
     """Where labels come from: folder = class subfolder names; csv = a table (data.csv) listing each image's path and
     label(s)."""
-    csv: str = "labels.csv"
+    csv: str = DEFAULT_TABLE
     """source: csv: the table, relative to root, with columns path,label[,split] or path,<class1>,<class2>,...[,split]
     (0/1 per class); image paths in it are relative to the table's own folder and must stay inside root."""
     columns: dict[Literal["path", "label", "split"], str] | None = None
@@ -38,9 +42,9 @@ class DataConfig(Section):
     multi_label: bool | None = None
     """Several labels per image: null = decide from the table (multi-label when a label cell holds label_delimiter or
     the table has 0/1 class columns); class folders are always single-label."""
-    label_delimiter: str = Field(default=";", min_length=1, max_length=8)
+    label_delimiter: str = Field(default=DEFAULT_LABEL_DELIMITER, min_length=1, max_length=8)
     """Separator between the labels of one image in a table's label column (a;b), for multi-label data."""
-    val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    val_fraction: float = Field(default=DEFAULT_VAL_FRACTION, gt=0, lt=1)
     """Held-out fraction (stratified, seeded) carved from the training images when root has no val/ (or valid/)
     folder, or a table no val rows; val chooses the checkpoint."""
     test_fraction: float = Field(default=0.0, ge=0, lt=1)

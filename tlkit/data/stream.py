@@ -25,7 +25,7 @@ import numpy as np
 from typing_extensions import override
 
 from tlkit.config import settings_from
-from tlkit.data.settings import CacheConfig, DataConfig, TrainAugment
+from tlkit.data.settings import DEFAULT_SEED, CacheConfig, DataConfig, TrainAugment
 from tlkit.data.workers import cpus_available, resolve_workers
 from tlkit.errors import DataError
 from tlkit.io import atomic_write
@@ -127,7 +127,7 @@ def _refuse_output(out: str, overwrite: bool) -> None:
 
 def optimize_data(src: str | Path, out: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, quality: int = 90,
                   num_workers: int | None = None, overwrite: bool = False, progress: bool = True,
-                  data: DataConfig | Mapping | None = None, seed: int = 42) -> dict:
+                  data: DataConfig | Mapping | None = None, seed: int = DEFAULT_SEED) -> dict:
     """Write the splits of the data at `src` (a folder, or a table with data={"source": "csv", ...}) as LitData
     chunks under out/{train,val,test}/ plus out/tlkit_stream.json (classes, counts, encoding); returns that manifest.
 
@@ -235,7 +235,7 @@ class StreamDataModule(L.LightningDataModule):
 
     def __init__(self, root: str | Path, *, preprocessing: Any = None, augment: TrainAugment | Mapping | str | None = None,
                  batch_size: int = DataConfig.model_fields["batch_size"].default, eval_batch_size: int | None = None,
-                 num_workers: int | str = "auto", seed: int = 42):
+                 num_workers: int | str = "auto", seed: int = DEFAULT_SEED):
         super().__init__()
         self.root = str(root)
         self.manifest = read_manifest(self.root)

@@ -34,6 +34,12 @@ from tlkit.data.scan import (
     read_header,
     stratified_split,
 )
+from tlkit.data.settings import (
+    DEFAULT_LABEL_DELIMITER,
+    DEFAULT_SEED,
+    DEFAULT_TABLE,
+    DEFAULT_VAL_FRACTION,
+)
 from tlkit.errors import DataError, DataNotFoundError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -228,7 +234,7 @@ def _cell_text(value: Any, delimiter: str) -> str:
     return str(value).strip()
 
 
-def dataframe_table(df: Any, root: str | Path, *, delimiter: str = ";",
+def dataframe_table(df: Any, root: str | Path, *, delimiter: str = DEFAULT_LABEL_DELIMITER,
                     column_names: dict[str, str] | None = None) -> Table:
     """A pandas DataFrame (or anything with .columns and .to_dict('records')) as a Table whose paths are relative to
     root. A label cell may also be a list of class names (multi-label)."""
@@ -275,7 +281,7 @@ def _labels(row: dict[str, str], place: str, class_columns: list[str], multi_lab
 
 
 def parse_table(table: Table, root: str | Path, *, multi_label: bool | None = None,
-                delimiter: str = ";") -> ParsedTable:
+                delimiter: str = DEFAULT_LABEL_DELIMITER) -> ParsedTable:
     """Every row checked: path (present, inside root, listed once), labels, split. Files are not opened here."""
     root_abs = os.path.abspath(root)
     base = os.path.abspath(table.base)
@@ -446,8 +452,8 @@ def _carve(samples: list, *, multi_label: bool, val_fraction: float, test_fracti
                             key=lambda s: _stratum(s[1], counts))
 
 
-def scan_parsed(parsed: ParsedTable, root: str | Path, name: str, *, val_fraction: float = 0.2,
-                test_fraction: float = 0.0, seed: int = 42) -> FolderScan:
+def scan_parsed(parsed: ParsedTable, root: str | Path, name: str, *, val_fraction: float = DEFAULT_VAL_FRACTION,
+                test_fraction: float = 0.0, seed: int = DEFAULT_SEED) -> FolderScan:
     """FolderScan of a parsed table: refused problems raise, unusable files are skipped and listed, splits come
     from the split column or are carved (seeded) from the training rows."""
     refuse_problems(parsed, name)
@@ -497,9 +503,9 @@ def _check_training_classes(parsed: ParsedTable, train: list, val: list, name: s
                         "val is carved by data.val_fraction.")
 
 
-def scan_table(root: str | Path, csv_name: str | Path = "labels.csv", *, multi_label: bool | None = None,
-               label_delimiter: str = ";", val_fraction: float = 0.2, test_fraction: float = 0.0,
-               seed: int = 42, columns: dict[str, str] | None = None) -> FolderScan:
+def scan_table(root: str | Path, csv_name: str | Path = DEFAULT_TABLE, *, multi_label: bool | None = None,
+               label_delimiter: str = DEFAULT_LABEL_DELIMITER, val_fraction: float = DEFAULT_VAL_FRACTION, test_fraction: float = 0.0,
+               seed: int = DEFAULT_SEED, columns: dict[str, str] | None = None) -> FolderScan:
     """Scan data.root/<csv_name> (data.source: csv) into a FolderScan; columns: the table's names for path, label,
     split (data.columns)."""
     root = _existing_root(root)
@@ -512,8 +518,8 @@ def scan_table(root: str | Path, csv_name: str | Path = "labels.csv", *, multi_l
     return scan_parsed(parsed, root, table.name, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
 
 
-def scan_dataframe(df: Any, root: str | Path, *, multi_label: bool | None = None, label_delimiter: str = ";",
-                   val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 42,
+def scan_dataframe(df: Any, root: str | Path, *, multi_label: bool | None = None, label_delimiter: str = DEFAULT_LABEL_DELIMITER,
+                   val_fraction: float = DEFAULT_VAL_FRACTION, test_fraction: float = 0.0, seed: int = DEFAULT_SEED,
                    columns: dict[str, str] | None = None) -> FolderScan:
     """Scan a DataFrame whose paths are relative to root: the same checks as a CSV."""
     root = _existing_root(root)
@@ -522,8 +528,8 @@ def scan_dataframe(df: Any, root: str | Path, *, multi_label: bool | None = None
     return scan_parsed(parsed, root, table.name, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
 
 
-def scan_data(root: str | Path, *, source: str = "folder", csv: str = "labels.csv", multi_label: bool | None = None,
-              label_delimiter: str = ";", val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 42,
+def scan_data(root: str | Path, *, source: str = "folder", csv: str = DEFAULT_TABLE, multi_label: bool | None = None,
+              label_delimiter: str = DEFAULT_LABEL_DELIMITER, val_fraction: float = DEFAULT_VAL_FRACTION, test_fraction: float = 0.0, seed: int = DEFAULT_SEED,
               table: Any = None, columns: dict[str, str] | None = None, exclude: Any = None,
               relabel: str | None = None) -> FolderScan:
     """The scan for any data source: class folders, a CSV under root, or a DataFrame (`table`), with data.exclude

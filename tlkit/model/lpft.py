@@ -69,8 +69,7 @@ def _solve(features: Any, module: Any, *, seed: int, multi_label: bool) -> tuple
     from tlkit.model.probe import fit_logistic_head
 
     head_config = getattr(module, "head_config", None)
-    if head_config is not None and head_config.hidden:
-        raise ProbeError(f"lp_ft with probe: closed_form fits one linear layer; got head.hidden {head_config.hidden}. "
-                         "Use head.hidden: [] or probe: sgd.")
+    if head_config is not None and (problem := module.strategy.unmet_needs(head_hidden=head_config.hidden)):
+        raise ProbeError(f"{problem} (got head.hidden {list(head_config.hidden)}).")
     views, labels = features.train.usable()
     return fit_logistic_head(views, labels, num_classes=len(module.classes), seed=seed, multi_label=multi_label)

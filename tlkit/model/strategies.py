@@ -19,7 +19,7 @@ The phase is a pure function of (plan, epoch), so every DDP rank and every resum
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -27,6 +27,8 @@ from tlkit.config import Section
 from tlkit.model.settings import DEFAULT_STAGE_GRID
 
 if TYPE_CHECKING:  # torch stays unimported until a model is built (recipe validation must not import it)
+    from collections.abc import Sequence
+
     from torch import nn
 
 
@@ -64,6 +66,13 @@ class _Strategy(Section):
     """What every kind answers besides plan(backbone, head) -> [GroupSpec], which each kind defines."""
 
     staged: ClassVar[bool] = False  # the trainable set changes during the run (DDP must allow unused parameters)
+    searchable: ClassVar[bool] = False  # `tlkit search --strategies` may try this kind with its defaults
+    backbone_lr_searched: ClassVar[bool] = False  # search samples backbone_lr_mult (--backbone-lr-mult) for this kind
+
+    @classmethod
+    def kind_name(cls) -> str:
+        """The kind's name as a recipe writes it (strategy.kind), from the class alone."""
+        return cls.model_fields["kind"].default
 
     def cached_epochs(self, epochs: int) -> int:
         """How many leading epochs the cache can serve: the head alone on a frozen backbone (cached features), or
@@ -80,6 +89,19 @@ class _Strategy(Section):
         """The head is fitted in closed form on cached features before the first epoch (lp_ft's probe)."""
         return False
 
+    @property
+    def closed_form_only(self) -> bool:
+        """The head is fitted in closed form on cached features and nothing trains by gradient steps (linear_probe
+        with solver lbfgs): a run fits it, then only validates and saves."""
+        return False
+
+    def unmet_needs(self, *, head_hidden: Sequence[int] = (), cache_features: bool = True, mixing: bool = False,
+                    balance: str = "none", epochs: int | None = None) -> str | None:
+        """One line naming what this strategy needs of the other settings and does not get (None: all met). The
+        defaults are the settings that meet every need (epochs None: not known), so a caller passes only what it
+        knows."""
+        return None
+
     def multipliers(self, groups: list[dict], *, steps_per_epoch: int, **schedule) -> list:
         """One LambdaLR factor per optimizer group: the schedule times the group's gate (0 until it unfreezes)."""
         from tlkit.model.schedules import GatedMultiplier
@@ -90,6 +112,7 @@ class _Strategy(Section):
 class LinearProbe(_Strategy):
     kind: Literal["linear_probe"] = "linear_probe"
     """Freeze the backbone (no grads, BatchNorm in eval) and train only the head: the rule for small data."""
+    searchable: ClassVar[bool] = True
     solver: Literal["sgd", "lbfgs"] = "sgd"
     """sgd = the optim section's optimizer for trainer.epochs; lbfgs = closed-form multinomial logistic regression
     (one sigmoid per class for multi-label data) on cached features, L2 strength chosen on a held-out 20% of train
@@ -133,12 +156,31 @@ class LinearProbe(_Strategy):
     def cached_epochs(self, epochs: int) -> int:
         return epochs
 
+    @property
+    def closed_form_only(self) -> bool:
+        return self.solver == "lbfgs"
+
+    def unmet_needs(self, *, head_hidden: Sequence[int] = (), cache_features: bool = True, mixing: bool = False,
+                    balance: str = "none", epochs: int | None = None) -> str | None:
+        if self.solver != "lbfgs":
+            return None
+        problems = [why for unmet, why in (
+            (bool(head_hidden), "head.hidden must be [] (a logistic regression is one linear layer)"),
+            (not cache_features, "cache.features must be true (the solver fits cached features)"),
+            (mixing, "mixing must be off (features cannot be mixed)"),
+            (balance != "none", "data.balance must be none (the solver fits an unweighted logistic regression)"))
+            if unmet]
+        return "strategy.solver: lbfgs needs " + "; ".join(problems) if problems else None
+
 
 class Finetune(_Strategy):
     kind: Literal["finetune"] = "finetune"
     """Train everything, backbone at a lower LR: the rule when there is more data."""
     backbone_lr_mult: float = Field(default=0.1, gt=0, le=1)
     """Backbone LR = head LR x this; the usual rule of thumb is about 1/10."""
+
+    searchable: ClassVar[bool] = True
+    backbone_lr_searched: ClassVar[bool] = True
 
     def plan(self, backbone: nn.Module, head: nn.Module) -> list[GroupSpec]:
         return [_head_spec(head), _whole_backbone(backbone, self.backbone_lr_mult, 0)]
@@ -187,6 +229,15 @@ class LpFt(_Strategy):
     def cached_epochs(self, epochs: int) -> int:
         return min(self.fine_tune_epoch, epochs)
 
+    def unmet_needs(self, *, head_hidden: Sequence[int] = (), cache_features: bool = True, mixing: bool = False,
+                    balance: str = "none", epochs: int | None = None) -> str | None:
+        if self.probe_first and head_hidden:
+            return "strategy.probe: closed_form fits one linear layer, so head.hidden must be []; or use probe: sgd"
+        if epochs is not None and not self.probe_first and self.probe_epochs >= epochs:
+            return (f"strategy.probe_epochs ({self.probe_epochs}) must be less than trainer.epochs ({epochs}), or the "
+                    "fine-tune phase never starts")
+        return None
+
     def multipliers(self, groups: list[dict], *, steps_per_epoch: int, **schedule) -> list:
         """probe sgd: each phase gets a whole schedule (warmup included), the head's LR scaled by head_lr_mult in the
         fine-tune phase; closed_form: one schedule, the fine-tune's."""
@@ -217,6 +268,16 @@ class Gradual(_Strategy):
     """Backbone LR = head LR x this once a group is unfrozen."""
 
     staged: ClassVar[bool] = True
+
+    def unmet_needs(self, *, head_hidden: Sequence[int] = (), cache_features: bool = True, mixing: bool = False,
+                    balance: str = "none", epochs: int | None = None) -> str | None:
+        first = (self.unfreeze_epochs or [self.unfreeze_every])[0]
+        if epochs is not None and first >= epochs:
+            return (f"strategy: the first group unfreezes at epoch {first} but trainer.epochs is {epochs}; lower "
+                    "unfreeze_every / unfreeze_epochs or train longer")
+        if self.unfreeze_epochs and self.unfreeze_epochs != sorted(self.unfreeze_epochs):
+            return "strategy.unfreeze_epochs must not decrease (groups unfreeze from the top down)"
+        return None
 
     def plan(self, backbone: nn.Module, head: nn.Module) -> list[GroupSpec]:
         specs = [_head_spec(head)]
@@ -306,8 +367,16 @@ class Auto(_Strategy):
                          "tlkit.run.auto.resolve_auto_strategy); or choose linear_probe or lp_ft yourself.")
 
 
-StrategyConfig = Annotated[Union[LinearProbe, Finetune, LpFt, Gradual, LayerDecay, FinetuneTop, Auto],
+StrategyConfig = Annotated[LinearProbe | Finetune | LpFt | Gradual | LayerDecay | FinetuneTop | Auto,
                            Field(discriminator="kind")]
+STRATEGY_CLASSES: dict[str, type[_Strategy]] = {cls.kind_name(): cls for cls in get_args(get_args(StrategyConfig)[0])}
+SEARCHABLE_KINDS = tuple(kind for kind, cls in STRATEGY_CLASSES.items() if cls.searchable)
+BACKBONE_LR_SEARCH = Finetune  # the kind a search of backbone_lr_mult trains when it searches no kind
+
+
+def backbone_lr_searched(kind: str | None) -> bool:
+    """Whether search samples backbone_lr_mult for a trial of `kind` (None: no kind searched, BACKBONE_LR_SEARCH)."""
+    return (BACKBONE_LR_SEARCH if kind is None else STRATEGY_CLASSES[kind]).backbone_lr_searched
 
 
 class _StrategyField(Section):

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tlkit.config import Section
-from tlkit.data.settings import CacheConfig, DataConfig, TrainAugment
+from tlkit.data.settings import DEFAULT_SEED, CacheConfig, DataConfig, TrainAugment
 from tlkit.model.settings import (
     BackboneConfig,
     HeadConfig,
@@ -20,7 +20,7 @@ from tlkit.model.settings import (
     ScheduleConfig,
     TTAConfig,
 )
-from tlkit.model.strategies import Gradual, LinearProbe, LpFt, StrategyConfig
+from tlkit.model.strategies import LinearProbe, StrategyConfig
 
 MAX_SEED = 2**32 - 1  # numpy.random.seed accepts 0..2**32-1
 
@@ -94,7 +94,7 @@ class Recipe(Section):
     """Recipe format version."""
     name: str = "recipe"
     """Run name (defaults to the file name); runs are grouped under <runs_dir>/<name>/, so it is one folder name."""
-    seed: int = Field(default=42, ge=0, le=MAX_SEED)
+    seed: int = Field(default=DEFAULT_SEED, ge=0, le=MAX_SEED)
     """Seeds Python, NumPy, torch and loader workers (0 to 2**32-1, NumPy's range): same seed on CPU, same metrics."""
 
     @field_validator("name")
@@ -140,40 +140,14 @@ class Recipe(Section):
         if self.data.balance == "loss_weights" and self.mixing.enabled:
             raise ValueError("data.balance: loss_weights weights hard labels, but Mixup/CutMix trains on mixed soft "
                              "targets; use data.balance: sampler with mixing, or set the mixing alphas to 0")
-        if self.data.balance != "none" and getattr(self.strategy, "solver", "sgd") == "lbfgs":
-            raise ValueError("data.balance: the lbfgs solver fits an unweighted logistic regression; use solver: sgd")
         return self
 
     @model_validator(mode="after")
-    def _lbfgs_needs_cache_and_linear_head(self) -> Recipe:
-        if getattr(self.strategy, "solver", "sgd") == "lbfgs":
-            problems = []
-            if self.head.hidden:
-                problems.append("head.hidden must be [] (a logistic regression is one linear layer)")
-            if not self.cache.features:
-                problems.append("cache.features must be true (the solver fits cached features)")
-            if self.mixing.enabled:
-                problems.append("mixing must be off (features cannot be mixed)")
-            if problems:
-                raise ValueError("strategy.solver: lbfgs needs " + "; ".join(problems))
-        return self
-
-    @model_validator(mode="after")
-    def _staged_phases_fit_in_the_run(self) -> Recipe:
-        epochs = self.trainer.epochs
-        if isinstance(self.strategy, LpFt) and self.strategy.probe_first and self.head.hidden:
-            raise ValueError("strategy.probe: closed_form fits one linear layer, so head.hidden must be []; "
-                             "or use probe: sgd")
-        if isinstance(self.strategy, LpFt) and not self.strategy.probe_first and self.strategy.probe_epochs >= epochs:
-            raise ValueError(f"strategy.probe_epochs ({self.strategy.probe_epochs}) must be less than trainer.epochs "
-                             f"({epochs}), or the fine-tune phase never starts")
-        if isinstance(self.strategy, Gradual):
-            first = (self.strategy.unfreeze_epochs or [self.strategy.unfreeze_every])[0]
-            if first >= epochs:
-                raise ValueError(f"strategy: the first group unfreezes at epoch {first} but trainer.epochs is {epochs}; "
-                                 "lower unfreeze_every / unfreeze_epochs or train longer")
-            if self.strategy.unfreeze_epochs and self.strategy.unfreeze_epochs != sorted(self.strategy.unfreeze_epochs):
-                raise ValueError("strategy.unfreeze_epochs must not decrease (groups unfreeze from the top down)")
+    def _strategy_needs_met(self) -> Recipe:
+        if problem := self.strategy.unmet_needs(head_hidden=self.head.hidden, cache_features=self.cache.features,
+                                                mixing=self.mixing.enabled, balance=self.data.balance,
+                                                epochs=self.trainer.epochs):
+            raise ValueError(problem)
         return self
 
     @property

@@ -38,10 +38,15 @@ FEATURE_CHOICES = ("last", "stages")  # listed cheapest head first: ties go to t
 class Decision:
     """What the rule chose and why: `rule` names the branch that fired, `reason` says it with the numbers."""
 
-    kind: str  # linear_probe | lp_ft
+    strategy: type[LinearProbe | LpFt]  # the kind chosen
     features: str  # the better feature choice on the held-out images (last | stages)
     rule: str  # small_data | no_measurement | probe_short_of_saturation | probe_saturated
     reason: str
+
+    @property
+    def kind(self) -> str:
+        """The chosen kind's name, as logged and recorded."""
+        return self.strategy.kind_name()
 
 
 def decide_strategy(*, train_images: int, num_classes: int, scores: dict[str, float | None], settings: Auto,
@@ -58,17 +63,17 @@ def decide_strategy(*, train_images: int, num_classes: int, scores: dict[str, fl
     held = (f"held-out probe {metric} {best:.1%} with {features} features" if best is not None
             else "no held-out score (too few images per class to hold out 20%)")
     if per_class < settings.images_per_class or train_images < settings.min_images:
-        return Decision("linear_probe", features, "small_data",
+        return Decision(LinearProbe, features, "small_data",
                         f"{size}: small data (below {settings.images_per_class} per class or {settings.min_images} "
                         f"in all), so a linear probe on the frozen backbone; {held}")
     if best is None:
-        return Decision("linear_probe", features, "no_measurement",
+        return Decision(LinearProbe, features, "no_measurement",
                         f"{size}; {held}, so nothing shows room above the probe: a linear probe")
     if best < settings.saturation:
-        return Decision("lp_ft", features, "probe_short_of_saturation",
+        return Decision(LpFt, features, "probe_short_of_saturation",
                         f"{size}: enough to fine-tune; {held} < {settings.saturation:.0%}: room above the probe, "
                         "so probe then fine-tune (lp_ft)")
-    return Decision("linear_probe", features, "probe_saturated",
+    return Decision(LinearProbe, features, "probe_saturated",
                     f"{size}; {held} >= {settings.saturation:.0%}: the probe is near saturation, fine-tuning would "
                     "cost far more for little, so a linear probe")
 
@@ -155,23 +160,23 @@ def _strategy_for(decision: Decision, recipe: Recipe, settings: Auto) -> tuple[L
     """The decided kind as a strategy section, set up as the measurement was where the recipe allows; notes say
     where it does not."""
     notes = []
-    if decision.kind == "lp_ft":
-        probe = "sgd" if recipe.head.hidden else "closed_form"
-        if recipe.head.hidden:
-            notes.append("head.hidden is set, so lp_ft probes by sgd epochs instead of in closed form")
+    setup = {"head_hidden": recipe.head.hidden, "cache_features": recipe.cache.features,
+             "mixing": recipe.mixing.enabled, "balance": recipe.data.balance}
+    if decision.strategy is LpFt:
+        chosen = LpFt(probe="closed_form", backbone_lr_mult=settings.backbone_lr_mult, batchnorm=settings.batchnorm)
+        if blocker := chosen.unmet_needs(**setup):
+            notes.append(f"{blocker}: so lp_ft probes by sgd epochs instead of in closed form")
+            chosen = chosen.model_copy(update={"probe": "sgd"})
         if decision.features != "last":
             notes.append(f"{decision.features} features scored best, but lp_ft has no features setting: its probe "
                          "and fine-tune use the last features")
-        return LpFt(probe=probe, backbone_lr_mult=settings.backbone_lr_mult, batchnorm=settings.batchnorm), notes
-    blockers = [why for blocked, why in ((bool(recipe.head.hidden), "head.hidden is set"),
-                                         (not recipe.cache.features, "cache.features is off"),
-                                         (recipe.mixing.enabled, "mixing is on"),
-                                         (recipe.data.balance != "none", f"data.balance is {recipe.data.balance}"))
-                if blocked]
-    if blockers:
-        notes.append(f"{', '.join(blockers)}: the linear probe trains by sgd for trainer.epochs instead of the "
-                     "closed-form (lbfgs) fit that was measured")
-    return LinearProbe(solver="sgd" if blockers else "lbfgs", features=decision.features), notes
+        return chosen, notes
+    chosen = LinearProbe(solver="lbfgs", features=decision.features)
+    if blocker := chosen.unmet_needs(**setup):
+        notes.append(f"{blocker}: so the linear probe trains by sgd for trainer.epochs instead of the closed-form "
+                     "(lbfgs) fit that was measured")
+        chosen = chosen.model_copy(update={"solver": "sgd"})
+    return chosen, notes
 
 
 def decision_note(decision: dict) -> str:

@@ -9,6 +9,7 @@ import torch
 
 from tlkit.data.datamodule import resolve_num_workers
 from tlkit.data.images import collect_inputs
+from tlkit.data.settings import DEFAULT_SEED, DEFAULT_VAL_FRACTION
 from tlkit.data.table import scan_data
 from tlkit.errors import DataError, DataNotFoundError, ExportError, did_you_mean
 from tlkit.infer.inference import predict_files
@@ -118,9 +119,11 @@ def evaluate_checkpoint(
     }
     if scan.layout == "single" and split == "val":
         if not split_state:
-            log.warning("%s does not record its val split; splitting %s with val_fraction 0.2, seed 42 (the recipe "
-                        "defaults), which matches the run only if it used them", checkpoint, data)
-        context["val_split"] = {"val_fraction": split_state.get("val_fraction", 0.2), "seed": split_state.get("seed", 42),
+            log.warning("%s does not record its val split; splitting %s with val_fraction %s, seed %s (the recipe "
+                        "defaults), which matches the run only if it used them", checkpoint, data,
+                        DEFAULT_VAL_FRACTION, DEFAULT_SEED)
+        context["val_split"] = {"val_fraction": split_state.get("val_fraction", DEFAULT_VAL_FRACTION),
+                                "seed": split_state.get("seed", DEFAULT_SEED),
                                 "from_checkpoint": bool(split_state)}
     from tlkit.infer.evaluate import (
         evaluate_policies,  # matplotlib and sklearn.metrics: imported only when evaluating

@@ -147,7 +147,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
         recipe, datamodule, module, bad_log=run_dir / "skipped_mid_run.txt",
         first_epoch=resume_from.epoch + 1 if resume_from is not None else 0)
     epochs = recipe.trainer.epochs
-    if getattr(recipe.strategy, "solver", "sgd") == "lbfgs":  # the recipe guarantees cached features here
+    if recipe.strategy.closed_form_only:  # the recipe guarantees cached features here (strategy.unmet_needs)
         cache_info["solver"] = fit_head_closed_form(module, fit_datamodule, recipe.seed)
         epochs = 0  # the head is already optimal; the trainer only validates and saves the checkpoints
 

@@ -21,6 +21,11 @@ from torch.utils.data import default_collate
 
 from tlkit.errors import TlkitError
 from tlkit.io import atomic_write, save_figure
+from tlkit.model.strategies import (
+    BACKBONE_LR_SEARCH,
+    STRATEGY_CLASSES,
+    backbone_lr_searched,
+)
 from tlkit.recipe import (
     Recipe,
     apply_overrides,
@@ -238,10 +243,12 @@ def _trial_overrides(recipe: Recipe, params: dict, epochs: int) -> list[str]:
     if recipe.schedule.warmup_epochs >= epochs:
         overrides.append(f"schedule.warmup_epochs={epochs / 2!r}")
     kind = params.get("strategy")
-    if kind == "finetune" or (kind is None and "backbone_lr_mult" in params):
-        mult = params.get("backbone_lr_mult", getattr(recipe.strategy, "backbone_lr_mult", 0.1))
-        overrides.append(f"strategy={{kind: finetune, backbone_lr_mult: {mult!r}}}")
-    elif kind is not None and kind != recipe.strategy.kind:
+    if (kind is not None or "backbone_lr_mult" in params) and backbone_lr_searched(kind):
+        searched = BACKBONE_LR_SEARCH if kind is None else STRATEGY_CLASSES[kind]
+        mult = params.get("backbone_lr_mult", getattr(recipe.strategy, "backbone_lr_mult",
+                                                      searched.model_fields["backbone_lr_mult"].default))
+        overrides.append(f"strategy={{kind: {searched.kind_name()}, backbone_lr_mult: {mult!r}}}")
+    elif kind is not None and not isinstance(recipe.strategy, STRATEGY_CLASSES[kind]):
         overrides.append(f"strategy={{kind: {kind}}}")
     return overrides
 

@@ -23,6 +23,7 @@ from typing_extensions import override
 
 from tlkit.errors import StorageError
 from tlkit.io import atomic_open, save_figure
+from tlkit.model.strategies import STRATEGY_CLASSES, backbone_lr_searched
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -41,6 +42,10 @@ class SearchSpace:
             bounds = getattr(self, name)
             if bounds is not None and not (0 < bounds[0] <= bounds[1]):
                 raise ValueError(f"search range {name}: expected 0 < low <= high; got {bounds}.")
+        unknown = [k for k in self.strategies if k not in STRATEGY_CLASSES]
+        if unknown:
+            raise ValueError(f"search strategies: got {', '.join(unknown)}; expected strategy kinds "
+                             f"({', '.join(STRATEGY_CLASSES)}).")
 
     def sample(self, trial: optuna.Trial) -> dict:
         """Parameters for one trial: {'lr', 'weight_decay'[, 'strategy', 'backbone_lr_mult']}."""
@@ -52,7 +57,7 @@ class SearchSpace:
             params["strategy"] = trial.suggest_categorical("strategy", self.strategies)
         elif self.strategies:
             params["strategy"] = self.strategies[0]
-        if self.backbone_lr_mult is not None and params.get("strategy", "finetune") == "finetune":
+        if self.backbone_lr_mult is not None and backbone_lr_searched(params.get("strategy")):
             params["backbone_lr_mult"] = trial.suggest_float("backbone_lr_mult", *self.backbone_lr_mult, log=True)
         return params
 
@@ -87,7 +92,7 @@ def refine_space(coarse: SearchSpace, trials: list[optuna.trial.FrozenTrial], to
         return max(bounds[0], min(values) / widen), min(bounds[1], max(values) * widen)
 
     strategy = best[0].params.get("strategy")
-    mult = around("backbone_lr_mult", coarse.backbone_lr_mult) if strategy in (None, "finetune") else None
+    mult = around("backbone_lr_mult", coarse.backbone_lr_mult) if backbone_lr_searched(strategy) else None
     return SearchSpace(around("lr", coarse.lr), around("weight_decay", coarse.weight_decay), mult,
                        [strategy] if strategy else list(coarse.strategies[:1]))
 
