@@ -6,6 +6,7 @@ monitored metric, decisions and prediction output, so the code around them never
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -24,7 +25,7 @@ from tlkit.model.mixing import binary_cross_entropy, soft_target_cross_entropy
 from tlkit.model.settings import DEFAULT_THRESHOLD
 
 
-class Task:
+class Task(ABC):
     """The common interface; `task_from(name)` gives one."""
 
     name: ClassVar[str]
@@ -32,36 +33,36 @@ class Task:
     metric_label: ClassVar[str]  # how the monitored metric is shown ("accuracy", "mAP")
     has_thresholds: ClassVar[bool] = False
 
+    @abstractmethod
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits -> probabilities."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, *, smoothing: float = 0.0,
              weight: torch.Tensor | None = None) -> torch.Tensor:
         """The training loss on hard targets (class indices or multi-hot rows); weight: data.balance: loss_weights."""
-        raise NotImplementedError
 
+    @abstractmethod
     def mixed_loss(self, logits: torch.Tensor, soft_targets: torch.Tensor, *, weight: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(loss, targets the training metrics count, or None) under Mixup/CutMix; label smoothing is inside the
         soft targets already."""
-        raise NotImplementedError
 
+    @abstractmethod
     def metrics(self, num_classes: int) -> nn.ModuleDict:
         """The torchmetrics objects, one set per split, keyed "<split>_<name>" (a module, so they follow the
         device)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def initial_loss(self, num_classes: int) -> float:
         """The loss of all-zero logits (a zero-initialised final layer): the first sanity check."""
-        raise NotImplementedError
 
     def log_train(self, module: L.LightningModule, logits: torch.Tensor, targets: torch.Tensor | None) -> None:
         """Training metrics of a batch (targets None: none countable, e.g. multi-label under mixing)."""
 
+    @abstractmethod
     def log_eval(self, module: L.LightningModule, split: str, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """Update (and log) the <split> metrics with a labelled batch."""
-        raise NotImplementedError
 
     def log_epoch_end(self, module: L.LightningModule, split: str) -> None:
         """Log the <split> metrics that are computed over the whole epoch."""
