@@ -41,3 +41,29 @@ def test_fit_writes_checkpoints_through_the_atomic_writer(tmp_path, monkeypatch)
     fit(validate_recipe(tiny_recipe_dict(root, strategy={"kind": "finetune"}, trainer={"epochs": 1})),
         run_dir=tmp_path / "run")
     assert {p.split("/")[-1] for p in map(str, saved)} >= {"best.ckpt", "last.ckpt"}
+
+
+def test_an_interrupt_inside_the_zip_writer_stays_an_interrupt(tmp_path, monkeypatch):
+    # torch's zip writer calls write() from C++ and reports its exceptions as "unexpected pos" RuntimeErrors; a
+    # SIGTERM landing there once turned `tlkit train`'s exit 143 into a traceback.
+    from contextlib import contextmanager
+
+    class InterruptedAfter4k:
+        written = 0
+
+        def write(self, data):
+            self.written += len(memoryview(data).cast("B"))
+            if self.written > 4096:
+                raise KeyboardInterrupt
+            return len(memoryview(data).cast("B"))
+
+        def flush(self):
+            pass
+
+    @contextmanager
+    def interrupted(path, mode):
+        yield InterruptedAfter4k()
+
+    monkeypatch.setattr(faults, "atomic_open", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(100_000)}, tmp_path / "last.ckpt")

@@ -25,24 +25,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             writer = _KeepWriteError(f)
             try:
                 torch.save(checkpoint, writer)
-            except RuntimeError:
-                # torch's zip writer turns a failed write (disk full...) into "unexpected pos"; raise the real cause.
-                if writer.error is None:
-                    raise
-                raise OSError(writer.error.errno, writer.error.strerror, str(path)) from None
+            except RuntimeError as exc:
+                # torch's zip writer turns an exception inside write() into "unexpected pos": raise the real cause.
+                # A Ctrl-C/SIGTERM landing mid-save must stay an interrupt (exit 130/143 and the --resume hint).
+                cause = writer.error or exc.__context__
+                if isinstance(cause, KeyboardInterrupt):
+                    raise cause from None
+                if isinstance(cause, OSError) and cause is writer.error:
+                    raise OSError(cause.errno, cause.strerror, str(path)) from None
+                raise
 
 
 class _KeepWriteError:
-    """A file's write() that remembers the first OSError it raised."""
+    """A file's write() that remembers the first exception it raised (an OSError, or an interrupt)."""
 
     def __init__(self, f: Any):
         self.f = f
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
 
     def write(self, data: Any) -> int:
         try:
             return self.f.write(data)
-        except OSError as exc:
+        except (OSError, KeyboardInterrupt) as exc:
             self.error = self.error or exc
             raise
 
