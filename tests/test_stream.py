@@ -117,3 +117,111 @@ def test_cli_optimize_writes_a_stream_and_refuses_a_missing_output(folder_and_st
         main(["data", "optimize", str(root)])
     assert exit_info.value.code == 2
     assert "OUT" in capsys.readouterr().err
+
+
+# -- tlkit train from a stream (recipe data.source: litdata) ------------------------------------------------------
+
+
+def stream_recipe(stream, **sections) -> dict:
+    from conftest import tiny_recipe_dict
+
+    sections = {"backbone": {"name": "test_resnet"}, "optim": {"name": "adamw", "lr": 0.05}, **sections}
+    sections["data"] = {"source": "litdata", **sections.get("data", {})}
+    return tiny_recipe_dict(stream, **sections)
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"val_fraction": 0.3}, "val_fraction cannot apply to source: litdata .* tlkit data optimize"),
+    ({"csv": "mine.csv", "exclude": ["a.png"]}, "csv, exclude cannot apply to source: litdata"),
+    ({"balance": "sampler"}, "balance: sampler cannot draw from a stream .* loss_weights"),
+])
+def test_a_recipe_cannot_change_what_the_stream_fixed_when_written(tmp_path, data, message):
+    from tlkit.errors import RecipeError
+    from tlkit.recipe import validate_recipe
+
+    with pytest.raises(RecipeError, match=message) as info:
+        validate_recipe(stream_recipe(tmp_path, data=data))
+    assert len(str(info.value).strip().splitlines()) == 2  # "recipe: 1 problem(s):" and the problem on one line
+
+
+@pytest.fixture(scope="module")
+def stream_without_images(tmp_path_factory):
+    """A folder with one image copied across train and val, its folder run (linear probe on cached features), then
+    its stream with the folder deleted: a run from the stream must not need any image file."""
+    import shutil
+
+    from conftest import tiny_recipe_dict
+
+    from tlkit.recipe import validate_recipe
+    from tlkit.run import fit
+
+    tmp = tmp_path_factory.mktemp("no_images")
+    root = write_colour_classes(tmp / "colours")
+    shutil.copy(root / "train" / "red" / "red_00.png", root / "val" / "red" / "copy_of_red_00.png")
+    cache = {"dir": str(tmp / "cache")}
+    folder = fit(validate_recipe(tiny_recipe_dict(root, **{k: v for k, v in stream_recipe(root).items()
+                                                           if k in ("backbone", "optim")}, cache=cache)),
+                 run_dir=tmp / "folder_run")
+    optimize_data(root, tmp / "stream", num_workers=2, progress=False, max_side=64)
+    shutil.rmtree(root)
+    return tmp, folder, cache
+
+
+def test_train_from_a_stream_caches_features_reads_no_image_and_matches_the_folder(stream_without_images):
+    from tlkit.recipe import validate_recipe
+    from tlkit.run import fit
+
+    tmp, folder, cache = stream_without_images
+    recipe = validate_recipe(stream_recipe(tmp / "stream", cache=cache))
+    first = fit(recipe, run_dir=tmp / "stream_run")
+    assert first["feature_cache"]["used"] and first["feature_cache"]["extracted"] == 24 + 13
+    assert (first["num_train"], first["num_val"]) == (folder["num_train"], folder["num_val"]) == (24, 13)
+    assert abs(first["val_acc"] - folder["val_acc"]) <= 1 / 13 + 1e-6  # within one val image of the folder run
+    assert any("byte-identical across splits" in line for line in first["data_warnings"])  # checked when written
+    data = json.loads((tmp / "stream_run" / "provenance.json").read_text())["data"]
+    assert data["files"] == 5 and "content_sha256" in data  # manifest + index and chunk of each split
+    again = fit(recipe, run_dir=tmp / "stream_run_2")
+    assert (again["feature_cache"]["from_disk"], again["feature_cache"]["extracted"]) == (37, 0)
+    assert again["val_acc"] == first["val_acc"]
+
+
+def test_strategy_auto_measures_on_the_stream_items(stream_without_images):
+    from tlkit.recipe import validate_recipe
+    from tlkit.run import fit
+
+    tmp, _, cache = stream_without_images
+    metrics = fit(validate_recipe(stream_recipe(tmp / "stream", strategy={"kind": "auto"}, cache=cache,
+                                                trainer={"epochs": 1})), run_dir=tmp / "auto_run")
+    decision = metrics["strategy_auto"]
+    assert decision["train_images"] == 24 and decision["kind"] == "linear_probe"
+    assert decision["holdout"]["last"]["score"] is not None  # measured on features of the stream's items
+
+
+class _Stop(Exception):
+    pass
+
+
+class _StopInSecondEpoch(L.Callback):
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.current_epoch == 1 and batch_idx == 1:
+            raise _Stop
+
+
+def test_a_stream_run_stopped_mid_epoch_resumes_to_the_uninterrupted_run(folder_and_stream, tmp_path):
+    """Fine-tuning reads the stream every epoch (random crops and flips): stopped in epoch 2 and resumed from the
+    epoch-1 checkpoint, it sees the same batches and augmentations and ends with the same metrics."""
+    from tlkit.recipe import validate_recipe
+    from tlkit.run import fit
+    from tlkit.run.resume import load_run_recipe
+
+    _, stream = folder_and_stream
+    recipe = validate_recipe(stream_recipe(stream, strategy={"kind": "finetune"}, augment="light",
+                                           data={"batch_size": 4}, trainer={"epochs": 3}))
+    whole = fit(recipe, run_dir=tmp_path / "whole")
+    with pytest.raises(_Stop):
+        fit(recipe, run_dir=tmp_path / "stopped", callbacks=[_StopInSecondEpoch()])
+    resumed = fit(load_run_recipe(tmp_path / "stopped"), run_dir=tmp_path / "stopped", resume=True)
+    assert resumed["resumed_from_epoch"] == 1
+    for key in ("val_acc", "val_loss", "train_acc", "train_loss", "best_val_acc", "epochs"):
+        assert resumed[key] == whole[key], key
+    assert (tmp_path / "stopped" / "metrics.csv").read_text() == (tmp_path / "whole" / "metrics.csv").read_text()

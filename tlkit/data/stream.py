@@ -9,24 +9,37 @@ imported only here, by the functions that need it: `pip install tlkit[stream]`.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import os
 import shutil
+import sys
+import time
 from collections import Counter
 from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from typing_extensions import override
 
 from tlkit.config import settings_from
+from tlkit.data.cache import extraction_device
+from tlkit.data.encode import encode
+from tlkit.data.features import Extraction, FeatureSplits
+from tlkit.data.preflight import STREAM_LAYOUT, file_checks
+from tlkit.data.preprocessing import Preprocessing
+from tlkit.data.protocol import CachePlan
+from tlkit.data.scan import FolderScan
 from tlkit.data.settings import DEFAULT_SEED, CacheConfig, DataConfig, TrainAugment
-from tlkit.data.workers import cpus_available, resolve_workers
+from tlkit.data.workers import cpus_available, local_devices, resolve_workers
 from tlkit.errors import DataError
 from tlkit.io import atomic_write
 from tlkit.seeding import derive_seed
@@ -51,63 +64,47 @@ def _litdata():
 # -- writing -----------------------------------------------------------------------------------------------------
 
 
-def _encode(item: tuple[str, int, int], *, max_side: int, quality: int) -> dict | None:
-    """One sample as LitData stores it: the image as JPEG bytes, longest side at most max_side (never enlarged)."""
-    from PIL import Image
-
-    from tlkit.data.images import decode
-
-    path, label, index = item
-    try:
-        pixels = decode(path)  # EXIF orientation, every mode to RGB: the folder path's decoding
-    except DataError as exc:
-        log.warning("skipped %s: %s", path, str(exc).splitlines()[0])
-        return None
-    image = Image.fromarray(pixels)
-    scale = max_side / max(image.size)
-    if scale < 1:
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.Resampling.BICUBIC)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    return {"image": buffer.getvalue(), "label": int(label), "index": int(index)}
-
-
-def _write_split(samples: list, out: str, *, encode: Any, workers: int, progress: bool, name: str) -> Counter:
+def _write_split(samples: list, out: str, *, encode: Any, pool: Any, progress: bool, name: str) -> list[int]:
     """Encode `samples` in `workers` processes (decoding is the cost) and write them, in order, as LitData chunks
-    with LitData's own writer (the format litdata.optimize writes); returns images written per label."""
-    from concurrent.futures import ProcessPoolExecutor
-
+    with LitData's own writer (the format litdata.optimize writes); returns the labels written, in stream order."""
     from litdata.streaming.writer import BinaryWriter
     from tqdm.auto import tqdm
 
     Path(out).mkdir(parents=True, exist_ok=True) if not out.startswith("s3://") else None
     writer = BinaryWriter(out, chunk_bytes="64MB")
     items = [(path, label, i) for i, (path, label) in enumerate(samples)]
-    written: Counter = Counter()
+    written: list[int] = []
     bar = tqdm(total=len(items), desc=f"optimize {name}", unit="img", disable=not progress)
-    pool = ProcessPoolExecutor(workers, mp_context=_fork_context()) if workers > 1 else None
     try:
         results = pool.map(encode, items, chunksize=16) if pool is not None else map(encode, items)
         for sample in results:
             bar.update()
             if sample is not None:  # a file that does not decode is left out (logged), never replaced
-                writer.add_item(sum(written.values()), sample)
-                written[sample["label"]] += 1
+                writer.add_item(len(written), sample)
+                written.append(sample["label"])
     finally:
-        if pool is not None:
-            pool.shutdown()
         bar.close()
     writer.done()
     writer.merge(1)
     return written
 
 
-def _fork_context():
+@contextmanager
+def _encoding_pool(workers: int):
+    """`workers` encoding processes (None for one: encode here), shared by every split. Fresh processes (spawn),
+    not forks: this process has torch loaded, and a fork beside its thread pools can deadlock the child on a lock
+    one of those threads held. A worker imports only tlkit.data.encode (PIL, numpy): well under a second."""
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    # fork: the workers inherit the imported modules (a spawned worker re-imports torch, seconds per process)
-    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    if workers < 2:
+        yield None
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown()
 
 
 def _refuse_output(out: str, overwrite: bool) -> None:
@@ -152,18 +149,20 @@ def optimize_data(src: str | Path, out: str | Path, *, max_side: int = DEFAULT_M
     _litdata()
     workers = num_workers or cpus_available()
     splits: dict[str, dict] = {}
-    for split in SPLITS:
-        samples = getattr(scan, split)
-        if samples:
-            written = _write_split(samples, f"{out}/{split}", encode=partial(_encode, max_side=max_side,
-                                   quality=quality), workers=workers, progress=progress, name=split)
-            splits[split] = {"images": sum(written.values()),
-                             "per_class": {scan.classes[y]: n for y, n in sorted(written.items())}}
-    manifest = {"format": STREAM_FORMAT, "version": 1, "classes": list(scan.classes), "splits": splits,
+    with _encoding_pool(workers) as pool:
+        for split in (name for name in SPLITS if getattr(scan, name)):
+            labels = _write_split(getattr(scan, split), f"{out}/{split}", pool=pool, progress=progress, name=split,
+                                  encode=partial(encode, max_side=max_side, quality=quality))
+            splits[split] = {"images": len(labels),
+                             "per_class": {scan.classes[y]: n for y, n in sorted(Counter(labels).items())},
+                             "labels": labels}
+    # The checks that need the original files (exact duplicates across splits) run here, where the files are.
+    checked = file_checks(scan)["warnings"]
+    manifest = {"format": STREAM_FORMAT, "version": 2, "classes": list(scan.classes), "splits": splits,
                 "encoding": {"format": "JPEG", "max_side": max_side, "quality": quality},
                 "source": {"root": os.path.abspath(str(src)), "layout": scan.layout, "seed": seed,
                            "val_fraction": config.val_fraction, "test_fraction": config.test_fraction},
-                "skipped": [list(s) for s in scan.skipped]}
+                "skipped": [list(s) for s in scan.skipped], "file_checks": checked}
     text = json.dumps(manifest, indent=2) + "\n"
     if out.startswith("s3://"):
         import fsspec
@@ -200,6 +199,12 @@ def read_manifest(root: str | Path) -> dict:
     return manifest
 
 
+def _decode_jpeg(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
 def streaming_dataset_class():
     """litdata.StreamingDataset with a tlkit transform (defined on first use: LitData is an optional install)."""
     litdata = _litdata()
@@ -213,10 +218,8 @@ def streaming_dataset_class():
             self.image_transform, self.sample_seed = transform, seed
 
         def __getitem__(self, index: Any) -> tuple[Any, int]:
-            from PIL import Image
-
             sample = super().__getitem__(index)
-            image = np.asarray(Image.open(io.BytesIO(sample["image"])).convert("RGB"))
+            image = _decode_jpeg(sample["image"])
             reseed = getattr(self.image_transform, "reseed", None)
             if reseed is not None:
                 reseed(derive_seed(self.sample_seed, "sample", int(self.current_epoch), int(sample["index"])))
@@ -225,30 +228,278 @@ def streaming_dataset_class():
     return TransformedStream
 
 
+# -- what a run needs to know about a stream (tlkit.run reads these as it reads a folder scan) ----------------------
+
+
+@dataclass
+class StreamScan(FolderScan):
+    """A stream as a scan: its splits as (item id, label) samples in stream order, ids `<root>/<split>#<position>`
+    (no file behind them: tlkit.data.preflight runs only label checks on it, plus `file_checks`, made on the original
+    images by `tlkit data optimize`)."""
+
+    file_checks: list[str] = field(default_factory=list)
+
+
+def item_id(root: str, split: str, position: int) -> str:
+    return f"{root}/{split}#{position}"
+
+
+def stream_scan(root: str, manifest: dict) -> StreamScan:
+    """The StreamScan of the stream at `root` from its manifest (labels are stored there, so nothing else is read)."""
+    splits = {}
+    for split in SPLITS:
+        info = manifest["splits"].get(split)
+        labels = info.get("labels") if info else []
+        if info and (labels is None or len(labels) != info["images"]):
+            raise DataError(f"stream {root} lists no labels for its {split} split (an older or damaged "
+                            f"{MANIFEST}); write it again with tlkit data optimize SRC {root} --overwrite.")
+        splits[split] = [(item_id(root, split, i), int(y)) for i, y in enumerate(labels)]
+    return StreamScan(classes=list(manifest["classes"]), layout=STREAM_LAYOUT, root=root,
+                      skipped=[tuple(s) for s in manifest.get("skipped", [])],
+                      file_checks=list(manifest.get("file_checks", [])), **splits)
+
+
+def _open(path: str, mode: str = "rb"):
+    if "://" in path:
+        import fsspec
+
+        return fsspec.open(path, mode).open()
+    return open(path, mode)
+
+
+def stream_files(root: str, manifest: dict | None = None) -> list[str]:
+    """The files that hold the stream (manifest, each split's index.json and chunks): what identifies its data."""
+    manifest = manifest or read_manifest(root)
+    files = [f"{root}/{MANIFEST}"]
+    for split in manifest["splits"]:
+        with _open(f"{root}/{split}/index.json", "r") as f:
+            index = json.load(f)
+        files += [f"{root}/{split}/index.json", *(f"{root}/{split}/{c['filename']}" for c in index["chunks"])]
+    return files
+
+
+def split_identity(root: str, split: str) -> str:
+    """What changes when a split is written again: its index.json (chunk names, sizes, item counts) and, for a local
+    stream, each chunk's size and modification time. Cheap: nothing of the chunks is read."""
+    digest = hashlib.sha256()
+    index_path = f"{root}/{split}/index.json"
+    with _open(index_path) as f:
+        raw = f.read()
+    digest.update(raw)
+    if "://" not in root:
+        for chunk in json.loads(raw)["chunks"]:
+            stat = os.stat(f"{root}/{split}/{chunk['filename']}")
+            digest.update(f"{chunk['filename']}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+# -- cached features of a stream's items -------------------------------------------------------------------------
+
+
+class _StreamItems(torch.utils.data.Dataset):
+    """Items of one split by position, decoded and through `transform` (reseeded per item when `seeds` are given):
+    what feature extraction reads. Random access into LitData's chunks, each worker opening the split itself."""
+
+    def __init__(self, input_dir: str, positions: list[int], transform: Any, seeds: list[int] | None):
+        self.input_dir, self.positions, self.transform, self.seeds = input_dir, positions, transform, seeds
+        self._stream = None
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if self._stream is None:
+            self._stream = _litdata().StreamingDataset(self.input_dir)
+        if self.seeds is not None:
+            self.transform.reseed(self.seeds[index])
+        return self.transform(_decode_jpeg(self._stream[self.positions[index]]["image"]))
+
+
+def _positions(ids: list[str]) -> list[int]:
+    return [int(i.rsplit("#", 1)[1].split("@", 1)[0]) for i in ids]
+
+
+@torch.no_grad()
+def _extract(network: torch.nn.Module, dataset: _StreamItems, *, run: Extraction, desc: str,
+             dtype: torch.dtype) -> torch.Tensor:
+    """`network`'s outputs for every item of `dataset`, stored as `dtype` (the image path's tlkit.data.cache.extract,
+    over stream items: a stream's JPEGs were decoded once when written, so none fails here)."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from tlkit.data.cache import extraction_batch_size
+
+    home = next(network.parameters()).device
+    network.eval().to(run.device)
+    loader = DataLoader(dataset, batch_size=extraction_batch_size(run.device, run.eval_batch_size),
+                        num_workers=run.num_workers)
+    rows = []
+    for images in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not run.progress):
+        images = images.to(run.device)
+        if run.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        out = network(images)
+        if not out.isfinite().all():
+            raise DataError(f"{desc}: the backbone gave NaN/inf features; its weights or the input preprocessing "
+                            "are broken, not the stream: check backbone.weights.")
+        rows.append(out.to(device="cpu", dtype=dtype, memory_format=torch.contiguous_format))
+    network.to(home)
+    return torch.cat(rows)
+
+
+@contextmanager
+def _ids_as_identities():
+    """Stream item ids are their own row identities in the feature cache (they carry the split's identity, so a
+    rewritten stream gets new rows); a file's identity is still path, size and mtime.
+
+    A bridge: tlkit.data.cache.FeatureCache.features keys rows by file_identity(path), which stats a file; until it
+    takes non-file ids itself, the ids of stream items (`...#<position>@<split identity>`) pass through unchanged."""
+    from tlkit.data import cache
+
+    file_identity = cache.file_identity
+    cache.file_identity = lambda path: path if "#" in str(path) else file_identity(path)
+    try:
+        yield
+    finally:
+        cache.file_identity = file_identity
+
+
+def cached_stream_rows(store: Any, key: dict, ids: list[str], compute: Any) -> torch.Tensor:
+    """FeatureCache.features(key, ids, compute) with stream item ids as the rows' identities."""
+    with _ids_as_identities():
+        return store.features(key, ids, compute)
+
+
+def extract_stream_features(root: str, scan: StreamScan, plan: CachePlan, pre: Preprocessing, *,
+                            augment: TrainAugment, cache: CacheConfig, seed: int, run: Extraction,
+                            train_pre: Preprocessing | None = None, splits: tuple[str, ...] = ("train", "val"),
+                            ) -> FeatureSplits:
+    """tlkit.data.features.extract_splits for a stream: the network's outputs for every train item (cache.views
+    augmented views, 1 when the augmentation is deterministic) and val item, from the feature cache where the
+    split is unchanged. `splits=("train",)` with the eval transform only: strategy auto's quick measurement."""
+    from tlkit.data.augment import build_eval_transform, build_train_transform
+    from tlkit.data.cache import (
+        CachedActivations,
+        CachedFeatures,
+        FeatureCache,
+        code_versions,
+        default_feature_dir,
+        targets,
+        view_seed,
+        weights_fingerprint,
+    )
+    from tlkit.data.features import (
+        ACTIVATION_DTYPE,
+        CACHE_KEY_FORMAT,
+        check_activation_size,
+    )
+    from tlkit.data.preprocessing import EVAL_PREPROCESSING_ID
+
+    train_pre = train_pre or pre
+    started = time.perf_counter()
+    prefix = plan.prefix
+    dtype = ACTIVATION_DTYPE if prefix is not None else torch.float32
+    store = FeatureCache((cache.dir or default_feature_dir()) if cache.disk else None)
+    fingerprint = weights_fingerprint(plan.network)
+    base_key = {"format": CACHE_KEY_FORMAT, "backbone": plan.name, "weights": fingerprint,
+                "preprocessing": pre.to_dict(), "versions": code_versions(), "eval": EVAL_PREPROCESSING_ID}
+    if prefix is not None:
+        base_key = {**base_key, "prefix": list(prefix.prefix_names), "dtype": str(dtype)}
+    ids = {split: [f"{i}@{split_identity(root, split)}" for i, _ in getattr(scan, split)] for split in splits}
+    only_eval = splits == ("train",)
+    num_views = 1 if augment.is_deterministic or only_eval else cache.views
+    what = "prefix cache" if prefix is not None else "feature cache"
+    if prefix is not None:
+        check_activation_size(prefix, train=(len(ids["train"]), num_views, train_pre.input_size),
+                              val=(len(ids.get("val", [])), pre.input_size), max_gb=cache.max_gb)
+
+    def compute(split: str, transform: Any, desc: str, view: int | None = None):
+        def rows(wanted: list[str]) -> torch.Tensor:
+            seeds = None if view is None else [view_seed(seed, view, i.rsplit("/", 1)[1].split("@")[0])
+                                               for i in wanted]  # keyed by split#position, wherever the stream is
+            return _extract(plan.network, _StreamItems(f"{root}/{split}", _positions(wanted), transform, seeds),
+                            run=run, desc=desc, dtype=dtype)
+        return rows
+
+    eval_transform = build_eval_transform(pre)
+    eval_key = {**base_key, "transform": "eval"}
+    if only_eval or (augment.is_deterministic and train_pre == pre):
+        views = [cached_stream_rows(store, eval_key, ids["train"], compute("train", eval_transform,
+                                                                          f"{what}: train"))]
+    else:
+        train_transform = build_train_transform(train_pre, augment)
+        augment_key = {**base_key, "transform": augment.model_dump(mode="json"), "seed": seed,
+                       **({"train_preprocessing": train_pre.to_dict()} if train_pre != pre else {})}
+        views = [cached_stream_rows(store, {**augment_key, "view": v}, ids["train"],
+                                    compute("train", train_transform, f"{what}: train view {v + 1}/{num_views}", v))
+                 for v in range(num_views)]
+    val = (cached_stream_rows(store, eval_key, ids["val"], compute("val", eval_transform, f"{what}: val"))
+           if "val" in ids else views[0][:0])
+    info = {"used": True, "views": len(views), "disk": store.directory is not None, "from_disk": store.stats.hits,
+            "extracted": store.stats.misses, "seconds": round(time.perf_counter() - started, 2)}
+    log.info("%s: %d train x %d view(s) + %d val stream items; %d rows from disk, %d extracted, %.1f s", what,
+             len(ids["train"]), len(views), len(ids.get("val", [])), info["from_disk"], info["extracted"],
+             info["seconds"])
+    rows = CachedActivations if prefix is not None else CachedFeatures
+    return FeatureSplits(
+        train=rows(torch.stack(views), targets([y for _, y in scan.train]), seed=seed, paths=ids["train"]),
+        val=rows(val, targets([y for _, y in scan.val]) if "val" in ids else targets([]), paths=ids.get("val", [])),
+        fingerprint=fingerprint, preprocessing=pre, info=info, train_preprocessing=train_pre)
+
+
+# -- the datamodule ----------------------------------------------------------------------------------------------
+
+
 class StreamDataModule(L.LightningDataModule):
-    """A tlkit stream (made by `tlkit data optimize`) -> train / val / test StreamingDataLoaders.
+    """A tlkit stream (made by `tlkit data optimize`) -> train / val / test loaders, for `tlkit train` (recipe
+    `data: {source: litdata, root: OUT}`) or a plain Lightning Trainer.
 
     Transforms are the folder path's (tlkit.data.augment) with the fitted module's preprocessing; class names are
-    known right after construction (`dm.classes`), so a model can be built. Every epoch reads images (the feature
-    cache serves folders and tables only); a frozen backbone still trains correctly, at the backbone's cost.
+    known right after construction (`dm.classes`), so a model can be built. Images stream through LitData's
+    StreamingDataLoader, which shards them across DDP processes and loader workers and saves its position in
+    Lightning checkpoints, so a resumed fit continues where it stopped. When every epoch of a fit trains on a frozen
+    backbone (a linear probe, finetune_top's prefix), the backbone's features are extracted once per stream item
+    and served from memory, kept in the feature cache between runs (cache.disk) as the folder path's are.
     """
 
     def __init__(self, root: str | Path, *, preprocessing: Any = None, augment: TrainAugment | Mapping | str | None = None,
                  batch_size: int = DataConfig.model_fields["batch_size"].default, eval_batch_size: int | None = None,
-                 num_workers: int | str = "auto", seed: int = DEFAULT_SEED):
+                 num_workers: int | str = "auto", seed: int = DEFAULT_SEED,
+                 cache: CacheConfig | Mapping | bool | None = False, balance: str = "none", first_epoch: int = 0,
+                 bad_log: str | Path | None = None, on_bad_image: str = "skip", manifest: dict | None = None):
         super().__init__()
-        self.root = str(root)
-        self.manifest = read_manifest(self.root)
+        self.root = str(root) if "://" in str(root) else os.path.abspath(str(root))
+        self.manifest = manifest if manifest is not None else read_manifest(self.root)
         self.preprocessing = preprocessing
         self.augment = settings_from(TrainAugment, augment, shorthand="preset")
+        self.cache = settings_from(CacheConfig, {"features": False} if cache is False else
+                                   None if cache is True else cache)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.cache = CacheConfig(features=False)
-        self.cache_info: dict = {"used": False, "reason": "data.source litdata reads images every epoch"}
+        self.workers_setting = num_workers
+        self.num_workers = resolve_workers(num_workers, local_devices())
+        self.seed, self.balance, self.first_epoch = seed, balance, first_epoch
+        self.bad_log, self.on_bad_image = bad_log, on_bad_image  # a stream's items decoded when written
+        if balance == "sampler":
+            raise DataError("balance: sampler cannot draw from a stream (LitData reads it in its own order); use "
+                            "balance: loss_weights.")
+        self.scan = stream_scan(self.root, self.manifest)
+        self.cache_info: dict = {"used": False}
         self.sets: dict[str, Any] = {}
         self._loaders: dict[str, Any] = {}
+        self._features: FeatureSplits | None = None
+
+    def replace(self, **changes: Any) -> StreamDataModule:
+        """A new datamodule with `changes` to the constructor arguments (the manifest is not read again)."""
+        args = {"root": self.root, "preprocessing": self.preprocessing, "augment": self.augment,
+                "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
+                "num_workers": self.workers_setting, "seed": self.seed, "cache": self.cache,
+                "balance": self.balance, "first_epoch": self.first_epoch, "bad_log": self.bad_log,
+                "on_bad_image": self.on_bad_image}
+        unknown = sorted(set(changes) - set(args))
+        if unknown:
+            raise TypeError(f"replace() got unknown argument(s) {', '.join(unknown)}; expected {', '.join(args)}.")
+        return StreamDataModule(**{**args, **changes}, manifest=self.manifest)
 
     @property
     def classes(self) -> list[str]:
@@ -274,11 +525,28 @@ class StreamDataModule(L.LightningDataModule):
         return [float(n / (self.num_classes * per_class[c])) if per_class.get(c) else 0.0 for c in self.classes]
 
     @override
+    def state_dict(self) -> dict:
+        return {"split": {"layout": STREAM_LAYOUT, "root": self.root}}
+
+    # -- setup -----------------------------------------------------------------------------------------------------
+
+    @override
     def setup(self, stage: str) -> None:
+        trainer = self.trainer
+        if trainer is None:
+            self.setup_for(None, stage=stage)
+            return
+        self.setup_for(trainer.lightning_module, stage=stage, epochs=trainer.max_epochs,
+                       device=trainer.strategy.root_device)
+
+    def setup_for(self, module: Any, *, stage: str = "fit", epochs: int | None = None,
+                  device: torch.device | None = None, limits: Any = None) -> None:
+        """Build the datasets of `stage` for `module` (tlkit.data.protocol.ServedModel), with or without a Trainer
+        (tlkit's fit sets up here first, so the closed-form probe reads the features). `limits` is accepted for the
+        folder datamodule's signature; a stream's loader stops where the trainer stops it."""
         from tlkit.data.augment import build_eval_transform, build_train_transform
         from tlkit.data.protocol import served_model
 
-        module = self.trainer.lightning_module if self.trainer is not None else None
         served = served_model(module, needed_by="StreamDataModule") if module is not None else None
         if served is not None and list(served.classes) != self.classes:
             raise DataError(f"the model's classes {list(served.classes)} differ from the stream's {self.classes}; "
@@ -288,25 +556,96 @@ class StreamDataModule(L.LightningDataModule):
             raise ValueError("StreamDataModule needs preprocessing: pass preprocessing=model.preprocessing, or fit "
                              "a model that states it (tlkit.data.protocol.ServedModel; TransferModule does).")
         train_pre = served.train_preprocessing if served is not None and self.preprocessing is None else pre
-        dataset = streaming_dataset_class()
-        eval_transform = build_eval_transform(pre)
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
         for split in wanted:
             if not self.count(split):
                 raise DataError(f"stream {self.root} has no {split} split; re-run tlkit data optimize on data "
                                 f"with a {split} split (or a {split}_fraction).")
-            transform = build_train_transform(train_pre, self.augment) if split == "train" else eval_transform
+        run = Extraction(device=device or extraction_device("auto"), eval_batch_size=self.eval_batch_size,
+                         num_workers=self.num_workers, progress=self._progress_bar(),
+                         channels_last=bool(getattr(module, "channels_last", False)))
+        features = self._features_for(served, stage, epochs, (pre, train_pre), run)
+        dataset = streaming_dataset_class()
+        for split in wanted:
+            if features is not None and split != "test":
+                self.sets[split] = features.train if split == "train" else features.val
+                continue
+            transform = (build_train_transform(train_pre, self.augment) if split == "train" else
+                         build_eval_transform(pre))
             self.sets[split] = dataset(f"{self.root}/{split}", transform=transform, seed=self.seed,
                                        shuffle=split == "train")
+        self._loaders = {k: v for k, v in self._loaders.items() if k not in wanted}
+
+    def _features_for(self, served: Any, stage: str, epochs: int | None, pres: tuple, run: Extraction
+                      ) -> FeatureSplits | None:
+        """The cached features `stage` serves (None: images). A fit serves them when every epoch trains on the
+        frozen network; a closed-form probe (lp_ft) gets them extracted for its fit even when no epoch reads them."""
+        if served is None or stage not in ("fit", "validate"):
+            return None
+        plan = served.cache_plan(sys.maxsize if epochs is None or epochs < 0 else int(epochs))
+        if stage == "validate":  # a linear probe's validate after its fit: the same network, the same rows
+            return self._features if self._reusable(plan, pres) and plan.prefix is None else None
+        total = sys.maxsize if epochs is None or epochs < 0 else int(epochs)
+        if not self.cache.features:
+            self.cache_info = {"used": False, "reason": "cache.features is off"}
+            return None
+        if plan.epochs >= total and plan.epochs > self.first_epoch:
+            self.cache_info = dict(self._extract(plan, pres, run).info)
+            return self._features
+        if plan.epochs > 0 and plan.probe_first and self.first_epoch == 0:
+            self.cache_info = {**self._extract(plan, pres, run).info, "served_epochs": 0,
+                               "phase": "closed-form probe"}
+            return None
+        reason = plan.reason or ("a stream serves cached features only when every epoch of the fit trains on the "
+                                 "frozen backbone; the frozen epochs read images")
+        self.cache_info = {"used": False, "reason": reason}
+        return None
+
+    def _reusable(self, plan: CachePlan, pres: tuple) -> bool:
+        from tlkit.data.cache import weights_fingerprint
+
+        f = self._features
+        return (f is not None and plan.network is not None and f.preprocessing == pres[0]
+                and f.train_preprocessing in (None, pres[1]) and f.fingerprint == weights_fingerprint(plan.network))
+
+    def _extract(self, plan: CachePlan, pres: tuple, run: Extraction) -> FeatureSplits:
+        if not self._reusable(plan, pres):
+            self._features = extract_stream_features(self.root, self.scan, plan, pres[0], augment=self.augment,
+                                                     cache=self.cache, seed=self.seed, run=run, train_pre=pres[1])
+        return self._features
+
+    def feature_splits(self) -> FeatureSplits | None:
+        """The cached features a fit set up (None when it reads images); the closed-form probe reads them."""
+        return self._features
+
+    def _progress_bar(self) -> bool:
+        trainer = self.trainer
+        return trainer.progress_bar_callback is not None if trainer is not None else sys.stderr.isatty()
+
+    # -- loaders ---------------------------------------------------------------------------------------------------
 
     def _loader(self, split: str):
+        from tlkit.data.cache import CachedFeatures
+        from tlkit.data.datamodule import make_loader
+
         if split not in self.sets:
             raise RuntimeError(f"call setup() for the {split} split first (a Trainer does it).")
         if split not in self._loaders:  # one loader per split: its state_dict is what a resumed fit restores
             batch = self.batch_size if split == "train" else self.eval_batch_size
-            workers = resolve_workers(self.num_workers, self.trainer.num_devices if self.trainer is not None else 1)
-            self._loaders[split] = _litdata().StreamingDataLoader(
-                self.sets[split], batch_size=batch, num_workers=workers, persistent_workers=workers > 0)
+            dataset = self.sets[split]
+            if isinstance(dataset, CachedFeatures):  # rows in memory: the folder path's seeded, resumable loader
+                self._loaders[split] = make_loader(dataset, batch_size=batch, shuffle=split == "train",
+                                                   num_workers=0, seed=self.seed, epoch=self.first_epoch)
+            else:
+                devices = self.trainer.num_devices if self.trainer is not None else 1
+                workers = resolve_workers(self.workers_setting, devices)
+                loader = _litdata().StreamingDataLoader(dataset, batch_size=batch, num_workers=workers,
+                                                        persistent_workers=workers > 0)
+                # LitData counts epochs from 1 and starts each pass at the next one (order and augmentation follow
+                # it). Lightning restores a loader's state only when it stopped mid-epoch; a fit resumed after a
+                # finished epoch starts at first_epoch, so the loader must too (a mid-epoch state overrides this).
+                loader.current_epoch = self.first_epoch
+                self._loaders[split] = loader
         return self._loaders[split]
 
     @override
@@ -320,4 +659,3 @@ class StreamDataModule(L.LightningDataModule):
     @override
     def test_dataloader(self):
         return self._loader("test")
-
