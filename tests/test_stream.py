@@ -1,5 +1,6 @@
 """Streaming data on LitData: a folder optimized into chunks keeps its split, classes and counts, trains like the
-folder through a plain Lightning Trainer, and bad inputs are refused in one line."""
+folder through a plain Lightning Trainer and through a recipe (data.source: litdata: cached features, strategy auto,
+preflight and provenance without image files, exact resume, DDP), and bad inputs are refused in one line."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 
 import lightning as L
 import pytest
+import torch
 from conftest import write_colour_classes
 from PIL import Image
 
@@ -25,7 +27,7 @@ CLASSES = ["blue", "green", "red"]
 def folder_and_stream(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stream")
     root = write_colour_classes(tmp / "colours")
-    optimize_data(root, tmp / "stream", num_workers=2, progress=False, max_side=64)  # 36-44 px kept
+    optimize_data(root, tmp / "stream", num_workers=2, progress=False, short_side=64)  # 36 px kept
     return root, tmp / "stream"
 
 
@@ -55,14 +57,15 @@ def test_optimize_keeps_the_folder_split_classes_and_counts(folder_and_stream):
     assert "test" not in manifest["splits"]
 
 
-def test_optimize_stores_jpegs_no_larger_than_max_side(folder_and_stream, tmp_path):
+def test_optimize_stores_jpegs_with_the_shorter_side_bounded(folder_and_stream, tmp_path):
     from litdata import StreamingDataset
 
     root, _ = folder_and_stream
-    optimize_data(root, tmp_path / "small", num_workers=1, progress=False, max_side=24)
+    optimize_data(root, tmp_path / "small", num_workers=1, progress=False, short_side=24)
     sample = StreamingDataset(str(tmp_path / "small" / "train"))[0]
     image = Image.open(io.BytesIO(sample["image"]))
-    assert image.format == "JPEG" and max(image.size) <= 24  # the 36-44 px originals were scaled down
+    assert image.format == "JPEG" and min(image.size) == 24  # 36 x 36-44 px originals, scaled down...
+    assert max(image.size) < 36  # ...keeping their shape
     assert sample["label"] in (0, 1, 2)
 
 
@@ -94,10 +97,10 @@ def test_optimize_refuses_a_non_empty_output(folder_and_stream, tmp_path):
 
 def test_optimize_overwrites_an_earlier_stream_when_asked(folder_and_stream, tmp_path):
     root, _ = folder_and_stream
-    optimize_data(root, tmp_path / "s", num_workers=1, progress=False, max_side=16)
-    manifest = optimize_data(root, tmp_path / "s", num_workers=1, progress=False, max_side=20, overwrite=True)
-    assert json.loads((tmp_path / "s" / MANIFEST).read_text())["encoding"]["max_side"] == 20 == \
-        manifest["encoding"]["max_side"]
+    optimize_data(root, tmp_path / "s", num_workers=1, progress=False, short_side=16)
+    manifest = optimize_data(root, tmp_path / "s", num_workers=1, progress=False, short_side=20, overwrite=True)
+    assert json.loads((tmp_path / "s" / MANIFEST).read_text())["encoding"]["short_side"] == 20 == \
+        manifest["encoding"]["short_side"]
 
 
 def test_a_folder_that_is_not_a_stream_is_refused_with_the_fix(folder_and_stream):
@@ -111,7 +114,7 @@ def test_cli_optimize_writes_a_stream_and_refuses_a_missing_output(folder_and_st
     from tlkit.cli.main import main
 
     root, _ = folder_and_stream
-    assert main(["data", "optimize", str(root), str(tmp_path / "out"), "--workers", "1", "--max-side", "24"]) == 0
+    assert main(["data", "optimize", str(root), str(tmp_path / "out"), "--workers", "1", "--short-side", "24"]) == 0
     assert read_manifest(tmp_path / "out")["splits"]["train"]["images"] == 24
     with pytest.raises(SystemExit) as exit_info:
         main(["data", "optimize", str(root)])
@@ -162,7 +165,7 @@ def stream_without_images(tmp_path_factory):
     folder = fit(validate_recipe(tiny_recipe_dict(root, **{k: v for k, v in stream_recipe(root).items()
                                                            if k in ("backbone", "optim")}, cache=cache)),
                  run_dir=tmp / "folder_run")
-    optimize_data(root, tmp / "stream", num_workers=2, progress=False, max_side=64)
+    optimize_data(root, tmp / "stream", num_workers=2, progress=False, short_side=64)
     shutil.rmtree(root)
     return tmp, folder, cache
 
@@ -225,3 +228,22 @@ def test_a_stream_run_stopped_mid_epoch_resumes_to_the_uninterrupted_run(folder_
     for key in ("val_acc", "val_loss", "train_acc", "train_loss", "best_val_acc", "epochs"):
         assert resumed[key] == whole[key], key
     assert (tmp_path / "stopped" / "metrics.csv").read_text() == (tmp_path / "whole" / "metrics.csv").read_text()
+
+
+@pytest.mark.slow  # ~30 s: two fresh Python processes import torch + Lightning
+def test_two_process_ddp_fit_from_a_stream_trains_in_sync(tmp_path):
+    """LitData shards the stream between the two ranks (gloo on CPU); both replicas end with the same weights and
+    one run directory is written."""
+    from test_distributed import run_two_ranks
+
+    root = write_colour_classes(tmp_path / "colours")
+    optimize_data(root, tmp_path / "stream", num_workers=1, progress=False, short_side=64)
+    recipe = stream_recipe(tmp_path / "stream", strategy={"kind": "finetune"}, data={"batch_size": 4},
+                           trainer={"epochs": 2, "devices": 2, "strategy": "ddp"})
+    run_dir = run_two_ranks(tmp_path, recipe, "torchrun")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["num_train"] == 24
+    rank0, rank1 = (torch.load(run_dir / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for key, value in rank0["final"].items():
+        assert torch.equal(value, rank1["final"][key]), f"replicas diverged at {key}"
+    assert any(not torch.equal(v, rank0["initial"][k]) for k, v in rank0["final"].items() if k.startswith("backbone."))

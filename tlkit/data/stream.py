@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "tlkit_stream.json"  # written last: a folder without it is not a finished tlkit stream
 STREAM_FORMAT = "tlkit-litdata"
 SPLITS = ("train", "val", "test")
-DEFAULT_MAX_SIDE = 256  # covers a 224 px eval crop (crop_pct 0.875 resizes the short side to 256)
+DEFAULT_SHORT_SIDE = 256  # a 224 px model's eval resize (crop_pct 0.875: the shorter side to 256)
 
 
 def _litdata():
@@ -58,6 +58,9 @@ def _litdata():
     except ImportError as exc:  # an optional extra: name the install line, not a traceback
         raise DataError("streaming data needs LitData; install it with pip install 'tlkit[stream]' "
                         "(or pip install litdata).") from exc
+    # LitData logs its cache and mmap choices at INFO for every dataset it opens (one per split and loader
+    # worker): noise in a training log. Its warnings still show.
+    logging.getLogger("litdata").setLevel(max(logging.WARNING, logging.getLogger("litdata").level))
     return litdata
 
 
@@ -122,7 +125,7 @@ def _refuse_output(out: str, overwrite: bool) -> None:
         shutil.rmtree(path)
 
 
-def optimize_data(src: str | Path, out: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, quality: int = 90,
+def optimize_data(src: str | Path, out: str | Path, *, short_side: int = DEFAULT_SHORT_SIDE, quality: int = 90,
                   num_workers: int | None = None, overwrite: bool = False, progress: bool = True,
                   data: DataConfig | Mapping | None = None, seed: int = DEFAULT_SEED) -> dict:
     """Write the splits of the data at `src` (a folder, or a table with data={"source": "csv", ...}) as LitData
@@ -133,8 +136,8 @@ def optimize_data(src: str | Path, out: str | Path, *, max_side: int = DEFAULT_M
     """
     from tlkit.data.table import scan_data
 
-    if not 16 <= max_side <= 8192:
-        raise DataError(f"max_side must be 16-8192 pixels; got {max_side} (256 covers a 224 px model).")
+    if not 16 <= short_side <= 8192:
+        raise DataError(f"short_side must be 16-8192 pixels; got {short_side} (256 covers a 224 px model).")
     config = settings_from(DataConfig, {**dict(data or {}), "root": str(src)})
     if (Path(str(src)) / MANIFEST).is_file():
         raise DataError(f"{src} is already a tlkit stream; optimize reads an image folder or a label table.")
@@ -152,14 +155,14 @@ def optimize_data(src: str | Path, out: str | Path, *, max_side: int = DEFAULT_M
     with _encoding_pool(workers) as pool:
         for split in (name for name in SPLITS if getattr(scan, name)):
             labels = _write_split(getattr(scan, split), f"{out}/{split}", pool=pool, progress=progress, name=split,
-                                  encode=partial(encode, max_side=max_side, quality=quality))
+                                  encode=partial(encode, short_side=short_side, quality=quality))
             splits[split] = {"images": len(labels),
                              "per_class": {scan.classes[y]: n for y, n in sorted(Counter(labels).items())},
                              "labels": labels}
     # The checks that need the original files (exact duplicates across splits) run here, where the files are.
     checked = file_checks(scan)["warnings"]
     manifest = {"format": STREAM_FORMAT, "version": 2, "classes": list(scan.classes), "splits": splits,
-                "encoding": {"format": "JPEG", "max_side": max_side, "quality": quality},
+                "encoding": {"format": "JPEG", "short_side": short_side, "quality": quality},
                 "source": {"root": os.path.abspath(str(src)), "layout": scan.layout, "seed": seed,
                            "val_fraction": config.val_fraction, "test_fraction": config.test_fraction},
                 "skipped": [list(s) for s in scan.skipped], "file_checks": checked}
