@@ -1,10 +1,15 @@
 """Streaming data on LitData: `optimize_data` turns a folder or table into LitData chunks (images re-encoded as JPEG
-at a bounded side, labels, split and class names), and `StreamDataModule` trains and validates from them through
-litdata.StreamingDataset / StreamingDataLoader with the same transforms as the folder path.
+with a bounded shorter side, labels in the manifest, split and class names), and `StreamDataModule` trains,
+validates and tests from them with the same transforms as the folder path, for a recipe (data.source: litdata) or a
+plain Lightning Trainer.
 
-LitData shards a stream across DDP processes and loader workers itself, and a StreamingDataLoader saves its
-position in Lightning checkpoints (state_dict), so a resumed fit continues mid-stream. The optional dependency is
-imported only here, by the functions that need it: `pip install tlkit[stream]`.
+A run reads no image file: its scan (`stream_scan`) lists item ids `<root>/<split>#<position>` with the labels the
+manifest stores; preflight checks labels and repeats the file checks made when the stream was written; provenance
+fingerprints the manifest, index and chunk files (`stream_files`); cached features are keyed per item id plus the
+split's identity (`split_identity`). LitData shards a stream across DDP processes and loader workers itself, and a
+StreamingDataLoader saves its position in Lightning checkpoints, so a fit stopped mid-epoch continues mid-stream;
+one resumed after a finished epoch starts its loader at that epoch. The optional dependency is imported only by the
+functions that need it: `pip install tlkit[stream]`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import logging
 import os
 import shutil
 import sys
-import time
 from collections import Counter
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -35,7 +39,6 @@ from tlkit.data.cache import extraction_device
 from tlkit.data.encode import encode
 from tlkit.data.features import Extraction, FeatureSplits
 from tlkit.data.preflight import STREAM_LAYOUT, file_checks
-from tlkit.data.preprocessing import Preprocessing
 from tlkit.data.protocol import CachePlan
 from tlkit.data.scan import FolderScan
 from tlkit.data.settings import DEFAULT_SEED, CacheConfig, DataConfig, TrainAugment
@@ -52,7 +55,7 @@ SPLITS = ("train", "val", "test")
 DEFAULT_SHORT_SIDE = 256  # a 224 px model's eval resize (crop_pct 0.875: the shorter side to 256)
 
 
-def _litdata():
+def litdata_module():
     try:
         import litdata
     except ImportError as exc:  # an optional extra: name the install line, not a traceback
@@ -149,7 +152,7 @@ def optimize_data(src: str | Path, out: str | Path, *, short_side: int = DEFAULT
                      seed=seed)
     if scan.multi_label:
         raise DataError(f"{src} is multi-label; streams hold one label per image for now. Train it from the table.")
-    _litdata()
+    litdata_module()
     workers = num_workers or cpus_available()
     splits: dict[str, dict] = {}
     with _encoding_pool(workers) as pool:
@@ -202,7 +205,7 @@ def read_manifest(root: str | Path) -> dict:
     return manifest
 
 
-def _decode_jpeg(data: bytes) -> np.ndarray:
+def decode_jpeg(data: bytes) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
@@ -210,7 +213,7 @@ def _decode_jpeg(data: bytes) -> np.ndarray:
 
 def streaming_dataset_class():
     """litdata.StreamingDataset with a tlkit transform (defined on first use: LitData is an optional install)."""
-    litdata = _litdata()
+    litdata = litdata_module()
 
     class TransformedStream(litdata.StreamingDataset):
         """A StreamingDataset whose samples go through a tlkit transform, reseeded from (seed, epoch, index) as the
@@ -222,7 +225,7 @@ def streaming_dataset_class():
 
         def __getitem__(self, index: Any) -> tuple[Any, int]:
             sample = super().__getitem__(index)
-            image = _decode_jpeg(sample["image"])
+            image = decode_jpeg(sample["image"])
             reseed = getattr(self.image_transform, "reseed", None)
             if reseed is not None:
                 reseed(derive_seed(self.sample_seed, "sample", int(self.current_epoch), int(sample["index"])))
@@ -294,160 +297,6 @@ def split_identity(root: str, split: str) -> str:
             stat = os.stat(f"{root}/{split}/{chunk['filename']}")
             digest.update(f"{chunk['filename']}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:20]
-
-
-# -- cached features of a stream's items -------------------------------------------------------------------------
-
-
-class _StreamItems(torch.utils.data.Dataset):
-    """Items of one split by position, decoded and through `transform` (reseeded per item when `seeds` are given):
-    what feature extraction reads. Random access into LitData's chunks, each worker opening the split itself."""
-
-    def __init__(self, input_dir: str, positions: list[int], transform: Any, seeds: list[int] | None):
-        self.input_dir, self.positions, self.transform, self.seeds = input_dir, positions, transform, seeds
-        self._stream = None
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        if self._stream is None:
-            self._stream = _litdata().StreamingDataset(self.input_dir)
-        if self.seeds is not None:
-            self.transform.reseed(self.seeds[index])
-        return self.transform(_decode_jpeg(self._stream[self.positions[index]]["image"]))
-
-
-def _positions(ids: list[str]) -> list[int]:
-    return [int(i.rsplit("#", 1)[1].split("@", 1)[0]) for i in ids]
-
-
-@torch.no_grad()
-def _extract(network: torch.nn.Module, dataset: _StreamItems, *, run: Extraction, desc: str,
-             dtype: torch.dtype) -> torch.Tensor:
-    """`network`'s outputs for every item of `dataset`, stored as `dtype` (the image path's tlkit.data.cache.extract,
-    over stream items: a stream's JPEGs were decoded once when written, so none fails here)."""
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    from tlkit.data.cache import extraction_batch_size
-
-    home = next(network.parameters()).device
-    network.eval().to(run.device)
-    loader = DataLoader(dataset, batch_size=extraction_batch_size(run.device, run.eval_batch_size),
-                        num_workers=run.num_workers)
-    rows = []
-    for images in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not run.progress):
-        images = images.to(run.device)
-        if run.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        out = network(images)
-        if not out.isfinite().all():
-            raise DataError(f"{desc}: the backbone gave NaN/inf features; its weights or the input preprocessing "
-                            "are broken, not the stream: check backbone.weights.")
-        rows.append(out.to(device="cpu", dtype=dtype, memory_format=torch.contiguous_format))
-    network.to(home)
-    return torch.cat(rows)
-
-
-@contextmanager
-def _ids_as_identities():
-    """Stream item ids are their own row identities in the feature cache (they carry the split's identity, so a
-    rewritten stream gets new rows); a file's identity is still path, size and mtime.
-
-    A bridge: tlkit.data.cache.FeatureCache.features keys rows by file_identity(path), which stats a file; until it
-    takes non-file ids itself, the ids of stream items (`...#<position>@<split identity>`) pass through unchanged."""
-    from tlkit.data import cache
-
-    file_identity = cache.file_identity
-    cache.file_identity = lambda path: path if "#" in str(path) else file_identity(path)
-    try:
-        yield
-    finally:
-        cache.file_identity = file_identity
-
-
-def cached_stream_rows(store: Any, key: dict, ids: list[str], compute: Any) -> torch.Tensor:
-    """FeatureCache.features(key, ids, compute) with stream item ids as the rows' identities."""
-    with _ids_as_identities():
-        return store.features(key, ids, compute)
-
-
-def extract_stream_features(root: str, scan: StreamScan, plan: CachePlan, pre: Preprocessing, *,
-                            augment: TrainAugment, cache: CacheConfig, seed: int, run: Extraction,
-                            train_pre: Preprocessing | None = None, splits: tuple[str, ...] = ("train", "val"),
-                            ) -> FeatureSplits:
-    """tlkit.data.features.extract_splits for a stream: the network's outputs for every train item (cache.views
-    augmented views, 1 when the augmentation is deterministic) and val item, from the feature cache where the
-    split is unchanged. `splits=("train",)` with the eval transform only: strategy auto's quick measurement."""
-    from tlkit.data.augment import build_eval_transform, build_train_transform
-    from tlkit.data.cache import (
-        CachedActivations,
-        CachedFeatures,
-        FeatureCache,
-        code_versions,
-        default_feature_dir,
-        targets,
-        view_seed,
-        weights_fingerprint,
-    )
-    from tlkit.data.features import (
-        ACTIVATION_DTYPE,
-        CACHE_KEY_FORMAT,
-        check_activation_size,
-    )
-    from tlkit.data.preprocessing import EVAL_PREPROCESSING_ID
-
-    train_pre = train_pre or pre
-    started = time.perf_counter()
-    prefix = plan.prefix
-    dtype = ACTIVATION_DTYPE if prefix is not None else torch.float32
-    store = FeatureCache((cache.dir or default_feature_dir()) if cache.disk else None)
-    fingerprint = weights_fingerprint(plan.network)
-    base_key = {"format": CACHE_KEY_FORMAT, "backbone": plan.name, "weights": fingerprint,
-                "preprocessing": pre.to_dict(), "versions": code_versions(), "eval": EVAL_PREPROCESSING_ID}
-    if prefix is not None:
-        base_key = {**base_key, "prefix": list(prefix.prefix_names), "dtype": str(dtype)}
-    ids = {split: [f"{i}@{split_identity(root, split)}" for i, _ in getattr(scan, split)] for split in splits}
-    only_eval = splits == ("train",)
-    num_views = 1 if augment.is_deterministic or only_eval else cache.views
-    what = "prefix cache" if prefix is not None else "feature cache"
-    if prefix is not None:
-        check_activation_size(prefix, train=(len(ids["train"]), num_views, train_pre.input_size),
-                              val=(len(ids.get("val", [])), pre.input_size), max_gb=cache.max_gb)
-
-    def compute(split: str, transform: Any, desc: str, view: int | None = None):
-        def rows(wanted: list[str]) -> torch.Tensor:
-            seeds = None if view is None else [view_seed(seed, view, i.rsplit("/", 1)[1].split("@")[0])
-                                               for i in wanted]  # keyed by split#position, wherever the stream is
-            return _extract(plan.network, _StreamItems(f"{root}/{split}", _positions(wanted), transform, seeds),
-                            run=run, desc=desc, dtype=dtype)
-        return rows
-
-    eval_transform = build_eval_transform(pre)
-    eval_key = {**base_key, "transform": "eval"}
-    if only_eval or (augment.is_deterministic and train_pre == pre):
-        views = [cached_stream_rows(store, eval_key, ids["train"], compute("train", eval_transform,
-                                                                          f"{what}: train"))]
-    else:
-        train_transform = build_train_transform(train_pre, augment)
-        augment_key = {**base_key, "transform": augment.model_dump(mode="json"), "seed": seed,
-                       **({"train_preprocessing": train_pre.to_dict()} if train_pre != pre else {})}
-        views = [cached_stream_rows(store, {**augment_key, "view": v}, ids["train"],
-                                    compute("train", train_transform, f"{what}: train view {v + 1}/{num_views}", v))
-                 for v in range(num_views)]
-    val = (cached_stream_rows(store, eval_key, ids["val"], compute("val", eval_transform, f"{what}: val"))
-           if "val" in ids else views[0][:0])
-    info = {"used": True, "views": len(views), "disk": store.directory is not None, "from_disk": store.stats.hits,
-            "extracted": store.stats.misses, "seconds": round(time.perf_counter() - started, 2)}
-    log.info("%s: %d train x %d view(s) + %d val stream items; %d rows from disk, %d extracted, %.1f s", what,
-             len(ids["train"]), len(views), len(ids.get("val", [])), info["from_disk"], info["extracted"],
-             info["seconds"])
-    rows = CachedActivations if prefix is not None else CachedFeatures
-    return FeatureSplits(
-        train=rows(torch.stack(views), targets([y for _, y in scan.train]), seed=seed, paths=ids["train"]),
-        val=rows(val, targets([y for _, y in scan.val]) if "val" in ids else targets([]), paths=ids.get("val", [])),
-        fingerprint=fingerprint, preprocessing=pre, info=info, train_preprocessing=train_pre)
 
 
 # -- the datamodule ----------------------------------------------------------------------------------------------
@@ -612,6 +461,8 @@ class StreamDataModule(L.LightningDataModule):
                 and f.train_preprocessing in (None, pres[1]) and f.fingerprint == weights_fingerprint(plan.network))
 
     def _extract(self, plan: CachePlan, pres: tuple, run: Extraction) -> FeatureSplits:
+        from tlkit.data.stream_features import extract_stream_features
+
         if not self._reusable(plan, pres):
             self._features = extract_stream_features(self.root, self.scan, plan, pres[0], augment=self.augment,
                                                      cache=self.cache, seed=self.seed, run=run, train_pre=pres[1])
@@ -642,7 +493,7 @@ class StreamDataModule(L.LightningDataModule):
             else:
                 devices = self.trainer.num_devices if self.trainer is not None else 1
                 workers = resolve_workers(self.workers_setting, devices)
-                loader = _litdata().StreamingDataLoader(dataset, batch_size=batch, num_workers=workers,
+                loader = litdata_module().StreamingDataLoader(dataset, batch_size=batch, num_workers=workers,
                                                         persistent_workers=workers > 0)
                 # LitData counts epochs from 1 and starts each pass at the next one (order and augmentation follow
                 # it). Lightning restores a loader's state only when it stopped mid-epoch; a fit resumed after a

@@ -99,7 +99,7 @@ def _measure(recipe: Recipe, datamodule: ImageFolderDataModule, features: str) -
         return {"skipped": str(exc)}
     run = _extraction(recipe, datamodule, module)
     if recipe.data.source == "litdata":  # a stream's items, read from its chunks (no image file exists)
-        from tlkit.data.stream import extract_stream_features
+        from tlkit.data.stream_features import extract_stream_features
 
         stream = extract_stream_features(datamodule.root, datamodule.scan, module.cache_plan(0), module.preprocessing,
                                          augment=recipe.augment, cache=recipe.cache, seed=recipe.seed, run=run,
