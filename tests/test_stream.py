@@ -55,6 +55,11 @@ def test_optimize_keeps_the_folder_split_classes_and_counts(folder_and_stream):
     assert manifest["splits"]["val"]["images"] == len(folder.scan.val) == 12
     assert manifest["splits"]["val"]["per_class"] == {"blue": 4, "green": 4, "red": 4}
     assert "test" not in manifest["splits"]
+    # Training images are stored in a seeded random order, not class by class: LitData gives each loader worker a
+    # contiguous part of a chunk, and a class-sorted stream would fill each worker's batches with one or two classes.
+    labels = manifest["splits"]["train"]["labels"]
+    assert sorted(labels) == sorted(y for _, y in folder.scan.train)
+    assert set(labels[:12]) == set(labels[12:]) == {0, 1, 2}
 
 
 def test_optimize_stores_jpegs_with_the_shorter_side_bounded(folder_and_stream, tmp_path):
@@ -72,10 +77,18 @@ def test_optimize_stores_jpegs_with_the_shorter_side_bounded(folder_and_stream, 
 def test_stream_trains_like_the_folder(folder_and_stream):
     root, stream = folder_and_stream
     from_folder = train_and_validate(ImageFolderDataModule(root, batch_size=8, num_workers=0, cache=False, seed=0))
-    from_stream = train_and_validate(StreamDataModule(stream, batch_size=8, num_workers=0, seed=0))
+    from_stream = train_and_validate(StreamDataModule(stream, batch_size=8, num_workers=0, seed=0, cache=False))
     assert from_stream["train_batches"] == from_folder["train_batches"] == 3
     assert from_folder["val_acc"] > 0.6  # the colours are separable: both runs learn them...
     assert abs(from_stream["val_acc"] - from_folder["val_acc"]) <= 1 / 12 + 1e-6  # ...to within one val image
+
+
+def test_a_linear_probe_on_a_plain_trainer_reads_cached_stream_features(folder_and_stream, tmp_path):
+    _, stream = folder_and_stream
+    data = StreamDataModule(stream, batch_size=8, num_workers=0, seed=0, cache={"dir": str(tmp_path)})
+    result = train_and_validate(data)
+    assert data.cache_info["used"] and data.cache_info["extracted"] == 24 + 12
+    assert result["val_acc"] > 0.6 and result["train_batches"] == 3
 
 
 def test_stream_datamodule_knows_its_classes_before_setup(folder_and_stream):

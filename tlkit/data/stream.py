@@ -70,15 +70,17 @@ def litdata_module():
 # -- writing -----------------------------------------------------------------------------------------------------
 
 
-def _write_split(samples: list, out: str, *, encode: Any, pool: Any, progress: bool, name: str) -> list[int]:
-    """Encode `samples` in `workers` processes (decoding is the cost) and write them, in order, as LitData chunks
-    with LitData's own writer (the format litdata.optimize writes); returns the labels written, in stream order."""
+def _write_split(samples: list, out: str, *, encode: Any, pool: Any, progress: bool, name: str,
+                 order: Any = None) -> list[int]:
+    """Encode `samples` in the pool's processes (decoding is the cost) and write them as LitData chunks with
+    LitData's own writer (the format litdata.optimize writes), in `order` (positions into samples; None = as given);
+    returns the labels written, in stream order. Each item keeps its index in `samples` (its augmentation seed)."""
     from litdata.streaming.writer import BinaryWriter
     from tqdm.auto import tqdm
 
     Path(out).mkdir(parents=True, exist_ok=True) if not out.startswith("s3://") else None
     writer = BinaryWriter(out, chunk_bytes="64MB")
-    items = [(path, label, i) for i, (path, label) in enumerate(samples)]
+    items = [(*samples[i], int(i)) for i in (range(len(samples)) if order is None else order)]
     written: list[int] = []
     bar = tqdm(total=len(items), desc=f"optimize {name}", unit="img", disable=not progress)
     try:
@@ -157,7 +159,12 @@ def optimize_data(src: str | Path, out: str | Path, *, short_side: int = DEFAULT
     splits: dict[str, dict] = {}
     with _encoding_pool(workers) as pool:
         for split in (name for name in SPLITS if getattr(scan, name)):
-            labels = _write_split(getattr(scan, split), f"{out}/{split}", pool=pool, progress=progress, name=split,
+            samples = getattr(scan, split)
+            # Training images in a seeded random order: a scan lists them class by class, and LitData hands each
+            # loader worker (and DDP process) a contiguous part of a chunk, whose batches would then hold one class.
+            order = np.random.default_rng(derive_seed(seed, "stream order")).permutation(len(samples)) \
+                if split == "train" else None
+            labels = _write_split(samples, f"{out}/{split}", pool=pool, progress=progress, name=split, order=order,
                                   encode=partial(encode, short_side=short_side, quality=quality))
             splits[split] = {"images": len(labels),
                              "per_class": {scan.classes[y]: n for y, n in sorted(Counter(labels).items())},
@@ -317,7 +324,7 @@ class StreamDataModule(L.LightningDataModule):
     def __init__(self, root: str | Path, *, preprocessing: Any = None, augment: TrainAugment | Mapping | str | None = None,
                  batch_size: int = DataConfig.model_fields["batch_size"].default, eval_batch_size: int | None = None,
                  num_workers: int | str = "auto", seed: int = DEFAULT_SEED,
-                 cache: CacheConfig | Mapping | bool | None = False, balance: str = "none", first_epoch: int = 0,
+                 cache: CacheConfig | Mapping | bool | None = None, balance: str = "none", first_epoch: int = 0,
                  bad_log: str | Path | None = None, on_bad_image: str = "skip", manifest: dict | None = None):
         super().__init__()
         self.root = str(root) if "://" in str(root) else os.path.abspath(str(root))
