@@ -60,6 +60,10 @@ def test_optimize_keeps_the_folder_split_classes_and_counts(folder_and_stream):
     labels = manifest["splits"]["train"]["labels"]
     assert sorted(labels) == sorted(y for _, y in folder.scan.train)
     assert set(labels[:12]) == set(labels[12:]) == {0, 1, 2}
+    # A run lists them in the folder's order again, so cached features are drawn in the folder run's batches.
+    scan = StreamDataModule(stream).scan
+    assert [y for _, y in scan.train] == [y for _, y in folder.scan.train]
+    assert sorted(int(i.rsplit("#", 1)[1]) for i, _ in scan.train) == list(range(24))
 
 
 def test_optimize_stores_jpegs_with_the_shorter_side_bounded(folder_and_stream, tmp_path):
