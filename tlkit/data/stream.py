@@ -237,7 +237,10 @@ def streaming_dataset_class():
             image = decode_jpeg(sample["image"])
             reseed = getattr(self.image_transform, "reseed", None)
             if reseed is not None:
-                reseed(derive_seed(self.sample_seed, "sample", int(self.current_epoch), int(sample["index"])))
+                # LitData counts epochs from 1, the folder path (and Lightning) from 0: the same image gets the same
+                # crop and flip in the same epoch as in a folder run (index: its place in the folder's scan)
+                epoch = int(self.current_epoch) - 1
+                reseed(derive_seed(self.sample_seed, "sample", epoch, int(sample["index"])))
             return self.image_transform(image), int(sample["label"])
 
     return TransformedStream
