@@ -259,7 +259,7 @@ def export_checkpoint(
     reloaded = load_classifier(weights)
     with torch.inference_mode():
         reload_diff = float((reloaded(inputs) - model(inputs)).abs().max())
-    if reload_diff != 0.0 or (model.multi_label and not torch.equal(reloaded.thresholds, model.thresholds)):
+    if reload_diff != 0.0 or (model.task.has_thresholds and not torch.equal(reloaded.thresholds, model.thresholds)):
         raise ExportError(f"{weights} loads back with different outputs (max abs diff {reload_diff:.3g}) or "
                           "thresholds; please report this.")
     summary = {"out_dir": str(out_dir), "weights": str(weights), "sidecar": str(sidecar), "parity_inputs": source,
