@@ -337,7 +337,7 @@ def _search(args: argparse.Namespace) -> int:
     for stage in summary["stages"].values():
         print(stage["table"])
     best = summary["best"]
-    print(f"best: {best['stage']} trial {best['trial']}, val acc {best['val_acc']:.2%}, "
+    print(f"best: {best['stage']} trial {best['trial']}, {best['monitor']} {best['value']:.2%}, "
           + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in best["params"].items()))
     print(f"wrote {summary['best_recipe']}, {summary['png']}, trials CSV/markdown in {summary['out_dir']}")
     print(f"storage {summary['storage']} (re-run the same command to resume)")

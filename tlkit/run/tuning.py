@@ -305,7 +305,7 @@ def search(
                        title=f"{recipe.name}: {best.user_attrs.get('monitor', 'val_acc')} over lr x weight decay")
     summary = {
         "out_dir": str(out_dir), "storage": stages.shown, "best_recipe": str(best_path), "png": str(png),
-        "best": {"stage": best_stage, "trial": best.number, "params": best.params, "val_acc": best.value,
+        "best": {"stage": best_stage, "trial": best.number, "params": best.params, "value": best.value,
                  "monitor": best.user_attrs.get("monitor", "val_acc"),
                  "val_loss": best.user_attrs.get("val_loss")},
         "stages": {k: {kk: vv for kk, vv in v.items() if kk not in ("trials",)} for k, v in stages.done.items()},
@@ -343,9 +343,8 @@ class _SearchStages:
             monitor = metrics["monitor"]  # the task's: val_acc, or val_map for a multi-label model
             if not self.keep_checkpoints:
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-            for key in ("val_acc", "val_loss", "wall_s", "epochs", "strategy", "monitor"):
+            for key in (monitor, f"best_{monitor}", "val_loss", "wall_s", "epochs", "strategy", "monitor"):
                 trial.set_user_attr(key, metrics.get(key))
-            trial.set_user_attr("best_val_acc", metrics.get(f"best_{monitor}"))  # the table's best-value column
             trial.set_user_attr("run_dir", str(run_dir))
             log.info("%s trial %d: lr %.2e wd %.2e -> %s %.2f%%, val loss %.3f (%.1f s)%s", stage, trial.number,
                      params["lr"], params["weight_decay"], monitor, 100 * metrics[monitor], metrics["val_loss"],
