@@ -65,10 +65,9 @@ def classifier_from_hparams(hparams: Mapping[str, Any]) -> Classifier:
     from tlkit.model.strategies import strategy_from
 
     strategy = strategy_from(hparams.get("strategy") or "linear_probe")
-    extra = {"features": strategy.features, "stage_grid": strategy.stage_grid} if hasattr(strategy, "features") else {}
     return create_classifier(hparams["backbone"], hparams.get("classes"), head=hparams.get("head"),
                              tta=hparams.get("tta"), multi_label=bool(hparams.get("multi_label", False)),
-                             channels_last=bool(hparams.get("channels_last", True)), **extra)
+                             channels_last=bool(hparams.get("channels_last", True)), **strategy.embedding())
 
 
 def classifier_state(state: Mapping[str, Any]) -> dict[str, Any]:
