@@ -78,12 +78,12 @@ def _pct(value: float | None) -> str:
 
 
 def format_summary(metrics: dict) -> str:
-    """A small two-column table of the numbers a user looks at first (multi-label: mAP and F1 instead of accuracy)."""
-    multi = bool(metrics.get("multi_label"))
-    headline = [("val mAP", _pct(metrics.get("val_map"))), ("best val mAP", _pct(metrics.get("best_val_map"))),
-                ("val F1 micro / macro", f"{_pct(metrics.get('val_f1_micro'))} / {_pct(metrics.get('val_f1_macro'))}")
-                ] if multi else [("val accuracy", _pct(metrics.get("val_acc"))),
-                                 ("best val accuracy", _pct(metrics.get("best_val_acc")))]
+    """A small two-column table of the numbers a user looks at first (the run's task says which: accuracy, or mAP
+    and F1 for multi-label)."""
+    from tlkit.model.task_reports import report_of
+
+    task = report_of(metrics)
+    headline = [(label, " / ".join(_pct(metrics.get(k)) for k in keys)) for label, keys in task.headline]
     rows = [
         *headline,
         ("val loss", f"{metrics['val_loss']:.4f}" if metrics.get("val_loss") is not None else "n/a"),
@@ -94,15 +94,14 @@ def format_summary(metrics: dict) -> str:
         ("strategy", str(metrics.get("strategy"))),
         ("run directory", str(metrics.get("run_dir"))),
     ]
-    if metrics.get("test_acc") is not None:  # evaluated once, with the checkpoint val chose
-        rows.insert(2, ("test accuracy", f"{metrics['test_acc']:.2%} ({metrics.get('num_test')} images)"))
-    if multi and metrics.get("test_map") is not None:  # F1 at the thresholds tuned on val
-        rows.insert(3, ("test mAP / F1 micro / macro", f"{_pct(metrics['test_map'])} / "
-                        f"{_pct(metrics.get('test_f1_micro'))} / {_pct(metrics.get('test_f1_macro'))} "
-                        f"({metrics.get('num_test')} images)"))
+    label, keys = task.test_headline
+    if metrics.get(keys[0]) is not None:  # evaluated once, with the checkpoint val chose
+        shown = " / ".join(_pct(metrics.get(k)) for k in keys)
+        rows.insert(len(headline), (label, f"{shown} ({metrics.get('num_test')} images)"))
     mid_run = metrics.get("skipped_mid_run") or {}
     if any(mid_run.values()):  # files that vanished or broke after the scan (listed in skipped_mid_run.txt)
-        rows.insert(6, ("skipped mid-run train / val", f"{mid_run.get('train', 0)} / {mid_run.get('val', 0)}"))
+        after_images = next(i for i, (name, _) in enumerate(rows) if name == "images train / val") + 1
+        rows.insert(after_images, ("skipped mid-run train / val", f"{mid_run.get('train', 0)} / {mid_run.get('val', 0)}"))
     width = max(len(k) for k, _ in rows)
     value_width = max(len(v) for _, v in rows)
     rule = f"+-{'-' * width}-+-{'-' * value_width}-+"

@@ -24,17 +24,27 @@ from torchmetrics.classification import (
 
 from tlkit.model.mixing import binary_cross_entropy, soft_target_cross_entropy
 from tlkit.model.settings import DEFAULT_THRESHOLD
+from tlkit.model.task_reports import MULTI_LABEL, SINGLE_LABEL, TaskReport, report_of
 
 
 class Task(ABC):
     """The common interface; `task_from(name)` gives one."""
 
+    report: ClassVar[TaskReport]  # what the task reports, as plain data (tlkit.model.task_reports)
+    has_thresholds: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        r = cls.report
+        cls.name, cls.monitor, cls.metric_label = r.name, r.monitor, r.metric_label
+        cls.reported, cls.train_reported = r.reported, r.train_reported
+        cls.activation_description = r.activation_description
+
     name: ClassVar[str]
     monitor: ClassVar[str]  # the validation metric that picks the best checkpoint and that search optimises
     metric_label: ClassVar[str]  # how the monitored metric is shown ("accuracy", "mAP")
-    has_thresholds: ClassVar[bool] = False
     reported: ClassVar[tuple[str, ...]]  # the val_* metrics a run reports (test_* the same names); monitor first
-    train_reported: ClassVar[tuple[str, ...]] = ()  # the train_* metrics a run reports besides the loss
+    train_reported: ClassVar[tuple[str, ...]]  # the train_* metrics a run reports besides the loss
     activation_description: ClassVar[str]  # how an exported model's logits become a prediction (model.json)
 
     @abstractmethod
@@ -100,13 +110,8 @@ class Task(ABC):
 class SingleLabel(Task):
     """One class per image: softmax cross-entropy, accuracy (micro), balanced accuracy and macro F1."""
 
-    name = "single_label"
-    monitor = "val_acc"
-    metric_label = "accuracy"
+    report = SINGLE_LABEL
     EVAL_METRICS = ("acc", "balanced_acc", "macro_f1")
-    reported = tuple(f"val_{m}" for m in EVAL_METRICS)
-    activation_description = "softmax over classes"
-    train_reported = ("train_acc",)
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(dim=-1)
@@ -163,12 +168,8 @@ class MultiLabel(Task):
     """Any number of classes per image: binary cross-entropy summed over classes, a sigmoid per class, per-class
     decision thresholds, and mAP / micro F1 / macro F1 (over the classes a split has)."""
 
-    name = "multi_label"
-    monitor = "val_map"
-    metric_label = "mAP"
+    report = MULTI_LABEL
     has_thresholds = True
-    reported = ("val_map", "val_f1_micro", "val_f1_macro")
-    activation_description = "sigmoid per class; a class is predicted when its probability >= its entry in `thresholds`"
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.sigmoid()
@@ -269,7 +270,7 @@ def task_from(value: str | bool | Task) -> Task:
 def task_of(description: Mapping[str, Any]) -> Task:
     """The task a stored description names (a checkpoint's or export's `tlkit` dict, metrics.json, an evaluation
     report): what `Task.description` wrote."""
-    return MultiLabel() if description.get("multi_label") is True else SingleLabel()
+    return TASKS[report_of(description).name]()
 
 
 __all__ = ["MultiLabel", "SingleLabel", "Task", "multilabel_summary", "task_from", "task_of"]

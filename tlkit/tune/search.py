@@ -24,7 +24,7 @@ from typing_extensions import override
 from tlkit.errors import StorageError
 from tlkit.io import atomic_open, save_figure
 from tlkit.model.strategies import STRATEGY_CLASSES, backbone_lr_searched
-from tlkit.model.tasks import TASKS, SingleLabel
+from tlkit.model.task_reports import SINGLE_LABEL, report_for_monitor
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -206,7 +206,7 @@ def columns(monitor: str) -> tuple[str, ...]:
 
 
 def monitor_of(rows: list[dict]) -> str:
-    return next((r["monitor"] for r in rows if r.get("monitor")), SingleLabel.monitor)
+    return next((r["monitor"] for r in rows if r.get("monitor")), SINGLE_LABEL.monitor)
 
 
 def trial_rows(trials: list[optuna.trial.FrozenTrial]) -> list[dict]:
@@ -216,7 +216,7 @@ def trial_rows(trials: list[optuna.trial.FrozenTrial]) -> list[dict]:
         if t.state not in FINISHED:
             continue
         a = t.user_attrs
-        monitor = a.get("monitor") or SingleLabel.monitor
+        monitor = a.get("monitor") or SINGLE_LABEL.monitor
         rows.append({
             "trial": t.number, "state": t.state.name.lower(), "lr": t.params.get("lr"),
             "weight_decay": t.params.get("weight_decay"), "backbone_lr_mult": t.params.get("backbone_lr_mult"),
@@ -269,7 +269,7 @@ def plot_plane(stages: dict[str, list[dict]], out: str | Path, title: str = "") 
 
     plt = _pyplot()
     monitor = monitor_of([r for rows in stages.values() for r in rows])
-    label = "val " + next((t.metric_label for t in TASKS.values() if t.monitor == monitor), monitor)
+    label = "val " + getattr(report_for_monitor(monitor), "metric_label", monitor)
     fig, ax = plt.subplots(figsize=(7, 5.2), constrained_layout=True)
     scores = [r[monitor] for rows in stages.values() for r in rows if r.get(monitor) is not None]
     vmin, vmax = (min(scores), max(scores)) if scores else (0.0, 1.0)
