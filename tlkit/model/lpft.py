@@ -52,7 +52,8 @@ class ClosedFormProbe(L.Callback):
             final.bias.copy_(bias.to(final.bias))
         val_x, val_y = features.val.usable()
         if len(val_y) and not multi_label:
-            info["val_acc"] = float(((val_x[0] @ weight.T + bias).argmax(1) == val_y).float().mean())
+            logits = torch.cat([rows.float() @ weight.T + bias for rows in val_x[0].chunks(4096)])  # in batches
+            info["val_acc"] = float((logits.argmax(1) == val_y).float().mean())
             log.info("lp_ft probe: closed-form head, val accuracy %.2f%% before fine-tuning", 100 * info["val_acc"])
         self.info = info
 
