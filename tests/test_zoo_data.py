@@ -460,7 +460,7 @@ class _Compute:
 
 
 def _entry_file(cache_dir: Path) -> Path:
-    (path,) = cache_dir.rglob("features.safetensors")
+    (path,) = cache_dir.rglob("*.safetensors")  # one shard
     return path
 
 

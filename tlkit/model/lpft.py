@@ -52,7 +52,8 @@ class ClosedFormProbe(L.Callback):
             final.bias.copy_(bias.to(final.bias))
         val_x, val_y = features.val.usable()
         if len(val_y):
-            info[task.monitor] = task.score(val_x[0] @ weight.T + bias, val_y)
+            logits = torch.cat([rows.float() @ weight.T + bias for rows in val_x[0].chunks(4096)])  # in batches
+            info[task.monitor] = task.score(logits, val_y)
             log.info("lp_ft probe: closed-form head, val %s %.2f%% before fine-tuning", task.metric_label,
                      100 * info[task.monitor])
         self.info = info
