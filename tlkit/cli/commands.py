@@ -204,35 +204,44 @@ def _predict(args: argparse.Namespace) -> int:
         args.checkpoint, args.inputs, out=args.out, json_out=args.json_out, top_k=args.top_k, tta=args.tta,
         aggregate=args.aggregate, num_workers=args.num_workers,
         max_views_per_forward=args.max_views_per_forward, precision=args.precision, overwrite=args.overwrite,
+        devices=args.devices, accelerator=args.accelerator, return_rows=TABLE_ROWS,
     )
-    for path, why in summary["skipped"]:
+    for path, why in summary["skipped"][:TABLE_ROWS]:
         print(f"skipped {path}: {why}", file=sys.stderr)
+    if len(summary["skipped"]) > TABLE_ROWS:
+        print(f"skipped {len(summary['skipped']) - TABLE_ROWS} more file(s)" + (" (listed in the JSON)" if
+              "json" in summary else " (pass --json to list them)"), file=sys.stderr)
     to_stdout = summary["csv"] == "-"  # stdout carries the CSV alone; the table and summary would corrupt it
     if not to_stdout:
-        print(format_predictions_table(summary["rows"]))
+        print(format_predictions_table(summary["rows"], total=summary["predicted"]))
     written = ("stdout" if to_stdout else summary["csv"]) + (f" and {summary['json']}" if "json" in summary else "")
     print(f"predicted {summary['predicted']} image(s) with {summary['policy']} ({summary['views']} view(s)) -> "
-          f"{written}; skipped {len(summary['skipped'])}", file=sys.stderr if to_stdout else sys.stdout)
+          f"{written}; skipped {len(summary['skipped'])}; {summary['seconds']:.1f} s, "
+          f"{summary['images_per_second']:.1f} images/s", file=sys.stderr if to_stdout else sys.stdout)
     return 0
 
 
-def format_predictions_table(rows: list[dict], limit: int = 20) -> str:
+TABLE_ROWS = 20  # rows the predict command prints (and keeps in memory); the CSV holds them all
+
+
+def format_predictions_table(rows: list[dict], limit: int = TABLE_ROWS, total: int | None = None) -> str:
     """file, top-1 label, probability for the first `limit` images (the rest: in the CSV); multi-label: file and its
-    label set with probabilities."""
+    label set with probabilities. total: how many rows there are (default: len(rows))."""
+    total = len(rows) if total is None else total
     shown = rows[:limit]
     width = max([4] + [len(r["path"]) for r in shown])
     if shown and "probabilities" in shown[0]:  # multi-label rows: a label set, possibly empty
         lines = [f"{'file':<{width}}  labels (probability)"]
         lines += [f"{r['path']:<{width}}  " + (", ".join(f"{label} ({p:.3f})" for label, p in zip(r["labels"], r["probs"]))
                                                  or "(none over threshold)") for r in shown]
-        if len(rows) > limit:
-            lines.append(f"... and {len(rows) - limit} more")
+        if total > limit:
+            lines.append(f"... and {total - limit} more")
         return "\n".join(lines)
     label_width = max([5] + [len(r["labels"][0]) for r in shown])
     lines = [f"{'file':<{width}}  {'label':<{label_width}}  prob"]
     lines += [f"{r['path']:<{width}}  {r['labels'][0]:<{label_width}}  {r['probs'][0]:.3f}" for r in shown]
-    if len(rows) > limit:
-        lines.append(f"... and {len(rows) - limit} more")
+    if total > limit:
+        lines.append(f"... and {total - limit} more")
     return "\n".join(lines)
 
 

@@ -190,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="top-k labels for image files and folders, as CSV (and JSON)")
     _add_checkpoint_arg(predict)
-    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="image files, folders (searched recursively), CSV tables (their path column) or "
+                              "streams (tlkit data optimize output)")
     predict.add_argument("--out", default="predictions.csv",
                          help="CSV file to write (default: predictions.csv in the current folder; '-' = stdout)")
     predict.add_argument("--json", dest="json_out", help="also write predictions and skipped files as JSON here")
@@ -203,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--aggregate", choices=AGGREGATES, help="how views combine (default: mean_prob)")
     _add_inference_args(predict)
+    predict.add_argument("--devices", type=_positive_int, default=1,
+                         help="processes, one per device (default 1); with more, rows are merged in order at the end")
+    predict.add_argument("--accelerator", choices=("cpu", "gpu", "auto"), default="cpu",
+                         help="where the model runs (default cpu; auto = a GPU when there is one)")
 
     export = sub.add_parser(
         "export", help="safetensors + JSON sidecar, ONNX checked against PyTorch, and a standalone predict.py"

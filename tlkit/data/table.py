@@ -94,11 +94,17 @@ class Table:
 
 @dataclass(slots=True)
 class TableRow:
-    place: str
+    where: str  # "labels.csv line" / "DataFrame row": one string shared by every row
+    origin: Any  # the CSV line number or the DataFrame's index label
     written: str  # the path as the table writes it
     path: str  # absolute, normalised
-    labels: tuple[str, ...]
+    labels: tuple[str, ...]  # shared by the rows with the same labels
     split: str | None
+
+    @property
+    def place(self) -> str:
+        """ "labels.csv line 7" / "DataFrame row 5", built when a message needs it (not stored per row)."""
+        return f"{self.where} {self.origin}"
 
 
 @dataclass
@@ -194,12 +200,15 @@ def _read_rows(path: Path, records, column_names: dict[str, str] | None = None
     columns: list[str] | None = None
     rows: list[tuple[str, ...]] = []
     lines: list[int] = []
+    seen: dict[str, str] = {}  # label, class and split cells repeat: each distinct text is stored once
+    path_at = -1
     for line, cells in records:
         if not any(c.strip() for c in cells):
             continue
         if columns is None:
             columns = _header(rename_columns([c.strip() for c in cells], column_names, str(path)))  # data.columns
             _check_columns(columns, str(path))
+            path_at = columns.index(PATH)
             continue
         if len(cells) != len(columns):
             raise DataError(f"{path} line {line}: {len(cells)} cell(s) where the header has {len(columns)}; quote "
@@ -207,13 +216,56 @@ def _read_rows(path: Path, records, column_names: dict[str, str] | None = None
         if len(rows) == MAX_TABLE_ROWS:
             raise DataError(f"{path} has more than {MAX_TABLE_ROWS:,} rows (stopped reading at line {line}); tlkit "
                             "reads a table into memory: split it into smaller tables, or use class folders.")
-        rows.append(tuple(c.strip() for c in cells))
+        rows.append(tuple(_shared(c.strip(), seen) if j != path_at else c.strip() for j, c in enumerate(cells)))
         lines.append(line)
     if columns is None:
         raise DataError(f"{path} is empty; expected a header line such as path,label[,split] and one row per image.")
     if not rows:
         raise DataError(f"{path} has a header but no rows; add one row per image.")
     return columns, rows, lines
+
+
+MAX_SHARED_CELLS = 100_000  # distinct non-path cells shared; past this (an id column) cells are stored as read
+
+
+def _shared(cell: str, seen: dict[str, str]) -> str:
+    """One string object per distinct cell text: a million rows of 10 class names hold 10 label strings."""
+    if len(seen) < MAX_SHARED_CELLS:
+        return seen.setdefault(cell, cell)
+    return seen.get(cell, cell)
+
+
+def iter_table_paths(path: str | Path):
+    """The image paths a CSV table lists, one at a time (bounded memory at any size): the `path` column (any other
+    columns are ignored), relative paths taken from the table's folder, in table order; an empty cell yields
+    (None, "line N"). DataError / DataNotFoundError as read_csv_table for a missing, unreadable or pathless table.
+    What `tlkit predict TABLE.csv` predicts."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(f"Label table {str(path)!r} does not exist.")
+    base = path.parent
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            at = None
+            for line, cells in _records(reader):
+                if not any(c.strip() for c in cells):
+                    continue
+                if at is None:
+                    columns = _header(cells)
+                    if PATH not in columns:
+                        hint = did_you_mean(PATH, columns) or _mapping_hint(columns)
+                        raise DataError(f"{path}: no 'path' column in the header (found "
+                                        f"{', '.join(map(repr, columns)) or 'none'}).{hint}")
+                    at = columns.index(PATH)
+                    continue
+                written = cells[at].strip() if at < len(cells) else ""
+                yield (os.path.normpath(os.path.join(base, os.path.expanduser(written))) if written else None,
+                       f"{path.name} line {line}")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as CSV UTF-8.") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc}); check quoting around commas.") from None
 
 
 def _records(reader):
@@ -293,10 +345,11 @@ def parse_table(table: Table, root: str | Path, *, multi_label: bool | None = No
                         "path,label[,split], or path plus one 0/1 column per class without 'label'.")
     problems: dict[str, list[str]] = {case: [] for case in (*REFUSED, "no_labels", "class_without_images")}
     rows: list[TableRow] = []
-    first: dict[str, str] = {}
+    first: dict[str, Any] = {}  # path -> the origin of the row that listed it first
     where = table.where
+    label_sets: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple object per distinct label set
     for cells, origin in zip(table.rows, table.origins):
-        row, place = dict(zip(columns, cells)), f"{where} {origin}"
+        row, place = dict(zip(columns, cells)), f"{where} {origin}"  # kept only in messages
         written = row[PATH]
         if not written:
             problems["empty_path"].append(place)
@@ -306,9 +359,9 @@ def parse_table(table: Table, root: str | Path, *, multi_label: bool | None = No
             problems["path_outside_root"].append(f"{place}: {written!r}")
             continue
         if path in first:
-            problems["duplicate_path"].append(f"{place}: {written!r} (first on {first[path]})")
+            problems["duplicate_path"].append(f"{place}: {written!r} (first on {where} {first[path]})")
             continue
-        first[path] = place
+        first[path] = origin
         split = None
         if SPLIT in table.columns:
             split = SPLIT_VALUES.get(row[SPLIT].lower())
@@ -318,7 +371,7 @@ def parse_table(table: Table, root: str | Path, *, multi_label: bool | None = No
                 continue
         labels = _labels(row, place, class_columns, multi_label, delimiter, problems)
         if labels is not None:
-            rows.append(TableRow(place, written, path, labels, split))
+            rows.append(TableRow(where, origin, written, path, label_sets.setdefault(labels, labels), split))
     if class_columns:
         decided = multi_label is not False
         classes = sorted(class_columns)

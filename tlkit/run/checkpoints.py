@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -12,14 +13,11 @@ from tlkit.data.images import collect_inputs
 from tlkit.data.settings import DEFAULT_SEED, DEFAULT_VAL_FRACTION
 from tlkit.data.table import scan_data
 from tlkit.errors import DataError, DataNotFoundError, ExportError, did_you_mean
-from tlkit.infer.inference import predict_files
 from tlkit.infer.predict import (
     STDOUT,
     PredictionsCsv,
+    PredictionsJson,
     check_outputs,
-    label_set_rows,
-    top_k_rows,
-    write_predictions_json,
 )
 from tlkit.infer.settings import DEFAULT_PARITY_ATOL, DEFAULT_TOP_LOSSES
 from tlkit.infer.tta import (
@@ -34,8 +32,8 @@ log = logging.getLogger(__name__)
 
 
 EVAL_SPLITS = ("val", "all")
-# Images per piece of `tlkit predict`: rows reach the CSV (and a progress line the log) after each piece, so a run
-# killed midway keeps what it did; a DataLoader per piece costs little next to 256 decodes and forwards.
+# Rows per piece of `tlkit predict`: rows reach the CSV (and a progress line the log) after each piece (or after a
+# couple of seconds), so a run killed midway keeps what it did.
 PREDICT_CHUNK = 256
 
 
@@ -162,54 +160,61 @@ def predict_checkpoint(
     progress: bool | None = None,
     precision: str = "fp32",
     overwrite: bool = False,
+    devices: int = 1,
+    accelerator: str = "cpu",
+    return_rows: int | None = None,
 ) -> dict:
-    """Top-k labels for every readable image among `inputs` (files or folders, recursive), written as CSV (and JSON);
-    a multi-label model writes each image's label set (classes at or over their thresholds) and every probability.
+    """Top-k labels for every readable image among `inputs` (files, folders searched recursively, CSV tables' `path`
+    column, tlkit streams), written as CSV (and JSON) as batches finish; a multi-label model writes each image's
+    label set (classes at or over their thresholds) and every probability.
 
     out '-' writes the CSV to stdout. An existing output file is refused (DataError) unless overwrite=True.
     Unreadable or missing files are skipped and listed; raises DataError only when nothing could be predicted.
+    devices > 1 runs one process per device (Lightning ddp_spawn); their rows are merged in order at the end.
+    return_rows: how many rows the returned summary keeps (None: all; the files hold every row either way).
     """
+    from tlkit.infer.bulk import RowMaker, check_accelerator, predict_inputs
+    from tlkit.infer.sources import collect_predict_inputs
+    from tlkit.run.console import quiet_intended_warnings
+
     check_outputs([out, json_out], overwrite=overwrite)
+    check_accelerator(accelerator, devices)
     model = load_classifier(checkpoint)
     policy = policy_for(model, tta, aggregate)
-    files, missing = collect_inputs(inputs)
-    if not files:
+    found = collect_predict_inputs(inputs)
+    total = len(found)
+    if not total:
+        missing = found.missing
         first = f" ({missing[0][0]}: {missing[0][1]})" if missing else ""
         raise DataNotFoundError(f"No image files to predict{first}; pass image files or folders of images.")
     k = max(1, min(top_k, len(model.classes)))
-    thresholds = dict(zip(model.classes, model.thresholds.tolist())) if model.multi_label else None
-    rows: list[dict] = []
-    failed: list[tuple[str, str]] = []
-    with PredictionsCsv(out, k) as sink:
-        for start, chunk in _chunks(files):
-            result = predict_files(
-                model, chunk, policy, model.preprocessing, max_views_per_forward=max_views_per_forward,
-                num_workers=resolve_num_workers(num_workers), progress=progress, desc=f"predict {policy.label}",
-                precision=precision,
-            )
-            failed += result.failed
-            done = (label_set_rows(result, chunk, model.classes, list(thresholds.values())) if thresholds is not None
-                    else top_k_rows(result, chunk, model.classes, k))
-            sink.write(done)
-            rows += done
-            if len(files) > PREDICT_CHUNK:
-                log.info("predicted %s of %s images (%s skipped)", f"{start + len(chunk):,}", f"{len(files):,}",
-                         f"{len(failed):,}")
-        if not rows:  # inside the block: no CSV is left behind
-            path, why = failed[0]
-            raise DataError(f"Nothing was predicted: all {len(files)} file(s) were unreadable (e.g. {path}: {why}).")
-    skipped = missing + failed
+    thresholds = dict(zip(model.classes, model.thresholds.tolist())) if model.task.has_thresholds else None
+    make_rows = RowMaker(list(model.classes), k, list(thresholds.values()) if thresholds is not None else None)
+    kept: list[dict] = []
+    with PredictionsCsv(out, k) as sink, (PredictionsJson(json_out, thresholds=thresholds) if json_out is not None
+                                          else nullcontext()) as json_sink:
+        def emit(rows: list[dict]) -> None:
+            sink.write(rows)
+            if json_sink is not None:
+                json_sink.write(rows)
+            kept.extend(rows if return_rows is None else rows[: max(0, return_rows - len(kept))])
+
+        with quiet_intended_warnings():
+            run = predict_inputs(model, found, policy, emit, make_rows, chunk=PREDICT_CHUNK,
+                                 num_workers=resolve_num_workers(num_workers), devices=devices,
+                                 accelerator=accelerator, max_views_per_forward=max_views_per_forward,
+                                 precision=precision, progress=progress)
+        if not run.predicted:  # inside the blocks: no CSV or JSON is left behind
+            path, why = run.skipped[0]
+            raise DataError(f"Nothing was predicted: all {total} file(s) were unreadable (e.g. {path}: {why}).")
+        skipped = found.missing + run.skipped
+        if json_sink is not None:
+            json_sink.finish(skipped)
     written = {"csv": str(out) if str(out) == STDOUT else str(Path(out))}
     if json_out is not None:
-        written["json"] = str(write_predictions_json(rows, skipped, json_out, thresholds=thresholds))
-    return {"predicted": len(rows), "skipped": skipped, "policy": policy.label, "views": policy.num_views,
-            "rows": rows, **written}
-
-
-def _chunks(files: list[str]):
-    """(start, files) in PREDICT_CHUNK pieces: each piece's rows reach the CSV as soon as it is done."""
-    for start in range(0, len(files), PREDICT_CHUNK):
-        yield start, files[start: start + PREDICT_CHUNK]
+        written["json"] = str(Path(json_out))
+    return {"predicted": run.predicted, "skipped": skipped, "policy": policy.label, "views": policy.num_views,
+            "rows": kept, "seconds": run.seconds, "images_per_second": run.images_per_second, **written}
 
 
 def export_checkpoint(
