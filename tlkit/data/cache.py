@@ -260,8 +260,9 @@ class FeatureCache:
         entry = self._entry(key)
         key_json = json.dumps(key, sort_keys=True)
         share = current_share() if self._share == "auto" else self._share
-        if entry is None or not self.saving:
-            share = None  # nothing to share through: every process computes what it needs
+        if entry is None:
+            share = None  # no disk to share rows through: every process computes what it needs
+        # (a process that cannot save still joins every collective step; the others then compute its rows too)
         digests = identity_digests((identity(p) for p in paths), len(paths))
         result = _Result(len(paths))
         if share is not None:
