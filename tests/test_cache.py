@@ -300,7 +300,7 @@ def test_a_closed_form_probe_too_big_to_hold_reads_batches_and_finds_the_same_he
 # tests/test_distributed.py runs the real 2-process launch)
 
 
-def _two_processes(tmp_path, ids, compute_for, *, dirs=None):
+def _two_processes(tmp_path, ids, compute_for, *, dirs=None, batch_size=1):
     """rows() of `ids` in two threads sharing an ExtractionShare each; (their rows, what each computed)."""
     import threading
 
@@ -324,7 +324,7 @@ def _two_processes(tmp_path, ids, compute_for, *, dirs=None):
             computed[rank].extend(part)
             return compute_for(part)
         cache = FeatureCache((dirs or [tmp_path / "cache"] * 2)[rank], share=ExtractionShare(rank, 2, gather(rank)))
-        results[rank] = cache.features({"k": 1}, ids, compute, identity=str)
+        results[rank] = cache.features({"k": 1}, ids, compute, identity=str, batch_size=batch_size)
 
     threads = [threading.Thread(target=work, args=(r,)) for r in (0, 1)]
     for t in threads:
@@ -354,3 +354,9 @@ def test_processes_without_a_shared_cache_folder_compute_the_others_rows_too(tmp
         results, computed = _two_processes(tmp_path, ids, _values, dirs=[tmp_path / "a", tmp_path / "b"])
     assert sorted(computed[0]) == sorted(computed[1]) == sorted(ids)
     assert torch.equal(results[0], results[1]) and "not shared by every process" in caplog.text
+
+
+def test_processes_share_whole_batches_so_each_row_is_computed_in_the_batch_one_process_uses(tmp_path):
+    ids = [f"row-{i}" for i in range(10)]
+    _, computed = _two_processes(tmp_path, ids, _values, batch_size=3)
+    assert computed == [["row-0", "row-1", "row-2", "row-6", "row-7", "row-8"], ["row-3", "row-4", "row-5", "row-9"]]
