@@ -293,3 +293,70 @@ def test_a_closed_form_probe_too_big_to_hold_reads_batches_and_finds_the_same_he
     assert read[2]["C"] == held[2]["C"] and read[2]["holdout_acc"] == held[2]["holdout_acc"]
     torch.testing.assert_close(read[0], held[0], atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(read[1], held[1], atol=1e-3, rtol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Extraction shared by the processes of a multi-process launch (two threads stand in for two processes here;
+# tests/test_distributed.py runs the real 2-process launch)
+
+
+def _two_processes(tmp_path, ids, compute_for, *, dirs=None, batch_size=1):
+    """rows() of `ids` in two threads sharing an ExtractionShare each; (their rows, what each computed)."""
+    import threading
+
+    from tlkit.data.cache import ExtractionShare
+
+    barrier, posted = threading.Barrier(2), [None, None]
+
+    def gather(rank):
+        def run(mine):
+            posted[rank] = list(mine)
+            barrier.wait()
+            out = [list(p) for p in posted]
+            barrier.wait()
+            return out
+        return run
+
+    results, computed = [None, None], [[], []]
+
+    def work(rank):
+        def compute(part):
+            computed[rank].extend(part)
+            return compute_for(part)
+        cache = FeatureCache((dirs or [tmp_path / "cache"] * 2)[rank], share=ExtractionShare(rank, 2, gather(rank)))
+        results[rank] = cache.features({"k": 1}, ids, compute, identity=str, batch_size=batch_size)
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results, computed
+
+
+def _values(part):
+    return torch.tensor([[float(i.split("-")[1])] * 4 if not i.endswith("bad") else [float("nan")] * 4
+                         for i in part])
+
+
+def test_two_processes_compute_each_row_once_and_both_get_every_row(tmp_path):
+    ids = [f"row-{i}" for i in range(9)] + ["row-9-bad"]
+    results, computed = _two_processes(tmp_path, ids, _values)
+    assert sorted(computed[0] + computed[1]) == sorted(ids) and not set(computed[0]) & set(computed[1])
+    alone = FeatureCache(None).features({"k": 1}, ids, _values, identity=str)  # one process, no disk
+    for rows in results:
+        torch.testing.assert_close(rows, alone, equal_nan=True)  # the undecodable row is NaN for both
+
+
+def test_processes_without_a_shared_cache_folder_compute_the_others_rows_too(tmp_path, caplog):
+    ids = [f"row-{i}" for i in range(6)]
+    with caplog.at_level("WARNING", logger="tlkit.data.cache"):
+        results, computed = _two_processes(tmp_path, ids, _values, dirs=[tmp_path / "a", tmp_path / "b"])
+    assert sorted(computed[0]) == sorted(computed[1]) == sorted(ids)
+    assert torch.equal(results[0], results[1]) and "not shared by every process" in caplog.text
+
+
+def test_processes_share_whole_batches_so_each_row_is_computed_in_the_batch_one_process_uses(tmp_path):
+    ids = [f"row-{i}" for i in range(10)]
+    _, computed = _two_processes(tmp_path, ids, _values, batch_size=3)
+    assert computed == [["row-0", "row-1", "row-2", "row-6", "row-7", "row-8"], ["row-3", "row-4", "row-5", "row-9"]]

@@ -197,8 +197,8 @@ def row_checksums(features: torch.Tensor) -> list[int]:
 
 @dataclass(frozen=True)
 class ExtractionShare:
-    """This process's part of a multi-process extraction: it computes every `world`-th missing row from `rank`,
-    then `gather` (a collective: every process calls it) returns every process's list of undecodable rows."""
+    """This process's part of a multi-process extraction: it computes every `world`-th batch of the missing rows from
+    batch `rank` on, then `gather` (a collective: every process calls it) returns every process's list of undecodable rows."""
 
     rank: int
     world: int
@@ -247,21 +247,26 @@ class FeatureCache:
         return self.directory / digest
 
     def features(self, key: dict, paths: Sequence[str], compute: Compute, *,
-                 identity: Callable[[str], str] = file_identity) -> torch.Tensor:
+                 identity: Callable[[str], str] = file_identity, batch_size: int = 1) -> torch.Tensor:
         """rows() as one tensor (len(paths), ...): for a few rows; datasets read rows() in batches."""
-        return self.rows(key, paths, compute, identity=identity).tensor()
+        return self.rows(key, paths, compute, identity=identity, batch_size=batch_size).tensor()
 
     def rows(self, key: dict, paths: Sequence[str], compute: Compute, *,
-             identity: Callable[[str], str] = file_identity) -> Rows:
+             identity: Callable[[str], str] = file_identity, batch_size: int = 1) -> Rows:
         """Rows for `paths` in order: stored rows whose identity still matches (file_identity: path, size and
         mtime; pass identity= for ids that are not files, e.g. str for a stream's row ids) and whose bytes pass
         their checksum, `compute` for the rest. `compute(paths)` returns their rows in order, as one tensor or an
-        iterable of batches. Rows of files that failed to decode (NaN) are served as NaN, never stored."""
+        iterable of batches. Rows of files that failed to decode (NaN) are served as NaN, never stored.
+
+        batch_size: the batches `compute` runs in. Processes sharing the work take whole batches of the rows to
+        compute (batch i goes to process i mod world size), so every row is computed in the same batch as one
+        process would compute it: the same bits, even from kernels whose rounding depends on the batch."""
         entry = self._entry(key)
         key_json = json.dumps(key, sort_keys=True)
         share = current_share() if self._share == "auto" else self._share
-        if entry is None or not self.saving:
-            share = None  # nothing to share through: every process computes what it needs
+        if entry is None:
+            share = None  # no disk to share rows through: every process computes what it needs
+        # (a process that cannot save still joins every collective step; the others then compute its rows too)
         digests = identity_digests((identity(p) for p in paths), len(paths))
         result = _Result(len(paths))
         if share is not None:
@@ -269,7 +274,9 @@ class FeatureCache:
         missing = self._resolve(entry, key_json, digests, result)
         if share is not None:
             share.gather([])
-            mine = missing[share.rank::share.world]
+            starts = np.arange(share.rank * batch_size, len(missing), share.world * batch_size)
+            mine = (np.concatenate([missing[i: i + batch_size] for i in starts]) if len(starts)
+                    else missing[:0])
             self.stats.misses += len(mine)
             bad = self._compute(entry, key_json, [paths[i] for i in mine], mine, digests, compute, result)
             undecodable = {i for part in share.gather(bad) for i in part}

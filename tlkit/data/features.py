@@ -92,6 +92,7 @@ def extract_splits(scan: FolderScan, plan: CachePlan, pre: Preprocessing, *, aug
         base_key = {**base_key, "prefix": list(split.prefix_names), "dtype": str(dtype)}
 
     root = scan.data_root()
+    batch = extraction_batch_size(run.device, run.eval_batch_size)  # processes sharing extraction split by batch
 
     def compute(transform, desc: str, view: int | None = None):
         return _forward(network, transform, run, desc, seed=seed, view=view, dtype=dtype, root=root)
@@ -108,7 +109,8 @@ def extract_splits(scan: FolderScan, plan: CachePlan, pre: Preprocessing, *, aug
     eval_key = {**base_key, "transform": "eval"}
     if augment.is_deterministic and train_pre == pre:  # the train transform is the eval transform (a test proves it)
         # One pass over train + val: one loader, one set of worker start-ups.
-        both = store.rows(eval_key, train_paths + val_paths, compute(eval_transform, f"{what}: train + val"))
+        both = store.rows(eval_key, train_paths + val_paths, compute(eval_transform, f"{what}: train + val"),
+                          batch_size=batch)
         views = [both.subset(np.arange(len(train_paths)))]
         val = both.subset(np.arange(len(train_paths), len(both)))
     else:
@@ -117,10 +119,10 @@ def extract_splits(scan: FolderScan, plan: CachePlan, pre: Preprocessing, *, aug
                        **({"train_preprocessing": train_pre.to_dict()} if train_pre != pre else {})}
         views = [
             store.rows({**augment_key, "view": v}, train_paths,
-                           compute(train_transform, f"{what}: train view {v + 1}/{num_views}", v))
+                       compute(train_transform, f"{what}: train view {v + 1}/{num_views}", v), batch_size=batch)
             for v in range(num_views)  # a bigger eval patch with deterministic augmentation: one view is exact
         ]
-        val = store.rows(eval_key, val_paths, compute(eval_transform, f"{what}: val"))
+        val = store.rows(eval_key, val_paths, compute(eval_transform, f"{what}: val"), batch_size=batch)
     info = {"used": True, "views": len(views), "disk": store.directory is not None, "from_disk": store.stats.hits,
             "extracted": store.stats.misses, "seconds": round(time.perf_counter() - started, 2),
             **({"from_other_processes": store.stats.from_peers} if store.stats.from_peers else {})}
@@ -150,7 +152,8 @@ def extract_train_eval_features(scan: FolderScan, module: Any, pre: Preprocessin
     store = FeatureCache(_cache_directory(cache))
     key = {**_base_key(module.cache_plan(0).name, pre, weights_fingerprint(module.embedder)), "transform": "eval"}
     paths = [p for p, _ in scan.train]
-    rows = store.rows(key, paths, _forward(module.embedder, build_eval_transform(pre), run, "features: train"))
+    rows = store.rows(key, paths, _forward(module.embedder, build_eval_transform(pre), run, "features: train"),
+                      batch_size=extraction_batch_size(run.device, run.eval_batch_size))
     num_classes = len(scan.classes) if scan.multi_label else None
     features = CachedFeatures([rows], targets([y for _, y in scan.train], num_classes), paths=paths)
     info = {"from_disk": store.stats.hits, "extracted": store.stats.misses,
@@ -200,7 +203,7 @@ def check_activation_size(split: Any, *, train: tuple[int, int, int], val: tuple
         raise DataError(f"prefix cache would hold {_size(total)} (activations of shape {shape} for {n_train:,} "
                         f"images x {views} views + {n_val:,} val), above cache.max_gb: {max_gb}; lower cache.views "
                         "or the input size, raise strategy.train_top (a later cut has smaller activations), or "
-                        "raise cache.max_gb if the disk and memory allow it.")
+                        "raise cache.max_gb if the disk allows it (training reads the rows a batch at a time).")
     return total
 
 

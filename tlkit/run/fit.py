@@ -45,6 +45,7 @@ from tlkit.run.distributed import (
     launch_rank,
     lightning_strategy,
     shared_run_stamp,
+    start_process_group,
 )
 from tlkit.run.features import choose_training_inputs, fit_head_closed_form
 from tlkit.run.loggers import FinalFigures, build_loggers
@@ -131,6 +132,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
     started = time.perf_counter()
     check_sync_batchnorm(recipe.trainer.sync_batchnorm, recipe.trainer.accelerator)
     check_precision(recipe.trainer.precision, recipe.trainer.accelerator)
+    start_process_group(recipe.trainer.accelerator)  # torchrun: processes share feature extraction from here on
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     datamodule = build_datamodule(recipe)
     recipe, auto_decision = resolve_auto_strategy(recipe, datamodule)
