@@ -139,9 +139,14 @@ def main() -> None:
             print(f"generated {args.images:,} images in {time.perf_counter() - started:.0f} s")
         checkpoint = make_checkpoint(folder, args.model)
         out = folder / "predictions.csv"
+        out.unlink(missing_ok=True)  # rows_on_disk must not count an earlier run's file
         command = [sys.executable, "-m", "tlkit", "predict", "--checkpoint", str(checkpoint), str(images), "--out",
                    str(out), "--overwrite", "--num-workers", args.num_workers, "--devices", str(args.devices),
                    "--top-k", "1"]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        started = time.perf_counter()  # what the machine's load does to start-up alone
+        subprocess.run([sys.executable, "-c", "import tlkit.run.checkpoints, tlkit.infer.bulk"], env=env, check=True)
+        print(f"importing tlkit's predict path (torch, Lightning, timm) alone: {time.perf_counter() - started:.1f} s")
         print("tlkit: " + " ".join(command[1:]))
         result = run(command, out, args.images)
         print(result["stdout"].strip().splitlines()[-1])
