@@ -155,7 +155,9 @@ def main() -> None:
         for fraction, sample in result["at"].items():
             if sample:
                 print(f"RSS at {fraction:.0%} of rows ({sample[1]:,} rows, {sample[0]:.1f} s): {sample[2]:.0f} MB")
-        print(f"peak RSS (process + loader workers, sampled every 0.1 s): {result['peak_rss_mb']:.0f} MB")
+        peak = max(result["samples"], key=lambda sample: sample[2])
+        print(f"peak RSS (process + loader workers, sampled every 0.1 s): {result['peak_rss_mb']:.0f} MB, at "
+              f"{peak[0]:.1f} s with {peak[1]:,} rows on disk")
         rate = args.images / result["wall_s"]
         print(f"{args.images:,} images in {result['wall_s']:.1f} s wall = {rate:.0f} images/s "
               f"(tlkit reports {result['reported_images_per_s']} images/s, start-up excluded)")
