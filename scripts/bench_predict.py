@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -90,6 +91,10 @@ def run(command: list[str], out: Path, total: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[tuple[float, str]] = []  # stderr lines as they arrive: when did progress show?
+    reader = threading.Thread(target=lambda: lines.extend((time.perf_counter() - started, line)
+                                                          for line in process.stderr), daemon=True)
+    reader.start()
     first = None
     samples: list[tuple[float, int, float]] = []  # (seconds, rows on disk, tree RSS MB)
     while process.poll() is None:
@@ -99,16 +104,18 @@ def run(command: list[str], out: Path, total: int) -> dict:
             first = now
         samples.append((now, rows, tree_rss_mb(process.pid)))
         time.sleep(0.1)
-    stdout, stderr = process.communicate()
+    stdout = process.stdout.read()
+    reader.join()
     wall = time.perf_counter() - started
     if process.returncode:
-        sys.exit(f"tlkit predict failed ({process.returncode}):\n{stderr[-3000:]}")
+        sys.exit(f"tlkit predict failed ({process.returncode}):\n{''.join(line for _, line in lines)[-3000:]}")
+    progress = [t for t, line in lines if re.match(r"predicted [\d,]+ of", line)]
     reported = re.search(r"([\d.]+) images/s", stdout)
     at = {}
     for fraction in (0.1, 0.5, 0.9):
         reached = [s for s in samples if s[1] >= fraction * total]
         at[fraction] = reached[0] if reached else None
-    return {"first_rows_s": first, "wall_s": wall, "samples": samples, "at": at, "stdout": stdout,
+    return {"first_rows_s": first, "first_progress_s": progress[0] if progress else None, "wall_s": wall, "samples": samples, "at": at, "stdout": stdout,
             "peak_rss_mb": max((s[2] for s in samples), default=0.0),
             "reported_images_per_s": float(reported.group(1)) if reported else None}
 
@@ -132,17 +139,25 @@ def main() -> None:
             print(f"generated {args.images:,} images in {time.perf_counter() - started:.0f} s")
         checkpoint = make_checkpoint(folder, args.model)
         out = folder / "predictions.csv"
+        out.unlink(missing_ok=True)  # rows_on_disk must not count an earlier run's file
         command = [sys.executable, "-m", "tlkit", "predict", "--checkpoint", str(checkpoint), str(images), "--out",
                    str(out), "--overwrite", "--num-workers", args.num_workers, "--devices", str(args.devices),
                    "--top-k", "1"]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        started = time.perf_counter()  # what the machine's load does to start-up alone
+        subprocess.run([sys.executable, "-c", "import tlkit.run.checkpoints, tlkit.infer.bulk"], env=env, check=True)
+        print(f"importing tlkit's predict path (torch, Lightning, timm) alone: {time.perf_counter() - started:.1f} s")
         print("tlkit: " + " ".join(command[1:]))
         result = run(command, out, args.images)
         print(result["stdout"].strip().splitlines()[-1])
-        print(f"first rows on disk after {result['first_rows_s']:.1f} s (process start included)")
+        print(f"first rows on disk after {result['first_rows_s']:.1f} s, first progress line after "
+              f"{result['first_progress_s']:.1f} s (process start included)")
         for fraction, sample in result["at"].items():
             if sample:
                 print(f"RSS at {fraction:.0%} of rows ({sample[1]:,} rows, {sample[0]:.1f} s): {sample[2]:.0f} MB")
-        print(f"peak RSS (process + loader workers, sampled every 0.1 s): {result['peak_rss_mb']:.0f} MB")
+        peak = max(result["samples"], key=lambda sample: sample[2])
+        print(f"peak RSS (process + loader workers, sampled every 0.1 s): {result['peak_rss_mb']:.0f} MB, at "
+              f"{peak[0]:.1f} s with {peak[1]:,} rows on disk")
         rate = args.images / result["wall_s"]
         print(f"{args.images:,} images in {result['wall_s']:.1f} s wall = {rate:.0f} images/s "
               f"(tlkit reports {result['reported_images_per_s']} images/s, start-up excluded)")

@@ -272,3 +272,18 @@ def test_two_devices_write_the_rows_of_one_device(trained_run, tmp_path):
     one_json, two_json = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert [r["path"] for r in two_json["predictions"]] == [r["path"] for r in one_json["predictions"]]
     assert two_json["skipped"] == one_json["skipped"] and [p for p, _ in two["skipped"]] == [str(broken)]
+
+
+@pytest.mark.parametrize("thresholds", [None, {"x": 0.5, "y": 0.3}])
+def test_streamed_json_is_the_document_written_at_once(tmp_path, thresholds):
+    from tlkit.infer.predict import PredictionsJson, write_predictions_json
+
+    rows = [{"path": "a.png", "labels": ["x"], "probs": [0.5], "probabilities": {"x": 0.5, "y": 0.25}},
+            {"path": "b.png", "labels": [], "probs": []}]
+    for predicted, skipped in ((rows, [("c.png", "unreadable")]), ([], [])):
+        write_predictions_json(predicted, skipped, tmp_path / "whole.json", thresholds=thresholds)
+        with PredictionsJson(tmp_path / "streamed.json", thresholds=thresholds) as streamed:
+            for row in predicted:
+                streamed.write([row])
+            streamed.finish(skipped)
+        assert (tmp_path / "streamed.json").read_text() == (tmp_path / "whole.json").read_text()
