@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("data")
     parser.add_argument("--work", default="runs/bench_stream")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--max-side", type=int, default=256)
+    parser.add_argument("--short-side", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--limit", type=int, default=10_000, help="images read per loader at most")
     args = parser.parse_args()
@@ -42,7 +42,7 @@ def main() -> None:
 
     stream = Path(args.work) / "stream"
     started = time.perf_counter()
-    manifest = optimize_data(args.data, stream, max_side=args.max_side, num_workers=args.workers,
+    manifest = optimize_data(args.data, stream, short_side=args.short_side, num_workers=args.workers,
                              overwrite=stream.exists(), progress=False)
     optimize_s = time.perf_counter() - started
     folder_bytes = sum(f.stat().st_size for f in Path(args.data).rglob("*") if f.is_file())
@@ -65,8 +65,8 @@ def main() -> None:
           f"images; {args.workers} workers; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")
     print("| | folder | stream |")
     print("|---|---|---|")
-    print(f"| size on disk | {folder_bytes / 1e6:.1f} MB | {stream_bytes / 1e6:.1f} MB (JPEG, max side "
-          f"{args.max_side}) |")
+    print(f"| size on disk | {folder_bytes / 1e6:.1f} MB | {stream_bytes / 1e6:.1f} MB (JPEG, shorter side "
+          f"{args.short_side}) |")
     print(f"| optimize | - | {optimize_s:.1f} s |")
     print(f"| loader, {args.size} px eval transform | {folder_rate:.0f} img/s ({folder_n}) | "
           f"{stream_rate:.0f} img/s ({stream_n}) |")

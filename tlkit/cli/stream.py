@@ -26,11 +26,11 @@ def add_data_parser(sub) -> None:
     actions = data.add_subparsers(dest="data_command", required=True)
     optimize = actions.add_parser(
         "optimize", help="write a folder or label table as LitData chunks (JPEG at a bounded side, labels, split, "
-                         "class names); train from it with tlkit.data.stream.StreamDataModule")
+                         "class names); train from it with data.source: litdata")
     optimize.add_argument("src", metavar="SRC", help="image folder, or a label table (.csv) with its images (only read)")
     optimize.add_argument("out", metavar="OUT", help="new or empty folder (or s3:// prefix) for the stream")
-    optimize.add_argument("--max-side", type=_side, default=256,
-                          help="longest side of the stored JPEGs in pixels, never enlarged (default 256: a 224 px "
+    optimize.add_argument("--short-side", type=_side, default=256,
+                          help="shorter side of the stored JPEGs in pixels, never enlarged (default 256: a 224 px "
                                "model's eval resize)")
     optimize.add_argument("--quality", type=int, default=90, choices=range(50, 101), metavar="50-100",
                           help="JPEG quality (default 90)")
@@ -58,10 +58,11 @@ def run_data(args: argparse.Namespace) -> int:
         data.update(source="csv", csv=src.name)
         src = src.parent
     started = time.perf_counter()
-    manifest = optimize_data(src, args.out, max_side=args.max_side, quality=args.quality, num_workers=args.workers,
+    manifest = optimize_data(src, args.out, short_side=args.short_side, quality=args.quality, num_workers=args.workers,
                              overwrite=args.overwrite, progress=not args.no_progress, data=data, seed=args.seed)
     counts = ", ".join(f"{split} {info['images']}" for split, info in manifest["splits"].items())
-    print(f"wrote {args.out}: {len(manifest['classes'])} classes, {counts} images, JPEG at max side "
-          f"{args.max_side} px, in {time.perf_counter() - started:.1f} s")
-    print(f"train on it from Python: tlkit.data.stream.StreamDataModule({args.out!r}) with a lightning.Trainer")
+    print(f"wrote {args.out}: {len(manifest['classes'])} classes, {counts} images, JPEG with the shorter "
+          f"side at most {args.short_side} px, in {time.perf_counter() - started:.1f} s")
+    print(f"train on it: tlkit train --recipe R --set data.source=litdata --set data.root={args.out} (or "
+          f"tlkit.data.stream.StreamDataModule({args.out!r}) with a lightning.Trainer)")
     return 0

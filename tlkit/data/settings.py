@@ -24,9 +24,10 @@ class DataConfig(Section):
     root: str
     """Image folder: root/{train,val,test}/<class>/ (val and test optional) or root/<class>/; with source: csv, the
     folder holding the table and the images it lists. Relative paths resolve against the recipe's folder."""
-    source: Literal["folder", "csv"] = "folder"
+    source: Literal["folder", "csv", "litdata"] = "folder"
     """Where labels come from: folder = class subfolder names; csv = a table (data.csv) listing each image's path and
-    label(s)."""
+    label(s); litdata = a stream written by `tlkit data optimize SRC OUT` (root: OUT, a folder or s3:// prefix),
+    whose images, labels, split and class names are fixed when it is written."""
     csv: str = DEFAULT_TABLE
     """source: csv: the table, relative to root, with columns path,label[,split] or path,<class1>,<class2>,...[,split]
     (0/1 per class); image paths in it are relative to the table's own folder and must stay inside root."""
@@ -97,6 +98,22 @@ class DataConfig(Section):
         if "," in self.label_delimiter or self.label_delimiter != self.label_delimiter.strip():
             raise ValueError(f"label_delimiter must not contain commas or surrounding spaces; got "
                              f"{self.label_delimiter!r} (the default ';' reads a;b)")
+        return self
+
+    @model_validator(mode="after")
+    def _stream_is_written_already(self) -> DataConfig:
+        if self.source != "litdata":
+            return self
+        defaults = DataConfig.model_fields
+        fixed = [name for name in ("csv", "columns", "exclude", "relabel", "multi_label", "generate", "val_fraction",
+                                   "test_fraction") if getattr(self, name) != defaults[name].default]
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)} cannot apply to source: litdata (the stream's images, labels and "
+                             f"split were fixed by tlkit data optimize); remove {'them' if len(fixed) > 1 else 'it'}, "
+                             "or pass the matching option to tlkit data optimize and write the stream again")
+        if self.balance == "sampler":
+            raise ValueError("balance: sampler cannot draw from a stream (LitData reads it in its own order); use "
+                             "balance: loss_weights with source: litdata")
         return self
 
     @model_validator(mode="after")

@@ -1,32 +1,48 @@
 """Streaming data on LitData: `optimize_data` turns a folder or table into LitData chunks (images re-encoded as JPEG
-at a bounded side, labels, split and class names), and `StreamDataModule` trains and validates from them through
-litdata.StreamingDataset / StreamingDataLoader with the same transforms as the folder path.
+with a bounded shorter side, labels in the manifest, split and class names), and `StreamDataModule` trains,
+validates and tests from them with the same transforms as the folder path, for a recipe (data.source: litdata) or a
+plain Lightning Trainer.
 
-LitData shards a stream across DDP processes and loader workers itself, and a StreamingDataLoader saves its
-position in Lightning checkpoints (state_dict), so a resumed fit continues mid-stream. The optional dependency is
-imported only here, by the functions that need it: `pip install tlkit[stream]`.
+A run reads no image file: its scan (`stream_scan`) lists item ids `<root>/<split>#<position>` with the labels the
+manifest stores; preflight checks labels and repeats the file checks made when the stream was written; provenance
+fingerprints the manifest, index and chunk files (`stream_files`); cached features are keyed per item id plus the
+split's identity (`split_identity`). LitData shards a stream across DDP processes and loader workers itself, and a
+StreamingDataLoader saves its position in Lightning checkpoints, so a fit stopped mid-epoch continues mid-stream;
+one resumed after a finished epoch starts its loader at that epoch. The optional dependency is imported only by the
+functions that need it: `pip install tlkit[stream]`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import os
 import shutil
+import sys
 from collections import Counter
 from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from typing_extensions import override
 
 from tlkit.config import settings_from
+from tlkit.data.cache import extraction_device
+from tlkit.data.encode import encode
+from tlkit.data.features import Extraction, FeatureSplits
+from tlkit.data.preflight import STREAM_LAYOUT, file_checks
+from tlkit.data.protocol import CachePlan
+from tlkit.data.scan import FolderScan
 from tlkit.data.settings import DEFAULT_SEED, CacheConfig, DataConfig, TrainAugment
-from tlkit.data.workers import cpus_available, resolve_workers
+from tlkit.data.workers import cpus_available, local_devices, resolve_workers
 from tlkit.errors import DataError
 from tlkit.io import atomic_write
 from tlkit.seeding import derive_seed
@@ -36,78 +52,67 @@ log = logging.getLogger(__name__)
 MANIFEST = "tlkit_stream.json"  # written last: a folder without it is not a finished tlkit stream
 STREAM_FORMAT = "tlkit-litdata"
 SPLITS = ("train", "val", "test")
-DEFAULT_MAX_SIDE = 256  # covers a 224 px eval crop (crop_pct 0.875 resizes the short side to 256)
+DEFAULT_SHORT_SIDE = 256  # a 224 px model's eval resize (crop_pct 0.875: the shorter side to 256)
 
 
-def _litdata():
+def litdata_module():
     try:
         import litdata
     except ImportError as exc:  # an optional extra: name the install line, not a traceback
         raise DataError("streaming data needs LitData; install it with pip install 'tlkit[stream]' "
                         "(or pip install litdata).") from exc
+    # LitData logs its cache and mmap choices at INFO for every dataset it opens (one per split and loader
+    # worker): noise in a training log. Its warnings still show.
+    logging.getLogger("litdata").setLevel(max(logging.WARNING, logging.getLogger("litdata").level))
     return litdata
 
 
 # -- writing -----------------------------------------------------------------------------------------------------
 
 
-def _encode(item: tuple[str, int, int], *, max_side: int, quality: int) -> dict | None:
-    """One sample as LitData stores it: the image as JPEG bytes, longest side at most max_side (never enlarged)."""
-    from PIL import Image
-
-    from tlkit.data.images import decode
-
-    path, label, index = item
-    try:
-        pixels = decode(path)  # EXIF orientation, every mode to RGB: the folder path's decoding
-    except DataError as exc:
-        log.warning("skipped %s: %s", path, str(exc).splitlines()[0])
-        return None
-    image = Image.fromarray(pixels)
-    scale = max_side / max(image.size)
-    if scale < 1:
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.Resampling.BICUBIC)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    return {"image": buffer.getvalue(), "label": int(label), "index": int(index)}
-
-
-def _write_split(samples: list, out: str, *, encode: Any, workers: int, progress: bool, name: str) -> Counter:
-    """Encode `samples` in `workers` processes (decoding is the cost) and write them, in order, as LitData chunks
-    with LitData's own writer (the format litdata.optimize writes); returns images written per label."""
-    from concurrent.futures import ProcessPoolExecutor
-
+def _write_split(samples: list, out: str, *, encode: Any, pool: Any, progress: bool, name: str,
+                 order: Any = None) -> list[int]:
+    """Encode `samples` in the pool's processes (decoding is the cost) and write them as LitData chunks with
+    LitData's own writer (the format litdata.optimize writes), in `order` (positions into samples; None = as given);
+    returns the labels written, in stream order. Each item keeps its index in `samples` (its augmentation seed)."""
     from litdata.streaming.writer import BinaryWriter
     from tqdm.auto import tqdm
 
     Path(out).mkdir(parents=True, exist_ok=True) if not out.startswith("s3://") else None
     writer = BinaryWriter(out, chunk_bytes="64MB")
-    items = [(path, label, i) for i, (path, label) in enumerate(samples)]
-    written: Counter = Counter()
+    items = [(*samples[i], int(i)) for i in (range(len(samples)) if order is None else order)]
+    written: list[int] = []
     bar = tqdm(total=len(items), desc=f"optimize {name}", unit="img", disable=not progress)
-    pool = ProcessPoolExecutor(workers, mp_context=_fork_context()) if workers > 1 else None
     try:
         results = pool.map(encode, items, chunksize=16) if pool is not None else map(encode, items)
         for sample in results:
             bar.update()
             if sample is not None:  # a file that does not decode is left out (logged), never replaced
-                writer.add_item(sum(written.values()), sample)
-                written[sample["label"]] += 1
+                writer.add_item(len(written), sample)
+                written.append(sample["label"])
     finally:
-        if pool is not None:
-            pool.shutdown()
         bar.close()
     writer.done()
     writer.merge(1)
     return written
 
 
-def _fork_context():
+@contextmanager
+def _encoding_pool(workers: int):
+    """`workers` encoding processes (None for one: encode here), shared by every split. Fresh processes (spawn),
+    not forks: this process has torch loaded, and a fork beside its thread pools can deadlock the child on a lock
+    one of those threads held. A worker imports only tlkit.data.encode (PIL, numpy): well under a second."""
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    # fork: the workers inherit the imported modules (a spawned worker re-imports torch, seconds per process)
-    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    if workers < 2:
+        yield None
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown()
 
 
 def _refuse_output(out: str, overwrite: bool) -> None:
@@ -125,7 +130,7 @@ def _refuse_output(out: str, overwrite: bool) -> None:
         shutil.rmtree(path)
 
 
-def optimize_data(src: str | Path, out: str | Path, *, max_side: int = DEFAULT_MAX_SIDE, quality: int = 90,
+def optimize_data(src: str | Path, out: str | Path, *, short_side: int = DEFAULT_SHORT_SIDE, quality: int = 90,
                   num_workers: int | None = None, overwrite: bool = False, progress: bool = True,
                   data: DataConfig | Mapping | None = None, seed: int = DEFAULT_SEED) -> dict:
     """Write the splits of the data at `src` (a folder, or a table with data={"source": "csv", ...}) as LitData
@@ -136,8 +141,8 @@ def optimize_data(src: str | Path, out: str | Path, *, max_side: int = DEFAULT_M
     """
     from tlkit.data.table import scan_data
 
-    if not 16 <= max_side <= 8192:
-        raise DataError(f"max_side must be 16-8192 pixels; got {max_side} (256 covers a 224 px model).")
+    if not 16 <= short_side <= 8192:
+        raise DataError(f"short_side must be 16-8192 pixels; got {short_side} (256 covers a 224 px model).")
     config = settings_from(DataConfig, {**dict(data or {}), "root": str(src)})
     if (Path(str(src)) / MANIFEST).is_file():
         raise DataError(f"{src} is already a tlkit stream; optimize reads an image folder or a label table.")
@@ -149,21 +154,28 @@ def optimize_data(src: str | Path, out: str | Path, *, max_side: int = DEFAULT_M
                      seed=seed)
     if scan.multi_label:
         raise DataError(f"{src} is multi-label; streams hold one label per image for now. Train it from the table.")
-    _litdata()
+    litdata_module()
     workers = num_workers or cpus_available()
     splits: dict[str, dict] = {}
-    for split in SPLITS:
-        samples = getattr(scan, split)
-        if samples:
-            written = _write_split(samples, f"{out}/{split}", encode=partial(_encode, max_side=max_side,
-                                   quality=quality), workers=workers, progress=progress, name=split)
-            splits[split] = {"images": sum(written.values()),
-                             "per_class": {scan.classes[y]: n for y, n in sorted(written.items())}}
-    manifest = {"format": STREAM_FORMAT, "version": 1, "classes": list(scan.classes), "splits": splits,
-                "encoding": {"format": "JPEG", "max_side": max_side, "quality": quality},
+    with _encoding_pool(workers) as pool:
+        for split in (name for name in SPLITS if getattr(scan, name)):
+            samples = getattr(scan, split)
+            # Training images in a seeded random order: a scan lists them class by class, and LitData hands each
+            # loader worker (and DDP process) a contiguous part of a chunk, whose batches would then hold one class.
+            order = np.random.default_rng(derive_seed(seed, "stream order")).permutation(len(samples)) \
+                if split == "train" else None
+            labels = _write_split(samples, f"{out}/{split}", pool=pool, progress=progress, name=split, order=order,
+                                  encode=partial(encode, short_side=short_side, quality=quality))
+            splits[split] = {"images": len(labels),
+                             "per_class": {scan.classes[y]: n for y, n in sorted(Counter(labels).items())},
+                             "labels": labels}
+    # The checks that need the original files (exact duplicates across splits) run here, where the files are.
+    checked = file_checks(scan)["warnings"]
+    manifest = {"format": STREAM_FORMAT, "version": 2, "classes": list(scan.classes), "splits": splits,
+                "encoding": {"format": "JPEG", "short_side": short_side, "quality": quality},
                 "source": {"root": os.path.abspath(str(src)), "layout": scan.layout, "seed": seed,
                            "val_fraction": config.val_fraction, "test_fraction": config.test_fraction},
-                "skipped": [list(s) for s in scan.skipped]}
+                "skipped": [list(s) for s in scan.skipped], "file_checks": checked}
     text = json.dumps(manifest, indent=2) + "\n"
     if out.startswith("s3://"):
         import fsspec
@@ -200,9 +212,15 @@ def read_manifest(root: str | Path) -> dict:
     return manifest
 
 
+def decode_jpeg(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
 def streaming_dataset_class():
     """litdata.StreamingDataset with a tlkit transform (defined on first use: LitData is an optional install)."""
-    litdata = _litdata()
+    litdata = litdata_module()
 
     class TransformedStream(litdata.StreamingDataset):
         """A StreamingDataset whose samples go through a tlkit transform, reseeded from (seed, epoch, index) as the
@@ -213,10 +231,8 @@ def streaming_dataset_class():
             self.image_transform, self.sample_seed = transform, seed
 
         def __getitem__(self, index: Any) -> tuple[Any, int]:
-            from PIL import Image
-
             sample = super().__getitem__(index)
-            image = np.asarray(Image.open(io.BytesIO(sample["image"])).convert("RGB"))
+            image = decode_jpeg(sample["image"])
             reseed = getattr(self.image_transform, "reseed", None)
             if reseed is not None:
                 reseed(derive_seed(self.sample_seed, "sample", int(self.current_epoch), int(sample["index"])))
@@ -225,30 +241,124 @@ def streaming_dataset_class():
     return TransformedStream
 
 
+# -- what a run needs to know about a stream (tlkit.run reads these as it reads a folder scan) ----------------------
+
+
+@dataclass
+class StreamScan(FolderScan):
+    """A stream as a scan: its splits as (item id, label) samples in stream order, ids `<root>/<split>#<position>`
+    (no file behind them: tlkit.data.preflight runs only label checks on it, plus `file_checks`, made on the original
+    images by `tlkit data optimize`)."""
+
+    file_checks: list[str] = field(default_factory=list)
+
+
+def item_id(root: str, split: str, position: int) -> str:
+    return f"{root}/{split}#{position}"
+
+
+def stream_scan(root: str, manifest: dict) -> StreamScan:
+    """The StreamScan of the stream at `root` from its manifest (labels are stored there, so nothing else is read)."""
+    splits = {}
+    for split in SPLITS:
+        info = manifest["splits"].get(split)
+        labels = info.get("labels") if info else []
+        if info and (labels is None or len(labels) != info["images"]):
+            raise DataError(f"stream {root} lists no labels for its {split} split (an older or damaged "
+                            f"{MANIFEST}); write it again with tlkit data optimize SRC {root} --overwrite.")
+        splits[split] = [(item_id(root, split, i), int(y)) for i, y in enumerate(labels)]
+    return StreamScan(classes=list(manifest["classes"]), layout=STREAM_LAYOUT, root=root,
+                      skipped=[tuple(s) for s in manifest.get("skipped", [])],
+                      file_checks=list(manifest.get("file_checks", [])), **splits)
+
+
+def _open(path: str, mode: str = "rb"):
+    if "://" in path:
+        import fsspec
+
+        return fsspec.open(path, mode).open()
+    return open(path, mode)
+
+
+def stream_files(root: str, manifest: dict | None = None) -> list[str]:
+    """The files that hold the stream (manifest, each split's index.json and chunks): what identifies its data."""
+    manifest = manifest or read_manifest(root)
+    files = [f"{root}/{MANIFEST}"]
+    for split in manifest["splits"]:
+        with _open(f"{root}/{split}/index.json", "r") as f:
+            index = json.load(f)
+        files += [f"{root}/{split}/index.json", *(f"{root}/{split}/{c['filename']}" for c in index["chunks"])]
+    return files
+
+
+def split_identity(root: str, split: str) -> str:
+    """What changes when a split is written again: its index.json (chunk names, sizes, item counts) and, for a local
+    stream, each chunk's size and modification time. Cheap: nothing of the chunks is read."""
+    digest = hashlib.sha256()
+    index_path = f"{root}/{split}/index.json"
+    with _open(index_path) as f:
+        raw = f.read()
+    digest.update(raw)
+    if "://" not in root:
+        for chunk in json.loads(raw)["chunks"]:
+            stat = os.stat(f"{root}/{split}/{chunk['filename']}")
+            digest.update(f"{chunk['filename']}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+# -- the datamodule ----------------------------------------------------------------------------------------------
+
+
 class StreamDataModule(L.LightningDataModule):
-    """A tlkit stream (made by `tlkit data optimize`) -> train / val / test StreamingDataLoaders.
+    """A tlkit stream (made by `tlkit data optimize`) -> train / val / test loaders, for `tlkit train` (recipe
+    `data: {source: litdata, root: OUT}`) or a plain Lightning Trainer.
 
     Transforms are the folder path's (tlkit.data.augment) with the fitted module's preprocessing; class names are
-    known right after construction (`dm.classes`), so a model can be built. Every epoch reads images (the feature
-    cache serves folders and tables only); a frozen backbone still trains correctly, at the backbone's cost.
+    known right after construction (`dm.classes`), so a model can be built. Images stream through LitData's
+    StreamingDataLoader, which shards them across DDP processes and loader workers and saves its position in
+    Lightning checkpoints, so a resumed fit continues where it stopped. When every epoch of a fit trains on a frozen
+    backbone (a linear probe, finetune_top's prefix), the backbone's features are extracted once per stream item
+    and served from memory, kept in the feature cache between runs (cache.disk) as the folder path's are.
     """
 
     def __init__(self, root: str | Path, *, preprocessing: Any = None, augment: TrainAugment | Mapping | str | None = None,
                  batch_size: int = DataConfig.model_fields["batch_size"].default, eval_batch_size: int | None = None,
-                 num_workers: int | str = "auto", seed: int = DEFAULT_SEED):
+                 num_workers: int | str = "auto", seed: int = DEFAULT_SEED,
+                 cache: CacheConfig | Mapping | bool | None = None, balance: str = "none", first_epoch: int = 0,
+                 bad_log: str | Path | None = None, on_bad_image: str = "skip", manifest: dict | None = None):
         super().__init__()
-        self.root = str(root)
-        self.manifest = read_manifest(self.root)
+        self.root = str(root) if "://" in str(root) else os.path.abspath(str(root))
+        self.manifest = manifest if manifest is not None else read_manifest(self.root)
         self.preprocessing = preprocessing
         self.augment = settings_from(TrainAugment, augment, shorthand="preset")
+        self.cache = settings_from(CacheConfig, {"features": False} if cache is False else
+                                   None if cache is True else cache)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.cache = CacheConfig(features=False)
-        self.cache_info: dict = {"used": False, "reason": "data.source litdata reads images every epoch"}
+        self.workers_setting = num_workers
+        self.num_workers = resolve_workers(num_workers, local_devices())
+        self.seed, self.balance, self.first_epoch = seed, balance, first_epoch
+        self.bad_log, self.on_bad_image = bad_log, on_bad_image  # a stream's items decoded when written
+        if balance == "sampler":
+            raise DataError("balance: sampler cannot draw from a stream (LitData reads it in its own order); use "
+                            "balance: loss_weights.")
+        self.scan = stream_scan(self.root, self.manifest)
+        self.cache_info: dict = {"used": False}
         self.sets: dict[str, Any] = {}
         self._loaders: dict[str, Any] = {}
+        self._features: FeatureSplits | None = None
+
+    def replace(self, **changes: Any) -> StreamDataModule:
+        """A new datamodule with `changes` to the constructor arguments (the manifest is not read again)."""
+        args = {"root": self.root, "preprocessing": self.preprocessing, "augment": self.augment,
+                "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
+                "num_workers": self.workers_setting, "seed": self.seed, "cache": self.cache,
+                "balance": self.balance, "first_epoch": self.first_epoch, "bad_log": self.bad_log,
+                "on_bad_image": self.on_bad_image}
+        unknown = sorted(set(changes) - set(args))
+        if unknown:
+            raise TypeError(f"replace() got unknown argument(s) {', '.join(unknown)}; expected {', '.join(args)}.")
+        return StreamDataModule(**{**args, **changes}, manifest=self.manifest)
 
     @property
     def classes(self) -> list[str]:
@@ -274,11 +384,28 @@ class StreamDataModule(L.LightningDataModule):
         return [float(n / (self.num_classes * per_class[c])) if per_class.get(c) else 0.0 for c in self.classes]
 
     @override
+    def state_dict(self) -> dict:
+        return {"split": {"layout": STREAM_LAYOUT, "root": self.root}}
+
+    # -- setup -----------------------------------------------------------------------------------------------------
+
+    @override
     def setup(self, stage: str) -> None:
+        trainer = self.trainer
+        if trainer is None:
+            self.setup_for(None, stage=stage)
+            return
+        self.setup_for(trainer.lightning_module, stage=stage, epochs=trainer.max_epochs,
+                       device=trainer.strategy.root_device)
+
+    def setup_for(self, module: Any, *, stage: str = "fit", epochs: int | None = None,
+                  device: torch.device | None = None, limits: Any = None) -> None:
+        """Build the datasets of `stage` for `module` (tlkit.data.protocol.ServedModel), with or without a Trainer
+        (tlkit's fit sets up here first, so the closed-form probe reads the features). `limits` is accepted for the
+        folder datamodule's signature; a stream's loader stops where the trainer stops it."""
         from tlkit.data.augment import build_eval_transform, build_train_transform
         from tlkit.data.protocol import served_model
 
-        module = self.trainer.lightning_module if self.trainer is not None else None
         served = served_model(module, needed_by="StreamDataModule") if module is not None else None
         if served is not None and list(served.classes) != self.classes:
             raise DataError(f"the model's classes {list(served.classes)} differ from the stream's {self.classes}; "
@@ -288,25 +415,98 @@ class StreamDataModule(L.LightningDataModule):
             raise ValueError("StreamDataModule needs preprocessing: pass preprocessing=model.preprocessing, or fit "
                              "a model that states it (tlkit.data.protocol.ServedModel; TransferModule does).")
         train_pre = served.train_preprocessing if served is not None and self.preprocessing is None else pre
-        dataset = streaming_dataset_class()
-        eval_transform = build_eval_transform(pre)
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
         for split in wanted:
             if not self.count(split):
                 raise DataError(f"stream {self.root} has no {split} split; re-run tlkit data optimize on data "
                                 f"with a {split} split (or a {split}_fraction).")
-            transform = build_train_transform(train_pre, self.augment) if split == "train" else eval_transform
+        run = Extraction(device=device or extraction_device("auto"), eval_batch_size=self.eval_batch_size,
+                         num_workers=self.num_workers, progress=self._progress_bar(),
+                         channels_last=bool(getattr(module, "channels_last", False)))
+        features = self._features_for(served, stage, epochs, (pre, train_pre), run)
+        dataset = streaming_dataset_class()
+        for split in wanted:
+            if features is not None and split != "test":
+                self.sets[split] = features.train if split == "train" else features.val
+                continue
+            transform = (build_train_transform(train_pre, self.augment) if split == "train" else
+                         build_eval_transform(pre))
             self.sets[split] = dataset(f"{self.root}/{split}", transform=transform, seed=self.seed,
                                        shuffle=split == "train")
+        self._loaders = {k: v for k, v in self._loaders.items() if k not in wanted}
+
+    def _features_for(self, served: Any, stage: str, epochs: int | None, pres: tuple, run: Extraction
+                      ) -> FeatureSplits | None:
+        """The cached features `stage` serves (None: images). A fit serves them when every epoch trains on the
+        frozen network; a closed-form probe (lp_ft) gets them extracted for its fit even when no epoch reads them."""
+        if served is None or stage not in ("fit", "validate"):
+            return None
+        plan = served.cache_plan(sys.maxsize if epochs is None or epochs < 0 else int(epochs))
+        if stage == "validate":  # a linear probe's validate after its fit: the same network, the same rows
+            return self._features if self._reusable(plan, pres) and plan.prefix is None else None
+        total = sys.maxsize if epochs is None or epochs < 0 else int(epochs)
+        if not self.cache.features:
+            self.cache_info = {"used": False, "reason": "cache.features is off"}
+            return None
+        if plan.epochs >= total and plan.epochs > self.first_epoch:
+            self.cache_info = dict(self._extract(plan, pres, run).info)
+            return self._features
+        if plan.epochs > 0 and plan.probe_first and self.first_epoch == 0:
+            self.cache_info = {**self._extract(plan, pres, run).info, "served_epochs": 0,
+                               "phase": "closed-form probe"}
+            return None
+        reason = plan.reason or ("a stream serves cached features only when every epoch of the fit trains on the "
+                                 "frozen backbone; the frozen epochs read images")
+        self.cache_info = {"used": False, "reason": reason}
+        return None
+
+    def _reusable(self, plan: CachePlan, pres: tuple) -> bool:
+        from tlkit.data.cache import weights_fingerprint
+
+        f = self._features
+        return (f is not None and plan.network is not None and f.preprocessing == pres[0]
+                and f.train_preprocessing in (None, pres[1]) and f.fingerprint == weights_fingerprint(plan.network))
+
+    def _extract(self, plan: CachePlan, pres: tuple, run: Extraction) -> FeatureSplits:
+        from tlkit.data.stream_features import extract_stream_features
+
+        if not self._reusable(plan, pres):
+            self._features = extract_stream_features(self.root, self.scan, plan, pres[0], augment=self.augment,
+                                                     cache=self.cache, seed=self.seed, run=run, train_pre=pres[1])
+        return self._features
+
+    def feature_splits(self) -> FeatureSplits | None:
+        """The cached features a fit set up (None when it reads images); the closed-form probe reads them."""
+        return self._features
+
+    def _progress_bar(self) -> bool:
+        trainer = self.trainer
+        return trainer.progress_bar_callback is not None if trainer is not None else sys.stderr.isatty()
+
+    # -- loaders ---------------------------------------------------------------------------------------------------
 
     def _loader(self, split: str):
+        from tlkit.data.cache import CachedFeatures
+        from tlkit.data.datamodule import make_loader
+
         if split not in self.sets:
             raise RuntimeError(f"call setup() for the {split} split first (a Trainer does it).")
         if split not in self._loaders:  # one loader per split: its state_dict is what a resumed fit restores
             batch = self.batch_size if split == "train" else self.eval_batch_size
-            workers = resolve_workers(self.num_workers, self.trainer.num_devices if self.trainer is not None else 1)
-            self._loaders[split] = _litdata().StreamingDataLoader(
-                self.sets[split], batch_size=batch, num_workers=workers, persistent_workers=workers > 0)
+            dataset = self.sets[split]
+            if isinstance(dataset, CachedFeatures):  # rows in memory: the folder path's seeded, resumable loader
+                self._loaders[split] = make_loader(dataset, batch_size=batch, shuffle=split == "train",
+                                                   num_workers=0, seed=self.seed, epoch=self.first_epoch)
+            else:
+                devices = self.trainer.num_devices if self.trainer is not None else 1
+                workers = resolve_workers(self.workers_setting, devices)
+                loader = litdata_module().StreamingDataLoader(dataset, batch_size=batch, num_workers=workers,
+                                                        persistent_workers=workers > 0)
+                # LitData counts epochs from 1 and starts each pass at the next one (order and augmentation follow
+                # it). Lightning restores a loader's state only when it stopped mid-epoch; a fit resumed after a
+                # finished epoch starts at first_epoch, so the loader must too (a mid-epoch state overrides this).
+                loader.current_epoch = self.first_epoch
+                self._loaders[split] = loader
         return self._loaders[split]
 
     @override
@@ -320,4 +520,3 @@ class StreamDataModule(L.LightningDataModule):
     @override
     def test_dataloader(self):
         return self._loader("test")
-

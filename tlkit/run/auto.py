@@ -97,8 +97,17 @@ def _measure(recipe: Recipe, datamodule: ImageFolderDataModule, features: str) -
     except BackboneError as exc:
         log.info("strategy auto, held-out probe on %s features: skipped (%s)", features, exc)
         return {"skipped": str(exc)}
-    train, extracted = extract_train_eval_features(datamodule.scan, module, module.preprocessing, cache=recipe.cache,
-                                                   run=_extraction(recipe, datamodule, module))
+    run = _extraction(recipe, datamodule, module)
+    if recipe.data.source == "litdata":  # a stream's items, read from its chunks (no image file exists)
+        from tlkit.data.stream_features import extract_stream_features
+
+        stream = extract_stream_features(datamodule.root, datamodule.scan, module.cache_plan(0), module.preprocessing,
+                                         augment=recipe.augment, cache=recipe.cache, seed=recipe.seed, run=run,
+                                         splits=("train",))
+        train, extracted = stream.train, stream.info
+    else:
+        train, extracted = extract_train_eval_features(datamodule.scan, module, module.preprocessing,
+                                                       cache=recipe.cache, run=run)
     started = time.perf_counter()
     views, labels = train.usable()
     held = holdout_scores(views, labels, num_classes=datamodule.num_classes, seed=recipe.seed, holdout=HOLDOUT,

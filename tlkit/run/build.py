@@ -26,6 +26,12 @@ def default_run_dir(recipe: Recipe) -> Path:
 
 def build_datamodule(recipe: Recipe) -> ImageFolderDataModule:
     d = recipe.data
+    if d.source == "litdata":  # a stream written by tlkit data optimize (LitData is an optional install)
+        from tlkit.data.stream import StreamDataModule
+
+        return StreamDataModule(d.root, augment=recipe.augment, batch_size=d.batch_size,
+                                eval_batch_size=d.eval_batch_size, num_workers=d.num_workers, seed=recipe.seed,
+                                cache=recipe.cache, balance=d.balance, on_bad_image=d.on_bad_image)
     if not Path(d.root).exists() and d.generate is not None:
         log.info("writing built-in dataset %r to %s", d.generate, d.root)
         generate(d.generate, d.root)

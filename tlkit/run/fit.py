@@ -228,7 +228,7 @@ def _preflight(recipe: Recipe, datamodule: ImageFolderDataModule, module: Transf
     if launch_rank() == 0:
         for line in checked["warnings"]:
             log.warning("data: %s", line)
-        if checked["warnings"]:
+        if checked["warnings"] and recipe.data.source != "litdata":  # doctor reads image files, not a stream
             target = Path(recipe.data.root) / recipe.data.csv if recipe.data.source == "csv" else recipe.data.root
             log.warning("data: `tlkit doctor %s` inspects every image (modes, placeholders, truncation)", target)
     return checked["warnings"]
@@ -327,7 +327,7 @@ def _write_run_files(run_dir: Path, recipe: Recipe, datamodule: ImageFolderDataM
     atomic_write(run_dir / "recipe.yaml", auto_note + recipe_text)
     samples = [*datamodule.scan.train, *datamodule.scan.val]
     labels = dict(samples)  # part of the data's fingerprint: a CSV's labels can change while the images do not
-    record = provenance.collect(recipe_text, recipe.data.root, list(labels), labels)
+    record = provenance.collect(recipe_text, recipe.data.root, provenance.data_files(datamodule.scan), labels)
     if datamodule.scan.curation:  # data.exclude / data.relabel as applied: which file, how many images, its hash
         record["data"]["curation"] = datamodule.scan.curation
     atomic_write(run_dir / "provenance.json", json.dumps(record, indent=2) + "\n")

@@ -16,6 +16,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from tlkit.data.preflight import STREAM_LAYOUT
+from tlkit.data.scan import FolderScan
 from tlkit.errors import TlkitError
 from tlkit.redact import redact_credentials
 
@@ -68,6 +70,37 @@ CONTENT_HASH_MAX_BYTES = 2 * 10**9
 DATA_KEYS = ("content_sha256", "paths_sizes_sha256", "sha256")
 
 
+def data_files(scan: FolderScan) -> list[str]:
+    """The files a run's data fingerprint covers: its train and val images, or for a LitData stream its manifest,
+    index files and chunks (the stream's images live inside the chunks; no image file exists)."""
+    if scan.layout == STREAM_LAYOUT:
+        from tlkit.data.stream import stream_files
+
+        return stream_files(scan.data_root())
+    return list(dict.fromkeys(p for p, _ in (*scan.train, *scan.val)))
+
+
+def _stat(path: str) -> tuple[int, int]:
+    """(size, mtime in s) of a local file or an fsspec URL (s3://: mtime 0, a copy gets new ones anyway)."""
+    if "://" in path:
+        import fsspec
+
+        fs, location = fsspec.core.url_to_fs(path)
+        return int(fs.size(location)), 0
+    stat = os.stat(path)
+    return stat.st_size, int(stat.st_mtime)
+
+
+def _sha256_of(path: str) -> str:
+    if "://" in path:
+        import fsspec
+
+        with fsspec.open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def data_fingerprint(root: str | Path, paths: Iterable[str], labels: dict[str, object] | None = None) -> dict:
     """What identifies the images wherever the folder is: the file count, a hash of every image's path relative to
     `root` and size (`paths_sizes_sha256`), and the same with each file's SHA-256 (`content_sha256`) when the data is
@@ -79,19 +112,18 @@ def data_fingerprint(root: str | Path, paths: Iterable[str], labels: dict[str, o
     paths = sorted(paths)
     relative = [os.path.relpath(path, root) for path in paths]
     names = [rel.replace(os.sep, "/") for rel in relative]  # the same on every operating system
-    stats = [os.stat(path) for path in paths]
-    total = sum(stat.st_size for stat in stats)
+    stats = [_stat(path) for path in paths]
+    total = sum(size for size, _ in stats)
     legacy, sizes = hashlib.sha256(), hashlib.sha256()
-    for rel, name, stat in zip(relative, names, stats):
-        legacy.update(f"{rel}\t{stat.st_size}\t{int(stat.st_mtime)}\n".encode())
-        sizes.update(f"{name}\t{stat.st_size}\n".encode())
+    for rel, name, (size, mtime) in zip(relative, names, stats):
+        legacy.update(f"{rel}\t{size}\t{mtime}\n".encode())
+        sizes.update(f"{name}\t{size}\n".encode())
     fingerprint = {"files": len(paths), "bytes": total, "sha256": legacy.hexdigest(),
                    "paths_sizes_sha256": sizes.hexdigest()}
     if len(paths) <= CONTENT_HASH_MAX_FILES and total <= CONTENT_HASH_MAX_BYTES:
         content = hashlib.sha256()
-        for path, name, stat in zip(paths, names, stats):
-            with open(path, "rb") as f:
-                content.update(f"{name}\t{stat.st_size}\t{hashlib.file_digest(f, 'sha256').hexdigest()}\n".encode())
+        for path, name, (size, _) in zip(paths, names, stats):
+            content.update(f"{name}\t{size}\t{_sha256_of(path)}\n".encode())
         fingerprint["content_sha256"] = content.hexdigest()
     if labels is not None:
         label_digest = hashlib.sha256()
