@@ -167,6 +167,22 @@ def test_audit_finds_planted_twins_across_splits_and_nothing_else(audited):
     assert result.summary["leaks"]["val_images"] == 3 * 4 + len(PLANTED_TWINS)
 
 
+def test_crop_search_lifts_a_cropped_copy_above_the_threshold_and_leaves_a_lookalike_below(tmp_path):
+    from tlkit.audit.pixels import embed, thumbnails, twin_neighbours
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)).resize((64, 64), Image.BILINEAR)
+    photo.save(tmp_path / "photo.png")
+    photo.crop((4, 0, 64, 60)).resize((40, 40)).save(tmp_path / "copy.jpg", quality=80)  # 6% cut, smaller, JPEG
+    lookalike = np.asarray(photo).astype(int) + np.kron(rng.integers(-60, 61, (4, 4, 3)), np.ones((16, 16, 1)))
+    Image.fromarray(np.clip(lookalike, 0, 255).astype(np.uint8)).save(tmp_path / "lookalike.png")
+    paths = [str(tmp_path / n) for n in ("photo.png", "copy.jpg", "lookalike.png")]
+    plain = embed(thumbnails(paths))[:, 0]
+    neighbours, similarities = twin_neighbours(paths, 2)
+    assert plain[0] @ plain[1] < 0.95 <= similarities[1][list(neighbours[1]).index(0)]
+    assert similarities[2][list(neighbours[2]).index(0)] < 0.95
+
+
 def test_audit_lists_the_planted_outlier_first(audited):
     _, _, result = audited
     assert next(row["path"] for row in result.rows if row["finding"] == "outlier") == PLANTED_OUTLIER
