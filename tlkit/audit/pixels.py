@@ -45,10 +45,12 @@ def embed(thumbs: np.ndarray, crops: Sequence[int] = (0,), side: int = SIDE) -> 
     (V = len(crops) ** 4; the first is uncut), shrunk to side x side, mean colour removed."""
     cuts = list(itertools.product(crops, repeat=2))  # (first, last) pixels cut along one axis
     weights = np.stack([_box_weights(thumbs.shape[1], lo, hi, side) for lo, hi in cuts])  # (9, side, base)
-    x = thumbs.astype(np.float32)
-    shrunk = np.einsum("ayh,nhwc,bxw->nabyxc", weights, x, weights, optimize=True)
-    shrunk = shrunk.reshape(len(x), len(cuts) ** 2, side * side, 3)
-    vectors = (shrunk - shrunk.mean(axis=2, keepdims=True)).reshape(len(x), len(cuts) ** 2, -1)
+    rows = weights.reshape(-1, thumbs.shape[1])  # (cuts x side, base): two matrix products (BLAS), not an einsum
+    shrunk = np.tensordot(rows, thumbs.astype(np.float32), axes=([1], [1]))  # (cut y, n, w, c)
+    shrunk = np.tensordot(shrunk, rows, axes=([2], [1]))  # (cut y, n, c, cut x)
+    shrunk = shrunk.reshape(len(cuts), side, len(thumbs), 3, len(cuts), side).transpose(2, 0, 4, 1, 5, 3)
+    shrunk = shrunk.reshape(len(thumbs), len(cuts) ** 2, side * side, 3)
+    vectors = (shrunk - shrunk.mean(axis=2, keepdims=True)).reshape(len(thumbs), len(cuts) ** 2, -1)
     return vectors / np.maximum(np.linalg.norm(vectors, axis=2, keepdims=True), 1e-6)
 
 
