@@ -399,7 +399,7 @@ def _doctor(args: argparse.Namespace) -> int:
     if table is not None:
         from tlkit.data.doctor import diagnose_table
 
-        report = diagnose_table(table, min_size=args.min_size)
+        report = diagnose_table(table, min_size=args.min_size, columns=args.columns, delimiter=args.label_delimiter)
     else:
         report = diagnose(args.folder, min_size=args.min_size)
     print(format_table(report))

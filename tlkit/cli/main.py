@@ -241,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--min-size", type=_positive_int, default=32,
                         help="flag images whose shorter side is below this (default 32; use the recipe's input size)")
     doctor.add_argument("--json", dest="json_out", help="report path (default runs/doctor/<folder name>.json)")
+    doctor.add_argument("--columns", type=_column_names, metavar="path=NAME,label=NAME",
+                        help="a table's own column names, as data.columns (e.g. path=image_name,label=tags)")
+    doctor.add_argument("--label-delimiter", default=";",
+                        help="separator of several labels in one cell, as data.label_delimiter (';'; ' ' = spaces)")
 
     _add_generate_parser(sub)
     add_audit_parser(sub)
@@ -251,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     show = recipe_sub.add_parser("show", help="print the fully resolved recipe with every default and its reason")
     _add_recipe_args(show, positional=True)
     return parser
+
+
+def _column_names(text: str) -> dict[str, str]:
+    pairs = [part.partition("=") for part in text.split(",") if part.strip()]
+    if not pairs or any(not sep or not ours.strip() or not theirs.strip() for ours, sep, theirs in pairs):
+        raise argparse.ArgumentTypeError(f"expected path=NAME,label=NAME[,split=NAME]; got {text!r}")
+    return {ours.strip(): theirs.strip() for ours, _, theirs in pairs}
 
 
 def _add_generate_parser(sub) -> None:

@@ -289,15 +289,16 @@ def default_report_path(root: str | Path) -> Path:
 
 
 def diagnose_table(table: str | Path, *, min_size: int = DEFAULT_MIN_SIZE, multi_label: bool | None = None,
-                   delimiter: str = DEFAULT_LABEL_DELIMITER) -> dict:
+                   delimiter: str = DEFAULT_LABEL_DELIMITER, columns: dict[str, str] | None = None) -> dict:
     """Report every problem of a label table (rows training refuses, files it skips, classes without images) and
-    every special case of the images it lists, as `diagnose` does for folders. The table's folder is the root.
+    every special case of the images it lists, as `diagnose` does for folders. The table's folder is the root;
+    columns: the table's own names for path, label, split (data.columns).
     Raises DataNotFoundError / DataError only if the table cannot be read (missing, empty, no path column)."""
     from tlkit.data.table import TABLE_LAYOUT, parse_table, read_csv_table
 
     table = Path(table)
     root = table.parent
-    parsed = parse_table(read_csv_table(table), root, multi_label=multi_label, delimiter=delimiter)
+    parsed = parse_table(read_csv_table(table, columns), root, multi_label=multi_label, delimiter=delimiter)
     found: dict[str, list[str]] = defaultdict(list)
     for case, items in parsed.problems.items():
         found[case] += items

@@ -314,7 +314,7 @@ def _labels(row: dict[str, str], place: str, class_columns: list[str], multi_lab
     """The row's class names (sorted, distinct), or None when a problem makes the row unusable."""
     if not class_columns:
         cell = row[LABEL]
-        names = tuple(sorted({n.strip() for n in cell.split(delimiter) if n.strip()}))
+        names = split_labels(cell, delimiter)
         if len(names) > 1 and multi_label is False:
             problems["several_labels"].append(f"{place}: {cell!r}")
             return None
@@ -332,6 +332,30 @@ def _labels(row: dict[str, str], place: str, class_columns: list[str], multi_lab
     return names
 
 
+def split_labels(cell: str, delimiter: str) -> tuple[str, ...]:
+    """A label cell's class names, sorted and distinct; a blank delimiter splits at any run of whitespace (Kaggle's
+    space-separated tags: 'haze primary')."""
+    parts = cell.split(delimiter) if delimiter.strip() else cell.split()
+    return tuple(sorted({n.strip() for n in parts if n.strip()}))
+
+
+def check_label_delimiter(cells: list[str], delimiter: str, name: str) -> None:
+    """DataError when the label cells look like space-separated tags but the delimiter is another character: no cell
+    holds the delimiter, and most cells of several words are made of words that recur in other cells (tags), not
+    of class names that contain a space ('golden retriever')."""
+    if not delimiter.strip() or any(delimiter in c for c in cells):
+        return
+    worded = {c: c.split() for c in set(cells) if len(c.split()) > 1}
+    if len(worded) < 2:
+        return
+    cells_with = Counter(word for c in set(cells) for word in set(c.split()))
+    tags = [c for c, words in worded.items() if all(cells_with[w] > 1 for w in words)]
+    if 2 * len(tags) >= len(worded):
+        raise DataError(f"{name}: the labels look separated by spaces ({min(tags)!r} and {len(tags) - 1} more) but "
+                        f"data.label_delimiter is {delimiter!r}; set it to a space (label_delimiter: \" \"), or set "
+                        "data.multi_label: false if each cell is one class name.")
+
+
 def parse_table(table: Table, root: str | Path, *, multi_label: bool | None = None,
                 delimiter: str = DEFAULT_LABEL_DELIMITER) -> ParsedTable:
     """Every row checked: path (present, inside root, listed once), labels, split. Files are not opened here."""
@@ -343,6 +367,9 @@ def parse_table(table: Table, root: str | Path, *, multi_label: bool | None = No
         extra = [c for c in columns if c not in (PATH, LABEL, SPLIT)]
         raise DataError(f"{table.name}: a 'label' column and other columns ({', '.join(map(repr, extra))}); use "
                         "path,label[,split], or path plus one 0/1 column per class without 'label'.")
+    if LABEL in columns and multi_label is not False:
+        at = columns.index(LABEL)
+        check_label_delimiter([cells[at] for cells in table.rows], delimiter, table.name)
     problems: dict[str, list[str]] = {case: [] for case in (*REFUSED, "no_labels", "class_without_images")}
     rows: list[TableRow] = []
     first: dict[str, Any] = {}  # path -> the origin of the row that listed it first

@@ -101,8 +101,8 @@ def evaluate_checkpoint(
         raise DataError(f"Unknown split {split!r}; expected one of {', '.join(EVAL_SPLITS)}.{did_you_mean(split, EVAL_SPLITS)}")
     model = load_classifier(checkpoint)
     policies = resolve_policies(model, tta, aggregate)  # bad policy names fail before any data scan
-    split_state = _saved_split(checkpoint)
-    scan = scan_data(data, **split_state)  # a table-labelled run re-reads the same table
+    split_state = _saved_split(checkpoint, data)
+    scan = scan_data(data, **split_state)  # a table-labelled run re-reads the same table (and data.relabel)
     to_model = match_classes(scan.classes, model.classes, data)
     chosen = scan.val if split == "val" else scan.train + scan.val + scan.test
     samples = [(path, to_model_labels(label, to_model)) for path, label in chosen]
@@ -114,6 +114,7 @@ def evaluate_checkpoint(
         "layout": scan.layout,
         "backbone": model.config.backbone,
         "preprocessing": model.preprocessing.to_dict(),
+        **({"relabel": split_state["relabel"]} if "relabel" in split_state else {}),
     }
     if scan.layout == "single" and split == "val":
         if not split_state:
@@ -136,14 +137,26 @@ def evaluate_checkpoint(
     return report
 
 
-def _saved_split(checkpoint: str | Path) -> dict:
-    """val_fraction / test_fraction / seed of the training run's split, as its datamodule recorded them in the
-    checkpoint (else {})."""
+def _saved_split(checkpoint: str | Path, data: str | Path) -> dict:
+    """val_fraction / test_fraction / seed of the training run's split and how it read labels, as its datamodule
+    recorded them in the checkpoint (else {}). The run's data.relabel applies only to the data it trained on."""
     if Path(checkpoint).suffix == ".safetensors":
         return {}
     saved = saved_split(read_checkpoint(checkpoint))
-    keys = ("val_fraction", "test_fraction", "seed", "source", "csv", "multi_label", "label_delimiter", "columns")
-    return {k: saved[k] for k in keys if k in saved and not (k == "source" and saved[k] == "dataframe")}
+    keys = ("val_fraction", "test_fraction", "seed", "source", "csv", "multi_label", "label_delimiter", "columns",
+            "relabel")
+    state = {k: saved[k] for k in keys if k in saved and not (k == "source" and saved[k] == "dataframe")}
+    relabel = state.pop("relabel", None)
+    if relabel is None:
+        return state
+    if Path(saved.get("root", "")).resolve() != Path(data).resolve():
+        log.warning("%s was trained with the labels of data.relabel %s on %s; %s is other data, evaluated with its "
+                    "own labels", checkpoint, relabel, saved.get("root"), data)
+        return state
+    if not Path(relabel).is_file():
+        raise DataNotFoundError(f"{checkpoint} was trained with the labels of data.relabel {relabel}, which no longer "
+                                "exists; restore it to evaluate with the labels the run trained on.")
+    return {**state, "relabel": relabel}
 
 
 def predict_checkpoint(
