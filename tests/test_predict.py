@@ -266,7 +266,7 @@ def test_two_devices_write_the_rows_of_one_device(trained_run, tmp_path):
     two = predict_checkpoint(checkpoint_of(trained_run), inputs, out=tmp_path / "two.csv",
                              json_out=tmp_path / "two.json", devices=2)
     one_rows, two_rows = (list(csv.reader((tmp_path / f"{n}.csv").open())) for n in ("one", "two"))
-    assert [r[::2] for r in one_rows] == [r[::2] for r in two_rows]  # paths and labels, in the same order
+    assert [[r[0], *r[1::2]] for r in one_rows] == [[r[0], *r[1::2]] for r in two_rows]  # paths, labels: in order
     np.testing.assert_allclose(np.array([r[2::2] for r in one_rows[1:]], float),
                                np.array([r[2::2] for r in two_rows[1:]], float), atol=2e-6)  # other batches
     one_json, two_json = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
