@@ -266,7 +266,7 @@ def test_two_devices_write_the_rows_of_one_device(trained_run, tmp_path):
     two = predict_checkpoint(checkpoint_of(trained_run), inputs, out=tmp_path / "two.csv",
                              json_out=tmp_path / "two.json", devices=2)
     one_rows, two_rows = (list(csv.reader((tmp_path / f"{n}.csv").open())) for n in ("one", "two"))
-    assert [r[::2] for r in one_rows] == [r[::2] for r in two_rows]  # paths and labels, in the same order
+    assert [[r[0], *r[1::2]] for r in one_rows] == [[r[0], *r[1::2]] for r in two_rows]  # paths, labels: in order
     np.testing.assert_allclose(np.array([r[2::2] for r in one_rows[1:]], float),
                                np.array([r[2::2] for r in two_rows[1:]], float), atol=2e-6)  # other batches
     one_json, two_json = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
@@ -287,3 +287,36 @@ def test_streamed_json_is_the_document_written_at_once(tmp_path, thresholds):
                 streamed.write([row])
             streamed.finish(skipped)
         assert (tmp_path / "streamed.json").read_text() == (tmp_path / "whole.json").read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_exits_143_and_keeps_the_rows_done(trained_run, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker, out = tmp_path / "first-piece-written", tmp_path / "predictions.csv"
+    out.write_text("the user's previous predictions\n")
+    hold = ("import pathlib, time, sys\nimport tlkit.run.checkpoints as c, tlkit.infer.predict as p\n"
+            "c.PREDICT_CHUNK = 2\nreal = p.PredictionsCsv.write\n"
+            f"def held(self, rows):\n    real(self, rows); pathlib.Path({str(marker)!r}).touch(); time.sleep(120)\n"
+            "p.PredictionsCsv.write = held\nfrom tlkit.cli.main import main\nsys.exit(main(sys.argv[1:]))\n")
+    command = [sys.executable, "-c", hold, "predict", "--checkpoint", str(checkpoint_of(trained_run)),
+               str(trained_run[0] / "val"), "--out", str(out), "--overwrite"]
+    process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143, err[-3000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted (SIGTERM)")
+    assert out.read_text() == "the user's previous predictions\n"
+    assert len((tmp_path / "predictions.csv.partial").read_text().splitlines()) == 1 + 2

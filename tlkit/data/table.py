@@ -594,8 +594,9 @@ def scan_table(root: str | Path, csv_name: str | Path = DEFAULT_TABLE, *, multi_
         raise DataError(f"data.csv {str(csv_name)!r} is outside data.root {str(root)!r}; put the label table inside "
                         "the data folder and give its path relative to it (e.g. --set data.csv=labels.csv).")
     table = read_csv_table(path, columns)
-    parsed = parse_table(table, root, multi_label=multi_label, delimiter=label_delimiter)
-    return scan_parsed(parsed, root, table.name, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    parsed, name = parse_table(table, root, multi_label=multi_label, delimiter=label_delimiter), table.name
+    del table  # the raw cells: the parsed rows keep what the scan needs (~80 bytes a row less at the peak)
+    return scan_parsed(parsed, root, name, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
 
 
 def scan_dataframe(df: Any, root: str | Path, *, multi_label: bool | None = None, label_delimiter: str = DEFAULT_LABEL_DELIMITER,
@@ -604,8 +605,9 @@ def scan_dataframe(df: Any, root: str | Path, *, multi_label: bool | None = None
     """Scan a DataFrame whose paths are relative to root: the same checks as a CSV."""
     root = _existing_root(root)
     table = dataframe_table(df, root, delimiter=label_delimiter, column_names=columns)
-    parsed = parse_table(table, root, multi_label=multi_label, delimiter=label_delimiter)
-    return scan_parsed(parsed, root, table.name, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    parsed, name = parse_table(table, root, multi_label=multi_label, delimiter=label_delimiter), table.name
+    del table  # the raw cells: the parsed rows keep what the scan needs (~80 bytes a row less at the peak)
+    return scan_parsed(parsed, root, name, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
 
 
 def scan_data(root: str | Path, *, source: str = "folder", csv: str = DEFAULT_TABLE, multi_label: bool | None = None,

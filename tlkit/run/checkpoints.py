@@ -186,6 +186,7 @@ def predict_checkpoint(
     devices > 1 runs one process per device (Lightning ddp_spawn); their rows are merged in order at the end.
     return_rows: how many rows the returned summary keeps (None: all; the files hold every row either way).
     """
+    from tlkit.data.workers import local_devices, resolve_workers
     from tlkit.infer.bulk import RowMaker, check_accelerator, predict_inputs
     from tlkit.infer.sources import collect_predict_inputs
     from tlkit.run.console import quiet_intended_warnings
@@ -214,11 +215,12 @@ def predict_checkpoint(
 
         with quiet_intended_warnings():
             run = predict_inputs(model, found, policy, emit, make_rows, chunk=PREDICT_CHUNK,
-                                 num_workers=resolve_num_workers(num_workers), devices=devices,
+                                 num_workers=resolve_workers(num_workers, max(devices, local_devices())),
+                                 devices=devices,
                                  accelerator=accelerator, max_views_per_forward=max_views_per_forward,
                                  precision=precision, progress=progress)
         if not run.predicted:  # inside the blocks: no CSV or JSON is left behind
-            path, why = run.skipped[0]
+            path, why = (run.skipped or [("a stream", "it holds no images")])[0]
             raise DataError(f"Nothing was predicted: all {total} file(s) were unreadable (e.g. {path}: {why}).")
         skipped = found.missing + run.skipped
         if json_sink is not None:
