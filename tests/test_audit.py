@@ -108,7 +108,7 @@ def test_evaluate_gives_the_runs_data_its_relabelled_labels_and_other_data_its_o
     from tlkit.run import evaluate_checkpoint, fit
 
     root = write_colour_classes(tmp_path / "colours")
-    val_blue = sorted(p for p, y in scan_data(root).val if Path(p).parent.name == "blue")[0]
+    val_blue = min(p for p, _ in scan_data(root).val if Path(p).parent.name == "blue")
     fixes = tmp_path / "fixes.csv"
     fixes.write_text(f"path,label\n{Path(val_blue).relative_to(root).as_posix()},red\n")
     recipe = validate_recipe(tiny_recipe_dict(root, data={"relabel": str(fixes)}, trainer={"epochs": 1}))
