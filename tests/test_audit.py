@@ -39,6 +39,21 @@ def test_columns_load_a_table_with_its_own_column_names(tmp_path):
     assert all(Path(p).parent.name == scan.classes[y] for p, y in scan.train)
 
 
+def test_a_space_delimiter_reads_kaggle_tags_from_a_recipe(tmp_path):
+    from tlkit.recipe import validate_recipe
+
+    root = write_colour_classes(tmp_path / "tags", split=False, per_class=4)
+    images = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+    tags = ["red blue", "blue", "green red", "red"]
+    (root / "train.csv").write_text("image_name,tags\n" + "".join(f"{p},{tags[i % 4]}\n" for i, p in enumerate(images)))
+    data = validate_recipe({"data": {"root": str(root), "source": "csv", "csv": "train.csv", "label_delimiter": " ",
+                                     "columns": {"path": "image_name", "label": "tags"}}}).data
+    scan = scan_data(data.root, source=data.source, csv=data.csv, label_delimiter=data.label_delimiter,
+                     columns=data.columns)
+    assert scan.multi_label and scan.classes == ["blue", "green", "red"]
+    assert sorted(len(y) for _, y in scan.train + scan.val) == sorted(len(tags[i % 4].split()) for i in range(12))
+
+
 def test_columns_naming_a_missing_column_says_which_ones_exist(tmp_path):
     root = _kaggle_table(tmp_path / "kaggle")
     with pytest.raises(DataError, match="'image_nam'.*Did you mean 'image_name'"):
@@ -108,7 +123,7 @@ def test_evaluate_gives_the_runs_data_its_relabelled_labels_and_other_data_its_o
     from tlkit.run import evaluate_checkpoint, fit
 
     root = write_colour_classes(tmp_path / "colours")
-    val_blue = sorted(p for p, y in scan_data(root).val if Path(p).parent.name == "blue")[0]
+    val_blue = min(p for p, _ in scan_data(root).val if Path(p).parent.name == "blue")
     fixes = tmp_path / "fixes.csv"
     fixes.write_text(f"path,label\n{Path(val_blue).relative_to(root).as_posix()},red\n")
     recipe = validate_recipe(tiny_recipe_dict(root, data={"relabel": str(fixes)}, trainer={"epochs": 1}))

@@ -96,9 +96,10 @@ class DataConfig(Section):
         if self.source == "folder" and self.multi_label:
             raise ValueError("multi_label: true needs labels from a table (source: csv); class folders give each "
                              "image one label")
-        if "," in self.label_delimiter or self.label_delimiter != self.label_delimiter.strip():
-            raise ValueError(f"label_delimiter must not contain commas or surrounding spaces; got "
-                             f"{self.label_delimiter!r} (the default ';' reads a;b)")
+        delimiter = self.label_delimiter
+        if "," in delimiter or (delimiter != delimiter.strip() and delimiter != " "):  # " ": Kaggle's "a b" tags
+            raise ValueError(f"label_delimiter must not contain commas or surrounding spaces (a single space reads "
+                             f"space-separated tags); got {delimiter!r} (the default ';' reads a;b)")
         return self
 
     @model_validator(mode="after")
