@@ -360,3 +360,15 @@ def test_processes_share_whole_batches_so_each_row_is_computed_in_the_batch_one_
     ids = [f"row-{i}" for i in range(10)]
     _, computed = _two_processes(tmp_path, ids, _values, batch_size=3)
     assert computed == [["row-0", "row-1", "row-2", "row-6", "row-7", "row-8"], ["row-3", "row-4", "row-5", "row-9"]]
+
+
+def test_a_shard_still_being_written_is_not_read(tmp_path, caplog):
+    """Another run's shard in the middle of its atomic write (a dot-named temporary file) is neither read nor
+    reported as damaged."""
+    compute, seen = _counting()
+    FeatureCache(tmp_path / "cache").features({"k": 1}, ["row-0"], compute, identity=str)
+    (shard,) = (tmp_path / "cache").rglob("*.safetensors")
+    (shard.parent / ".0000.abc.tmp.safetensors").write_bytes(shard.read_bytes()[:20])  # half written
+    with caplog.at_level("WARNING", logger="tlkit.data.cache"):
+        served = FeatureCache(tmp_path / "cache").features({"k": 1}, ["row-0"], compute, identity=str)
+    assert served[:, 0].tolist() == [1] and seen == ["row-0"] and not caplog.records

@@ -298,7 +298,9 @@ class FeatureCache:
         """The entry's usable shards, oldest first (a later shard's row replaces an earlier one of the same id)."""
         opened = self._opened.setdefault(entry, {})
         folder = entry / "shards"
-        names = sorted(p.name for p in folder.glob("*.safetensors")) if folder.is_dir() else []
+        # a name starting with "." is a shard still being written (tlkit.io.atomic_path's temporary file)
+        names = sorted(p.name for p in folder.glob("*.safetensors") if not p.name.startswith(".")) \
+            if folder.is_dir() else []
         for name in names:
             if name in opened:
                 continue

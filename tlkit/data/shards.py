@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tlkit.errors import DataError
+
 SHARD_FORMAT = "4"  # the cache format; shards of any other format (or none: tlkit <= 3) are never read
 MAX_HEADER = 100 * 2**20  # safetensors' own limit on a header
 _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "U64": np.uint64}
@@ -93,11 +95,14 @@ class Shard:
         fd = os.open(self.path, os.O_RDONLY)
         try:
             for start, end in zip([0, *breaks.tolist()], [*breaks.tolist(), len(rows)]):
-                want = (end - start) * size
-                got = os.preadv(fd, [memoryview(flat[start:end].reshape(-1))], self.offset + int(rows[start]) * size)
-                if got != want:
-                    raise OSError(f"feature cache shard {self.path} is shorter than its header says (truncated "
-                                  "while in use?); delete the cache folder and run again.")
+                buffer = memoryview(flat[start:end].reshape(-1))
+                at, done = self.offset + int(rows[start]) * size, 0
+                while done < len(buffer):  # a read may return less than asked
+                    got = os.preadv(fd, [buffer[done:]], at + done)
+                    if got <= 0:
+                        raise DataError(f"feature cache shard {self.path} is shorter than its header says (truncated "
+                                      "while in use?); delete the cache folder and run again.")
+                    done += got
         finally:
             os.close(fd)
         return out

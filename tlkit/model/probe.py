@@ -33,7 +33,7 @@ MAX_ITER = 500  # L-BFGS iterations per C; warm starts usually converge in far f
 TOL_GRAD = 1e-5  # stop when every gradient entry of the mean loss is below this
 THREADED_WORK = 2e8  # multiply-adds per loss evaluation below which one thread is faster (see _threads)
 IN_MEMORY_VALUES = 2**25  # cached feature values (128 MB as float32) up to which the probe holds them in memory
-BATCH_VALUES = 2**22  # feature values per batch read when it does not (16 MB as float32)
+BATCH_VALUES = 2**20  # feature values per batch read when it does not (4 MB as float32)
 
 
 def fit_logistic_head(views: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int,
@@ -131,7 +131,7 @@ def _raw_stats(views: Any) -> tuple[torch.Tensor, torch.Tensor]:
     squares = torch.zeros_like(total)
     for view in views:
         for rows in view.chunks(step):
-            squares += (rows.double() - mean).pow(2).sum(0)
+            squares += rows.double().sub_(mean).pow_(2).sum(0)
     return mean, (squares / max(n - 1, 1)).sqrt()
 
 
