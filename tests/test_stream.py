@@ -60,6 +60,10 @@ def test_optimize_keeps_the_folder_split_classes_and_counts(folder_and_stream):
     labels = manifest["splits"]["train"]["labels"]
     assert sorted(labels) == sorted(y for _, y in folder.scan.train)
     assert set(labels[:12]) == set(labels[12:]) == {0, 1, 2}
+    # A run lists them in the folder's order again, so cached features are drawn in the folder run's batches.
+    scan = StreamDataModule(stream).scan
+    assert [y for _, y in scan.train] == [y for _, y in folder.scan.train]
+    assert sorted(int(i.rsplit("#", 1)[1]) for i, _ in scan.train) == list(range(24))
 
 
 def test_optimize_stores_jpegs_with_the_shorter_side_bounded(folder_and_stream, tmp_path):
@@ -251,7 +255,10 @@ def test_two_process_ddp_fit_from_a_stream_trains_in_sync(tmp_path):
 
     root = write_colour_classes(tmp_path / "colours")
     optimize_data(root, tmp_path / "stream", num_workers=1, progress=False, short_side=64)
-    recipe = stream_recipe(tmp_path / "stream", strategy={"kind": "finetune"}, data={"batch_size": 4},
+    # eval batch 2: LitData deals a stream to the ranks in whole batches, and 12 val images in batches of 8 (the
+    # default, twice batch_size) leave a rank none
+    recipe = stream_recipe(tmp_path / "stream", strategy={"kind": "finetune"},
+                           data={"batch_size": 4, "eval_batch_size": 2},
                            trainer={"epochs": 2, "devices": 2, "strategy": "ddp"})
     run_dir = run_two_ranks(tmp_path, recipe, "torchrun")
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -71,17 +71,18 @@ def litdata_module():
 
 
 def _write_split(samples: list, out: str, *, encode: Any, pool: Any, progress: bool, name: str,
-                 order: Any = None) -> list[int]:
+                 order: Any = None) -> list[tuple[int, int]]:
     """Encode `samples` in the pool's processes (decoding is the cost) and write them as LitData chunks with
     LitData's own writer (the format litdata.optimize writes), in `order` (positions into samples; None = as given);
-    returns the labels written, in stream order. Each item keeps its index in `samples` (its augmentation seed)."""
+    returns (label, index in samples) of each item written, in stream order. The index is the item's augmentation
+    seed, and puts cached features back in the folder's order."""
     from litdata.streaming.writer import BinaryWriter
     from tqdm.auto import tqdm
 
     Path(out).mkdir(parents=True, exist_ok=True) if not out.startswith("s3://") else None
     writer = BinaryWriter(out, chunk_bytes="64MB")
     items = [(*samples[i], int(i)) for i in (range(len(samples)) if order is None else order)]
-    written: list[int] = []
+    written: list[tuple[int, int]] = []
     bar = tqdm(total=len(items), desc=f"optimize {name}", unit="img", disable=not progress)
     try:
         results = pool.map(encode, items, chunksize=16) if pool is not None else map(encode, items)
@@ -89,7 +90,7 @@ def _write_split(samples: list, out: str, *, encode: Any, pool: Any, progress: b
             bar.update()
             if sample is not None:  # a file that does not decode is left out (logged), never replaced
                 writer.add_item(len(written), sample)
-                written.append(sample["label"])
+                written.append((sample["label"], sample["index"]))
     finally:
         bar.close()
     writer.done()
@@ -164,11 +165,12 @@ def optimize_data(src: str | Path, out: str | Path, *, short_side: int = DEFAULT
             # loader worker (and DDP process) a contiguous part of a chunk, whose batches would then hold one class.
             order = np.random.default_rng(derive_seed(seed, "stream order")).permutation(len(samples)) \
                 if split == "train" else None
-            labels = _write_split(samples, f"{out}/{split}", pool=pool, progress=progress, name=split, order=order,
-                                  encode=partial(encode, short_side=short_side, quality=quality))
+            written = _write_split(samples, f"{out}/{split}", pool=pool, progress=progress, name=split, order=order,
+                                   encode=partial(encode, short_side=short_side, quality=quality))
+            labels = [y for y, _ in written]
             splits[split] = {"images": len(labels),
                              "per_class": {scan.classes[y]: n for y, n in sorted(Counter(labels).items())},
-                             "labels": labels}
+                             "labels": labels, "scan_index": [i for _, i in written]}
     # The checks that need the original files (exact duplicates across splits) run here, where the files are.
     checked = file_checks(scan)["warnings"]
     manifest = {"format": STREAM_FORMAT, "version": 2, "classes": list(scan.classes), "splits": splits,
@@ -235,7 +237,10 @@ def streaming_dataset_class():
             image = decode_jpeg(sample["image"])
             reseed = getattr(self.image_transform, "reseed", None)
             if reseed is not None:
-                reseed(derive_seed(self.sample_seed, "sample", int(self.current_epoch), int(sample["index"])))
+                # LitData counts epochs from 1, the folder path (and Lightning) from 0: the same image gets the same
+                # crop and flip in the same epoch as in a folder run (index: its place in the folder's scan)
+                epoch = int(self.current_epoch) - 1
+                reseed(derive_seed(self.sample_seed, "sample", epoch, int(sample["index"])))
             return self.image_transform(image), int(sample["label"])
 
     return TransformedStream
@@ -246,7 +251,8 @@ def streaming_dataset_class():
 
 @dataclass
 class StreamScan(FolderScan):
-    """A stream as a scan: its splits as (item id, label) samples in stream order, ids `<root>/<split>#<position>`
+    """A stream as a scan: its splits as (item id, label) samples in the order of the folder it was written from
+    (a run on cached features then draws the folder run's batches), ids `<root>/<split>#<position in the stream>`
     (no file behind them: tlkit.data.preflight runs only label checks on it, plus `file_checks`, made on the original
     images by `tlkit data optimize`)."""
 
@@ -266,7 +272,9 @@ def stream_scan(root: str, manifest: dict) -> StreamScan:
         if info and (labels is None or len(labels) != info["images"]):
             raise DataError(f"stream {root} lists no labels for its {split} split (an older or damaged "
                             f"{MANIFEST}); write it again with tlkit data optimize SRC {root} --overwrite.")
-        splits[split] = [(item_id(root, split, i), int(y)) for i, y in enumerate(labels)]
+        items = [(item_id(root, split, i), int(y)) for i, y in enumerate(labels)]
+        order = info.get("scan_index") if info else None  # the folder's order: cached rows are served in it
+        splits[split] = [items[i] for i in np.argsort(order, kind="stable")] if order else items
     return StreamScan(classes=list(manifest["classes"]), layout=STREAM_LAYOUT, root=root,
                       skipped=[tuple(s) for s in manifest.get("skipped", [])],
                       file_checks=list(manifest.get("file_checks", [])), **splits)
