@@ -56,6 +56,7 @@ def recipe_features(recipe_path: str, overrides: list[str]):
     splits = train_dm.feature_splits()
     views, labels = splits.train.usable()
     val_x, val_y = splits.val.usable()
+    views, val_x = views.tensor(), val_x.tensor()  # a benchmark of the in-memory solvers
     return views, labels, val_x.reshape(-1, val_x.shape[-1]), val_y, len(datamodule.classes)
 
 

@@ -39,6 +39,21 @@ def test_columns_load_a_table_with_its_own_column_names(tmp_path):
     assert all(Path(p).parent.name == scan.classes[y] for p, y in scan.train)
 
 
+def test_a_space_delimiter_reads_kaggle_tags_from_a_recipe(tmp_path):
+    from tlkit.recipe import validate_recipe
+
+    root = write_colour_classes(tmp_path / "tags", split=False, per_class=4)
+    images = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png"))
+    tags = ["red blue", "blue", "green red", "red"]
+    (root / "train.csv").write_text("image_name,tags\n" + "".join(f"{p},{tags[i % 4]}\n" for i, p in enumerate(images)))
+    data = validate_recipe({"data": {"root": str(root), "source": "csv", "csv": "train.csv", "label_delimiter": " ",
+                                     "columns": {"path": "image_name", "label": "tags"}}}).data
+    scan = scan_data(data.root, source=data.source, csv=data.csv, label_delimiter=data.label_delimiter,
+                     columns=data.columns)
+    assert scan.multi_label and scan.classes == ["blue", "green", "red"]
+    assert sorted(len(y) for _, y in scan.train + scan.val) == sorted(len(tags[i % 4].split()) for i in range(12))
+
+
 def test_columns_naming_a_missing_column_says_which_ones_exist(tmp_path):
     root = _kaggle_table(tmp_path / "kaggle")
     with pytest.raises(DataError, match="'image_nam'.*Did you mean 'image_name'"):
@@ -99,6 +114,35 @@ def test_exclude_and_relabel_show_in_provenance_and_the_data_fingerprint(tmp_pat
     assert runs["excluded"]["content_sha256"] != runs["plain"]["content_sha256"]
     assert runs["excluded"]["curation"]["exclude"]["left_out_of_training"] == 1
     assert "curation" not in runs["plain"]
+
+
+def test_evaluate_gives_the_runs_data_its_relabelled_labels_and_other_data_its_own(tmp_path):
+    import shutil
+
+    from tlkit.recipe import validate_recipe
+    from tlkit.run import evaluate_checkpoint, fit
+
+    root = write_colour_classes(tmp_path / "colours")
+    val_blue = min(p for p, _ in scan_data(root).val if Path(p).parent.name == "blue")
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_text(f"path,label\n{Path(val_blue).relative_to(root).as_posix()},red\n")
+    recipe = validate_recipe(tiny_recipe_dict(root, data={"relabel": str(fixes)}, trainer={"epochs": 1}))
+    fit(recipe, run_dir=tmp_path / "run")
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+
+    def support(data) -> dict[str, int]:
+        report = evaluate_checkpoint(checkpoint, data, tta=["none"], out=tmp_path / "ev" / Path(data).name)
+        return {row["class"]: row["support"] for row in report["policies"]["none"]["per_class"]}
+
+    given = {c: sum(Path(p).parent.name == c for p, _ in scan_data(root).val) for c in ("blue", "red")}
+    relabelled = support(root)
+    assert (relabelled["blue"], relabelled["red"]) == (given["blue"] - 1, given["red"] + 1)
+    assert {c: support(copy)[c] for c in given} == given  # other data: the labels its folders give
+    fixes.unlink()
+    with pytest.raises(OSError, match="no longer exists"):
+        support(root)
 
 
 # -- tlkit audit on a generated folder with planted problems (real lite0 features at 64 px: a few seconds) ---------
@@ -165,6 +209,22 @@ def test_audit_finds_planted_twins_across_splits_and_nothing_else(audited):
     assert {path: row["other"] for path, row in leaks.items()} == PLANTED_TWINS
     assert result.summary["leaks"]["val_with_twin_in_train"] == len(PLANTED_TWINS)
     assert result.summary["leaks"]["val_images"] == 3 * 4 + len(PLANTED_TWINS)
+
+
+def test_crop_search_lifts_a_cropped_copy_above_the_threshold_and_leaves_a_lookalike_below(tmp_path):
+    from tlkit.audit.pixels import embed, thumbnails, twin_neighbours
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)).resize((64, 64), Image.BILINEAR)
+    photo.save(tmp_path / "photo.png")
+    photo.crop((4, 0, 64, 60)).resize((40, 40)).save(tmp_path / "copy.jpg", quality=80)  # 6% cut, smaller, JPEG
+    lookalike = np.asarray(photo).astype(int) + np.kron(rng.integers(-60, 61, (4, 4, 3)), np.ones((16, 16, 1)))
+    Image.fromarray(np.clip(lookalike, 0, 255).astype(np.uint8)).save(tmp_path / "lookalike.png")
+    paths = [str(tmp_path / n) for n in ("photo.png", "copy.jpg", "lookalike.png")]
+    plain = embed(thumbnails(paths))[:, 0]
+    neighbours, similarities = twin_neighbours(paths, 2)
+    assert plain[0] @ plain[1] < 0.95 <= similarities[1][list(neighbours[1]).index(0)]
+    assert similarities[2][list(neighbours[2]).index(0)] < 0.95
 
 
 def test_audit_lists_the_planted_outlier_first(audited):

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import os
 import time
+import zlib
 
 import numpy as np
 import pytest
 import torch
 from conftest import tiny_recipe_dict, write_colour_classes
 from PIL import Image
-from safetensors import safe_open
+from safetensors.numpy import load_file
 
 from tlkit.data.cache import FeatureCache, file_identity
+from tlkit.data.shards import identity_digests
 from tlkit.infer.checkpoint import load_checkpoint
 from tlkit.recipe import validate_recipe
 from tlkit.run import fit
@@ -73,13 +75,19 @@ def test_other_preprocessing_uses_another_entry(tmp_path):
     assert other["feature_cache"]["from_disk"] == 0
 
 
-def stored_rows(directory) -> dict[str, torch.Tensor]:
-    """Every row of every entry in a cache folder, by the file identity it is stored under (read from disk)."""
+def stored_rows(directory) -> dict[bytes, torch.Tensor]:
+    """Every row of every shard in a cache folder, by the digest of the identity it is stored under (see `digest`),
+    read from disk; a newer shard's row replaces an older one's."""
     rows = {}
-    for path in directory.rglob("features.safetensors"):
-        with safe_open(str(path), framework="pt") as f:
-            rows.update(zip(json.loads(f.metadata()["identities"]), f.get_tensor("features")))
+    for path in sorted(directory.rglob("*.safetensors"), key=lambda p: p.name):
+        data = load_file(str(path))
+        ids = [bytes(d) for d in data["ids"].view(np.uint8).reshape(-1, 16)]
+        rows.update(zip(ids, torch.from_numpy(data["features"])))
     return rows
+
+
+def digest(identity: str) -> bytes:
+    return bytes(identity_digests([identity], 1).view(np.uint8))
 
 
 def test_cache_entry_rows_follow_file_identity(tmp_path):
@@ -94,14 +102,14 @@ def test_cache_entry_rows_follow_file_identity(tmp_path):
 
     first = cache.features({"k": 1}, [str(image)], compute)
     old = file_identity(image)
-    assert list(stored_rows(tmp_path / "cache")) == [old]
+    assert list(stored_rows(tmp_path / "cache")) == [digest(old)]
     assert torch.equal(cache.features({"k": 1}, [str(image)], compute), first) and len(calls) == 1
     os.utime(image, ns=(time.time_ns(), time.time_ns() + 10**9))  # same bytes, another modification time
     assert file_identity(image) != old
     again = cache.features({"k": 1}, [str(image)], compute)
     assert calls == [[str(image)], [str(image)]]
     assert torch.equal(again, torch.full((1, 4), 2.0))  # recomputed, never the stale row
-    assert torch.equal(stored_rows(tmp_path / "cache")[file_identity(image)], again[0])
+    assert torch.equal(stored_rows(tmp_path / "cache")[digest(file_identity(image))], again[0])
     reread = FeatureCache(tmp_path / "cache").features({"k": 1}, [str(image)], compute)  # a later run
     assert torch.equal(reread, again) and len(calls) == 2
 
@@ -128,9 +136,7 @@ def test_random_augmentation_caches_k_distinct_reproducible_views(tmp_path):
     assert first["feature_cache"]["extracted"] == 3 * first["num_train"] + first["num_val"]
     second = fit(recipe, run_dir=tmp_path / "b")
     assert second["feature_cache"]["extracted"] == 0
-    from safetensors.torch import load_file
-
-    view_rows = [load_file(str(p))["features"] for p in (tmp_path / "cache").rglob("features.safetensors")]
+    view_rows = [torch.from_numpy(load_file(str(p))["features"]) for p in (tmp_path / "cache").rglob("*.safetensors")]
     train_views = [rows for rows in view_rows if len(rows) == first["num_train"]]
     assert len(train_views) == 3 and not torch.equal(train_views[0], train_views[1])
 
@@ -153,7 +159,7 @@ def test_a_cached_probe_checkpoint_predicts_images(tmp_path):
     files = sorted((root / "val").rglob("*.png"))
     module = load_checkpoint(metrics["best_checkpoint"])
     rows = stored_rows(tmp_path / "cache")
-    features = torch.stack([rows[file_identity(f)] for f in files])
+    features = torch.stack([rows[digest(file_identity(f))] for f in files])
     with torch.no_grad():
         from_features = module.head(features).softmax(dim=-1).numpy()
     from_images = Predictor.from_checkpoint(metrics["best_checkpoint"], tta="none").probabilities(files)
@@ -193,3 +199,176 @@ def test_check_on_lp_ft_reads_the_probe_phase_from_the_cache(tmp_path):
     report = check(recipe, steps=5)
     assert report["inputs"] == "cached features" and report["strategy"] == "lp_ft"
     assert report["results"][0].passed  # the initial loss is ln(C) on the head over cached features
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bounded memory: shards that only get added, rows read in batches
+
+
+def _counting(width: int = 4):
+    """compute() that yields rows a batch of 3 at a time, row value = 1 + the id's number, and counts the ids."""
+    seen: list[str] = []
+
+    def compute(ids):
+        seen.extend(ids)
+        for start in range(0, len(ids), 3):
+            part = ids[start: start + 3]
+            yield torch.tensor([[1.0 + int(i.split("-")[1])] * width for i in part])
+
+    return compute, seen
+
+
+def test_new_rows_are_appended_as_a_shard_and_stored_shards_are_never_rewritten(tmp_path):
+    cache = FeatureCache(tmp_path / "cache")
+    compute, seen = _counting()
+    ids = [f"row-{i}" for i in range(5)]
+    first = cache.features({"k": 1}, ids, compute, identity=str)
+    (shard,) = (tmp_path / "cache").rglob("*.safetensors")
+    before = (shard.read_bytes(), shard.stat().st_mtime_ns)
+    more = [*ids, "row-5", "row-6"]
+    again = FeatureCache(tmp_path / "cache").features({"k": 1}, more, compute, identity=str)
+    assert seen == [*ids, "row-5", "row-6"]  # only the new ids were computed
+    assert torch.equal(again[:5], first) and again[:, 0].tolist() == [1, 2, 3, 4, 5, 6, 7]
+    assert (shard.read_bytes(), shard.stat().st_mtime_ns) == before
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 2
+
+
+def test_extraction_is_written_in_shards_while_it_runs(tmp_path, monkeypatch):
+    from tlkit.data import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "SHARD_BYTES", 2 * 4 * 4)  # two rows of 4 float32: a shard every batch of 3
+    compute, _ = _counting()
+    rows = FeatureCache(tmp_path / "cache").rows({"k": 1}, [f"row-{i}" for i in range(7)], compute, identity=str)
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 3  # 3 + 3 + 1 rows
+    assert rows.read([6, 0, 3, 0])[:, 0].tolist() == [7, 1, 4, 1]  # any order, repeats, across shards
+    assert rows.tensor()[:, 0].tolist() == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_an_entry_of_the_previous_format_is_ignored_never_misread(tmp_path, caplog):
+    """tlkit <= 3 kept one features.safetensors per entry; its rows are recomputed, not served."""
+    from safetensors.torch import save_file
+
+    cache = FeatureCache(tmp_path / "cache")
+    ids = ["row-0", "row-1"]
+    entry = cache._entry({"k": 1})
+    entry.mkdir(parents=True)
+    old = torch.full((2, 4), 99.0)
+    save_file({"features": old}, str(entry / "features.safetensors"),
+              metadata={"identities": json.dumps(ids), "crc32": json.dumps([zlib.crc32(r.numpy()) for r in old])})
+    compute, seen = _counting()
+    with caplog.at_level("WARNING", logger="tlkit.data.cache"):
+        served = cache.features({"k": 1}, ids, compute, identity=str)
+    assert seen == ids and served[:, 0].tolist() == [1, 2] and not caplog.records
+
+
+def test_cached_features_serve_a_batch_with_one_read_per_view_as_items_would(tmp_path):
+    from tlkit.data.cache import CachedFeatures
+
+    views = torch.randn(3, 10, 4)
+    views[:, 4] = float("nan")  # an image that failed to decode
+    stored = [FeatureCache(tmp_path / "cache").rows({"view": k}, [f"row-{i}" for i in range(10)],
+                                                    lambda ids, k=k: views[k], identity=str) for k in range(3)]
+    on_disk, in_memory = CachedFeatures(stored, list(range(10)), seed=3), CachedFeatures(views, list(range(10)), seed=3)
+    batch = [(i, 2) for i in (9, 0, 4, 3, 3)]
+    for a, b in zip(on_disk.__getitems__(batch), [in_memory[i] for i in batch]):
+        if isinstance(b, tuple):
+            assert torch.equal(a[0], b[0]) and a[1] == b[1]
+        else:
+            assert a.path == b.path == "row 4"
+    assert on_disk.finite.tolist() == in_memory.finite.tolist()
+    assert torch.equal(on_disk.usable()[0].tensor(), in_memory.usable()[0].tensor())
+
+
+def test_a_closed_form_probe_too_big_to_hold_reads_batches_and_finds_the_same_head(monkeypatch):
+    from tlkit.data.shards import FeatureViews
+    from tlkit.model import probe
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(300) % 3
+    views = torch.randn(2, 300, 8, generator=generator) + torch.nn.functional.one_hot(labels, 8).float()
+    held = probe.fit_logistic_head(views, labels, num_classes=3, seed=0)
+    monkeypatch.setattr(probe, "IN_MEMORY_VALUES", 0)
+    monkeypatch.setattr(probe, "BATCH_VALUES", 8 * 50)  # 50 rows per read
+    read = probe.fit_logistic_head(FeatureViews.of(views, 1), labels, num_classes=3, seed=0)
+    assert read[2]["C"] == held[2]["C"] and read[2]["holdout_acc"] == held[2]["holdout_acc"]
+    torch.testing.assert_close(read[0], held[0], atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(read[1], held[1], atol=1e-3, rtol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Extraction shared by the processes of a multi-process launch (two threads stand in for two processes here;
+# tests/test_distributed.py runs the real 2-process launch)
+
+
+def _two_processes(tmp_path, ids, compute_for, *, dirs=None, batch_size=1):
+    """rows() of `ids` in two threads sharing an ExtractionShare each; (their rows, what each computed)."""
+    import threading
+
+    from tlkit.data.cache import ExtractionShare
+
+    barrier, posted = threading.Barrier(2), [None, None]
+
+    def gather(rank):
+        def run(mine):
+            posted[rank] = list(mine)
+            barrier.wait()
+            out = [list(p) for p in posted]
+            barrier.wait()
+            return out
+        return run
+
+    results, computed = [None, None], [[], []]
+
+    def work(rank):
+        def compute(part):
+            computed[rank].extend(part)
+            return compute_for(part)
+        cache = FeatureCache((dirs or [tmp_path / "cache"] * 2)[rank], share=ExtractionShare(rank, 2, gather(rank)))
+        results[rank] = cache.features({"k": 1}, ids, compute, identity=str, batch_size=batch_size)
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results, computed
+
+
+def _values(part):
+    return torch.tensor([[float(i.split("-")[1])] * 4 if not i.endswith("bad") else [float("nan")] * 4
+                         for i in part])
+
+
+def test_two_processes_compute_each_row_once_and_both_get_every_row(tmp_path):
+    ids = [f"row-{i}" for i in range(9)] + ["row-9-bad"]
+    results, computed = _two_processes(tmp_path, ids, _values)
+    assert sorted(computed[0] + computed[1]) == sorted(ids) and not set(computed[0]) & set(computed[1])
+    alone = FeatureCache(None).features({"k": 1}, ids, _values, identity=str)  # one process, no disk
+    for rows in results:
+        torch.testing.assert_close(rows, alone, equal_nan=True)  # the undecodable row is NaN for both
+
+
+def test_processes_without_a_shared_cache_folder_compute_the_others_rows_too(tmp_path, caplog):
+    ids = [f"row-{i}" for i in range(6)]
+    with caplog.at_level("WARNING", logger="tlkit.data.cache"):
+        results, computed = _two_processes(tmp_path, ids, _values, dirs=[tmp_path / "a", tmp_path / "b"])
+    assert sorted(computed[0]) == sorted(computed[1]) == sorted(ids)
+    assert torch.equal(results[0], results[1]) and "not shared by every process" in caplog.text
+
+
+def test_processes_share_whole_batches_so_each_row_is_computed_in_the_batch_one_process_uses(tmp_path):
+    ids = [f"row-{i}" for i in range(10)]
+    _, computed = _two_processes(tmp_path, ids, _values, batch_size=3)
+    assert computed == [["row-0", "row-1", "row-2", "row-6", "row-7", "row-8"], ["row-3", "row-4", "row-5", "row-9"]]
+
+
+def test_a_shard_still_being_written_is_not_read(tmp_path, caplog):
+    """Another run's shard in the middle of its atomic write (a dot-named temporary file) is neither read nor
+    reported as damaged."""
+    compute, seen = _counting()
+    FeatureCache(tmp_path / "cache").features({"k": 1}, ["row-0"], compute, identity=str)
+    (shard,) = (tmp_path / "cache").rglob("*.safetensors")
+    (shard.parent / ".0000.abc.tmp.safetensors").write_bytes(shard.read_bytes()[:20])  # half written
+    with caplog.at_level("WARNING", logger="tlkit.data.cache"):
+        served = FeatureCache(tmp_path / "cache").features({"k": 1}, ["row-0"], compute, identity=str)
+    assert served[:, 0].tolist() == [1] and seen == ["row-0"] and not caplog.records

@@ -31,7 +31,7 @@ def build_module_for(*args, **kwargs):
     return built[0]
 F.build_module_for = build_module_for
 metrics = F.fit(load_recipe(sys.argv[1]), run_dir=sys.argv[2] if len(sys.argv) > 2 else None)
-torch.save({"initial": initial, "final": built[0].state_dict()}, os.path.join(metrics["run_dir"], f"rank{os.environ.get('LOCAL_RANK', '0')}.pt"))
+torch.save({"initial": initial, "final": built[0].state_dict(), "cache": metrics["feature_cache"]}, os.path.join(metrics["run_dir"], f"rank{os.environ.get('LOCAL_RANK', '0')}.pt"))
 """
 
 
@@ -133,3 +133,43 @@ def test_lp_ft_under_ddp_probes_on_cached_features_then_fine_tunes_in_sync(tmp_p
         assert torch.equal(value, rank1["final"][key]), f"replicas diverged at {key}"
     moved = {k for k, v in rank0["final"].items() if not torch.equal(v, rank0["initial"][k])}
     assert any(k.startswith("backbone.") for k in moved), "the fine-tune epoch did not train the backbone"
+
+
+def stored_rows(cache: Path) -> dict[tuple[str, bytes], bytes]:
+    """(cache entry, row identity digest) -> the row's bytes, over every shard of a cache folder."""
+    from safetensors.numpy import load_file
+
+    rows = {}
+    for path in sorted(cache.rglob("*.safetensors"), key=lambda p: p.name):
+        data = load_file(str(path))
+        for digest, row in zip(data["ids"].view("V16").reshape(-1), data["features"]):
+            rows[path.parent.parent.name, digest.tobytes()] = row.tobytes()
+    return rows
+
+
+@pytest.mark.slow  # ~20 s each: two fresh Python processes, then one in-process run
+@pytest.mark.parametrize("strategy", [{"kind": "linear_probe"}, {"kind": "lp_ft", "probe_epochs": 1}])
+def test_two_processes_extract_each_image_once_and_get_the_features_of_one_process(tmp_path, strategy):
+    """torchrun: each process extracts its share of the images (LP-FT's closed-form probe reads the same shared
+    rows); together every image once, and the rows on disk are the ones a single process computes."""
+    from tlkit.recipe import validate_recipe
+    from tlkit.run import fit
+
+    root = write_colour_classes(tmp_path / "colours")
+    sections = {"backbone": {"name": "test_resnet"}, "strategy": strategy, "data": {"batch_size": 4}}
+    recipe = tiny_recipe_dict(root, **sections, cache={"dir": str(tmp_path / "shared_cache")},
+                              trainer={"epochs": 2, "devices": 2, "strategy": "ddp"})
+    run_dir = run_two_ranks(tmp_path, recipe, "torchrun")
+    rank0, rank1 = (torch.load(run_dir / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    computed = rank0["cache"]["extracted"] + rank1["cache"]["extracted"]
+    assert computed == metrics["num_train"] + metrics["num_val"]
+    assert rank0["cache"]["extracted"] > 0 and rank1["cache"]["extracted"] > 0
+    assert rank0["cache"]["from_other_processes"] == rank1["cache"]["extracted"]
+    for key, value in rank0["final"].items():
+        assert torch.equal(value, rank1["final"][key]), f"replicas diverged at {key}"
+
+    alone = tiny_recipe_dict(root, **sections, cache={"dir": str(tmp_path / "alone_cache")}, trainer={"epochs": 2})
+    fit(validate_recipe(alone), run_dir=tmp_path / "alone")
+    shared, single = stored_rows(tmp_path / "shared_cache"), stored_rows(tmp_path / "alone_cache")
+    assert len(shared) == computed and shared == single

@@ -230,3 +230,48 @@ def test_doctor_unusable_table_is_one_line(tmp_path, capsys, text, message):
     assert main(["doctor", str(root / "labels.csv"), "--json", str(tmp_path / "r.json")]) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def _kaggle_tags(tmp_path) -> Path:
+    """A Kaggle-style table: its own column names and space-separated tags (Planet's image_name,tags)."""
+    from conftest import write_image
+
+    root = tmp_path / "planet"
+    tags = ["haze primary", "clear primary", "clear primary water", "haze primary water", "clear"]
+    for i in range(len(tags)):
+        write_image(root / f"train_{i}.jpg", size=(40, 40), seed=i)
+    (root / "train.csv").write_text("image_name,tags\n" + "".join(f"train_{i}.jpg,{t}\n" for i, t in enumerate(tags)))
+    return root / "train.csv"
+
+
+def test_doctor_reads_a_table_with_its_own_column_names_and_space_separated_tags(tmp_path):
+    table = _kaggle_tags(tmp_path)
+    out = tmp_path / "r.json"
+    assert main(["doctor", str(table), "--columns", "path=image_name,label=tags", "--label-delimiter", " ",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["multi_label"] is True
+    assert report["class_counts"] == {"all": {"clear": 3, "haze": 2, "primary": 4, "water": 2}}
+
+
+def test_space_separated_tags_with_the_default_delimiter_are_a_one_line_error(tmp_path, capsys):
+    table = _kaggle_tags(tmp_path)
+    assert main(["doctor", str(table), "--columns", "path=image_name,label=tags", "--json",
+                 str(tmp_path / "r.json")]) == 1
+    err = capsys.readouterr().err
+    assert "look separated by spaces" in err and "label_delimiter" in err and err.count("\n") == 1
+
+
+def test_class_names_with_a_space_are_not_mistaken_for_tags(tmp_path):
+    from conftest import write_image
+
+    from tlkit.data.doctor import diagnose_table
+
+    root = tmp_path / "dogs"
+    names = ["golden retriever", "labrador retriever", "great dane", "pug", "golden retriever", "pug"]
+    for i in range(len(names)):
+        write_image(root / f"{i}.png", size=(40, 40), seed=i)
+    (root / "labels.csv").write_text("path,label\n" + "".join(f"{i}.png,{n}\n" for i, n in enumerate(names)))
+    report = diagnose_table(root / "labels.csv")
+    assert report["multi_label"] is False
+    assert report["class_counts"]["all"]["golden retriever"] == 2

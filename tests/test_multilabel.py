@@ -58,7 +58,7 @@ def test_loss_is_bce_summed_over_classes_as_computed_by_hand():
     # zero logits: C x ln 2 whatever the labels (what tlkit check expects)
     assert float(module.task.loss(torch.zeros(2, 4), targets)) == pytest.approx(4 * math.log(2))
     assert module.task.initial_loss(4) == pytest.approx(4 * math.log(2))
-    assert sanity.expected_initial_loss(4, multi_label=True) == pytest.approx(4 * math.log(2))
+    assert sanity.expected_initial_loss(4, task="multi_label") == pytest.approx(4 * math.log(2))
 
 
 def test_mixing_mixes_multi_hot_targets_and_keeps_them_in_0_1():
@@ -115,9 +115,9 @@ def test_module_metrics_agree_with_the_evaluate_definition():
 
 def test_tta_averages_sigmoid_probabilities():
     logits = torch.tensor([[[2.0, -1.0], [0.0, 1.0]]])
-    torch.testing.assert_close(aggregate(logits, "mean_prob", multi_label=True), torch.sigmoid(logits).mean(1))
-    torch.testing.assert_close(aggregate(logits, "max", multi_label=True), torch.sigmoid(logits).amax(1))
-    torch.testing.assert_close(aggregate(logits, "mean_logit", multi_label=True), torch.sigmoid(logits.mean(1)))
+    torch.testing.assert_close(aggregate(logits, "mean_prob", task="multi_label"), torch.sigmoid(logits).mean(1))
+    torch.testing.assert_close(aggregate(logits, "max", task="multi_label"), torch.sigmoid(logits).amax(1))
+    torch.testing.assert_close(aggregate(logits, "mean_logit", task="multi_label"), torch.sigmoid(logits.mean(1)))
 
 
 def test_single_label_modules_are_unchanged():
@@ -297,8 +297,8 @@ def test_check_measures_bce_against_c_ln2():
     inputs = torch.randn(6, 3, SIZE, SIZE)
     targets = (torch.rand(6, 4) < 0.5).float()
     module.eval()
-    observed = sanity.initial_loss(module, [(inputs, targets)], multi_label=True)
-    result = sanity.initial_loss_check(observed, 4, multi_label=True)
+    observed = sanity.initial_loss(module, [(inputs, targets)], task="multi_label")
+    result = sanity.initial_loss_check(observed, 4, task="multi_label")
     assert result.passed and "4 x ln 2" in result.summary  # zero-initialised head: exactly C ln 2
     assert observed == pytest.approx(float(F.binary_cross_entropy_with_logits(torch.zeros(6, 4), targets) * 4))
 

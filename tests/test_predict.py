@@ -174,3 +174,149 @@ def test_predict_refuses_to_overwrite_and_writes_csv_to_stdout(trained_run, tmp_
     assert lines[0] == "path,label_1,prob_1" and [line.split(",")[0] for line in lines[1:]] == files
     assert all(len(line.split(",")) == 3 for line in lines)
     assert "-> stdout" in captured.err and not (tmp_path / "-").exists() and not Path("-").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# At scale: one loader for the run, tables and streams as inputs, several devices, output that never waits for the end
+
+
+def _val_files(trained_run, n=None):
+    files = sorted(str(p) for p in (trained_run[0] / "val").rglob("*.png"))
+    return files[:n] if n else files
+
+
+def test_loader_workers_give_the_same_rows_as_the_main_process(trained_run, tmp_path):
+    files = _val_files(trained_run)
+    one = predict_checkpoint(checkpoint_of(trained_run), files, out=tmp_path / "a.csv", num_workers=0)
+    two = predict_checkpoint(checkpoint_of(trained_run), files, out=tmp_path / "b.csv", num_workers=2)
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+    assert [r["path"] for r in two["rows"]] == files and one["images_per_second"] > 0
+
+
+def test_a_csv_table_predicts_the_files_its_path_column_lists_in_table_order(trained_run, tmp_path):
+    files = _val_files(trained_run, 4)[::-1]
+    table = tmp_path / "todo.csv"
+    lines = ["id,path"] + [f"{i},{Path(f).relative_to(trained_run[0])}" for i, f in enumerate(files)] + ["9,"]
+    table.write_text("\n".join(lines) + "\n")
+    shutil.copytree(trained_run[0] / "val", tmp_path / "val")  # paths are relative to the table's folder
+    summary = predict_checkpoint(checkpoint_of(trained_run), [table], out=tmp_path / "p.csv", top_k=1)
+    expected = [str(tmp_path / Path(f).relative_to(trained_run[0])) for f in files]
+    assert [r["path"] for r in summary["rows"]] == expected
+    assert summary["skipped"] == [("todo.csv line 6", "empty path cell")]
+
+
+def test_a_stream_is_predicted_split_by_split_with_its_image_indices(trained_run, tmp_path):
+    pytest.importorskip("litdata")
+    from tlkit.data.stream import optimize_data
+
+    optimize_data(trained_run[0], tmp_path / "stream", num_workers=1, progress=False, max_side=64)
+    summary = predict_checkpoint(checkpoint_of(trained_run), [tmp_path / "stream"], out=tmp_path / "p.csv", top_k=1,
+                                 num_workers=2)
+    paths = [r["path"] for r in summary["rows"]]
+    train = sum(1 for p in paths if "/train/" in p)
+    assert paths == [f"{tmp_path / 'stream'}/train/{i}" for i in range(train)] + \
+        [f"{tmp_path / 'stream'}/val/{i}" for i in range(len(paths) - train)]
+    assert len(paths) == 36 and len((tmp_path / "p.csv").read_text().splitlines()) == 37
+
+
+def test_summary_keeps_only_the_rows_asked_for_and_the_json_has_them_all(trained_run, tmp_path):
+    files = _val_files(trained_run)
+    summary = predict_checkpoint(checkpoint_of(trained_run), files, out=tmp_path / "p.csv",
+                                 json_out=tmp_path / "p.json", return_rows=3, top_k=2)
+    assert len(summary["rows"]) == 3 and summary["predicted"] == len(files)
+    listed = json.loads((tmp_path / "p.json").read_text())
+    assert [r["path"] for r in listed["predictions"]] == files and listed["skipped"] == []
+    assert listed["predictions"][:3] == summary["rows"]
+
+
+def test_the_cli_table_counts_every_row_but_prints_twenty(trained_run, tmp_path, capsys):
+    files = _val_files(trained_run) + sorted(str(p) for p in (trained_run[0] / "train").rglob("*.png"))
+    assert main(["predict", "--checkpoint", str(checkpoint_of(trained_run)), *files, "--out", str(tmp_path / "p.csv")]) == 0
+    out = capsys.readouterr().out
+    assert f"... and {len(files) - 20} more" in out and "images/s" in out
+
+
+def test_rows_reach_the_disk_while_a_slow_run_is_still_going(trained_run, tmp_path, monkeypatch):
+    from tlkit.infer import bulk
+    from tlkit.infer import predict as predict_module
+
+    monkeypatch.setattr(bulk, "FLUSH_SECONDS", 0.0)  # a slow model: fewer rows than a piece, but time is up
+    on_disk: list[int] = []
+    real_write = predict_module.PredictionsCsv.write
+
+    def spy(self, rows):
+        real_write(self, rows)
+        (written,) = tmp_path.glob(".p.*")
+        on_disk.append(len(written.read_text().splitlines()) - 1)
+
+    monkeypatch.setattr(predict_module.PredictionsCsv, "write", spy)
+    files = _val_files(trained_run)
+    predict_checkpoint(checkpoint_of(trained_run), files, out=tmp_path / "p.csv", tta="none",
+                       max_views_per_forward=4)  # batches of 4 images
+    assert on_disk == list(range(4, len(files), 4)) + [len(files)]
+
+
+@pytest.mark.slow
+def test_two_devices_write_the_rows_of_one_device(trained_run, tmp_path):
+    files = _val_files(trained_run)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    inputs = [*files[:3], str(broken), *files[3:]]
+    predict_checkpoint(checkpoint_of(trained_run), inputs, out=tmp_path / "one.csv", json_out=tmp_path / "one.json")
+    two = predict_checkpoint(checkpoint_of(trained_run), inputs, out=tmp_path / "two.csv",
+                             json_out=tmp_path / "two.json", devices=2)
+    one_rows, two_rows = (list(csv.reader((tmp_path / f"{n}.csv").open())) for n in ("one", "two"))
+    assert [[r[0], *r[1::2]] for r in one_rows] == [[r[0], *r[1::2]] for r in two_rows]  # paths, labels: in order
+    np.testing.assert_allclose(np.array([r[2::2] for r in one_rows[1:]], float),
+                               np.array([r[2::2] for r in two_rows[1:]], float), atol=2e-6)  # other batches
+    one_json, two_json = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert [r["path"] for r in two_json["predictions"]] == [r["path"] for r in one_json["predictions"]]
+    assert two_json["skipped"] == one_json["skipped"] and [p for p, _ in two["skipped"]] == [str(broken)]
+
+
+@pytest.mark.parametrize("thresholds", [None, {"x": 0.5, "y": 0.3}])
+def test_streamed_json_is_the_document_written_at_once(tmp_path, thresholds):
+    from tlkit.infer.predict import PredictionsJson, write_predictions_json
+
+    rows = [{"path": "a.png", "labels": ["x"], "probs": [0.5], "probabilities": {"x": 0.5, "y": 0.25}},
+            {"path": "b.png", "labels": [], "probs": []}]
+    for predicted, skipped in ((rows, [("c.png", "unreadable")]), ([], [])):
+        write_predictions_json(predicted, skipped, tmp_path / "whole.json", thresholds=thresholds)
+        with PredictionsJson(tmp_path / "streamed.json", thresholds=thresholds) as streamed:
+            for row in predicted:
+                streamed.write([row])
+            streamed.finish(skipped)
+        assert (tmp_path / "streamed.json").read_text() == (tmp_path / "whole.json").read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_exits_143_and_keeps_the_rows_done(trained_run, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker, out = tmp_path / "first-piece-written", tmp_path / "predictions.csv"
+    out.write_text("the user's previous predictions\n")
+    hold = ("import pathlib, time, sys\nimport tlkit.run.checkpoints as c, tlkit.infer.predict as p\n"
+            "c.PREDICT_CHUNK = 2\nreal = p.PredictionsCsv.write\n"
+            f"def held(self, rows):\n    real(self, rows); pathlib.Path({str(marker)!r}).touch(); time.sleep(120)\n"
+            "p.PredictionsCsv.write = held\nfrom tlkit.cli.main import main\nsys.exit(main(sys.argv[1:]))\n")
+    command = [sys.executable, "-c", hold, "predict", "--checkpoint", str(checkpoint_of(trained_run)),
+               str(trained_run[0] / "val"), "--out", str(out), "--overwrite"]
+    process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143, err[-3000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted (SIGTERM)")
+    assert out.read_text() == "the user's previous predictions\n"
+    assert len((tmp_path / "predictions.csv.partial").read_text().splitlines()) == 1 + 2

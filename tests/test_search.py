@@ -38,6 +38,21 @@ def test_markdown_table_is_sorted_best_first():
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["2", "0", "1"]
 
 
+def test_a_multi_label_search_names_its_columns_and_plot_after_the_map(tmp_path):
+    from tlkit.tune.search import plot_plane, write_csv
+
+    rows = [{"trial": 0, "state": "complete", "lr": 1e-3, "weight_decay": 1e-5, "monitor": "val_map",
+             "val_map": 0.61, "best_val_map": 0.64, "val_loss": 1.0},
+            {"trial": 1, "state": "complete", "lr": 1e-2, "weight_decay": 1e-4, "monitor": "val_map",
+             "val_map": 0.72, "best_val_map": 0.72, "val_loss": 0.8}]
+    header = markdown_table(rows).splitlines()[0]
+    assert "val_map" in header and "best_val_map" in header and "val_acc" not in header
+    assert markdown_table(rows).splitlines()[2].split("|")[1].strip() == "1"  # the higher mAP first
+    assert write_csv(rows, tmp_path / "t.csv").read_text().splitlines()[0].split(",")[7:9] == ["val_map",
+                                                                                                "best_val_map"]
+    assert plot_plane({"coarse": rows}, tmp_path / "plane.png").stat().st_size > 0
+
+
 @pytest.mark.slow
 def test_search_writes_reports_and_resumes_after_an_interruption(tmp_path, monkeypatch, capsys):
     """A search that crashed in its 3rd coarse trial, re-run with the same storage, runs only the missing trials."""

@@ -425,3 +425,32 @@ def test_preview_shows_label_sets_of_multi_label_data(tmp_path):
     assert _label_set_title(torch.tensor([1.0, 0.0, 1.0]), classes) == "cat + fox"
     assert _label_set_title(torch.zeros(3), classes) == "(none)"
     assert _label_set_title(torch.tensor([0.7, 1.0, 0.3]), classes) == "dog 1.00 / cat 0.70 / fox 0.30"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Big tables: compact rows, and the paths alone read one at a time (tlkit predict TABLE.csv)
+
+
+def test_rows_share_their_label_cells_and_label_sets_so_a_big_table_stays_small(tmp_path):
+    rows = [["path", "label"]] + [[f"img/{i}.png", f"class_{i % 3}"] for i in range(9)]
+    parsed = parse_table(read_csv_table(write_csv(tmp_path / "labels.csv", rows)), tmp_path)
+    first, fourth = parsed.rows[0], parsed.rows[3]
+    assert first.labels == fourth.labels == ("class_0",) and first.labels is fourth.labels  # one tuple per label set
+    assert first.place == "labels.csv line 2" and fourth.place == "labels.csv line 5"  # built when asked
+
+
+def test_a_duplicate_path_still_names_the_line_that_listed_it_first(tmp_path):
+    rows = [["path", "label"], ["a.png", "x"], ["b.png", "y"], ["./a.png", "x"]]
+    parsed = parse_table(read_csv_table(write_csv(tmp_path / "labels.csv", rows)), tmp_path)
+    assert parsed.problems["duplicate_path"] == ["labels.csv line 4: './a.png' (first on labels.csv line 2)"]
+
+
+def test_table_paths_are_read_one_at_a_time_relative_to_the_table(tmp_path):
+    from tlkit.data.table import iter_table_paths
+
+    table = write_csv(tmp_path / "sub" / "todo.csv", [["ID", "Path"], ["1", "a.png"], ["2", ""], ["3", "/abs/b.jpg"]])
+    paths = iter_table_paths(table)
+    assert next(paths) == (str(tmp_path / "sub" / "a.png"), "todo.csv line 2")  # a generator: nothing read ahead
+    assert list(paths) == [(None, "todo.csv line 3"), ("/abs/b.jpg", "todo.csv line 4")]
+    with pytest.raises(DataError, match=r"no 'path' column .* Is 'file' the image path"):
+        list(iter_table_paths(write_csv(tmp_path / "other.csv", [["file", "tags"], ["x.png", "a"]])))

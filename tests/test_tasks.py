@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tlkit.model.module import TransferModule
-from tlkit.model.tasks import MultiLabel, SingleLabel, task_from
+from tlkit.model.task_reports import report_of
+from tlkit.model.tasks import MultiLabel, SingleLabel, task_from, task_of
 from tlkit.tune.search import PruneOnMonitored
 
 
@@ -29,6 +31,30 @@ def test_multi_label_is_a_sigmoid_per_class_with_thresholds_monitored_by_val_map
     assert task.monitor == "val_map" and task.has_thresholds and task.initial_loss(3) == pytest.approx(3 * math.log(2))
     assert task.decide(task.activation(logits), [0.9, 0.5, 0.1]).tolist() == [[False, True, True]]
     assert {"val_ap", "val_stats", "test_ap"} <= set(task.metrics(3)) and "train_acc" not in task.metrics(3)
+
+
+def test_each_task_decides_scores_and_combines_views_its_own_way():
+    probs = np.array([0.1, 0.6, 0.3], dtype=np.float32)
+    assert SingleLabel().chosen(probs, top_k=2, thresholds=None) == [1, 2]
+    assert MultiLabel().chosen(probs, top_k=1, thresholds=[0.05, 0.7, 0.2]) == [2, 0]  # the set, best first
+    peak = torch.tensor([[0.5, 0.75]])
+    torch.testing.assert_close(SingleLabel().combine_peak(peak), torch.tensor([[0.4, 0.6]]))  # still a distribution
+    torch.testing.assert_close(MultiLabel().combine_peak(peak), peak)
+    logits = torch.tensor([[2.0, -1.0], [-1.0, 2.0], [2.0, -1.0]])
+    assert SingleLabel().score(logits, torch.tensor([0, 1, 1])) == pytest.approx(2 / 3)
+    assert SingleLabel().exact(logits, torch.tensor([0, 1, 0])) == 1.0
+    hot = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    assert MultiLabel().exact(logits, hot) == pytest.approx(2 / 3)  # the third image misses one of its labels
+    ranked = torch.tensor([[2.0, -1.0], [-1.0, 2.0], [2.0, 1.0]])
+    assert MultiLabel().score(ranked, hot) == pytest.approx(1.0)  # mAP: each positive ranked above every negative
+
+
+def test_a_stored_description_names_its_task_and_what_it_reports():
+    described = MultiLabel().description([0.3, 0.7])
+    assert described == {"multi_label": True, "thresholds": [0.3, 0.7]} and SingleLabel().description() == {}
+    assert isinstance(task_of(described), MultiLabel) and isinstance(task_of({}), SingleLabel)
+    assert report_of(described).monitor == MultiLabel.monitor == "val_map"
+    assert SingleLabel.reported[0] == SingleLabel.monitor and MultiLabel.reported[0] == MultiLabel.monitor
 
 
 def test_mixing_counts_the_dominant_label_only_for_single_label():

@@ -434,7 +434,7 @@ def test_tlkit_predict_writes_rows_as_pieces_finish_and_logs_progress(trained_ru
         seen.append(len(written.read_text().splitlines()) - 1)
 
     monkeypatch.setattr(predict_module.PredictionsCsv, "write", spy)
-    with caplog.at_level("INFO", logger="tlkit.run.checkpoints"):
+    with caplog.at_level("INFO", logger="tlkit.infer.bulk"):
         summary = checkpoints.predict_checkpoint(_checkpoint(trained_run), files, out=out, tta="none")
     assert seen == [2, 4, 5] and summary["predicted"] == 5 and len(out.read_text().splitlines()) == 6
     assert "predicted 4 of 5 images (0 skipped)" in caplog.text
@@ -460,7 +460,7 @@ class _Compute:
 
 
 def _entry_file(cache_dir: Path) -> Path:
-    (path,) = cache_dir.rglob("features.safetensors")
+    (path,) = cache_dir.rglob("*.safetensors")  # one shard
     return path
 
 

@@ -42,7 +42,7 @@ def image_features(scan: FolderScan, backbone: str, weights: str = "auto", *, in
     run = Extraction(device=torch.device("cpu"), eval_batch_size=64, num_workers=num_workers, progress=progress)
     cache = CacheConfig(dir=str(cache_dir) if cache_dir is not None else None)
     rows, info = extract_train_eval_features(everything, _Embedder(network, backbone), pre, cache=cache, run=run)
-    features = rows.views[0].float().numpy()
+    features = rows.views[0].tensor().float().numpy()
     return features, {**info, "weights": source, "input_size": pre.input_size, "backbone": backbone,
                       "cpus": os.cpu_count()}
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from tlkit.audit import findings as find
 from tlkit.audit.adapter import FolderScan, image_features, relative_name
-from tlkit.audit.pixels import pixel_embeddings
+from tlkit.audit.pixels import twin_neighbours
 from tlkit.errors import DataError
 from tlkit.io import atomic_write
 
@@ -26,9 +26,10 @@ DUPLICATE_NEIGHBOURS = 10  # neighbours searched per image for near-duplicates (
 COLUMNS = ("path", "split", "finding", "given", "suggested", "score", "other", "similarity")
 KINDS = {
     "label_issue": "the given label is probably wrong (score: cleanlab's label quality, lower = more likely wrong)",
-    "leak": "near-twin of an image in another split (score: similarity of their 12x12 thumbnails); val scores are "
-            "inflated by it",
-    "near_duplicate": "near-twin of another image of the same split (score: similarity of their 12x12 thumbnails)",
+    "leak": "near-twin of an image in another split (score: similarity of their thumbnails, best over small crops); "
+            "val scores are inflated by it",
+    "near_duplicate": "near-twin of another image of the same split (score: similarity of their thumbnails, best over "
+                      "small crops)",
     "outlier": "far from every other image (score: cleanlab's out-of-distribution score, lower = more atypical)",
 }
 
@@ -40,7 +41,7 @@ class AuditSettings:
 
     folds: int = 5
     neighbours: int = 3
-    duplicate_threshold: float = 0.9  # cosine similarity of two images' tiny-image embeddings (tlkit.audit.pixels)
+    duplicate_threshold: float = 0.95  # crop-searched thumbnail similarity (tlkit.audit.pixels)
     outlier_fraction: float = 0.01
     seed: int = 0
 
@@ -50,7 +51,7 @@ class AuditSettings:
                             f"got {self.folds}.")
         if not 0 < self.duplicate_threshold <= 1:
             raise DataError(f"the near-duplicate threshold is a cosine similarity in (0, 1]; got "
-                            f"{self.duplicate_threshold} (0.9 finds resized, re-encoded and slightly cropped copies).")
+                            f"{self.duplicate_threshold} (0.95 finds resized, re-encoded and slightly cropped copies).")
         if not 0 <= self.outlier_fraction < 1:
             raise DataError(f"the outlier share must be in [0, 1); got {self.outlier_fraction}.")
 
@@ -117,7 +118,7 @@ def audit(scan: FolderScan, *, out: str | Path, backbone: str = "tf_efficientnet
                                            folds=settings.folds, seed=settings.seed, multi_label=images.multi_label)
     issues = find.label_issues(images.labels, probs, multi_label=images.multi_label)
     neighbours, similarities = find.nearest_neighbours(features, settings.neighbours)
-    twins, twin_similarities = find.nearest_neighbours(pixel_embeddings(images.paths), DUPLICATE_NEIGHBOURS)
+    twins, twin_similarities = twin_neighbours(images.paths, DUPLICATE_NEIGHBOURS)
     pairs = find.near_duplicates(twins, twin_similarities, images.splits, threshold=settings.duplicate_threshold)
     scores = find.outlier_scores(features)
     count = max(1, round(settings.outlier_fraction * len(scores))) if settings.outlier_fraction > 0 else 0

@@ -51,9 +51,9 @@ def add_audit_parser(sub) -> None:
     audit.add_argument("--input-size", type=_positive, help="image size in pixels (default: the backbone's)")
     audit.add_argument("--folds", type=_positive, default=5, help="folds of the out-of-fold probe (default 5)")
     audit.add_argument("--neighbours", type=_positive, default=3, help="nearest neighbours shown per image (3)")
-    audit.add_argument("--duplicate-threshold", type=float, default=0.9,
-                       help="similarity (cosine of 12x12 thumbnails, mean colour removed) from which two images are "
-                            "near-duplicates (0.9)")
+    audit.add_argument("--duplicate-threshold", type=float, default=0.95,
+                       help="similarity (cosine of 12x12 thumbnails, mean colour removed, best over crops of up to 6%% "
+                            "per side) from which two images are near-duplicates (0.95)")
     audit.add_argument("--outliers", type=float, default=0.01,
                        help="share of images, the farthest from the others, listed as outliers (0.01)")
     audit.add_argument("--seed", type=int, default=0, help="seed of the folds (default 0)")

@@ -78,12 +78,12 @@ def _pct(value: float | None) -> str:
 
 
 def format_summary(metrics: dict) -> str:
-    """A small two-column table of the numbers a user looks at first (multi-label: mAP and F1 instead of accuracy)."""
-    multi = bool(metrics.get("multi_label"))
-    headline = [("val mAP", _pct(metrics.get("val_map"))), ("best val mAP", _pct(metrics.get("best_val_map"))),
-                ("val F1 micro / macro", f"{_pct(metrics.get('val_f1_micro'))} / {_pct(metrics.get('val_f1_macro'))}")
-                ] if multi else [("val accuracy", _pct(metrics.get("val_acc"))),
-                                 ("best val accuracy", _pct(metrics.get("best_val_acc")))]
+    """A small two-column table of the numbers a user looks at first (the run's task says which: accuracy, or mAP
+    and F1 for multi-label)."""
+    from tlkit.model.task_reports import report_of
+
+    task = report_of(metrics)
+    headline = [(label, " / ".join(_pct(metrics.get(k)) for k in keys)) for label, keys in task.headline]
     rows = [
         *headline,
         ("val loss", f"{metrics['val_loss']:.4f}" if metrics.get("val_loss") is not None else "n/a"),
@@ -94,15 +94,14 @@ def format_summary(metrics: dict) -> str:
         ("strategy", str(metrics.get("strategy"))),
         ("run directory", str(metrics.get("run_dir"))),
     ]
-    if metrics.get("test_acc") is not None:  # evaluated once, with the checkpoint val chose
-        rows.insert(2, ("test accuracy", f"{metrics['test_acc']:.2%} ({metrics.get('num_test')} images)"))
-    if multi and metrics.get("test_map") is not None:  # F1 at the thresholds tuned on val
-        rows.insert(3, ("test mAP / F1 micro / macro", f"{_pct(metrics['test_map'])} / "
-                        f"{_pct(metrics.get('test_f1_micro'))} / {_pct(metrics.get('test_f1_macro'))} "
-                        f"({metrics.get('num_test')} images)"))
+    label, keys = task.test_headline
+    if metrics.get(keys[0]) is not None:  # evaluated once, with the checkpoint val chose
+        shown = " / ".join(_pct(metrics.get(k)) for k in keys)
+        rows.insert(len(headline), (label, f"{shown} ({metrics.get('num_test')} images)"))
     mid_run = metrics.get("skipped_mid_run") or {}
     if any(mid_run.values()):  # files that vanished or broke after the scan (listed in skipped_mid_run.txt)
-        rows.insert(6, ("skipped mid-run train / val", f"{mid_run.get('train', 0)} / {mid_run.get('val', 0)}"))
+        after_images = next(i for i, (name, _) in enumerate(rows) if name == "images train / val") + 1
+        rows.insert(after_images, ("skipped mid-run train / val", f"{mid_run.get('train', 0)} / {mid_run.get('val', 0)}"))
     width = max(len(k) for k, _ in rows)
     value_width = max(len(v) for _, v in rows)
     rule = f"+-{'-' * width}-+-{'-' * value_width}-+"
@@ -205,35 +204,44 @@ def _predict(args: argparse.Namespace) -> int:
         args.checkpoint, args.inputs, out=args.out, json_out=args.json_out, top_k=args.top_k, tta=args.tta,
         aggregate=args.aggregate, num_workers=args.num_workers,
         max_views_per_forward=args.max_views_per_forward, precision=args.precision, overwrite=args.overwrite,
+        devices=args.devices, accelerator=args.accelerator, return_rows=TABLE_ROWS,
     )
-    for path, why in summary["skipped"]:
+    for path, why in summary["skipped"][:TABLE_ROWS]:
         print(f"skipped {path}: {why}", file=sys.stderr)
+    if len(summary["skipped"]) > TABLE_ROWS:
+        print(f"skipped {len(summary['skipped']) - TABLE_ROWS} more file(s)" + (" (listed in the JSON)" if
+              "json" in summary else " (pass --json to list them)"), file=sys.stderr)
     to_stdout = summary["csv"] == "-"  # stdout carries the CSV alone; the table and summary would corrupt it
     if not to_stdout:
-        print(format_predictions_table(summary["rows"]))
+        print(format_predictions_table(summary["rows"], total=summary["predicted"]))
     written = ("stdout" if to_stdout else summary["csv"]) + (f" and {summary['json']}" if "json" in summary else "")
     print(f"predicted {summary['predicted']} image(s) with {summary['policy']} ({summary['views']} view(s)) -> "
-          f"{written}; skipped {len(summary['skipped'])}", file=sys.stderr if to_stdout else sys.stdout)
+          f"{written}; skipped {len(summary['skipped'])}; {summary['seconds']:.1f} s, "
+          f"{summary['images_per_second']:.1f} images/s", file=sys.stderr if to_stdout else sys.stdout)
     return 0
 
 
-def format_predictions_table(rows: list[dict], limit: int = 20) -> str:
+TABLE_ROWS = 20  # rows the predict command prints (and keeps in memory); the CSV holds them all
+
+
+def format_predictions_table(rows: list[dict], limit: int = TABLE_ROWS, total: int | None = None) -> str:
     """file, top-1 label, probability for the first `limit` images (the rest: in the CSV); multi-label: file and its
-    label set with probabilities."""
+    label set with probabilities. total: how many rows there are (default: len(rows))."""
+    total = len(rows) if total is None else total
     shown = rows[:limit]
     width = max([4] + [len(r["path"]) for r in shown])
     if shown and "probabilities" in shown[0]:  # multi-label rows: a label set, possibly empty
         lines = [f"{'file':<{width}}  labels (probability)"]
         lines += [f"{r['path']:<{width}}  " + (", ".join(f"{label} ({p:.3f})" for label, p in zip(r["labels"], r["probs"]))
                                                  or "(none over threshold)") for r in shown]
-        if len(rows) > limit:
-            lines.append(f"... and {len(rows) - limit} more")
+        if total > limit:
+            lines.append(f"... and {total - limit} more")
         return "\n".join(lines)
     label_width = max([5] + [len(r["labels"][0]) for r in shown])
     lines = [f"{'file':<{width}}  {'label':<{label_width}}  prob"]
     lines += [f"{r['path']:<{width}}  {r['labels'][0]:<{label_width}}  {r['probs'][0]:.3f}" for r in shown]
-    if len(rows) > limit:
-        lines.append(f"... and {len(rows) - limit} more")
+    if total > limit:
+        lines.append(f"... and {total - limit} more")
     return "\n".join(lines)
 
 
@@ -337,7 +345,7 @@ def _search(args: argparse.Namespace) -> int:
     for stage in summary["stages"].values():
         print(stage["table"])
     best = summary["best"]
-    print(f"best: {best['stage']} trial {best['trial']}, val acc {best['val_acc']:.2%}, "
+    print(f"best: {best['stage']} trial {best['trial']}, {best['monitor']} {best['value']:.2%}, "
           + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in best["params"].items()))
     print(f"wrote {summary['best_recipe']}, {summary['png']}, trials CSV/markdown in {summary['out_dir']}")
     print(f"storage {summary['storage']} (re-run the same command to resume)")
@@ -391,7 +399,7 @@ def _doctor(args: argparse.Namespace) -> int:
     if table is not None:
         from tlkit.data.doctor import diagnose_table
 
-        report = diagnose_table(table, min_size=args.min_size)
+        report = diagnose_table(table, min_size=args.min_size, columns=args.columns, delimiter=args.label_delimiter)
     else:
         report = diagnose(args.folder, min_size=args.min_size)
     print(format_table(report))

@@ -190,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="top-k labels for image files and folders, as CSV (and JSON)")
     _add_checkpoint_arg(predict)
-    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="image files, folders (searched recursively), CSV tables (their path column) or "
+                              "streams (tlkit data optimize output)")
     predict.add_argument("--out", default="predictions.csv",
                          help="CSV file to write (default: predictions.csv in the current folder; '-' = stdout)")
     predict.add_argument("--json", dest="json_out", help="also write predictions and skipped files as JSON here")
@@ -203,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--aggregate", choices=AGGREGATES, help="how views combine (default: mean_prob)")
     _add_inference_args(predict)
+    predict.add_argument("--devices", type=_positive_int, default=1,
+                         help="processes, one per device (default 1); with more, rows are merged in order at the end")
+    predict.add_argument("--accelerator", choices=("cpu", "gpu", "auto"), default="cpu",
+                         help="where the model runs (default cpu; auto = a GPU when there is one)")
 
     export = sub.add_parser(
         "export", help="safetensors + JSON sidecar, ONNX checked against PyTorch, and a standalone predict.py"
@@ -235,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--min-size", type=_positive_int, default=32,
                         help="flag images whose shorter side is below this (default 32; use the recipe's input size)")
     doctor.add_argument("--json", dest="json_out", help="report path (default runs/doctor/<folder name>.json)")
+    doctor.add_argument("--columns", type=_column_names, metavar="path=NAME,label=NAME",
+                        help="a table's own column names, as data.columns (e.g. path=image_name,label=tags)")
+    doctor.add_argument("--label-delimiter", default=";",
+                        help="separator of several labels in one cell, as data.label_delimiter (';'; ' ' = spaces)")
 
     _add_generate_parser(sub)
     add_audit_parser(sub)
@@ -245,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     show = recipe_sub.add_parser("show", help="print the fully resolved recipe with every default and its reason")
     _add_recipe_args(show, positional=True)
     return parser
+
+
+def _column_names(text: str) -> dict[str, str]:
+    pairs = [part.partition("=") for part in text.split(",") if part.strip()]
+    if not pairs or any(not sep or not ours.strip() or not theirs.strip() for ours, sep, theirs in pairs):
+        raise argparse.ArgumentTypeError(f"expected path=NAME,label=NAME[,split=NAME]; got {text!r}")
+    return {ours.strip(): theirs.strip() for ours, _, theirs in pairs}
 
 
 def _add_generate_parser(sub) -> None:

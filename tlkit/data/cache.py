@@ -16,18 +16,32 @@ import hashlib
 import json
 import logging
 import os
+import secrets
+import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from tlkit.data.images import BadSample, decode
+from tlkit.data.shards import (
+    NAN_SOURCE,
+    FeatureViews,
+    MemoryBlock,
+    Rows,
+    Shard,
+    ShardError,
+    ShardIndex,
+    identity_digests,
+    open_shard,
+    save_shard,
+    verify_rows,
+)
 from tlkit.errors import DataError
 from tlkit.io import atomic_save, cache_dir
 from tlkit.seeding import derive_seed, split_epoch_index
@@ -114,49 +128,65 @@ def extraction_device(accelerator: str) -> torch.device:
 
 
 @torch.no_grad()  # features are inputs to the head; a trainable backbone (lp_ft) must not keep their graph
-def extract(backbone: torch.nn.Module, paths: Sequence[str], transform: Callable, *, seeds: Sequence[int] | None,
-            batch_size: int, num_workers: int, desc: str, channels_last: bool = True,
-            device: torch.device = torch.device("cpu"), on_bad: str = "error", progress: bool = True,
-            dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Outputs (len(paths), ...) of `backbone` (pooled features, or a frozen prefix's activations) for `paths`
-    through `transform`, one batched forward per batch, stored as `dtype`. on_bad="skip": a file that fails to
-    decode gets a NaN row (the caller drops it); "error" raises DataError."""
+def extract_batches(backbone: torch.nn.Module, paths: Sequence[str], transform: Callable, *,
+                    seeds: Sequence[int] | None, batch_size: int, num_workers: int, desc: str,
+                    channels_last: bool = True, device: torch.device = torch.device("cpu"), on_bad: str = "error",
+                    progress: bool = True, dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
+    """Outputs of `backbone` (pooled features, or a frozen prefix's activations) for `paths` through `transform`,
+    one batch of rows at a time in the order of `paths`, stored as `dtype`: a caller that writes them away holds
+    one batch, not all of them. on_bad="skip": a file that fails to decode gets a NaN row (the caller drops it);
+    "error" raises DataError."""
     home = next(backbone.parameters()).device
     backbone.eval().to(device)
     loader = DataLoader(_ViewDataset(paths, transform, seeds, on_bad), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=_collate_views)
-    batches: list[tuple[torch.Tensor, torch.Tensor | None]] = []
     row_shape: tuple[int, ...] = (getattr(backbone, "num_features", 0),)
-    for images, good in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
-        out = None
-        if images is not None:
-            images = images.to(device)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            computed = backbone(images)
-            if not computed.isfinite().all():  # NaN rows mark undecodable files only: never blame decoded ones
-                raise DataError(f"{desc}: the backbone gave NaN/inf features for images that decoded; its weights "
-                                "or the input preprocessing are broken, not the images: check backbone.weights.")
-            out = computed.to(device="cpu", dtype=dtype, memory_format=torch.contiguous_format)
-            if not out.isfinite().all():
-                raise DataError(f"{desc}: outputs exceed the range of {dtype} (max |value| "
-                                f"{float(computed.abs().max()):g}); cut the backbone elsewhere or use kind finetune.")
-            row_shape = tuple(out.shape[1:])
-        batches.append((good, out))
-    backbone.to(home)
-    rows = torch.full((len(paths), *row_shape), float("nan"), dtype=dtype)
-    start = 0
-    for good, out in batches:
-        if out is not None:
-            rows[start: start + len(good)][good] = out
-        start += len(good)
-    return rows
+    try:
+        for images, good in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
+            out = None
+            if images is not None:
+                images = images.to(device)
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                computed = backbone(images)
+                if not computed.isfinite().all():  # NaN rows mark undecodable files only: never blame decoded ones
+                    raise DataError(f"{desc}: the backbone gave NaN/inf features for images that decoded; its "
+                                    "weights or the input preprocessing are broken, not the images: check "
+                                    "backbone.weights.")
+                out = computed.to(device="cpu", dtype=dtype, memory_format=torch.contiguous_format)
+                if not out.isfinite().all():
+                    raise DataError(f"{desc}: outputs exceed the range of {dtype} (max |value| "
+                                    f"{float(computed.abs().max()):g}); cut the backbone elsewhere or use kind "
+                                    "finetune.")
+                row_shape = tuple(out.shape[1:])
+                if bool(good.all()):
+                    yield out
+                    continue
+            rows = torch.full((len(good), *row_shape), float("nan"), dtype=dtype)
+            if out is not None:
+                rows[good] = out
+            yield rows
+    finally:
+        backbone.to(home)
+
+
+def extract(backbone: torch.nn.Module, paths: Sequence[str], transform: Callable, **kwargs) -> torch.Tensor:
+    """extract_batches as one tensor (len(paths), ...): for a few images (a test, a check), not a dataset."""
+    batches = list(extract_batches(backbone, paths, transform, **kwargs))
+    shapes = [b.shape[1:] for b in batches if b.reshape(len(b), -1).isfinite().all(dim=1).any()]
+    dtype = kwargs.get("dtype", torch.float32)
+    if not batches:
+        return torch.empty((0, getattr(backbone, "num_features", 0)), dtype=dtype)
+    shape = shapes[-1] if shapes else batches[-1].shape[1:]
+    return torch.cat([b if b.shape[1:] == shape else torch.full((len(b), *shape), float("nan"), dtype=dtype)
+                      for b in batches])
 
 
 @dataclass
 class CacheStats:
-    hits: int = 0
-    misses: int = 0
+    hits: int = 0  # rows read from disk, checksums passed
+    misses: int = 0  # rows this process computed
+    from_peers: int = 0  # of the hits: rows other processes of a multi-process launch computed in this call
 
 
 def row_checksums(features: torch.Tensor) -> list[int]:
@@ -165,14 +195,50 @@ def row_checksums(features: torch.Tensor) -> list[int]:
     return [zlib.crc32(row) for row in flat]
 
 
-class FeatureCache:
-    """Rows of features per cache key, stored as safetensors + JSON lists of file identities and row CRC-32s.
-    directory=None: off. A write that fails (full disk, read-only folder) warns once and turns saving off."""
+@dataclass(frozen=True)
+class ExtractionShare:
+    """This process's part of a multi-process extraction: it computes every `world`-th batch of the missing rows from
+    batch `rank` on, then `gather` (a collective: every process calls it) returns every process's list of undecodable rows."""
 
-    def __init__(self, directory: str | Path | None):
+    rank: int
+    world: int
+    gather: Callable[[list[int]], list[list[int]]]
+
+
+def current_share() -> ExtractionShare | None:
+    """The share of this process when a torch.distributed process group of 2+ processes is set up, else None."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+
+    def gather(mine: list[int]) -> list[list[int]]:
+        out: list = [None] * dist.get_world_size()
+        dist.all_gather_object(out, mine)
+        return out
+
+    return ExtractionShare(dist.get_rank(), dist.get_world_size(), gather)
+
+
+SHARD_BYTES = 64 * 2**20  # computed rows held before they are written as a shard: the extraction's memory bound
+Compute = Callable[[list[str]], "torch.Tensor | Iterable[torch.Tensor]"]
+
+
+class FeatureCache:
+    """Rows of features per cache key, kept on disk as shards that only ever get added (see tlkit.data.shards):
+    a run that adds images writes new shards and leaves the stored ones as they are. directory=None: off (rows are
+    kept in memory). A write that fails (full disk, read-only folder) warns once and turns saving off.
+
+    share: how a multi-process launch divides the rows to compute (default: the torch.distributed process group
+    when one is set up, see current_share); each process computes its share, writes it as shards, and reads the
+    others' shards. The result is the one a single process gets."""
+
+    def __init__(self, directory: str | Path | None, *, share: ExtractionShare | None | str = "auto"):
         self.directory = Path(directory) if directory is not None else None
         self.stats = CacheStats()
         self.saving = directory is not None
+        self._share = share
+        self._opened: dict[Path, dict[str, ShardIndex | None]] = {}  # entry -> shard file -> index (None: unusable)
 
     def _entry(self, key: dict) -> Path | None:
         if self.directory is None:
@@ -180,61 +246,204 @@ class FeatureCache:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         return self.directory / digest
 
-    def _read(self, entry: Path | None) -> dict[str, torch.Tensor]:
-        """The entry's rows whose bytes match their checksum; damaged rows are left out (recomputed)."""
-        path = entry / "features.safetensors" if entry is not None else None
-        if path is None or not path.is_file():
-            return {}
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata()
-                identities = json.loads(meta["identities"])
-                checksums = json.loads(meta.get("crc32", "null"))
-                features = f.get_tensor("features")
-        except Exception as exc:  # noqa: BLE001 - a damaged entry of any kind is recomputed, never trusted
-            log.warning("feature cache entry %s is unreadable (%s); recomputing it", entry, str(exc)[:120])
-            return {}
-        if not isinstance(checksums, list) or not len(identities) == len(checksums) == len(features):
-            log.warning("feature cache entry %s has no valid row checksums (damaged, or written by an older tlkit); "
-                        "recomputing it", entry)
-            return {}
-        good = [crc == stored for crc, stored in zip(row_checksums(features), checksums)]
-        if not all(good):
-            log.warning("feature cache entry %s: %d of %d rows fail their checksum (damaged on disk); recomputing "
-                        "them", entry, good.count(False), len(good))
-        return {ident: row for ident, row, ok in zip(identities, features, good) if ok}
+    def features(self, key: dict, paths: Sequence[str], compute: Compute, *,
+                 identity: Callable[[str], str] = file_identity, batch_size: int = 1) -> torch.Tensor:
+        """rows() as one tensor (len(paths), ...): for a few rows; datasets read rows() in batches."""
+        return self.rows(key, paths, compute, identity=identity, batch_size=batch_size).tensor()
 
-    def _write(self, entry: Path, key: dict, rows: dict[str, torch.Tensor]) -> None:
-        """One file holds the features, their row identities and checksums, so one atomic rename commits all."""
-        identities = list(rows)
-        features = torch.stack([rows[i] for i in identities]).contiguous()
-        try:
-            atomic_save(entry / "features.safetensors", lambda name: save_file(
-                {"features": features}, name,
-                metadata={"identities": json.dumps(identities), "crc32": json.dumps(row_checksums(features)),
-                          "key": json.dumps(key, sort_keys=True)}))
-        except OSError as exc:
-            self.saving = False
-            log.warning("cannot save features in the cache %s (%s); going on without saving them. Free space "
-                        "there, point cache.dir elsewhere, or set cache.disk: false.", self.directory,
-                        exc.strerror or exc)
+    def rows(self, key: dict, paths: Sequence[str], compute: Compute, *,
+             identity: Callable[[str], str] = file_identity, batch_size: int = 1) -> Rows:
+        """Rows for `paths` in order: stored rows whose identity still matches (file_identity: path, size and
+        mtime; pass identity= for ids that are not files, e.g. str for a stream's row ids) and whose bytes pass
+        their checksum, `compute` for the rest. `compute(paths)` returns their rows in order, as one tensor or an
+        iterable of batches. Rows of files that failed to decode (NaN) are served as NaN, never stored.
 
-    def features(self, key: dict, paths: Sequence[str], compute: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
-        """Features for `paths` in order: cached rows whose file identity still matches and whose bytes pass their
-        checksum, `compute` for the rest. Rows of files that failed to decode (NaN) are returned, never stored."""
+        batch_size: the batches `compute` runs in. Processes sharing the work take whole batches of the rows to
+        compute (batch i goes to process i mod world size), so every row is computed in the same batch as one
+        process would compute it: the same bits, even from kernels whose rounding depends on the batch."""
         entry = self._entry(key)
-        rows = self._read(entry)
-        identities = [file_identity(p) for p in paths]
-        missing = [p for p, ident in zip(paths, identities) if ident not in rows]
-        self.stats.hits += len(paths) - len(missing)
-        self.stats.misses += len(missing)
-        undecodable: dict[str, torch.Tensor] = {}
-        if missing:
-            for ident, row in zip((file_identity(p) for p in missing), compute(missing)):
-                (rows if row.isfinite().all() else undecodable)[ident] = row
-            if entry is not None and self.saving:
-                self._write(entry, key, rows)
-        return torch.stack([rows[i] if i in rows else undecodable[i] for i in identities])
+        key_json = json.dumps(key, sort_keys=True)
+        share = current_share() if self._share == "auto" else self._share
+        if entry is None:
+            share = None  # no disk to share rows through: every process computes what it needs
+        # (a process that cannot save still joins every collective step; the others then compute its rows too)
+        digests = identity_digests((identity(p) for p in paths), len(paths))
+        result = _Result(len(paths))
+        if share is not None:
+            share.gather([])  # every process looks the entry up before any of them writes to it
+        missing = self._resolve(entry, key_json, digests, result)
+        if share is not None:
+            share.gather([])
+            starts = np.arange(share.rank * batch_size, len(missing), share.world * batch_size)
+            mine = (np.concatenate([missing[i: i + batch_size] for i in starts]) if len(starts)
+                    else missing[:0])
+            self.stats.misses += len(mine)
+            bad = self._compute(entry, key_json, [paths[i] for i in mine], mine, digests, compute, result)
+            undecodable = {i for part in share.gather(bad) for i in part}
+            result.source[np.asarray(sorted(undecodable), dtype=np.int64)] = NAN_SOURCE
+            before = self.stats.hits
+            missing = self._resolve(entry, key_json, digests, result,
+                                    np.asarray([i for i in missing if i not in undecodable and
+                                                result.source[i] == _UNSET], dtype=np.int64))
+            self.stats.from_peers += self.stats.hits - before
+            if len(missing):
+                log.warning("feature cache: %d rows computed by other processes are not in %s (a cache folder "
+                            "not shared by every process?); computing them here too", len(missing), self.directory)
+        if len(missing):
+            self.stats.misses += len(missing)
+            self._compute(entry, key_json, [paths[i] for i in missing], missing, digests, compute, result)
+        return result.rows()
+
+    def _index(self, entry: Path, key_json: str) -> list[ShardIndex]:
+        """The entry's usable shards, oldest first (a later shard's row replaces an earlier one of the same id)."""
+        opened = self._opened.setdefault(entry, {})
+        folder = entry / "shards"
+        # a name starting with "." is a shard still being written (tlkit.io.atomic_path's temporary file)
+        names = sorted(p.name for p in folder.glob("*.safetensors") if not p.name.startswith(".")) \
+            if folder.is_dir() else []
+        for name in names:
+            if name in opened:
+                continue
+            try:
+                opened[name] = open_shard(folder / name, key_json)
+            except ShardError as exc:
+                opened[name] = None
+                if exc.old:
+                    log.warning("feature cache entry %s has no valid row checksums (damaged, or written by an "
+                                "older tlkit); recomputing it", entry)
+                elif "another cache key" not in str(exc):
+                    log.warning("feature cache entry %s is unreadable (%s); recomputing it", entry, exc)
+        return [opened[n] for n in names if opened[n] is not None]
+
+    def _resolve(self, entry: Path | None, key_json: str, digests: np.ndarray, result: _Result,
+                 wanted: np.ndarray | None = None) -> np.ndarray:
+        """Point `result`'s rows `wanted` (default all) at stored rows that pass their checksum; the positions
+        left to compute."""
+        wanted = np.arange(len(digests), dtype=np.int64) if wanted is None else wanted
+        index = self._index(entry, key_json) if entry is not None else []
+        if not index or not len(wanted):
+            return wanted
+        stored = np.concatenate([s.digests for s in index])
+        shard_of = np.repeat(np.arange(len(index), dtype=np.int32), [len(s.digests) for s in index])
+        row_of = np.concatenate([np.arange(len(s.digests), dtype=np.int64) for s in index])
+        keys, first = np.unique(stored[::-1], return_index=True)  # newest first, so unique keeps the newest
+        pick = len(stored) - 1 - first
+        shard_of, row_of = shard_of[pick], row_of[pick]
+        del stored, first, pick
+        query = digests[wanted]
+        at = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+        found = keys[at] == query
+        good = np.zeros(len(wanted), dtype=bool)
+        bad = 0
+        for s in np.unique(shard_of[at[found]]).tolist():
+            where = np.flatnonzero(found & (shard_of[at] == s))
+            rows, inverse = np.unique(row_of[at[where]], return_inverse=True)
+            ok = verify_rows(index[s].shard, rows, index[s].crcs[rows])[inverse]
+            good[where] = ok
+            bad += int((~ok).sum())
+            base = result.add(index[s].shard)
+            result.source[wanted[where[ok]]] = base
+            result.offset[wanted[where[ok]]] = row_of[at[where[ok]]]
+        if bad:
+            log.warning("feature cache entry %s: %d of %d rows fail their checksum (damaged on disk); recomputing "
+                        "them", entry, bad, int(found.sum()))
+        self.stats.hits += int(good.sum())
+        return wanted[~good]
+
+    def _compute(self, entry: Path | None, key_json: str, paths: list[str], positions: np.ndarray,
+                 digests: np.ndarray, compute: Compute, result: _Result) -> list[int]:
+        """Compute rows `positions`, writing them as shards of at most SHARD_BYTES while they come; returns the
+        positions whose rows are NaN (undecodable files)."""
+        if not len(positions):
+            return []
+        out = compute(paths)
+        chunks = [out] if isinstance(out, torch.Tensor) else out
+        pending: list[tuple[np.ndarray, np.ndarray]] = []
+        held, done, undecodable = 0, 0, []
+        for chunk in chunks:
+            chunk = chunk.detach().cpu()
+            at = positions[done: done + len(chunk)]
+            done += len(chunk)
+            finite = chunk.reshape(len(chunk), -1).isfinite().all(dim=1).numpy()
+            if len(at) != len(chunk):
+                break
+            undecodable.extend(at[~finite].tolist())
+            result.source[at[~finite]] = NAN_SOURCE
+            result.note(tuple(chunk.shape[1:]), chunk.dtype, finite.any())
+            if finite.any():
+                rows = chunk.contiguous().numpy()[finite]
+                pending.append((rows, at[finite]))
+                held += rows.nbytes
+            if held >= SHARD_BYTES:
+                self._flush(entry, key_json, pending, digests, result)
+                pending, held = [], 0
+        if done != len(positions):
+            raise ValueError(f"feature extraction returned {done} rows for {len(positions)} images.")
+        self._flush(entry, key_json, pending, digests, result)
+        return undecodable
+
+    def _flush(self, entry: Path | None, key_json: str, pending: list[tuple[np.ndarray, np.ndarray]],
+               digests: np.ndarray, result: _Result) -> None:
+        if not pending:
+            return
+        rows = np.concatenate([r for r, _ in pending]) if len(pending) > 1 else pending[0][0]
+        at = np.concatenate([p for _, p in pending])
+        block: Shard | MemoryBlock | None = None
+        if entry is not None and self.saving:
+            block = self._write(entry, key_json, rows, digests[at])
+        base = result.add(block if block is not None else MemoryBlock(rows))
+        result.source[at] = base
+        result.offset[at] = np.arange(len(at), dtype=np.int64)
+
+    def _write(self, entry: Path, key_json: str, rows: np.ndarray, digests: np.ndarray) -> Shard | None:
+        """One new shard file; its rows, identities and checksums commit together in one atomic rename."""
+        name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.safetensors"
+        path = entry / "shards" / name
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_save(path, lambda tmp: save_shard(tmp, rows, digests, key_json))
+            index = open_shard(path, key_json)
+        except (OSError, ShardError) as exc:
+            self.saving = False
+            reason = getattr(exc, "strerror", None) or exc
+            log.warning("cannot save features in the cache %s (%s); going on without saving them. Free space "
+                        "there, point cache.dir elsewhere, or set cache.disk: false.", self.directory, reason)
+            return None
+        self._opened.setdefault(entry, {})[name] = index
+        return index.shard
+
+
+_UNSET = -2  # a result row not resolved yet
+
+
+class _Result:
+    """The rows of one rows() call as they are found and computed: per row, a source and the row in it."""
+
+    def __init__(self, n: int):
+        self.source = np.full(n, _UNSET, dtype=np.int32)
+        self.offset = np.zeros(n, dtype=np.int64)
+        self.sources: list[Shard | MemoryBlock] = []
+        self._numbers: dict[int, int] = {}
+        self.row_shape: tuple[int, ...] | None = None
+        self.dtype: torch.dtype | None = None
+        self._real = False
+
+    def add(self, block: Shard | MemoryBlock) -> int:
+        if id(block) not in self._numbers:
+            self._numbers[id(block)] = len(self.sources)
+            self.sources.append(block)
+            if isinstance(block, Shard):
+                self.note(block.row_shape, torch.from_numpy(np.empty(0, block.dtype)).dtype, True)
+        return self._numbers[id(block)]
+
+    def note(self, row_shape: tuple[int, ...], dtype: torch.dtype, real: bool) -> None:
+        if self.row_shape is None or (real and not self._real):
+            self.row_shape, self.dtype, self._real = row_shape, dtype, real
+
+    def rows(self) -> Rows:
+        if (self.source == _UNSET).any():
+            raise RuntimeError("feature cache: some rows were neither found nor computed.")
+        return Rows(self.sources, self.source, self.offset, self.row_shape or (0,), self.dtype or torch.float32)
 
 
 def targets(labels: Sequence, num_classes: int | None = None) -> torch.Tensor:
@@ -251,45 +460,69 @@ def targets(labels: Sequence, num_classes: int | None = None) -> torch.Tensor:
 class CachedFeatures(Dataset):
     """Training set over cached features: views (K, N, D) -> one view per image per draw (K=1: no randomness).
 
-    Rows stay aligned with the image samples they came from (the same indices, so a sampler, balance weights and an
-    lp_ft switch to images see the same dataset); a non-finite row marks a file that failed to decode during
-    extraction and is served as a BadSample, which the collate drops, as the image path drops the file.
+    The views are FeatureViews (rows on disk, read a batch at a time: a DataLoader's batch is one read through
+    __getitems__), or a tensor for rows already in memory. Rows stay aligned with the image samples they came from
+    (the same indices, so a sampler, balance weights and an lp_ft switch to images see the same dataset); a missing
+    row marks a file that failed to decode during extraction and is served as a BadSample, which the collate drops,
+    as the image path drops the file.
 
     Epoch-indexed (tlkit.seeding): given (index, epoch), the view is drawn from (seed, epoch, index)."""
 
     epoch_indexed = True
     row_ndim = 1  # one image's entry: a feature vector
 
-    def __init__(self, views: torch.Tensor, labels: Sequence[int] | torch.Tensor, *, seed: int = 0,
-                 paths: Sequence[str] | None = None):
-        if views.ndim == self.row_ndim + 1:  # a single view
-            views = views[None]
-        self.views = views
+    def __init__(self, views: FeatureViews | Sequence[Rows] | torch.Tensor, labels: Sequence[int] | torch.Tensor, *,
+                 seed: int = 0, paths: Sequence[str] | None = None):
+        self.views = FeatureViews.of(views, self.row_ndim)
         # class indices (N,), or a (N, C) float multi-hot tensor for multi-label data (see `targets`)
         self.labels = labels if isinstance(labels, torch.Tensor) else targets(labels)
         self.seed = seed
         self.paths = list(paths) if paths is not None else None
-        self.finite = views.flatten(2).isfinite().all(dim=2).all(dim=0)  # per image: every view extracted
+        self.finite = self.views.finite  # per image: every view extracted
+        self._finite = self.finite.numpy()
 
     def __len__(self) -> int:
         return self.views.shape[1]
 
-    def usable(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(views, labels) of the rows that were extracted (the closed-form probe fits on these)."""
-        return self.views[:, self.finite], self.labels[self.finite]
+    def usable(self) -> tuple[FeatureViews, torch.Tensor]:
+        """(views, labels) of the rows that were extracted (the closed-form probe fits on these, in batches)."""
+        keep = torch.nonzero(self.finite).flatten()
+        views = self.views if len(keep) == len(self.finite) else self.views.subset(keep)
+        return views, self.labels[self.finite]
 
-    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor] | BadSample:
-        index, epoch = split_epoch_index(index)
-        if not self.finite[index]:
-            path = self.paths[index] if self.paths is not None else f"row {index}"
-            return BadSample(path, "failed to decode during feature extraction")
+    def _view(self, index: int, epoch: int | None) -> int:
         if len(self.views) == 1:
-            view = 0
-        elif epoch is not None:
-            view = derive_seed(self.seed, "view", epoch, index) % len(self.views)
-        else:
-            view = int(torch.randint(len(self.views), ()))
-        return self.views[view, index], self.labels[index]
+            return 0
+        if epoch is not None:
+            return derive_seed(self.seed, "view", epoch, index) % len(self.views)
+        return int(torch.randint(len(self.views), ()))
+
+    def _bad(self, index: int) -> BadSample:
+        path = self.paths[index] if self.paths is not None else f"row {index}"
+        return BadSample(path, "failed to decode during feature extraction")
+
+    def _item(self, row: torch.Tensor, index: int) -> tuple:
+        return row, self.labels[index]
+
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple | BadSample:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int | tuple[int, int]]) -> list:
+        """A batch of items, read with one batched read per view (the DataLoader calls this for a whole batch)."""
+        items: list = [None] * len(indices)
+        wanted: dict[int, list[tuple[int, int]]] = {}
+        for slot, given in enumerate(indices):
+            index, epoch = split_epoch_index(given)
+            index = int(index)
+            if not self._finite[index]:
+                items[slot] = self._bad(index)
+            else:
+                wanted.setdefault(self._view(index, epoch), []).append((slot, index))
+        for view, pairs in wanted.items():
+            rows = self.views[view].read([i for _, i in pairs])
+            for (slot, index), row in zip(pairs, rows):
+                items[slot] = self._item(row, index)
+        return items
 
 
 class CachedActivations(CachedFeatures):
@@ -298,9 +531,5 @@ class CachedActivations(CachedFeatures):
 
     row_ndim = 3
 
-    def __getitem__(self, index: int | tuple[int, int]) -> tuple[dict[str, torch.Tensor], torch.Tensor] | BadSample:
-        item = super().__getitem__(index)
-        if isinstance(item, BadSample):
-            return item
-        activations, label = item
-        return {"activations": activations}, label
+    def _item(self, row: torch.Tensor, index: int) -> tuple:
+        return {"activations": row}, self.labels[index]

@@ -430,6 +430,8 @@ class ImageFolderDataModule(PathBatches):
         """How the images were split and labelled: evaluate re-creates a carved val (and test) split from it."""
         info = {"layout": self.scan.layout, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
                 "seed": self.seed}
+        if self.labels_from["relabel"] is not None:  # evaluate gives this data the labels the run trained with
+            info.update(relabel=self.labels_from["relabel"], root=str(self.root.resolve()))
         if self.table is not None:
             return {**info, "source": "dataframe", "multi_label": self.multi_label}
         if self.labels_from["source"] == "csv":

@@ -8,7 +8,6 @@ decoded).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -18,6 +17,7 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tlkit.data.images import is_image_name, load_rgb, to_rgb
+from tlkit.data.preflight import exact_duplicates
 from tlkit.data.scan import (
     TEST_SPLIT_NAME,
     TRAIN_SPLIT_NAME,
@@ -211,7 +211,7 @@ def diagnose(root: str | Path, *, min_size: int = DEFAULT_MIN_SIZE) -> dict:
     found: dict[str, list[str]] = defaultdict(list)
     found["symlink_outside_root"] += outside
     counts: dict[str, dict[str, int]] = {}
-    hashes: dict[str, list[tuple[str, str]]] = defaultdict(list)  # sha256 -> [(split, path)]
+    readable: dict[str, list[str]] = defaultdict(list)  # split -> readable images (for the duplicate check)
     for split, split_dir in splits.items():
         classes = _class_dirs(split_dir)
         counts[split] = {}
@@ -224,7 +224,7 @@ def diagnose(root: str | Path, *, min_size: int = DEFAULT_MIN_SIZE) -> dict:
                 if not usable:
                     continue
                 good += 1
-                hashes[hashlib.sha256(path.read_bytes()).hexdigest()].append((split, str(path)))
+                readable[split].append(str(path))
             counts[split][class_dir.name] = good
             if good == 0:
                 found["empty_class_folder"].append(str(class_dir))
@@ -242,10 +242,7 @@ def diagnose(root: str | Path, *, min_size: int = DEFAULT_MIN_SIZE) -> dict:
         found["class_only_in_val"] = sorted(val_has - train_has)
     if "test" in counts:
         found["class_only_in_test"] = sorted({c for c, n in counts["test"].items() if n} - train_has)
-    for copies in hashes.values():
-        if len(copies) > 1:
-            case = "duplicate_across_splits" if len({s for s, _ in copies}) > 1 else "duplicate_within_split"
-            found[case].append(" == ".join(p for _, p in copies))
+    _list_duplicates(readable, found)
     nonzero = [n for n in counts[main].values() if n]
     return {
         "root": str(root),
@@ -289,21 +286,22 @@ def default_report_path(root: str | Path) -> Path:
 
 
 def diagnose_table(table: str | Path, *, min_size: int = DEFAULT_MIN_SIZE, multi_label: bool | None = None,
-                   delimiter: str = DEFAULT_LABEL_DELIMITER) -> dict:
+                   delimiter: str = DEFAULT_LABEL_DELIMITER, columns: dict[str, str] | None = None) -> dict:
     """Report every problem of a label table (rows training refuses, files it skips, classes without images) and
-    every special case of the images it lists, as `diagnose` does for folders. The table's folder is the root.
+    every special case of the images it lists, as `diagnose` does for folders. The table's folder is the root;
+    columns: the table's own names for path, label, split (data.columns).
     Raises DataNotFoundError / DataError only if the table cannot be read (missing, empty, no path column)."""
     from tlkit.data.table import TABLE_LAYOUT, parse_table, read_csv_table
 
     table = Path(table)
     root = table.parent
-    parsed = parse_table(read_csv_table(table), root, multi_label=multi_label, delimiter=delimiter)
+    parsed = parse_table(read_csv_table(table, columns), root, multi_label=multi_label, delimiter=delimiter)
     found: dict[str, list[str]] = defaultdict(list)
     for case, items in parsed.problems.items():
         found[case] += items
     splits = ("train", "val", "test") if parsed.has_split else ("all",)
     counts = {split: dict.fromkeys(parsed.classes, 0) for split in splits}
-    hashes: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    readable: dict[str, list[str]] = defaultdict(list)
     for row in parsed.rows:
         path = Path(row.path)
         if not os.path.lexists(path):
@@ -316,12 +314,9 @@ def diagnose_table(table: str | Path, *, min_size: int = DEFAULT_MIN_SIZE, multi
             split = row.split or "all"
             for name in row.labels:
                 counts[split][name] += 1
-            hashes[hashlib.sha256(path.read_bytes()).hexdigest()].append((split, str(path)))
+            readable[split].append(str(path))
     _split_cases(counts, found)
-    for copies in hashes.values():
-        if len(copies) > 1:
-            case = "duplicate_across_splits" if len({s for s, _ in copies}) > 1 else "duplicate_within_split"
-            found[case].append(" == ".join(p for _, p in copies))
+    _list_duplicates(readable, found)
     main = counts["train"] if parsed.has_split else counts["all"]
     nonzero = [n for n in main.values() if n]
     per_image = Counter(len(row.labels) for row in parsed.rows) if parsed.multi_label else None
@@ -333,6 +328,14 @@ def diagnose_table(table: str | Path, *, min_size: int = DEFAULT_MIN_SIZE, multi
         "cases": {case: {"count": len(items), "items": items, "action": ACTIONS[case]}
                   for case, items in sorted(found.items()) if items},
     }
+
+
+def _list_duplicates(readable: dict[str, list[str]], found: dict[str, list[str]]) -> None:
+    """Byte-identical files, within a split or across splits, as "a == b" lines (the one duplicate check that
+    training's preflight runs too: only files sharing a byte size are read)."""
+    for copies in exact_duplicates(readable):
+        case = "duplicate_across_splits" if len({s for s, _ in copies}) > 1 else "duplicate_within_split"
+        found[case].append(" == ".join(p for _, p in copies))
 
 
 def _split_cases(counts: dict[str, dict[str, int]], found: dict[str, list[str]]) -> None:

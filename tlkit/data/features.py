@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -23,7 +25,7 @@ from tlkit.data.cache import (
     FeatureCache,
     code_versions,
     default_feature_dir,
-    extract,
+    extract_batches,
     extraction_batch_size,
     targets,
     view_seed,
@@ -38,7 +40,8 @@ from tlkit.seeding import split_epoch_index
 
 log = logging.getLogger(__name__)
 
-CACHE_KEY_FORMAT = 3  # bump when the meaning of a cached row changes (3: views seeded by relative path)
+CACHE_KEY_FORMAT = 4  # bump when the meaning or layout of cached rows changes (3: views seeded by relative path;
+# 4: appended shards, tlkit.data.shards; older entries live under other keys and are never read)
 ACTIVATION_DTYPE = torch.float16  # a frozen prefix's activations on disk and in memory: half the bytes of float32
 
 
@@ -89,6 +92,7 @@ def extract_splits(scan: FolderScan, plan: CachePlan, pre: Preprocessing, *, aug
         base_key = {**base_key, "prefix": list(split.prefix_names), "dtype": str(dtype)}
 
     root = scan.data_root()
+    batch = extraction_batch_size(run.device, run.eval_batch_size)  # processes sharing extraction split by batch
 
     def compute(transform, desc: str, view: int | None = None):
         return _forward(network, transform, run, desc, seed=seed, view=view, dtype=dtype, root=root)
@@ -105,31 +109,34 @@ def extract_splits(scan: FolderScan, plan: CachePlan, pre: Preprocessing, *, aug
     eval_key = {**base_key, "transform": "eval"}
     if augment.is_deterministic and train_pre == pre:  # the train transform is the eval transform (a test proves it)
         # One pass over train + val: one loader, one set of worker start-ups.
-        both = store.features(eval_key, train_paths + val_paths, compute(eval_transform, f"{what}: train + val"))
-        views, val = [both[: len(train_paths)]], both[len(train_paths):]
+        both = store.rows(eval_key, train_paths + val_paths, compute(eval_transform, f"{what}: train + val"),
+                          batch_size=batch)
+        views = [both.subset(np.arange(len(train_paths)))]
+        val = both.subset(np.arange(len(train_paths), len(both)))
     else:
         train_transform = build_train_transform(train_pre, augment)
         augment_key = {**base_key, "transform": augment.model_dump(mode="json"), "seed": seed,
                        **({"train_preprocessing": train_pre.to_dict()} if train_pre != pre else {})}
         views = [
-            store.features({**augment_key, "view": v}, train_paths,
-                           compute(train_transform, f"{what}: train view {v + 1}/{num_views}", v))
+            store.rows({**augment_key, "view": v}, train_paths,
+                       compute(train_transform, f"{what}: train view {v + 1}/{num_views}", v), batch_size=batch)
             for v in range(num_views)  # a bigger eval patch with deterministic augmentation: one view is exact
         ]
-        val = store.features(eval_key, val_paths, compute(eval_transform, f"{what}: val"))
+        val = store.rows(eval_key, val_paths, compute(eval_transform, f"{what}: val"), batch_size=batch)
     info = {"used": True, "views": len(views), "disk": store.directory is not None, "from_disk": store.stats.hits,
-            "extracted": store.stats.misses, "seconds": round(time.perf_counter() - started, 2)}
+            "extracted": store.stats.misses, "seconds": round(time.perf_counter() - started, 2),
+            **({"from_other_processes": store.stats.from_peers} if store.stats.from_peers else {})}
     if split is not None:
         info["prefix"] = {"trained_top": list(split.top_names), "shape": list(views[0].shape[1:]),
-                          "bytes": sum(t.numel() * t.element_size() for t in (*views, val))}
+                          "bytes": sum(math.prod(t.shape) * dtype.itemsize for t in (*views, val))}
     log.info("%s: %d train x %d view(s) + %d val; %d rows from disk, %d extracted, %.1f s", what,
              len(train_paths), len(views), len(val_paths), info["from_disk"], info["extracted"], info["seconds"])
     num_classes = len(scan.classes) if scan.multi_label else None  # multi-label: (N, C) multi-hot targets
     rows = CachedActivations if split is not None else CachedFeatures
     splits = FeatureSplits(
-        train=rows(torch.stack(views), targets([y for _, y in scan.train], num_classes), seed=seed,
+        train=rows(views, targets([y for _, y in scan.train], num_classes), seed=seed,
                    paths=train_paths),
-        val=rows(val, targets([y for _, y in scan.val], num_classes), paths=val_paths),
+        val=rows([val], targets([y for _, y in scan.val], num_classes), paths=val_paths),
         fingerprint=fingerprint, preprocessing=pre, info=info, train_preprocessing=train_pre,
     )
     _list_undecodable(splits, run.bad_log)
@@ -145,11 +152,13 @@ def extract_train_eval_features(scan: FolderScan, module: Any, pre: Preprocessin
     store = FeatureCache(_cache_directory(cache))
     key = {**_base_key(module.cache_plan(0).name, pre, weights_fingerprint(module.embedder)), "transform": "eval"}
     paths = [p for p, _ in scan.train]
-    rows = store.features(key, paths, _forward(module.embedder, build_eval_transform(pre), run, "features: train"))
+    rows = store.rows(key, paths, _forward(module.embedder, build_eval_transform(pre), run, "features: train"),
+                      batch_size=extraction_batch_size(run.device, run.eval_batch_size))
     num_classes = len(scan.classes) if scan.multi_label else None
-    features = CachedFeatures(rows[None], targets([y for _, y in scan.train], num_classes), paths=paths)
+    features = CachedFeatures([rows], targets([y for _, y in scan.train], num_classes), paths=paths)
     info = {"from_disk": store.stats.hits, "extracted": store.stats.misses,
-            "seconds": round(time.perf_counter() - started, 2)}
+            "seconds": round(time.perf_counter() - started, 2),
+            **({"from_other_processes": store.stats.from_peers} if store.stats.from_peers else {})}
     return features, info
 
 
@@ -166,11 +175,11 @@ def _base_key(name: str, pre: Preprocessing, fingerprint: str) -> dict:
 
 def _forward(backbone: Any, transform: Any, run: Extraction, desc: str, *, seed: int = 0, view: int | None = None,
              dtype: torch.dtype = torch.float32, root: str | None = None):
-    """paths -> the backbone's features of them through `transform` (reseeded per file and view when augmented,
-    from the file's path relative to `root`, the data root)."""
-    def forward(paths: list[str]) -> torch.Tensor:
+    """paths -> the backbone's features of them through `transform`, batch after batch (reseeded per file and view
+    when augmented, from the file's path relative to `root`, the data root)."""
+    def forward(paths: list[str]) -> Iterator[torch.Tensor]:
         seeds = None if view is None else [view_seed(seed, view, relative_name(p, root)) for p in paths]
-        return extract(backbone, paths, transform, seeds=seeds, device=run.device,
+        return extract_batches(backbone, paths, transform, seeds=seeds, device=run.device,
                        batch_size=extraction_batch_size(run.device, run.eval_batch_size),
                        num_workers=run.num_workers, desc=desc, channels_last=run.channels_last, on_bad=run.on_bad,
                        progress=run.progress, dtype=dtype)
@@ -194,7 +203,7 @@ def check_activation_size(split: Any, *, train: tuple[int, int, int], val: tuple
         raise DataError(f"prefix cache would hold {_size(total)} (activations of shape {shape} for {n_train:,} "
                         f"images x {views} views + {n_val:,} val), above cache.max_gb: {max_gb}; lower cache.views "
                         "or the input size, raise strategy.train_top (a later cut has smaller activations), or "
-                        "raise cache.max_gb if the disk and memory allow it.")
+                        "raise cache.max_gb if the disk allows it (training reads the rows a batch at a time).")
     return total
 
 
@@ -242,3 +251,9 @@ class PhasedDataset(Dataset):
         # A plain index (no epoch: tlkit check, a direct look) reads the first phase, as epoch 0 would.
         source = self.features if (epoch or 0) < self.switch_epoch else self.images
         return source[index]
+
+    def __getitems__(self, indices: list) -> list:
+        """A batch: one batched read when every index is in the cached phase (a batch is from one epoch)."""
+        if indices and all((split_epoch_index(i)[1] or 0) < self.switch_epoch for i in indices):
+            return self.features.__getitems__(indices)
+        return [self[i] for i in indices]

@@ -44,7 +44,8 @@ class DataConfig(Section):
     """Several labels per image: null = decide from the table (multi-label when a label cell holds label_delimiter or
     the table has 0/1 class columns); class folders are always single-label."""
     label_delimiter: str = Field(default=DEFAULT_LABEL_DELIMITER, min_length=1, max_length=8)
-    """Separator between the labels of one image in a table's label column (a;b), for multi-label data."""
+    """Separator between the labels of one image in a table's label column (a;b), for multi-label data; " " splits
+    at any run of spaces (Kaggle's space-separated tags)."""
     val_fraction: float = Field(default=DEFAULT_VAL_FRACTION, gt=0, lt=1)
     """Held-out fraction (stratified, seeded) carved from the training images when root has no val/ (or valid/)
     folder, or a table no val rows; val chooses the checkpoint."""
@@ -95,9 +96,10 @@ class DataConfig(Section):
         if self.source == "folder" and self.multi_label:
             raise ValueError("multi_label: true needs labels from a table (source: csv); class folders give each "
                              "image one label")
-        if "," in self.label_delimiter or self.label_delimiter != self.label_delimiter.strip():
-            raise ValueError(f"label_delimiter must not contain commas or surrounding spaces; got "
-                             f"{self.label_delimiter!r} (the default ';' reads a;b)")
+        delimiter = self.label_delimiter
+        if "," in delimiter or (delimiter != delimiter.strip() and delimiter != " "):  # " ": Kaggle's "a b" tags
+            raise ValueError(f"label_delimiter must not contain commas or surrounding spaces (a single space reads "
+                             f"space-separated tags); got {delimiter!r} (the default ';' reads a;b)")
         return self
 
     @model_validator(mode="after")

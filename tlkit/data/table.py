@@ -94,11 +94,17 @@ class Table:
 
 @dataclass(slots=True)
 class TableRow:
-    place: str
+    where: str  # "labels.csv line" / "DataFrame row": one string shared by every row
+    origin: Any  # the CSV line number or the DataFrame's index label
     written: str  # the path as the table writes it
     path: str  # absolute, normalised
-    labels: tuple[str, ...]
+    labels: tuple[str, ...]  # shared by the rows with the same labels
     split: str | None
+
+    @property
+    def place(self) -> str:
+        """ "labels.csv line 7" / "DataFrame row 5", built when a message needs it (not stored per row)."""
+        return f"{self.where} {self.origin}"
 
 
 @dataclass
@@ -194,12 +200,15 @@ def _read_rows(path: Path, records, column_names: dict[str, str] | None = None
     columns: list[str] | None = None
     rows: list[tuple[str, ...]] = []
     lines: list[int] = []
+    seen: dict[str, str] = {}  # label, class and split cells repeat: each distinct text is stored once
+    path_at = -1
     for line, cells in records:
         if not any(c.strip() for c in cells):
             continue
         if columns is None:
             columns = _header(rename_columns([c.strip() for c in cells], column_names, str(path)))  # data.columns
             _check_columns(columns, str(path))
+            path_at = columns.index(PATH)
             continue
         if len(cells) != len(columns):
             raise DataError(f"{path} line {line}: {len(cells)} cell(s) where the header has {len(columns)}; quote "
@@ -207,13 +216,56 @@ def _read_rows(path: Path, records, column_names: dict[str, str] | None = None
         if len(rows) == MAX_TABLE_ROWS:
             raise DataError(f"{path} has more than {MAX_TABLE_ROWS:,} rows (stopped reading at line {line}); tlkit "
                             "reads a table into memory: split it into smaller tables, or use class folders.")
-        rows.append(tuple(c.strip() for c in cells))
+        rows.append(tuple(_shared(c.strip(), seen) if j != path_at else c.strip() for j, c in enumerate(cells)))
         lines.append(line)
     if columns is None:
         raise DataError(f"{path} is empty; expected a header line such as path,label[,split] and one row per image.")
     if not rows:
         raise DataError(f"{path} has a header but no rows; add one row per image.")
     return columns, rows, lines
+
+
+MAX_SHARED_CELLS = 100_000  # distinct non-path cells shared; past this (an id column) cells are stored as read
+
+
+def _shared(cell: str, seen: dict[str, str]) -> str:
+    """One string object per distinct cell text: a million rows of 10 class names hold 10 label strings."""
+    if len(seen) < MAX_SHARED_CELLS:
+        return seen.setdefault(cell, cell)
+    return seen.get(cell, cell)
+
+
+def iter_table_paths(path: str | Path):
+    """The image paths a CSV table lists, one at a time (bounded memory at any size): the `path` column (any other
+    columns are ignored), relative paths taken from the table's folder, in table order; an empty cell yields
+    (None, "line N"). DataError / DataNotFoundError as read_csv_table for a missing, unreadable or pathless table.
+    What `tlkit predict TABLE.csv` predicts."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(f"Label table {str(path)!r} does not exist.")
+    base = path.parent
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            at = None
+            for line, cells in _records(reader):
+                if not any(c.strip() for c in cells):
+                    continue
+                if at is None:
+                    columns = _header(cells)
+                    if PATH not in columns:
+                        hint = did_you_mean(PATH, columns) or _mapping_hint(columns)
+                        raise DataError(f"{path}: no 'path' column in the header (found "
+                                        f"{', '.join(map(repr, columns)) or 'none'}).{hint}")
+                    at = columns.index(PATH)
+                    continue
+                written = cells[at].strip() if at < len(cells) else ""
+                yield (os.path.normpath(os.path.join(base, os.path.expanduser(written))) if written else None,
+                       f"{path.name} line {line}")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as CSV UTF-8.") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: not a readable CSV ({exc}); check quoting around commas.") from None
 
 
 def _records(reader):
@@ -262,7 +314,7 @@ def _labels(row: dict[str, str], place: str, class_columns: list[str], multi_lab
     """The row's class names (sorted, distinct), or None when a problem makes the row unusable."""
     if not class_columns:
         cell = row[LABEL]
-        names = tuple(sorted({n.strip() for n in cell.split(delimiter) if n.strip()}))
+        names = split_labels(cell, delimiter)
         if len(names) > 1 and multi_label is False:
             problems["several_labels"].append(f"{place}: {cell!r}")
             return None
@@ -280,6 +332,30 @@ def _labels(row: dict[str, str], place: str, class_columns: list[str], multi_lab
     return names
 
 
+def split_labels(cell: str, delimiter: str) -> tuple[str, ...]:
+    """A label cell's class names, sorted and distinct; a blank delimiter splits at any run of whitespace (Kaggle's
+    space-separated tags: 'haze primary')."""
+    parts = cell.split(delimiter) if delimiter.strip() else cell.split()
+    return tuple(sorted({n.strip() for n in parts if n.strip()}))
+
+
+def check_label_delimiter(cells: list[str], delimiter: str, name: str) -> None:
+    """DataError when the label cells look like space-separated tags but the delimiter is another character: no cell
+    holds the delimiter, and most cells of several words are made of words that recur in other cells (tags), not
+    of class names that contain a space ('golden retriever')."""
+    if not delimiter.strip() or any(delimiter in c for c in cells):
+        return
+    worded = {c: c.split() for c in set(cells) if len(c.split()) > 1}
+    if len(worded) < 2:
+        return
+    cells_with = Counter(word for c in set(cells) for word in set(c.split()))
+    tags = [c for c, words in worded.items() if all(cells_with[w] > 1 for w in words)]
+    if 2 * len(tags) >= len(worded):
+        raise DataError(f"{name}: the labels look separated by spaces ({min(tags)!r} and {len(tags) - 1} more) but "
+                        f"data.label_delimiter is {delimiter!r}; set it to a space (label_delimiter: \" \"), or set "
+                        "data.multi_label: false if each cell is one class name.")
+
+
 def parse_table(table: Table, root: str | Path, *, multi_label: bool | None = None,
                 delimiter: str = DEFAULT_LABEL_DELIMITER) -> ParsedTable:
     """Every row checked: path (present, inside root, listed once), labels, split. Files are not opened here."""
@@ -291,12 +367,16 @@ def parse_table(table: Table, root: str | Path, *, multi_label: bool | None = No
         extra = [c for c in columns if c not in (PATH, LABEL, SPLIT)]
         raise DataError(f"{table.name}: a 'label' column and other columns ({', '.join(map(repr, extra))}); use "
                         "path,label[,split], or path plus one 0/1 column per class without 'label'.")
+    if LABEL in columns and multi_label is not False:
+        at = columns.index(LABEL)
+        check_label_delimiter([cells[at] for cells in table.rows], delimiter, table.name)
     problems: dict[str, list[str]] = {case: [] for case in (*REFUSED, "no_labels", "class_without_images")}
     rows: list[TableRow] = []
-    first: dict[str, str] = {}
+    first: dict[str, Any] = {}  # path -> the origin of the row that listed it first
     where = table.where
+    label_sets: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple object per distinct label set
     for cells, origin in zip(table.rows, table.origins):
-        row, place = dict(zip(columns, cells)), f"{where} {origin}"
+        row, place = dict(zip(columns, cells)), f"{where} {origin}"  # kept only in messages
         written = row[PATH]
         if not written:
             problems["empty_path"].append(place)
@@ -306,9 +386,9 @@ def parse_table(table: Table, root: str | Path, *, multi_label: bool | None = No
             problems["path_outside_root"].append(f"{place}: {written!r}")
             continue
         if path in first:
-            problems["duplicate_path"].append(f"{place}: {written!r} (first on {first[path]})")
+            problems["duplicate_path"].append(f"{place}: {written!r} (first on {where} {first[path]})")
             continue
-        first[path] = place
+        first[path] = origin
         split = None
         if SPLIT in table.columns:
             split = SPLIT_VALUES.get(row[SPLIT].lower())
@@ -318,7 +398,7 @@ def parse_table(table: Table, root: str | Path, *, multi_label: bool | None = No
                 continue
         labels = _labels(row, place, class_columns, multi_label, delimiter, problems)
         if labels is not None:
-            rows.append(TableRow(place, written, path, labels, split))
+            rows.append(TableRow(where, origin, written, path, label_sets.setdefault(labels, labels), split))
     if class_columns:
         decided = multi_label is not False
         classes = sorted(class_columns)
@@ -514,8 +594,9 @@ def scan_table(root: str | Path, csv_name: str | Path = DEFAULT_TABLE, *, multi_
         raise DataError(f"data.csv {str(csv_name)!r} is outside data.root {str(root)!r}; put the label table inside "
                         "the data folder and give its path relative to it (e.g. --set data.csv=labels.csv).")
     table = read_csv_table(path, columns)
-    parsed = parse_table(table, root, multi_label=multi_label, delimiter=label_delimiter)
-    return scan_parsed(parsed, root, table.name, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    parsed, name = parse_table(table, root, multi_label=multi_label, delimiter=label_delimiter), table.name
+    del table  # the raw cells: the parsed rows keep what the scan needs (~80 bytes a row less at the peak)
+    return scan_parsed(parsed, root, name, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
 
 
 def scan_dataframe(df: Any, root: str | Path, *, multi_label: bool | None = None, label_delimiter: str = DEFAULT_LABEL_DELIMITER,
@@ -524,8 +605,9 @@ def scan_dataframe(df: Any, root: str | Path, *, multi_label: bool | None = None
     """Scan a DataFrame whose paths are relative to root: the same checks as a CSV."""
     root = _existing_root(root)
     table = dataframe_table(df, root, delimiter=label_delimiter, column_names=columns)
-    parsed = parse_table(table, root, multi_label=multi_label, delimiter=label_delimiter)
-    return scan_parsed(parsed, root, table.name, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    parsed, name = parse_table(table, root, multi_label=multi_label, delimiter=label_delimiter), table.name
+    del table  # the raw cells: the parsed rows keep what the scan needs (~80 bytes a row less at the peak)
+    return scan_parsed(parsed, root, name, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
 
 
 def scan_data(root: str | Path, *, source: str = "folder", csv: str = DEFAULT_TABLE, multi_label: bool | None = None,

@@ -66,8 +66,7 @@ def describe_export(classifier: Classifier, policy: TTAPolicy | None = None) -> 
             ),
         },
         "output": {"name": "logits", "shape": ["batch", len(classifier.classes)],
-                   "activation": ("sigmoid per class; a class is predicted when its probability >= its entry in "
-                                  "`thresholds`" if classifier.multi_label else "softmax over classes")},
+                   "activation": classifier.task.activation_description},
         "eval_preprocessing": describe_eval_preprocessing(pre),
         "tta_views": {
             "policy": policy.label,
@@ -223,7 +222,7 @@ def onnx_parity(classifier: Classifier, onnx_path: str | Path, inputs: torch.Ten
     prob_diff = float((classifier.probabilities(got) - classifier.probabilities(expected)).abs().max())
     agree = float((got.argmax(-1) == expected.argmax(-1)).float().mean())
     sets = {}
-    if classifier.multi_label:
+    if classifier.task.has_thresholds:
         decide = lambda logits: classifier.probabilities(logits) >= classifier.thresholds  # noqa: E731
         sets = {"label_set_agreement": float((decide(got) == decide(expected)).all(-1).float().mean())}
     return {

@@ -26,6 +26,7 @@ from tlkit.infer.tta import (
     forward_views,
     images_per_batch,
 )
+from tlkit.model.tasks import SingleLabel, Task
 
 DECODE_ERRORS = (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError)
 
@@ -92,7 +93,7 @@ def predict_files(
     precision: str = "fp32",
 ) -> InferenceResult:
     """Class probabilities for each decodable file in `paths` under `policy` (model in eval mode, no gradients);
-    sigmoid probabilities for a multi-label model (its `multi_label` attribute).
+    sigmoid probabilities for a multi-label model (the probabilities its `task` gives; a plain module: softmax).
 
     Args:
         warmup: run one untimed forward of the first batch's shape first, so `seconds` measures steady state
@@ -107,7 +108,7 @@ def predict_files(
         num_workers=num_workers,
         collate_fn=_collate,
     )
-    multi_label = bool(getattr(model, "multi_label", False))
+    task = model.task if isinstance(getattr(model, "task", None), Task) else SingleLabel()
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -132,7 +133,7 @@ def predict_files(
             t0 = time.perf_counter()
             with autocast(precision, device):
                 out = forward_views(model, views.to(device), policy.aggregate,
-                                    max_views_per_forward=max_views_per_forward, multi_label=multi_label)
+                                    max_views_per_forward=max_views_per_forward, task=task)
             if out.is_cuda:
                 torch.cuda.synchronize()
             forward_seconds += time.perf_counter() - t0

@@ -132,6 +132,44 @@ class PredictionsCsv:
         self._atomic.__exit__(exc_type, exc, tb)
 
 
+class PredictionsJson:
+    """write_predictions_json's file, written as rows arrive (the rows are never all in memory): the same JSON text,
+    atomically at the end; a failed or stopped run leaves no file (half a JSON document is not readable). Use as a
+    context manager; `finish(skipped)` writes the skipped list and closes the document."""
+
+    def __init__(self, path: str | Path, *, thresholds: dict[str, float] | None = None):
+        self.path, self.thresholds = Path(path), thresholds
+        self._atomic: Any = None
+        self._file: Any = None
+        self._rows = 0
+
+    def __enter__(self) -> Self:
+        _check_folder(self.path)
+        self._atomic = atomic_open(self.path, newline="")
+        self._file = self._atomic.__enter__()
+        head = f'  "thresholds": {_nested(self.thresholds, 1)},\n' if self.thresholds is not None else ""
+        self._file.write('{\n' + head + '  "predictions": [')
+        return self
+
+    def write(self, rows: Sequence[dict]) -> None:
+        for row in rows:
+            self._file.write(("\n" if not self._rows else ",\n") + "    " + _nested(row, 2))
+            self._rows += 1
+
+    def finish(self, skipped: Sequence[tuple[str, str]]) -> None:
+        listed = [{"path": p, "reason": why} for p, why in skipped]
+        self._file.write(("\n  ]" if self._rows else "]") + f',\n  "skipped": {_nested(listed, 1)}\n}}\n')
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._atomic.__exit__(exc_type, exc, tb)
+
+
+def _nested(value: Any, depth: int) -> str:
+    """json.dumps(value, indent=2) as it appears `depth` levels deep in an indented document."""
+    return json.dumps(value, indent=2).replace("\n", "\n" + "  " * depth)
+
+
 def write_predictions_json(rows: Sequence[dict], skipped: Sequence[tuple[str, str]], path: str | Path, *,
                            thresholds: dict[str, float] | None = None) -> Path:
     """{"predictions": rows, "skipped": [...]}, plus the per-class "thresholds" the label sets used (multi-label)."""

@@ -35,6 +35,7 @@ from tlkit.infer.tta import (
     resolve_policy,
 )
 from tlkit.model.classifier import Classifier
+from tlkit.model.tasks import task_from, task_of
 
 ImageLike = str | Path | Image.Image | np.ndarray
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Predictor:
         self.thresholds = np.asarray(thresholds, dtype=np.float32) if thresholds is not None else None
         if self.thresholds is not None and self.thresholds.shape != (len(self.classes),):
             raise ValueError(f"thresholds: one per class ({len(self.classes)}); got {len(self.thresholds)}.")
+        self.task = task_from(self.thresholds is not None)  # thresholds are what a multi-label model decides with
         self.preprocessing = preprocessing
         self.policy = policy
         self.max_views_per_forward = max_views_per_forward
@@ -113,7 +115,7 @@ class Predictor:
                                   "export the model again with `tlkit export`.") from None
         from tlkit.model.loading import WEIGHTS_NAME, load_classifier, read_thresholds
 
-        thresholds = read_thresholds(folder / "model.json", meta, len(classes)) if meta.get("multi_label") is True \
+        thresholds = read_thresholds(folder / "model.json", meta, len(classes)) if task_of(meta).has_thresholds \
             else None
         onnx_name = meta.get("files", {}).get("onnx")
         if onnx_name and (folder / onnx_name).is_file():
@@ -125,7 +127,7 @@ class Predictor:
 
     @property
     def multi_label(self) -> bool:
-        return self.thresholds is not None
+        return self.task.has_thresholds
 
     def probabilities(self, images: Sequence[ImageLike], *, on_bad: str = "error") -> np.ndarray:
         """[N, C] float32 class probabilities (multi-label: per-class sigmoids), in input order (batched like
@@ -158,7 +160,7 @@ class Predictor:
             with torch.inference_mode():
                 out[done] = forward_views(self.forward, torch.stack(views), self.policy.aggregate,
                                           max_views_per_forward=self.max_views_per_forward,
-                                          multi_label=self.multi_label).float().numpy()
+                                          task=self.task).float().numpy()
         return out, skipped
 
     def predict(self, images: ImageLike | Sequence[ImageLike], *, top_k: int = 5,
@@ -178,8 +180,7 @@ class Predictor:
             if index in skipped:
                 results.append(Prediction(None, float("nan"), [], [], row, source, skipped[index]))
                 continue
-            order = np.argsort(-row, kind="stable")  # the same ordering as the predictions CSV
-            order = [j for j in order if row[j] >= self.thresholds[j]] if self.multi_label else order[:k]
+            order = self.task.chosen(row, top_k=k, thresholds=self.thresholds)  # the predictions CSV's order
             labels, top = [self.classes[j] for j in order], [float(row[j]) for j in order]
             results.append(Prediction(labels[0] if labels else None, top[0] if top else 0.0, labels, top, row, source))
         return results[0] if single else results
@@ -197,7 +198,7 @@ def _image_name(image: ImageLike, index: int) -> str:
 
 
 def _thresholds(classifier: Classifier) -> list[float] | None:
-    return classifier.thresholds.tolist() if classifier.multi_label else None
+    return classifier.thresholds.tolist() if classifier.task.has_thresholds else None
 
 
 def _torch_forward(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -35,6 +35,7 @@ from tlkit.infer.settings import (  # noqa: F401  (AGGREGATES, CROPS, POLICIES: 
     TTAConfig,
 )
 from tlkit.model.settings import normalize_tta_spec as normalize_spec
+from tlkit.model.tasks import Task, task_from
 
 FIVE_CROPS = ("center", "top_left", "top_right", "bottom_left", "bottom_right")
 
@@ -136,24 +137,23 @@ class ViewMaker:
 # Batched forward and aggregation
 
 
-def aggregate(logits: torch.Tensor, how: str, *, multi_label: bool = False) -> torch.Tensor:
-    """[B, k, C] per-view logits -> [B, C] probabilities (rows sum to 1; multi-label: independent sigmoids).
+def aggregate(logits: torch.Tensor, how: str, *, task: Task | str = "single_label") -> torch.Tensor:
+    """[B, k, C] per-view logits -> [B, C] probabilities under `task`'s activation (single-label rows sum to 1;
+    multi-label: independent sigmoids).
 
     mean_prob: mean of the views' probabilities; mean_logit: the probability of the mean logit; max: per-class max
-    probability over the views, renormalised so it stays a distribution (the argmax is unchanged by the
-    renormalisation; multi-label probabilities are not a distribution, so they are not renormalised).
+    probability over the views (single-label: renormalised so it stays a distribution, the argmax unchanged).
     """
     if logits.ndim != 3:
         raise TTAError(f"aggregate expects per-view logits of shape [batch, views, classes]; got {tuple(logits.shape)}.")
     _check_choice("TTA aggregation", how, AGGREGATES)
-    activate = torch.sigmoid if multi_label else (lambda x: x.softmax(dim=-1))
+    task = task_from(task)
     if how == "mean_logit":
-        return activate(logits.float().mean(dim=1))
-    probs = activate(logits.float())
+        return task.activation(logits.float().mean(dim=1))
+    probs = task.activation(logits.float())
     if how == "mean_prob":
         return probs.mean(dim=1)
-    peak = probs.amax(dim=1)
-    return peak if multi_label else peak / peak.sum(dim=-1, keepdim=True)
+    return task.combine_peak(probs.amax(dim=1))
 
 
 def forward_views(
@@ -162,9 +162,9 @@ def forward_views(
     how: str = "mean_prob",
     *,
     max_views_per_forward: int = DEFAULT_MAX_VIEWS_PER_FORWARD,
-    multi_label: bool = False,
+    task: Task | str = "single_label",
 ) -> torch.Tensor:
-    """[B, k, 3, S, S] views -> [B, C] probabilities (sigmoids when multi_label), in forwards of at most
+    """[B, k, 3, S, S] views -> [B, C] probabilities (under `task`'s activation), in forwards of at most
     `max_views_per_forward` views.
 
     All views of the batch go through the model together (chunked only to cap memory), never one forward per view.
@@ -176,7 +176,7 @@ def forward_views(
     batch, k = views.shape[:2]
     flat = views.flatten(0, 1)
     logits = torch.cat([model(chunk) for chunk in flat.split(max_views_per_forward)])
-    return aggregate(logits.view(batch, k, -1), how, multi_label=multi_label)
+    return aggregate(logits.view(batch, k, -1), how, task=task)
 
 
 def images_per_batch(policy: TTAPolicy, max_views_per_forward: int = DEFAULT_MAX_VIEWS_PER_FORWARD) -> int:

@@ -63,7 +63,7 @@ class ClassifierConfig:
             **({"stage_grid": self.stage_grid} if features != "last" else {}),
             "preprocessing": self.preprocessing.to_dict(),
             "tta": dict(self.tta),
-            **({"multi_label": True, "thresholds": [float(t) for t in thresholds or []]} if self.multi_label else {}),
+            **task_from(self.task).description(thresholds),
         }
 
 

@@ -19,6 +19,7 @@ import torch
 
 from tlkit.errors import CheckpointError, TlkitError
 from tlkit.model.classifier import CHECKPOINT_FORMAT, Classifier, create_classifier
+from tlkit.model.tasks import task_of
 
 if TYPE_CHECKING:
     from tlkit.model.module import TransferModule
@@ -64,10 +65,9 @@ def classifier_from_hparams(hparams: Mapping[str, Any]) -> Classifier:
     from tlkit.model.strategies import strategy_from
 
     strategy = strategy_from(hparams.get("strategy") or "linear_probe")
-    extra = {"features": strategy.features, "stage_grid": strategy.stage_grid} if hasattr(strategy, "features") else {}
     return create_classifier(hparams["backbone"], hparams.get("classes"), head=hparams.get("head"),
                              tta=hparams.get("tta"), multi_label=bool(hparams.get("multi_label", False)),
-                             channels_last=bool(hparams.get("channels_last", True)), **extra)
+                             channels_last=bool(hparams.get("channels_last", True)), **strategy.embedding())
 
 
 def classifier_state(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -202,7 +202,7 @@ def _exported_classifier(path: Path) -> Classifier:
         "head": meta.get("head"),
         "tta": meta.get("tta"),
     }
-    multi_label = meta.get("multi_label") is True
+    task = task_of(meta)
 
     def build() -> Classifier:
         from tlkit.model.strategies import LinearProbe
@@ -213,10 +213,11 @@ def _exported_classifier(path: Path) -> Classifier:
         grid = meta.get("stage_grid", int(-stages[0]) if stages is not None else None)
         probe = LinearProbe.model_validate({"features": features, **({"stage_grid": grid} if grid else {})})
         return create_classifier(hparams["backbone"], hparams["classes"], head=hparams["head"], tta=hparams["tta"],
-                                 multi_label=multi_label, features=probe.features, stage_grid=probe.stage_grid)
+                                 multi_label=task.has_thresholds, features=probe.features,
+                                 stage_grid=probe.stage_grid)
 
     classifier = _validated(path, build, hparams)
-    if multi_label:  # the thresholds are part of the description, not of the exported tensors
+    if task.has_thresholds:  # the thresholds are part of the description, not of the exported tensors
         state = {**state, "thresholds": torch.tensor(read_thresholds(path, meta, classifier.num_classes))}
     load_weights(path, classifier, state)
     return classifier

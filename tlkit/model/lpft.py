@@ -41,9 +41,9 @@ class ClosedFormProbe(L.Callback):
             return
         features = _cached_features(trainer.datamodule)
         datamodule = trainer.datamodule
-        multi_label = bool(getattr(pl_module, "multi_label", False))
+        task = pl_module.task
         weight, bias, info = _solve(features, pl_module, seed=int(getattr(datamodule, "seed", 0)),
-                                    multi_label=multi_label)
+                                    multi_label=task.has_thresholds)
         # Every DDP rank solved the same problem; rank 0's answer is the one all replicas keep.
         weight, bias = trainer.strategy.broadcast((weight, bias), src=0)
         final = pl_module.head[-1]
@@ -51,9 +51,11 @@ class ClosedFormProbe(L.Callback):
             final.weight.copy_(weight.to(final.weight))
             final.bias.copy_(bias.to(final.bias))
         val_x, val_y = features.val.usable()
-        if len(val_y) and not multi_label:
-            info["val_acc"] = float(((val_x[0] @ weight.T + bias).argmax(1) == val_y).float().mean())
-            log.info("lp_ft probe: closed-form head, val accuracy %.2f%% before fine-tuning", 100 * info["val_acc"])
+        if len(val_y):
+            logits = torch.cat([rows.float() @ weight.T + bias for rows in val_x[0].chunks(4096)])  # in batches
+            info[task.monitor] = task.score(logits, val_y)
+            log.info("lp_ft probe: closed-form head, val %s %.2f%% before fine-tuning", task.metric_label,
+                     100 * info[task.monitor])
         self.info = info
 
 

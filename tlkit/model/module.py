@@ -30,7 +30,6 @@ from tlkit.model.mixing import (
 )
 from tlkit.model.prefix import PrefixSplit, split_backbone
 from tlkit.model.settings import (
-    DEFAULT_STAGE_GRID,
     BackboneConfig,
     HeadConfig,
     MixingConfig,
@@ -115,8 +114,7 @@ class TransferModule(L.LightningModule):
         mixing_config = settings_from(MixingConfig, mixing)
         self.classifier: Classifier = create_classifier(
             backbone_config, classes, head=self.head_config, tta=tta, multi_label=multi_label,
-            features=getattr(self.strategy, "features", "last"),  # linear_probe's multi-layer features
-            stage_grid=getattr(self.strategy, "stage_grid", DEFAULT_STAGE_GRID), channels_last=channels_last,
+            channels_last=channels_last, **self.strategy.embedding(),  # linear_probe's multi-layer features
         )
         # FixRes: training crops may be smaller than the eval input (the one eval preprocessing stays `preprocessing`).
         self.train_preprocessing = self.preprocessing.replace(input_size=backbone_config.train_input_size)

@@ -10,12 +10,18 @@ solution (a warm start, as glmnet does for its lambda path), and full-batch L-BF
 standardisation is folded back into the returned weight and bias, so the head takes raw features.
 Single-label: softmax cross-entropy (multinomial); multi-label: one sigmoid per class (one-vs-rest, BCE), which is
 the sum of C independent binary problems, solved together.
+
+Memory: features given as a tensor, or rows from the feature cache (tlkit.data.shards.FeatureViews) that fit in
+IN_MEMORY_VALUES, are held in memory and solved exactly as above. Larger cached rows are never held whole: the
+standardisation statistics, every loss and gradient evaluation and the held-out scores each read them in batches
+of BATCH_VALUES (the same sums, accumulated batch by batch), so the probe's memory does not grow with the images.
 """
 
 from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +32,8 @@ C_GRID = tuple(10.0**k for k in range(-4, 3))  # inverse L2 strength, 1e-4 .. 1e
 MAX_ITER = 500  # L-BFGS iterations per C; warm starts usually converge in far fewer
 TOL_GRAD = 1e-5  # stop when every gradient entry of the mean loss is below this
 THREADED_WORK = 2e8  # multiply-adds per loss evaluation below which one thread is faster (see _threads)
+IN_MEMORY_VALUES = 2**25  # cached feature values (128 MB as float32) up to which the probe holds them in memory
+BATCH_VALUES = 2**20  # feature values per batch read when it does not (4 MB as float32)
 
 
 def fit_logistic_head(views: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int,
@@ -70,11 +78,61 @@ def holdout_scores(views: torch.Tensor, labels: torch.Tensor, *, num_classes: in
             "held_out_images": len(split[1]) if split is not None else 0}
 
 
-def _as_problem(views: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(K, N, D) float views and the labels in the loss's dtype."""
-    if views.ndim == 2:
-        views = views[None]
-    return views.float(), labels.float() if multi_label else labels.long()
+def _as_problem(views: Any, labels: torch.Tensor, multi_label: bool) -> tuple[Any, torch.Tensor]:
+    """(K, N, D) float views (a tensor, or cached rows too big to hold, read in batches) and the labels in the
+    loss's dtype."""
+    views = _in_memory_if_small(views)
+    if isinstance(views, torch.Tensor):
+        views = (views[None] if views.ndim == 2 else views).float()
+    return views, labels.float() if multi_label else labels.long()
+
+
+def _in_memory_if_small(views: Any) -> Any:
+    """Cached rows (FeatureViews) as a tensor when they hold at most IN_MEMORY_VALUES values."""
+    if not isinstance(views, torch.Tensor) and views.numel() <= IN_MEMORY_VALUES:
+        return views.tensor()
+    return views
+
+
+class _Batched:
+    """The standardised rows (all views, view after view) of cached features too big to hold: what the solver
+    multiplies, read BATCH_VALUES at a time."""
+
+    def __init__(self, views: Any, mean: torch.Tensor, std: torch.Tensor):
+        self.views, self.mean, self.std = views, mean, std
+        self.width = views.shape[-1]
+        self.step = max(1, BATCH_VALUES // self.width)
+
+    def __len__(self) -> int:
+        return len(self.views) * self.views.shape[1]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), self.width
+
+    def numel(self) -> int:
+        return len(self) * self.width
+
+    def batches(self):
+        for view in self.views:
+            for rows in view.chunks(self.step):
+                yield (rows.float() - self.mean) / self.std
+
+
+def _raw_stats(views: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and standard deviation (float64, two passes) of cached rows read in batches."""
+    step = max(1, BATCH_VALUES // views.shape[-1])
+    n = len(views) * views.shape[1]
+    total = torch.zeros(views.shape[-1], dtype=torch.float64)
+    for view in views:
+        for rows in view.chunks(step):
+            total += rows.double().sum(0)
+    mean = total / n
+    squares = torch.zeros_like(total)
+    for view in views:
+        for rows in view.chunks(step):
+            squares += rows.double().sub_(mean).pow_(2).sum(0)
+    return mean, (squares / max(n - 1, 1)).sqrt()
 
 
 def _choose_c(views: torch.Tensor, labels: torch.Tensor, num_classes: int, multi_label: bool,
@@ -86,7 +144,8 @@ def _choose_c(views: torch.Tensor, labels: torch.Tensor, num_classes: int, multi
         return 1.0, {}, None
     fit_idx, held_idx = split
     x, y, scale = _standardised_rows(views, labels, fit_idx)
-    held_x = (_rows(views, held_idx) - scale[0]) / scale[1]
+    held_x = ((_rows(views, held_idx) - scale[0]) / scale[1] if isinstance(views, torch.Tensor)
+              else _Batched(views.subset(held_idx), *scale))
     held_y = _tile(labels[held_idx], len(views))
     scores: dict[float, float] = {}
     solutions = {}
@@ -94,7 +153,7 @@ def _choose_c(views: torch.Tensor, labels: torch.Tensor, num_classes: int, multi
     for c in C_GRID:  # strong -> weak regularisation, each solve warm-started from the last
         init = _solve(x, y, c, num_classes, multi_label, init)
         solutions[c] = init
-        scores[c] = _score(held_x @ init[0].T + init[1], held_y, multi_label)
+        scores[c] = _score(_logits(held_x, *init), held_y, multi_label)
     best_c = max(C_GRID, key=lambda c: (scores[c], -abs(np.log10(c))))  # ties: closest to sklearn's default 1
     return best_c, scores, solutions[best_c]
 
@@ -130,11 +189,24 @@ def _tile(labels: torch.Tensor, k: int) -> torch.Tensor:
 
 def _standardised_rows(views, labels, index) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """Rows of `index` (all views), standardised per feature: L-BFGS then converges in tens, not thousands, of
-    iterations. Constant features get scale 1 (they carry nothing and must not blow up)."""
+    iterations. Constant features get scale 1 (they carry nothing and must not blow up). Cached rows too big to
+    hold come back as a _Batched reader of the same standardised rows."""
+    if not isinstance(views, torch.Tensor):
+        part = views.subset(index)
+        mean, std = _raw_stats(part)
+        std = torch.where(std > 1e-6 * std.max().clamp_min(1e-12), std, torch.ones_like(std))
+        scale = (mean.float(), std.float())
+        return _Batched(part, *scale), _tile(labels[index], len(views)), scale
     x = _rows(views, index).double()
     mean, std = x.mean(0), x.std(0)
     std = torch.where(std > 1e-6 * std.max().clamp_min(1e-12), std, torch.ones_like(std))
     return ((x - mean) / std).float(), _tile(labels[index], len(views)), (mean.float(), std.float())
+
+
+def _logits(x: Any, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x @ weight.T + bias
+    return torch.cat([rows @ weight.T + bias for rows in x.batches()])
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor, multi_label: bool) -> torch.Tensor:
@@ -158,9 +230,18 @@ def _solve(x: torch.Tensor, y: torch.Tensor, c: float, num_classes: int, multi_l
 
     def closure():
         opt.zero_grad()
-        loss = _loss(x @ w.T + b, y, multi_label) + penalty * w.pow(2).sum()
+        if isinstance(x, torch.Tensor):
+            loss = _loss(x @ w.T + b, y, multi_label) + penalty * w.pow(2).sum()
+            loss.backward()
+            return loss
+        loss = penalty * w.pow(2).sum()  # rows read in batches: the mean loss as a sum of per-batch parts
         loss.backward()
-        return loss
+        total, start = loss.detach(), 0
+        for rows in x.batches():
+            part = _loss(rows @ w.T + b, y[start: start + len(rows)], multi_label) * (len(rows) / len(x))
+            part.backward()
+            total, start = total + part.detach(), start + len(rows)
+        return total
 
     with torch.enable_grad(), _threads(1 if x.numel() * num_classes < THREADED_WORK else None):
         opt.step(closure)
@@ -205,14 +286,16 @@ def fit_selected_head(views: torch.Tensor, labels: torch.Tensor, *, num_classes:
     A feature's relevance is the norm of its weights across classes in a first fit on all features, times its spread
     (the weight it would have on standardised inputs): a one-step stand-in for Head2Toe's group-lasso relevance.
     Then the probe is fitted again (C chosen again) on the kept features only."""
+    views = _in_memory_if_small(views)
     if views.ndim == 2:
         views = views[None]
     width = views.shape[-1]
     first, _, first_info = fit_logistic_head(views, labels, num_classes=num_classes, seed=seed, multi_label=multi_label)
-    spread = views.reshape(-1, width).float().std(0)
+    in_memory = isinstance(views, torch.Tensor)
+    spread = views.reshape(-1, width).float().std(0) if in_memory else _raw_stats(views)[1].float()
     kept = torch.argsort(first.norm(dim=0) * spread, descending=True)[: max(1, round(keep * width))].sort().values
-    weight, bias, info = fit_logistic_head(views[..., kept], labels, num_classes=num_classes, seed=seed,
-                                           multi_label=multi_label)
+    weight, bias, info = fit_logistic_head(views[..., kept] if in_memory else views.select_columns(kept), labels,
+                                           num_classes=num_classes, seed=seed, multi_label=multi_label)
     full = torch.zeros(num_classes, width)
     full[:, kept] = weight
     info = {**info, "kept_features": len(kept), "of_features": width, "C_all_features": first_info["C"]}

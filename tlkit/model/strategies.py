@@ -19,7 +19,7 @@ The phase is a pure function of (plan, epoch), so every DDP rank and every resum
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -79,6 +79,15 @@ class _Strategy(Section):
         for a frozen prefix (finetune_top) the top groups + head on its cached activations."""
         return 0
 
+    def embedding(self) -> dict[str, Any]:
+        """What the head sees, as create_classifier's `features` and `stage_grid`: the backbone's pooled last
+        features unless the kind chooses others (linear_probe's multi-layer features)."""
+        return {"features": "last", "stage_grid": DEFAULT_STAGE_GRID}
+
+    def kept_feature_fraction(self) -> float | None:
+        """The closed-form fit keeps only this fraction of the features (None: all of them)."""
+        return None
+
     def frozen_prefix(self, specs: list[GroupSpec]) -> tuple[str, ...]:
         """Backbone parameters (backbone-relative names) frozen for the whole run under a trained top, whose output
         is cached once (empty = no prefix cache; the module then runs the whole backbone every step)."""
@@ -130,6 +139,12 @@ class LinearProbe(_Strategy):
     select: float | None = Field(default=None, gt=0, le=1)
     """lbfgs only: keep this fraction of the features (those with the largest weights of a first fit, weighted by
     their spread) and fit again on them; the other inputs get weight 0; null = keep all."""
+
+    def embedding(self) -> dict[str, Any]:
+        return {"features": self.features, "stage_grid": self.stage_grid}
+
+    def kept_feature_fraction(self) -> float | None:
+        return self.select
 
     def plan(self, backbone: nn.Module, head: nn.Module) -> list[GroupSpec]:
         return [_head_spec(head), _whole_backbone(backbone, 1.0, None)]

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,19 +24,57 @@ from torchmetrics.classification import (
 
 from tlkit.model.mixing import binary_cross_entropy, soft_target_cross_entropy
 from tlkit.model.settings import DEFAULT_THRESHOLD
+from tlkit.model.task_reports import MULTI_LABEL, SINGLE_LABEL, TaskReport, report_of
 
 
 class Task(ABC):
     """The common interface; `task_from(name)` gives one."""
 
+    report: ClassVar[TaskReport]  # what the task reports, as plain data (tlkit.model.task_reports)
+    has_thresholds: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        r = cls.report
+        cls.name, cls.monitor, cls.metric_label = r.name, r.monitor, r.metric_label
+        cls.reported, cls.train_reported = r.reported, r.train_reported
+        cls.activation_description = r.activation_description
+
     name: ClassVar[str]
     monitor: ClassVar[str]  # the validation metric that picks the best checkpoint and that search optimises
     metric_label: ClassVar[str]  # how the monitored metric is shown ("accuracy", "mAP")
-    has_thresholds: ClassVar[bool] = False
+    reported: ClassVar[tuple[str, ...]]  # the val_* metrics a run reports (test_* the same names); monitor first
+    train_reported: ClassVar[tuple[str, ...]]  # the train_* metrics a run reports besides the loss
+    activation_description: ClassVar[str]  # how an exported model's logits become a prediction (model.json)
 
     @abstractmethod
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits -> probabilities."""
+
+    @abstractmethod
+    def combine_peak(self, peak: torch.Tensor) -> torch.Tensor:
+        """TTA's `max` aggregation: the per-class max probability over the views (B, C) -> the probabilities."""
+
+    @abstractmethod
+    def chosen(self, probabilities: np.ndarray, *, top_k: int, thresholds: Sequence[float] | None) -> list[int]:
+        """One image's predicted classes, most probable first: the top_k, or those at or over their threshold."""
+
+    @abstractmethod
+    def exact(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
+        """The share of images predicted exactly right (the tiny-subset overfit check's accuracy)."""
+
+    @abstractmethod
+    def score(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
+        """The monitored metric over a whole split's logits (accuracy, or mAP over the classes present)."""
+
+    @abstractmethod
+    def initial_loss_formula(self, num_classes: int) -> str:
+        """How `initial_loss` is computed, for messages ("ln(10)")."""
+
+    def description(self, thresholds: Sequence[float] | None = None) -> dict[str, Any]:
+        """What a checkpoint, an export or metrics.json records about the task (nothing for single-label, so older
+        files read the same)."""
+        return {}
 
     @abstractmethod
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, *, smoothing: float = 0.0,
@@ -71,13 +110,26 @@ class Task(ABC):
 class SingleLabel(Task):
     """One class per image: softmax cross-entropy, accuracy (micro), balanced accuracy and macro F1."""
 
-    name = "single_label"
-    monitor = "val_acc"
-    metric_label = "accuracy"
+    report = SINGLE_LABEL
     EVAL_METRICS = ("acc", "balanced_acc", "macro_f1")
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(dim=-1)
+
+    def combine_peak(self, peak):
+        return peak / peak.sum(dim=-1, keepdim=True)  # stays a distribution; the argmax is unchanged
+
+    def chosen(self, probabilities, *, top_k, thresholds):
+        return [int(j) for j in np.argsort(-probabilities, kind="stable")[:max(1, top_k)]]
+
+    def exact(self, logits, targets):
+        return float((logits.argmax(-1) == targets).float().mean())
+
+    def score(self, logits, targets):
+        return float((logits.argmax(-1) == targets).float().mean())
+
+    def initial_loss_formula(self, num_classes):
+        return f"ln({num_classes})"
 
     def loss(self, logits, targets, *, smoothing=0.0, weight=None):
         return F.cross_entropy(logits, targets, weight=weight, label_smoothing=smoothing)
@@ -116,13 +168,33 @@ class MultiLabel(Task):
     """Any number of classes per image: binary cross-entropy summed over classes, a sigmoid per class, per-class
     decision thresholds, and mAP / micro F1 / macro F1 (over the classes a split has)."""
 
-    name = "multi_label"
-    monitor = "val_map"
-    metric_label = "mAP"
+    report = MULTI_LABEL
     has_thresholds = True
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.sigmoid()
+
+    def combine_peak(self, peak):
+        return peak  # independent sigmoids, not a distribution: nothing to renormalise
+
+    def chosen(self, probabilities, *, top_k, thresholds):
+        order = np.argsort(-probabilities, kind="stable")  # top_k does not apply: the label set is the decision
+        return [int(j) for j in order if probabilities[j] >= thresholds[j]]
+
+    def exact(self, logits, targets):
+        return float(((logits > 0) == (targets > 0.5)).all(-1).float().mean())  # the whole set at threshold 0.5
+
+    def score(self, logits, targets):
+        positive = targets.round().int()
+        ap = MultilabelAveragePrecision(num_labels=targets.shape[-1], average=None)(logits.float().sigmoid(), positive)
+        present = positive.sum(0) > 0
+        return float(ap[present].mean()) if present.any() else float("nan")
+
+    def initial_loss_formula(self, num_classes):
+        return f"{num_classes} x ln 2"
+
+    def description(self, thresholds=None):
+        return {"multi_label": True, "thresholds": [float(t) for t in thresholds or []]}
 
     def loss(self, logits, targets, *, smoothing=0.0, weight=None):
         return binary_cross_entropy(logits, targets, smoothing=smoothing, pos_weight=weight)
@@ -195,4 +267,10 @@ def task_from(value: str | bool | Task) -> Task:
     return TASKS[value]()
 
 
-__all__ = ["MultiLabel", "SingleLabel", "Task", "multilabel_summary", "task_from"]
+def task_of(description: Mapping[str, Any]) -> Task:
+    """The task a stored description names (a checkpoint's or export's `tlkit` dict, metrics.json, an evaluation
+    report): what `Task.description` wrote."""
+    return TASKS[report_of(description).name]()
+
+
+__all__ = ["MultiLabel", "SingleLabel", "Task", "multilabel_summary", "task_from", "task_of"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from tlkit.errors import ReportError
+from tlkit.model.task_reports import report_of
 from tlkit.redact import redact_credentials
 from tlkit.tune.diagnose import (
     Diagnosis,
@@ -164,21 +165,18 @@ def final_numbers(run: Run) -> dict[str, float | int | str | None]:
     """The summary figures: metrics.json when the run finished, else the last logged epoch of metrics.csv."""
     m = run.metrics
     last = run.epochs[max(run.epochs)] if run.epochs else {}
-    pick = (lambda k: m.get(k)) if m else (lambda k: last.get(k))
-    best = m.get("best_val_acc") if m else max((e["val_acc"] for e in run.epochs.values() if "val_acc" in e),
-                                                default=None)
-    if m.get("multi_label"):  # multi-label runs: mAP and F1 instead of accuracies
-        return {
-            "val mAP": pick("val_map"), "best val mAP": m.get("best_val_map"), "val F1 micro": pick("val_f1_micro"),
-            "val F1 macro": pick("val_f1_macro"), "test mAP": m.get("test_map"), "val loss": pick("val_loss"),
-            "train loss": pick("train_loss"), "epochs": m.get("epochs", len(run.epochs)), "backbone": m.get("backbone"),
-            "strategy": m.get("strategy"), "train / val images": f"{m['num_train']} / {m['num_val']}",
-            "wall time": f"{m['wall_s']:.1f} s" if isinstance(m.get("wall_s"), (int, float)) else None,
-        }
+    task = report_of(m)  # multi-label runs: mAP and F1 instead of accuracies
+
+    def pick(key: str):
+        if m or key.startswith("test_"):
+            return m.get(key)
+        if key.startswith("best_"):  # an unfinished run: the best epoch logged so far
+            return max((e[key[5:]] for e in run.epochs.values() if key[5:] in e), default=None)
+        return last.get(key)
+
     return {
-        "val accuracy": pick("val_acc"), "best val accuracy": best, "val balanced accuracy": pick("val_balanced_acc"),
-        "val macro F1": pick("val_macro_f1"), "val loss": pick("val_loss"), "train accuracy": pick("train_acc"),
-        "train loss": pick("train_loss"), "epochs": m.get("epochs", len(run.epochs)),
+        **{label: pick(key) for label, key in task.report_fields},
+        "val loss": pick("val_loss"), "train loss": pick("train_loss"), "epochs": m.get("epochs", len(run.epochs)),
         "backbone": m.get("backbone") or (run.recipe.get("backbone") or {}).get("name"),
         "strategy": m.get("strategy") or (run.recipe.get("strategy") or {}).get("kind"),
         "train / val images": f"{m['num_train']} / {m['num_val']}" if "num_train" in m else None,

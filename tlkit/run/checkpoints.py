@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -12,14 +13,11 @@ from tlkit.data.images import collect_inputs
 from tlkit.data.settings import DEFAULT_SEED, DEFAULT_VAL_FRACTION
 from tlkit.data.table import scan_data
 from tlkit.errors import DataError, DataNotFoundError, ExportError, did_you_mean
-from tlkit.infer.inference import predict_files
 from tlkit.infer.predict import (
     STDOUT,
     PredictionsCsv,
+    PredictionsJson,
     check_outputs,
-    label_set_rows,
-    top_k_rows,
-    write_predictions_json,
 )
 from tlkit.infer.settings import DEFAULT_PARITY_ATOL, DEFAULT_TOP_LOSSES
 from tlkit.infer.tta import (
@@ -34,8 +32,8 @@ log = logging.getLogger(__name__)
 
 
 EVAL_SPLITS = ("val", "all")
-# Images per piece of `tlkit predict`: rows reach the CSV (and a progress line the log) after each piece, so a run
-# killed midway keeps what it did; a DataLoader per piece costs little next to 256 decodes and forwards.
+# Rows per piece of `tlkit predict`: rows reach the CSV (and a progress line the log) after each piece (or after a
+# couple of seconds), so a run killed midway keeps what it did.
 PREDICT_CHUNK = 256
 
 
@@ -103,8 +101,8 @@ def evaluate_checkpoint(
         raise DataError(f"Unknown split {split!r}; expected one of {', '.join(EVAL_SPLITS)}.{did_you_mean(split, EVAL_SPLITS)}")
     model = load_classifier(checkpoint)
     policies = resolve_policies(model, tta, aggregate)  # bad policy names fail before any data scan
-    split_state = _saved_split(checkpoint)
-    scan = scan_data(data, **split_state)  # a table-labelled run re-reads the same table
+    split_state = _saved_split(checkpoint, data)
+    scan = scan_data(data, **split_state)  # a table-labelled run re-reads the same table (and data.relabel)
     to_model = match_classes(scan.classes, model.classes, data)
     chosen = scan.val if split == "val" else scan.train + scan.val + scan.test
     samples = [(path, to_model_labels(label, to_model)) for path, label in chosen]
@@ -116,6 +114,7 @@ def evaluate_checkpoint(
         "layout": scan.layout,
         "backbone": model.config.backbone,
         "preprocessing": model.preprocessing.to_dict(),
+        **({"relabel": split_state["relabel"]} if "relabel" in split_state else {}),
     }
     if scan.layout == "single" and split == "val":
         if not split_state:
@@ -138,14 +137,26 @@ def evaluate_checkpoint(
     return report
 
 
-def _saved_split(checkpoint: str | Path) -> dict:
-    """val_fraction / test_fraction / seed of the training run's split, as its datamodule recorded them in the
-    checkpoint (else {})."""
+def _saved_split(checkpoint: str | Path, data: str | Path) -> dict:
+    """val_fraction / test_fraction / seed of the training run's split and how it read labels, as its datamodule
+    recorded them in the checkpoint (else {}). The run's data.relabel applies only to the data it trained on."""
     if Path(checkpoint).suffix == ".safetensors":
         return {}
     saved = saved_split(read_checkpoint(checkpoint))
-    keys = ("val_fraction", "test_fraction", "seed", "source", "csv", "multi_label", "label_delimiter", "columns")
-    return {k: saved[k] for k in keys if k in saved and not (k == "source" and saved[k] == "dataframe")}
+    keys = ("val_fraction", "test_fraction", "seed", "source", "csv", "multi_label", "label_delimiter", "columns",
+            "relabel")
+    state = {k: saved[k] for k in keys if k in saved and not (k == "source" and saved[k] == "dataframe")}
+    relabel = state.pop("relabel", None)
+    if relabel is None:
+        return state
+    if Path(saved.get("root", "")).resolve() != Path(data).resolve():
+        log.warning("%s was trained with the labels of data.relabel %s on %s; %s is other data, evaluated with its "
+                    "own labels", checkpoint, relabel, saved.get("root"), data)
+        return state
+    if not Path(relabel).is_file():
+        raise DataNotFoundError(f"{checkpoint} was trained with the labels of data.relabel {relabel}, which no longer "
+                                "exists; restore it to evaluate with the labels the run trained on.")
+    return {**state, "relabel": relabel}
 
 
 def predict_checkpoint(
@@ -162,54 +173,63 @@ def predict_checkpoint(
     progress: bool | None = None,
     precision: str = "fp32",
     overwrite: bool = False,
+    devices: int = 1,
+    accelerator: str = "cpu",
+    return_rows: int | None = None,
 ) -> dict:
-    """Top-k labels for every readable image among `inputs` (files or folders, recursive), written as CSV (and JSON);
-    a multi-label model writes each image's label set (classes at or over their thresholds) and every probability.
+    """Top-k labels for every readable image among `inputs` (files, folders searched recursively, CSV tables' `path`
+    column, tlkit streams), written as CSV (and JSON) as batches finish; a multi-label model writes each image's
+    label set (classes at or over their thresholds) and every probability.
 
     out '-' writes the CSV to stdout. An existing output file is refused (DataError) unless overwrite=True.
     Unreadable or missing files are skipped and listed; raises DataError only when nothing could be predicted.
+    devices > 1 runs one process per device (Lightning ddp_spawn); their rows are merged in order at the end.
+    return_rows: how many rows the returned summary keeps (None: all; the files hold every row either way).
     """
+    from tlkit.data.workers import local_devices, resolve_workers
+    from tlkit.infer.bulk import RowMaker, check_accelerator, predict_inputs
+    from tlkit.infer.sources import collect_predict_inputs
+    from tlkit.run.console import quiet_intended_warnings
+
     check_outputs([out, json_out], overwrite=overwrite)
+    check_accelerator(accelerator, devices)
     model = load_classifier(checkpoint)
     policy = policy_for(model, tta, aggregate)
-    files, missing = collect_inputs(inputs)
-    if not files:
+    found = collect_predict_inputs(inputs)
+    total = len(found)
+    if not total:
+        missing = found.missing
         first = f" ({missing[0][0]}: {missing[0][1]})" if missing else ""
         raise DataNotFoundError(f"No image files to predict{first}; pass image files or folders of images.")
     k = max(1, min(top_k, len(model.classes)))
-    thresholds = dict(zip(model.classes, model.thresholds.tolist())) if model.multi_label else None
-    rows: list[dict] = []
-    failed: list[tuple[str, str]] = []
-    with PredictionsCsv(out, k) as sink:
-        for start, chunk in _chunks(files):
-            result = predict_files(
-                model, chunk, policy, model.preprocessing, max_views_per_forward=max_views_per_forward,
-                num_workers=resolve_num_workers(num_workers), progress=progress, desc=f"predict {policy.label}",
-                precision=precision,
-            )
-            failed += result.failed
-            done = (label_set_rows(result, chunk, model.classes, list(thresholds.values())) if thresholds is not None
-                    else top_k_rows(result, chunk, model.classes, k))
-            sink.write(done)
-            rows += done
-            if len(files) > PREDICT_CHUNK:
-                log.info("predicted %s of %s images (%s skipped)", f"{start + len(chunk):,}", f"{len(files):,}",
-                         f"{len(failed):,}")
-        if not rows:  # inside the block: no CSV is left behind
-            path, why = failed[0]
-            raise DataError(f"Nothing was predicted: all {len(files)} file(s) were unreadable (e.g. {path}: {why}).")
-    skipped = missing + failed
+    thresholds = dict(zip(model.classes, model.thresholds.tolist())) if model.task.has_thresholds else None
+    make_rows = RowMaker(list(model.classes), k, list(thresholds.values()) if thresholds is not None else None)
+    kept: list[dict] = []
+    with PredictionsCsv(out, k) as sink, (PredictionsJson(json_out, thresholds=thresholds) if json_out is not None
+                                          else nullcontext()) as json_sink:
+        def emit(rows: list[dict]) -> None:
+            sink.write(rows)
+            if json_sink is not None:
+                json_sink.write(rows)
+            kept.extend(rows if return_rows is None else rows[: max(0, return_rows - len(kept))])
+
+        with quiet_intended_warnings():
+            run = predict_inputs(model, found, policy, emit, make_rows, chunk=PREDICT_CHUNK,
+                                 num_workers=resolve_workers(num_workers, max(devices, local_devices())),
+                                 devices=devices,
+                                 accelerator=accelerator, max_views_per_forward=max_views_per_forward,
+                                 precision=precision, progress=progress)
+        if not run.predicted:  # inside the blocks: no CSV or JSON is left behind
+            path, why = (run.skipped or [("a stream", "it holds no images")])[0]
+            raise DataError(f"Nothing was predicted: all {total} file(s) were unreadable (e.g. {path}: {why}).")
+        skipped = found.missing + run.skipped
+        if json_sink is not None:
+            json_sink.finish(skipped)
     written = {"csv": str(out) if str(out) == STDOUT else str(Path(out))}
     if json_out is not None:
-        written["json"] = str(write_predictions_json(rows, skipped, json_out, thresholds=thresholds))
-    return {"predicted": len(rows), "skipped": skipped, "policy": policy.label, "views": policy.num_views,
-            "rows": rows, **written}
-
-
-def _chunks(files: list[str]):
-    """(start, files) in PREDICT_CHUNK pieces: each piece's rows reach the CSV as soon as it is done."""
-    for start in range(0, len(files), PREDICT_CHUNK):
-        yield start, files[start: start + PREDICT_CHUNK]
+        written["json"] = str(Path(json_out))
+    return {"predicted": run.predicted, "skipped": skipped, "policy": policy.label, "views": policy.num_views,
+            "rows": kept, "seconds": run.seconds, "images_per_second": run.images_per_second, **written}
 
 
 def export_checkpoint(
@@ -259,7 +279,7 @@ def export_checkpoint(
     reloaded = load_classifier(weights)
     with torch.inference_mode():
         reload_diff = float((reloaded(inputs) - model(inputs)).abs().max())
-    if reload_diff != 0.0 or (model.multi_label and not torch.equal(reloaded.thresholds, model.thresholds)):
+    if reload_diff != 0.0 or (model.task.has_thresholds and not torch.equal(reloaded.thresholds, model.thresholds)):
         raise ExportError(f"{weights} loads back with different outputs (max abs diff {reload_diff:.3g}) or "
                           "thresholds; please report this.")
     summary = {"out_dir": str(out_dir), "weights": str(weights), "sidecar": str(sidecar), "parity_inputs": source,

@@ -34,6 +34,29 @@ def launch_world_size() -> int:
     return 1
 
 
+def start_process_group(accelerator: str) -> bool:
+    """Join the launch's process group now, before any feature is extracted, when the launcher started every process
+    itself and said where to meet (torchrun: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). The feature cache then
+    shares extraction among the processes (each computes its share of the uncached images once, see
+    tlkit.data.cache.FeatureCache) for the probe's features, strategy auto's measurement and LP-FT's closed-form
+    probe alike; Lightning's DDP strategy finds the group set up and uses it as it is. Returns whether it started one.
+
+    Lightning's own launcher starts the other processes only inside trainer.fit: there rank 0 extracts before they
+    exist and they read its rows from the cache, so every image is still extracted once."""
+    import torch
+    import torch.distributed as dist
+
+    needed = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    if (not dist.is_available() or dist.is_initialized() or launch_world_size() < 2
+            or not all(os.environ.get(v) for v in needed)):
+        return False
+    cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    # CPU tensors (the cache's small messages) go through gloo, CUDA tensors (DDP's gradients) through NCCL
+    dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo", rank=int(os.environ["RANK"]),
+                            world_size=int(os.environ["WORLD_SIZE"]))
+    return True
+
+
 def inherited_run_dir() -> str | None:
     return os.environ.get(RUN_DIR_ENV) or None
 

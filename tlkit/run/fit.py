@@ -45,6 +45,7 @@ from tlkit.run.distributed import (
     launch_rank,
     lightning_strategy,
     shared_run_stamp,
+    start_process_group,
 )
 from tlkit.run.features import choose_training_inputs, fit_head_closed_form
 from tlkit.run.loggers import FinalFigures, build_loggers
@@ -73,6 +74,7 @@ class FitResult(TypedDict, total=False):
     (and best_val_map, test_*) instead of the accuracies, and the tuned per-class thresholds."""
 
     multi_label: bool
+    task: str  # single_label | multi_label (tlkit.model.tasks)
     monitor: str  # the validation metric that chose best.ckpt: the task's (val_acc, val_map)
     val_map: float | None
     val_f1_micro: float | None
@@ -130,6 +132,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
     started = time.perf_counter()
     check_sync_batchnorm(recipe.trainer.sync_batchnorm, recipe.trainer.accelerator)
     check_precision(recipe.trainer.precision, recipe.trainer.accelerator)
+    start_process_group(recipe.trainer.accelerator)  # torchrun: processes share feature extraction from here on
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     datamodule = build_datamodule(recipe)
     recipe, auto_decision = resolve_auto_strategy(recipe, datamodule)
@@ -163,7 +166,7 @@ def fit(recipe: Recipe, run_dir: str | Path | None = None, *, callbacks: list[L.
     L.seed_everything(recipe.seed, workers=True, verbose=False)  # both paths start training from the same RNG state
     _train(trainer, module, fit_datamodule, run_dir, epochs, resume_from, checkpoint)
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    thresholds = _tune_best_thresholds(trainer, checkpoint, fit_datamodule) if module.multi_label else None
+    thresholds = _tune_best_thresholds(trainer, checkpoint, fit_datamodule) if module.task.has_thresholds else None
     last_saved = last.best_model_path  # before the test pass: trainer.test restores best.ckpt's older callback state
     tested = _test_once(trainer, module, fit_datamodule, checkpoint) if datamodule.scan.test else {}
     metrics = _result(recipe, datamodule, module, logged, tested, trainer=trainer, checkpoints=(checkpoint, last),
@@ -187,11 +190,12 @@ def _result(recipe: Recipe, datamodule: ImageFolderDataModule, module: TransferM
     best, last = checkpoints
     return {
         "multi_label": module.multi_label,
+        "task": module.task.name,
         "monitor": module.monitor,  # the metric that picked best.ckpt (search optimises it too)
         **{k: logged.get(k) for k in (*_val_metrics(module), "val_loss")},
         f"best_{module.monitor}": float(best.best_model_score) if best.best_model_score is not None else None,
         **tested,
-        **({} if module.multi_label else {"train_acc": logged.get("train_acc")}),
+        **{k: logged.get(k) for k in module.task.train_reported},
         "train_loss": logged.get("train_loss"),
         "balance": recipe.data.balance,
         "epochs": int(trainer.current_epoch),
@@ -246,17 +250,16 @@ def _test_once(trainer: L.Trainer, module: TransferModule, datamodule: L.Lightni
     with quiet_intended_warnings():
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True)
     scores = results[0] if results else {}
-    headline = "test_map" if module.multi_label else "test_acc"
+    headline = "test_" + module.task.monitor.removeprefix("val_")
     log.info("test split (checkpoint %s): %s %s", Path(best).name if best else "final weights",
-             "mAP" if module.multi_label else "accuracy", f"{scores[headline]:.2%}" if headline in scores else "n/a")
+             module.task.metric_label, f"{scores[headline]:.2%}" if headline in scores else "n/a")
     return {k: float(scores[k]) if k in scores else None
             for k in (f"test_{name[4:]}" for name in (*_val_metrics(module), "val_loss"))}
 
 
 def _val_metrics(module: TransferModule) -> tuple[str, ...]:
     """The validation metrics metrics.json reports (test_* the same names)."""
-    return ("val_map", "val_f1_micro", "val_f1_macro") if module.multi_label else \
-        ("val_acc", "val_balanced_acc", "val_macro_f1")
+    return module.task.reported
 
 
 def _tune_best_thresholds(trainer: L.Trainer, checkpoint: ModelCheckpoint,

@@ -26,6 +26,7 @@ from tlkit.model.strategies import (
     STRATEGY_CLASSES,
     backbone_lr_searched,
 )
+from tlkit.model.tasks import task_of
 from tlkit.recipe import (
     Recipe,
     apply_overrides,
@@ -92,13 +93,13 @@ def check(recipe: Recipe, *, batches: int = 2, per_class: int = 2, steps: int = 
     quiet = derive(recipe, ["optim.weight_decay=0", "optim.l1=0", "augment=none", "mixing.mixup_alpha=0",
                             "mixing.cutmix_alpha=0"])
     quiet, decision, datamodule, module, train_dm, cache_info = prepare(quiet)
-    num_classes, multi = datamodule.num_classes, {"multi_label": module.multi_label}
+    num_classes, task = datamodule.num_classes, {"task": module.task}
 
     module.eval()
     loader = train_dm.train_dataloader()
     first = [b for _, b in zip(range(batches), loader)]
-    observed = sanity.initial_loss(module, first, **multi)
-    loss_result = sanity.initial_loss_check(observed, num_classes, tolerance, **multi)
+    observed = sanity.initial_loss(module, first, **task)
+    loss_result = sanity.initial_loss_check(observed, num_classes, tolerance, **task)
     loss_result.values["images"] = sum(len(t) for _, t in first)
 
     train_set = train_dm.train_set
@@ -107,12 +108,11 @@ def check(recipe: Recipe, *, batches: int = 2, per_class: int = 2, steps: int = 
     chosen = sanity.pick_per_class(labels, per_class, seed=quiet.seed)
     items = [train_set[i] for i in chosen]
     inputs = default_collate([x for x, _ in items])  # images, features, or finetune_top's {"activations": ...}
-    targets = (torch.stack([torch.as_tensor(y, dtype=torch.float32) for _, y in items]) if module.multi_label
-               else torch.as_tensor([int(y) for _, y in items]))
+    targets = torch.stack([torch.as_tensor(y) for _, y in items])  # class indices, or multi-hot rows
     module.train()
     torch.manual_seed(quiet.seed)
-    history = sanity.overfit(module, first_epoch_optimizer(module), inputs, targets, steps, **multi)
-    fit_result = sanity.overfit_check(history, num_classes, **multi)
+    history = sanity.overfit(module, first_epoch_optimizer(module), inputs, targets, steps, **task)
+    fit_result = sanity.overfit_check(history, num_classes, **task)
     fit_result.values.update(images=len(chosen), lr=quiet.optim.lr)
     results = [loss_result, fit_result]
     return {"results": results, "passed": all(r.passed for r in results), "num_classes": num_classes,
@@ -305,7 +305,7 @@ def search(
                        title=f"{recipe.name}: {best.user_attrs.get('monitor', 'val_acc')} over lr x weight decay")
     summary = {
         "out_dir": str(out_dir), "storage": stages.shown, "best_recipe": str(best_path), "png": str(png),
-        "best": {"stage": best_stage, "trial": best.number, "params": best.params, "val_acc": best.value,
+        "best": {"stage": best_stage, "trial": best.number, "params": best.params, "value": best.value,
                  "monitor": best.user_attrs.get("monitor", "val_acc"),
                  "val_loss": best.user_attrs.get("val_loss")},
         "stages": {k: {kk: vv for kk, vv in v.items() if kk not in ("trials",)} for k, v in stages.done.items()},
@@ -343,9 +343,8 @@ class _SearchStages:
             monitor = metrics["monitor"]  # the task's: val_acc, or val_map for a multi-label model
             if not self.keep_checkpoints:
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-            for key in ("val_acc", "val_loss", "wall_s", "epochs", "strategy", "monitor"):
+            for key in (monitor, f"best_{monitor}", "val_loss", "wall_s", "epochs", "strategy", "monitor"):
                 trial.set_user_attr(key, metrics.get(key))
-            trial.set_user_attr("best_val_acc", metrics.get(f"best_{monitor}"))  # the table's best-value column
             trial.set_user_attr("run_dir", str(run_dir))
             log.info("%s trial %d: lr %.2e wd %.2e -> %s %.2f%%, val loss %.3f (%.1f s)%s", stage, trial.number,
                      params["lr"], params["weight_decay"], monitor, 100 * metrics[monitor], metrics["val_loss"],
@@ -402,10 +401,11 @@ def diagnose(run_dir: str | Path, *, out: str | Path | None = None, **thresholds
         diagnosis = diagnose_curves(curves["train_loss"], curves["val_loss"], curves["train_acc"], curves["val_acc"],
                                     **thresholds)
     except ValueError as exc:  # no epoch with train and val accuracy: a closed-form probe, or a multi-label run
-        multi = (json.loads((run_dir / "metrics.json").read_text()).get("multi_label")
-                 if (run_dir / "metrics.json").is_file() else False)
-        why = ("a multi-label run has no accuracy curves (it logs val_map and the losses; tlkit report RUN_DIR plots "
-               "them)" if multi else "did the run train for at least one epoch?")
+        task = task_of(json.loads((run_dir / "metrics.json").read_text())
+                       if (run_dir / "metrics.json").is_file() else {})
+        why = (f"a {task.name.replace('_', '-')} run has no accuracy curves (it logs {task.monitor} and the losses; "
+               "tlkit report RUN_DIR plots them)" if "train_acc" not in task.train_reported
+               else "did the run train for at least one epoch?")
         raise TlkitError(f"{run_dir}: {exc} ({why})") from None
     png = plot_curves(curves, diagnosis, Path(out) if out else run_dir / "curves.png", title=run_dir.name)
     result = {"verdict": diagnosis.verdict, "reason": diagnosis.reason, "advice": diagnosis.advice,

@@ -1,9 +1,10 @@
 """The first two steps of the usual tuning procedure (CS231n) as verdicts: initial loss ~ ln(C), and overfitting a tiny subset.
 
-Plain functions over tensors and numbers; tlkit.run.tuning feeds them a recipe's model and data. Multi-label models
-(multi_label=True: (N, C) multi-hot targets) use tlkit's multi-label loss, binary cross-entropy summed over the C
-classes, whose value at zero logits is C x ln 2 whatever the labels; "accuracy" is then the share of images whose
-whole label set is right at threshold 0.5.
+Plain functions over tensors and numbers; tlkit.run.tuning feeds them a recipe's model and data. `task` (a
+tlkit.model.tasks.Task or its name) gives the loss, its value at zero logits and what "exactly right" means:
+multi-label models (task="multi_label": (N, C) multi-hot targets) use binary cross-entropy summed over the C
+classes, C x ln 2 at zero logits whatever the labels, and "accuracy" is the share of images whose whole label set is
+right at threshold 0.5.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
+
+from tlkit.model.tasks import Task, task_from
 
 DEFAULT_LOSS_TOLERANCE = 0.05  # relative to ln(C); a zero-initialised final layer is exact to float rounding
 
@@ -27,23 +29,21 @@ class CheckResult:
     values: dict = field(default_factory=dict)
 
 
-def expected_initial_loss(num_classes: int, multi_label: bool = False) -> float:
+def expected_initial_loss(num_classes: int, task: Task | str = "single_label") -> float:
     """Cross-entropy of uniform predictions over C classes: ln(C); multi-label, every sigmoid at 0.5: C x ln 2."""
     if num_classes < 2:
         raise ValueError(f"need at least 2 classes; got {num_classes}.")
-    from tlkit.model.tasks import task_from
-
-    return task_from(multi_label).initial_loss(num_classes)
+    return task_from(task).initial_loss(num_classes)
 
 
 def initial_loss_check(observed: float, num_classes: int, tolerance: float = DEFAULT_LOSS_TOLERANCE, *,
-                       multi_label: bool = False) -> CheckResult:
+                       task: Task | str = "single_label") -> CheckResult:
     """Verdict on the loss before any training step (weight decay off): within `tolerance` x ln(C) of ln(C)
     (multi-label: of C x ln 2)."""
-    expected = expected_initial_loss(num_classes, multi_label)
+    expected = expected_initial_loss(num_classes, task)
     rel = (observed - expected) / expected
     values = {"observed": observed, "expected": expected, "relative_error": rel, "tolerance": tolerance}
-    formula = f"{num_classes} x ln 2" if multi_label else f"ln({num_classes})"
+    formula = task_from(task).initial_loss_formula(num_classes)
     summary = (f"initial loss {observed:.6f} vs {formula} = {expected:.6f} (relative error {rel:+.1e}, "
                f"tolerance ±{tolerance:.0%})")
     if not math.isfinite(observed):
@@ -68,28 +68,18 @@ def initial_loss_check(observed: float, num_classes: int, tolerance: float = DEF
     return CheckResult("initial loss", False, summary, causes, values)
 
 
-def plain_loss(logits: torch.Tensor, targets: torch.Tensor, *, multi_label: bool = False,
-               reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy, or multi-label BCE summed over classes (as TransferModule's loss), without smoothing or weights."""
-    if not multi_label:
-        return F.cross_entropy(logits, targets, reduction=reduction)
-    per_image = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none").sum(-1)
-    return per_image.sum() if reduction == "sum" else per_image.mean()
+def plain_loss(logits: torch.Tensor, targets: torch.Tensor, *, task: Task | str = "single_label") -> torch.Tensor:
+    """The task's training loss (as TransferModule's), without smoothing or weights, averaged over images."""
+    return task_from(task).loss(logits, targets)
 
 
-def accuracy(logits: torch.Tensor, targets: torch.Tensor, *, multi_label: bool = False) -> float:
-    """Top-1 accuracy; multi-label: the share of images whose label set at threshold 0.5 is exactly right."""
-    if multi_label:
-        return float(((logits > 0) == (targets > 0.5)).all(-1).float().mean())
-    return float((logits.argmax(-1) == targets).float().mean())
-
-
-def initial_loss(forward: Callable[[torch.Tensor], torch.Tensor], batches, *, multi_label: bool = False) -> float:
+def initial_loss(forward: Callable[[torch.Tensor], torch.Tensor], batches, *,
+                 task: Task | str = "single_label") -> float:
     """Mean plain loss (no smoothing, no L1) of `forward` over `batches` of (inputs, targets), no grad."""
     total, count = 0.0, 0
     with torch.no_grad():
         for inputs, targets in batches:
-            total += float(plain_loss(forward(inputs), targets, multi_label=multi_label, reduction="sum"))
+            total += float(plain_loss(forward(inputs), targets, task=task)) * len(targets)
             count += len(targets)
     if count == 0:
         raise ValueError("no batches to measure the initial loss on.")
@@ -117,14 +107,15 @@ def overfit(
     targets: torch.Tensor,
     steps: int,
     *,
-    multi_label: bool = False,
+    task: Task | str = "single_label",
 ) -> list[tuple[float, float]]:
     """Full-batch steps on one tiny fixed subset; returns (loss, accuracy) before each step and after the last."""
+    task = task_from(task)
     history = []
     for step in range(steps + 1):
         logits = forward(inputs)
-        loss = plain_loss(logits, targets, multi_label=multi_label)
-        history.append((float(loss.detach()), accuracy(logits.detach(), targets, multi_label=multi_label)))
+        loss = plain_loss(logits, targets, task=task)
+        history.append((float(loss.detach()), task.exact(logits.detach(), targets)))
         if step == steps:
             break
         optimizer.zero_grad(set_to_none=True)
@@ -134,11 +125,11 @@ def overfit(
 
 
 def overfit_check(history: list[tuple[float, float]], num_classes: int, max_loss_fraction: float = 0.1, *,
-                  multi_label: bool = False) -> CheckResult:
+                  task: Task | str = "single_label") -> CheckResult:
     """Pass when the tiny subset is fitted: 100% train accuracy (multi-label: every label set exact) and loss below
     max_loss_fraction x the initial loss (ln(C), multi-label C x ln 2)."""
     loss, acc = history[-1]
-    limit = max_loss_fraction * expected_initial_loss(num_classes, multi_label)
+    limit = max_loss_fraction * expected_initial_loss(num_classes, task)
     values = {"final_loss": loss, "final_acc": acc, "start_loss": history[0][0], "steps": len(history) - 1,
               "loss_limit": limit}
     summary = (f"overfit {len(history) - 1} steps: loss {history[0][0]:.4f} -> {loss:.4f} (need < {limit:.4f}), "

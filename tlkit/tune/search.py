@@ -24,6 +24,7 @@ from typing_extensions import override
 from tlkit.errors import StorageError
 from tlkit.io import atomic_open, save_figure
 from tlkit.model.strategies import STRATEGY_CLASSES, backbone_lr_searched
+from tlkit.model.task_reports import SINGLE_LABEL, report_for_monitor
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -196,29 +197,39 @@ class PruneOnMonitored(L.Callback):
 # ---------------------------------------------------------------------------------------------------------------------
 # Reports
 
-COLUMNS = ("trial", "state", "lr", "weight_decay", "backbone_lr_mult", "strategy", "epochs", "val_acc",
-           "best_val_acc", "val_loss", "wall_s")
+TRIAL_COLUMNS = ("trial", "state", "lr", "weight_decay", "backbone_lr_mult", "strategy", "epochs")
+
+
+def columns(monitor: str) -> tuple[str, ...]:
+    """The trials table's columns: the monitored metric (val_acc, or val_map for multi-label) names its own."""
+    return (*TRIAL_COLUMNS, monitor, f"best_{monitor}", "val_loss", "wall_s")
+
+
+def monitor_of(rows: list[dict]) -> str:
+    return next((r["monitor"] for r in rows if r.get("monitor")), SINGLE_LABEL.monitor)
 
 
 def trial_rows(trials: list[optuna.trial.FrozenTrial]) -> list[dict]:
+    """One row per finished trial; `monitor` names the metric the trial was scored on (and its columns)."""
     rows = []
     for t in sorted(trials, key=lambda t: t.number):
         if t.state not in FINISHED:
             continue
         a = t.user_attrs
+        monitor = a.get("monitor") or SINGLE_LABEL.monitor
         rows.append({
             "trial": t.number, "state": t.state.name.lower(), "lr": t.params.get("lr"),
             "weight_decay": t.params.get("weight_decay"), "backbone_lr_mult": t.params.get("backbone_lr_mult"),
-            "strategy": a.get("strategy"), "epochs": a.get("epochs"),
-            "val_acc": t.value if t.value is not None else a.get("val_acc"),
-            "best_val_acc": a.get("best_val_acc"), "val_loss": a.get("val_loss"), "wall_s": a.get("wall_s"),
+            "strategy": a.get("strategy"), "epochs": a.get("epochs"), "monitor": monitor,
+            monitor: t.value if t.value is not None else a.get(monitor),
+            f"best_{monitor}": a.get(f"best_{monitor}"), "val_loss": a.get("val_loss"), "wall_s": a.get("wall_s"),
         })
     return rows
 
 
 def write_csv(rows: list[dict], out: str | Path) -> Path:
     with atomic_open(out, newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns(monitor_of(rows)), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     return Path(out)
@@ -239,45 +250,48 @@ def _fmt(value, kind: str) -> str:
 
 
 def markdown_table(rows: list[dict], *, title: str = "") -> str:
-    """Trials best first (val accuracy, then val loss); pruned trials last."""
-    kinds = {"lr": "sci", "weight_decay": "sci", "backbone_lr_mult": "f", "val_acc": "pct", "best_val_acc": "pct",
+    """Trials best first (monitored metric, then val loss); pruned trials last."""
+    monitor = monitor_of(rows)
+    kinds = {"lr": "sci", "weight_decay": "sci", "backbone_lr_mult": "f", monitor: "pct", f"best_{monitor}": "pct",
              "val_loss": "f", "wall_s": "s"}
-    columns = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
-    order = sorted(rows, key=lambda r: (r["state"] != "complete", -(r["val_acc"] or 0), r["val_loss"] or math.inf))
+    shown = [c for c in columns(monitor) if any(r.get(c) is not None for r in rows)]
+    order = sorted(rows, key=lambda r: (r["state"] != "complete", -(r.get(monitor) or 0), r["val_loss"] or math.inf))
     lines = [f"### {title}", ""] if title else []
-    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(r.get(c), kinds.get(c, "")) for c in columns) + " |" for r in order]
+    lines += ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(_fmt(r.get(c), kinds.get(c, "")) for c in shown) + " |" for r in order]
     return "\n".join(lines) + "\n"
 
 
 def plot_plane(stages: dict[str, list[dict]], out: str | Path, title: str = "") -> Path:
-    """Val accuracy over the lr x weight-decay plane (log axes): one marker shape per stage, colour = accuracy;
-    pruned trials hollow."""
+    """The monitored val metric over the lr x weight-decay plane (log axes): one marker shape per stage, colour =
+    the metric; pruned trials hollow."""
     from tlkit.plots import _pyplot
 
     plt = _pyplot()
+    monitor = monitor_of([r for rows in stages.values() for r in rows])
+    label = "val " + getattr(report_for_monitor(monitor), "metric_label", monitor)
     fig, ax = plt.subplots(figsize=(7, 5.2), constrained_layout=True)
-    accs = [r["val_acc"] for rows in stages.values() for r in rows if r["val_acc"] is not None]
-    vmin, vmax = (min(accs), max(accs)) if accs else (0.0, 1.0)
+    scores = [r[monitor] for rows in stages.values() for r in rows if r.get(monitor) is not None]
+    vmin, vmax = (min(scores), max(scores)) if scores else (0.0, 1.0)
     markers = {"coarse": "o", "refine": "^"}
     scatter = None
     best = None
     for stage, rows in stages.items():
-        done = [r for r in rows if r["state"] == "complete"]
+        done = [r for r in rows if r["state"] == "complete" and r.get(monitor) is not None]
         pruned = [r for r in rows if r["state"] == "pruned"]
         if done:
             scatter = ax.scatter([r["lr"] for r in done], [r["weight_decay"] for r in done],
-                                 c=[r["val_acc"] for r in done], cmap="viridis", vmin=vmin, vmax=vmax, s=70,
+                                 c=[r[monitor] for r in done], cmap="viridis", vmin=vmin, vmax=vmax, s=70,
                                  marker=markers.get(stage, "s"), edgecolors="black", linewidths=0.5, label=stage)
-            top = max(done, key=lambda r: (r["val_acc"], -(r["val_loss"] or math.inf)))
-            if best is None or (top["val_acc"], -(top["val_loss"] or 0)) > (best["val_acc"], -(best["val_loss"] or 0)):
+            top = max(done, key=lambda r: (r[monitor], -(r["val_loss"] or math.inf)))
+            if best is None or (top[monitor], -(top["val_loss"] or 0)) > (best[monitor], -(best["val_loss"] or 0)):
                 best = top
         if pruned:
             ax.scatter([r["lr"] for r in pruned], [r["weight_decay"] for r in pruned], facecolors="none",
                        edgecolors="grey", s=70, marker=markers.get(stage, "s"), label=f"{stage} (pruned)")
     if best is not None:
         ax.scatter([best["lr"]], [best["weight_decay"]], marker="*", s=320, facecolors="none", edgecolors="red",
-                   linewidths=1.5, label=f"best {best['val_acc']:.2%}")
+                   linewidths=1.5, label=f"best {best[monitor]:.2%}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("learning rate")
@@ -285,6 +299,6 @@ def plot_plane(stages: dict[str, list[dict]], out: str | Path, title: str = "") 
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="best")
     if scatter is not None:
-        fig.colorbar(scatter, ax=ax, label="val accuracy")
-    ax.set_title(title or "search: val accuracy over lr x weight decay", fontsize=10)
+        fig.colorbar(scatter, ax=ax, label=label)
+    ax.set_title(title or f"search: {label} over lr x weight decay", fontsize=10)
     return save_figure(fig, out, dpi=110)
