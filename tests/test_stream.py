@@ -247,17 +247,18 @@ def test_a_stream_run_stopped_mid_epoch_resumes_to_the_uninterrupted_run(folder_
     assert (tmp_path / "stopped" / "metrics.csv").read_text() == (tmp_path / "whole" / "metrics.csv").read_text()
 
 
-@pytest.mark.slow  # ~30 s: two fresh Python processes import torch + Lightning
-def test_two_process_ddp_fit_from_a_stream_trains_in_sync(tmp_path):
+@pytest.mark.slow  # ~30 s each: two fresh Python processes import torch + Lightning
+@pytest.mark.parametrize("kind", ["finetune", "linear_probe"])
+def test_two_process_ddp_fit_from_a_stream_trains_in_sync(tmp_path, kind):
     """LitData shards the stream between the two ranks (gloo on CPU); both replicas end with the same weights and
-    one run directory is written."""
+    one run directory is written. A linear probe's stream features are extracted half by each rank."""
     from test_distributed import run_two_ranks
 
     root = write_colour_classes(tmp_path / "colours")
     optimize_data(root, tmp_path / "stream", num_workers=1, progress=False, short_side=64)
     # eval batch 2: LitData deals a stream to the ranks in whole batches, and 12 val images in batches of 8 (the
     # default, twice batch_size) leave a rank none
-    recipe = stream_recipe(tmp_path / "stream", strategy={"kind": "finetune"},
+    recipe = stream_recipe(tmp_path / "stream", strategy={"kind": kind}, cache={"dir": str(tmp_path / "cache")},
                            data={"batch_size": 4, "eval_batch_size": 2},
                            trainer={"epochs": 2, "devices": 2, "strategy": "ddp"})
     run_dir = run_two_ranks(tmp_path, recipe, "torchrun")
@@ -266,4 +267,7 @@ def test_two_process_ddp_fit_from_a_stream_trains_in_sync(tmp_path):
     rank0, rank1 = (torch.load(run_dir / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for key, value in rank0["final"].items():
         assert torch.equal(value, rank1["final"][key]), f"replicas diverged at {key}"
-    assert any(not torch.equal(v, rank0["initial"][k]) for k, v in rank0["final"].items() if k.startswith("backbone."))
+    trained = "head." if kind == "linear_probe" else "backbone."
+    assert any(not torch.equal(v, rank0["initial"][k]) for k, v in rank0["final"].items() if k.startswith(trained))
+    if kind == "linear_probe":  # rank 0's share of the 36 rows, the rest read from what rank 1 wrote
+        assert metrics["feature_cache"]["used"] and metrics["feature_cache"]["extracted"] == 18

@@ -1,8 +1,8 @@
 """Cached features of a stream's items: tlkit.data.features.extract_splits for a LitData stream.
 
 The backbone's (or a frozen prefix's) outputs per stored image, computed once and kept in the feature cache with the
-item id `<root>/<split>#<position>@<split identity>` as each row's identity, so a stream written again gets new rows
-and a moved stream is recomputed. Read by StreamDataModule (a fit whose every epoch trains on the frozen network,
+item id `<root>/<split>#<position>@<split identity>` as each row's identity (FeatureCache identity=str), so a stream
+written again gets new rows and a moved stream is recomputed. Read by StreamDataModule (a fit whose every epoch trains on the frozen network,
 lp_ft's closed-form probe) and by strategy auto's held-out measurement.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -76,27 +75,11 @@ def _extract(network: torch.nn.Module, dataset: _StreamItems, *, run: Extraction
     return torch.cat(rows)
 
 
-@contextmanager
-def _ids_as_identities():
-    """Stream item ids are their own row identities in the feature cache (they carry the split's identity, so a
-    rewritten stream gets new rows); a file's identity is still path, size and mtime.
-
-    A bridge: tlkit.data.cache.FeatureCache.features keys rows by file_identity(path), which stats a file; until it
-    takes non-file ids itself, the ids of stream items (`...#<position>@<split identity>`) pass through unchanged."""
-    from tlkit.data import cache
-
-    file_identity = cache.file_identity
-    cache.file_identity = lambda path: path if "#" in str(path) else file_identity(path)
-    try:
-        yield
-    finally:
-        cache.file_identity = file_identity
-
-
-def cached_stream_rows(store: Any, key: dict, ids: list[str], compute: Any) -> torch.Tensor:
-    """FeatureCache.features(key, ids, compute) with stream item ids as the rows' identities."""
-    with _ids_as_identities():
-        return store.features(key, ids, compute)
+def cached_stream_rows(store: Any, key: dict, ids: list[str], compute: Any, *, batch_size: int) -> torch.Tensor:
+    """FeatureCache.features(key, ids, compute) with stream item ids as the rows' own identities (they carry the
+    split's identity, so a stream written again gets new rows); `batch_size`: the batches `compute` runs in (the
+    cache shares whole batches among DDP processes)."""
+    return store.features(key, ids, compute, identity=str, batch_size=batch_size)
 
 
 def extract_stream_features(root: str, scan: StreamScan, plan: CachePlan, pre: Preprocessing, *,
@@ -105,7 +88,8 @@ def extract_stream_features(root: str, scan: StreamScan, plan: CachePlan, pre: P
                             ) -> FeatureSplits:
     """tlkit.data.features.extract_splits for a stream: the network's outputs for every train item (cache.views
     augmented views, 1 when the augmentation is deterministic) and val item, from the feature cache where the
-    split is unchanged. `splits=("train",)` with the eval transform only: strategy auto's quick measurement."""
+    split is unchanged. `splits=("train",)`: the train items through the eval transform only, and no val (None):
+    strategy auto's quick measurement."""
     from tlkit.data.augment import build_eval_transform, build_train_transform
     from tlkit.data.cache import (
         CachedActivations,
@@ -113,6 +97,7 @@ def extract_stream_features(root: str, scan: StreamScan, plan: CachePlan, pre: P
         FeatureCache,
         code_versions,
         default_feature_dir,
+        extraction_batch_size,
         targets,
         view_seed,
         weights_fingerprint,
@@ -152,18 +137,20 @@ def extract_stream_features(root: str, scan: StreamScan, plan: CachePlan, pre: P
 
     eval_transform = build_eval_transform(pre)
     eval_key = {**base_key, "transform": "eval"}
+    batch = extraction_batch_size(run.device, run.eval_batch_size)
     if only_eval or (augment.is_deterministic and train_pre == pre):
-        views = [cached_stream_rows(store, eval_key, ids["train"], compute("train", eval_transform,
-                                                                          f"{what}: train"))]
+        views = [cached_stream_rows(store, eval_key, ids["train"], compute("train", eval_transform, f"{what}: train"),
+                                    batch_size=batch)]
     else:
         train_transform = build_train_transform(train_pre, augment)
         augment_key = {**base_key, "transform": augment.model_dump(mode="json"), "seed": seed,
                        **({"train_preprocessing": train_pre.to_dict()} if train_pre != pre else {})}
         views = [cached_stream_rows(store, {**augment_key, "view": v}, ids["train"],
-                                    compute("train", train_transform, f"{what}: train view {v + 1}/{num_views}", v))
+                                    compute("train", train_transform, f"{what}: train view {v + 1}/{num_views}", v),
+                                    batch_size=batch)
                  for v in range(num_views)]
-    val = (cached_stream_rows(store, eval_key, ids["val"], compute("val", eval_transform, f"{what}: val"))
-           if "val" in ids else views[0][:0])
+    val = (cached_stream_rows(store, eval_key, ids["val"], compute("val", eval_transform, f"{what}: val"),
+                              batch_size=batch) if "val" in ids else None)
     info = {"used": True, "views": len(views), "disk": store.directory is not None, "from_disk": store.stats.hits,
             "extracted": store.stats.misses, "seconds": round(time.perf_counter() - started, 2)}
     log.info("%s: %d train x %d view(s) + %d val stream items; %d rows from disk, %d extracted, %.1f s", what,
@@ -172,5 +159,5 @@ def extract_stream_features(root: str, scan: StreamScan, plan: CachePlan, pre: P
     rows = CachedActivations if prefix is not None else CachedFeatures
     return FeatureSplits(
         train=rows(torch.stack(views), targets([y for _, y in scan.train]), seed=seed, paths=ids["train"]),
-        val=rows(val, targets([y for _, y in scan.val]) if "val" in ids else targets([]), paths=ids.get("val", [])),
+        val=rows(val, targets([y for _, y in scan.val]), paths=ids["val"]) if val is not None else None,
         fingerprint=fingerprint, preprocessing=pre, info=info, train_preprocessing=train_pre)
