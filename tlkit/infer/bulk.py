@@ -199,9 +199,9 @@ def predict_inputs(classifier: Classifier, inputs: PredictInputs, policy: TTAPol
                                   num_workers=num_workers, collate_fn=collate))
     offset = len(inputs.files)
     for root, split, count in inputs.stream_splits():
-        from tlkit.data.stream import _litdata
+        from tlkit.data.stream import litdata_module
 
-        loaders.append(_litdata().StreamingDataLoader(stream_views(root, split, make_views, offset),
+        loaders.append(litdata_module().StreamingDataLoader(stream_views(root, split, make_views, offset),
                                                       batch_size=batch_size, num_workers=num_workers,
                                                       collate_fn=collate))
         offset += count

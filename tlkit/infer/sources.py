@@ -97,9 +97,9 @@ def _stream_class():
     attribute (a spawned device process or loader worker unpickles it by name)."""
     if "StreamViews" in globals():
         return globals()["StreamViews"]
-    from tlkit.data.stream import _litdata
+    from tlkit.data.stream import litdata_module
 
-    class StreamViews(_litdata().StreamingDataset):
+    class StreamViews(litdata_module().StreamingDataset):
         def __init__(self, input_dir: str, *, make_views: ViewMaker, offset: int, name: str):
             super().__init__(input_dir, shuffle=False, drop_last=False)
             self.make_views, self.offset, self.name = make_views, offset, name
