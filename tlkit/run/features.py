@@ -41,7 +41,7 @@ def fit_head_closed_form(module: TransferModule, datamodule: ImageFolderDataModu
     views, labels = features.train.usable()
     kwargs = {"num_classes": len(module.classes), "seed": seed,
               "multi_label": module.multi_label}
-    keep = getattr(module.strategy, "select", None)
+    keep = module.strategy.kept_feature_fraction()
     weight, bias, info = (fit_selected_head(views, labels, keep=keep, **kwargs) if keep is not None
                           else fit_logistic_head(views, labels, **kwargs))
     final = module.head[-1]
