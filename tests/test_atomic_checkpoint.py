@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 import torch
 
@@ -43,27 +46,43 @@ def test_fit_writes_checkpoints_through_the_atomic_writer(tmp_path, monkeypatch)
     assert {p.split("/")[-1] for p in map(str, saved)} >= {"best.ckpt", "last.ckpt"}
 
 
-def test_an_interrupt_inside_the_zip_writer_stays_an_interrupt(tmp_path, monkeypatch):
-    # torch's zip writer calls write() from C++ and reports its exceptions as "unexpected pos" RuntimeErrors; a
-    # SIGTERM landing there once turned `tlkit train`'s exit 143 into a traceback.
+def _writer_failing_after_4k(monkeypatch, failure: BaseException) -> None:
+    """Checkpoint writes go to a file whose write() raises `failure` once 4 KB are written (torch's zip writer calls
+    write() from C++ and reports its exceptions as "unexpected pos" RuntimeErrors)."""
     from contextlib import contextmanager
 
-    class InterruptedAfter4k:
+    class FailingAfter4k:
         written = 0
 
         def write(self, data):
             self.written += len(memoryview(data).cast("B"))
             if self.written > 4096:
-                raise KeyboardInterrupt
+                raise failure
             return len(memoryview(data).cast("B"))
 
         def flush(self):
             pass
 
     @contextmanager
-    def interrupted(path, mode):
-        yield InterruptedAfter4k()
+    def failing(path, mode):
+        yield FailingAfter4k()
 
-    monkeypatch.setattr(faults, "atomic_open", interrupted)
+    monkeypatch.setattr(faults, "atomic_open", failing)
+
+
+def test_checkpoint_write_on_a_full_disk_reports_the_disk_not_torch_internals(tmp_path, monkeypatch):
+    from tlkit.cli.main import describe_os_error
+
+    _writer_failing_after_4k(monkeypatch, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    with pytest.raises(OSError) as raised:
+        AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(100_000)}, tmp_path / "last.ckpt")
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / "last.ckpt")
+    assert describe_os_error(raised.value) == (f"cannot write {tmp_path / 'last.ckpt'}: the disk is full; free some "
+                                               "space, or write elsewhere (--out, --run-dir, output.runs_dir).")
+
+
+def test_an_interrupt_inside_the_zip_writer_stays_an_interrupt(tmp_path, monkeypatch):
+    # A SIGTERM landing inside torch's zip writer once turned `tlkit train`'s exit 143 into a traceback.
+    _writer_failing_after_4k(monkeypatch, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(100_000)}, tmp_path / "last.ckpt")

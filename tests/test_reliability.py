@@ -351,37 +351,6 @@ def test_unwritable_output_is_one_line_and_the_old_file_survives(case, trained_r
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv"]  # no temp file left behind
 
 
-def test_checkpoint_write_on_a_full_disk_reports_the_disk_not_torch_internals(tmp_path, monkeypatch):
-    from contextlib import contextmanager as cm
-
-    from tlkit.model import faults
-
-    class FullDisk:
-        written = 0
-
-        def write(self, data):
-            self.written += len(memoryview(data).cast("B"))
-            if self.written > 4096:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return len(memoryview(data).cast("B"))
-
-        def flush(self):
-            pass
-
-    @cm
-    def full_disk(path, mode):
-        yield FullDisk()
-
-    monkeypatch.setattr(faults, "atomic_open", full_disk)
-    with pytest.raises(OSError) as raised:
-        faults.AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(100_000)}, tmp_path / "last.ckpt")
-    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / "last.ckpt")
-    from tlkit.cli.main import describe_os_error
-
-    assert describe_os_error(raised.value) == (f"cannot write {tmp_path / 'last.ckpt'}: the disk is full; free some "
-                                               "space, or write elsewhere (--out, --run-dir, output.runs_dir).")
-
-
 def test_one_pixel_limit_for_training_scan_and_predict(trained_run, tmp_path, capsys, monkeypatch):
     from tlkit.data.datamodule import scan_folder
 
