@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -135,15 +136,15 @@ def test_lp_ft_under_ddp_probes_on_cached_features_then_fine_tunes_in_sync(tmp_p
     assert any(k.startswith("backbone.") for k in moved), "the fine-tune epoch did not train the backbone"
 
 
-def stored_rows(cache: Path) -> dict[tuple[str, bytes], bytes]:
-    """(cache entry, row identity digest) -> the row's bytes, over every shard of a cache folder."""
+def stored_rows(cache: Path) -> dict[tuple[str, bytes], "np.ndarray"]:
+    """(cache entry, row identity digest) -> the stored row, over every shard of a cache folder."""
     from safetensors.numpy import load_file
 
     rows = {}
     for path in sorted(cache.rglob("*.safetensors"), key=lambda p: p.name):
         data = load_file(str(path))
         for digest, row in zip(data["ids"].view("V16").reshape(-1), data["features"]):
-            rows[path.parent.parent.name, digest.tobytes()] = row.tobytes()
+            rows[path.parent.parent.name, digest.tobytes()] = row
     return rows
 
 
@@ -172,4 +173,8 @@ def test_two_processes_extract_each_image_once_and_get_the_features_of_one_proce
     alone = tiny_recipe_dict(root, **sections, cache={"dir": str(tmp_path / "alone_cache")}, trainer={"epochs": 2})
     fit(validate_recipe(alone), run_dir=tmp_path / "alone")
     shared, single = stored_rows(tmp_path / "shared_cache"), stored_rows(tmp_path / "alone_cache")
-    assert len(shared) == computed and shared == single
+    assert len(shared) == computed and shared.keys() == single.keys()
+    # The same rows up to float rounding: a process's thread count and batch composition can change the last bits of
+    # a convolution's sums on some CPUs, so bit-identity would test the machine, not the sharing.
+    for key, row in shared.items():
+        np.testing.assert_allclose(row, single[key], rtol=1e-4, atol=1e-6)
