@@ -132,6 +132,32 @@ def test_doctor_reports_symlink_loops_and_split_folders_linked_outside_in_one_li
     assert "val" not in report["class_counts"]  # never read
 
 
+def test_doctor_counts_the_images_training_reads_through_class_folders_linked_in_or_out(tmp_path):
+    """One link rule for training and the doctor: a class folder linked inside the data folder is read by both; one
+    linked outside is read by neither (the doctor reports it; training refuses a class left without images)."""
+    from conftest import write_class_folders
+
+    from tlkit.data.scan import scan_folder
+
+    root = tmp_path / "data"
+    write_class_folders(root / "train", {"a": 2, "b": 3})
+    write_class_folders(root / "val", {"a": 1, "b": 1})
+    write_class_folders(root / "spare", {"c": 2})
+    (root / "train" / "c").symlink_to(root / "spare" / "c")
+    scan = scan_folder(root)
+    trained = {c: sum(1 for _, label in scan.train if scan.classes[label] == c) for c in scan.classes}
+    assert trained == {"a": 2, "b": 3, "c": 2}
+    assert diagnose(root)["class_counts"]["train"] == trained
+
+    write_class_folders(tmp_path / "elsewhere", {"d": 2})
+    (root / "train" / "d").symlink_to(tmp_path / "elsewhere" / "d")
+    with pytest.raises(DataError, match="No training images for class"):
+        scan_folder(root)
+    report = diagnose(root)
+    assert report["class_counts"]["train"] == trained  # d is never read
+    assert _case(report, "symlink_outside_root") == [str(root / "train" / "d")]
+
+
 def test_doctor_refuses_a_train_folder_linked_outside_in_one_line(tmp_path, capsys):
     from conftest import write_class_folders
 

@@ -1,7 +1,8 @@
 """Dataset doctor: inspect an image folder read-only and report every case tlkit treats specially.
 
 `diagnose(root)` returns a JSON-able report; `format_table(report)` renders it. The folder is never modified:
-files are opened read-only, symlinks that leave the root (split folders included) are reported and not followed,
+files are opened read-only, symlinks that leave the root (split and class folders included) are reported and not
+followed, class folders are the ones training reads (tlkit.data.scan.class_dirs, one link rule),
 broken links and symlink loops are reported, and decompression bombs are judged from their header alone (never
 decoded).
 """
@@ -23,6 +24,7 @@ from tlkit.data.scan import (
     TRAIN_SPLIT_NAME,
     VAL_SPLIT_NAMES,
     case_clashes,
+    class_dirs,
     leaves_root,
     link_problem,
 )
@@ -112,10 +114,6 @@ def _split_dirs(root: Path) -> tuple[dict[str, Path], list[str]]:
     return splits, outside
 
 
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
-
-
 def _inside(path: Path, root: Path) -> bool:
     """Whether path's real location is inside root (os.path.realpath: a symlink loop cannot raise here)."""
     return Path(os.path.realpath(path)).is_relative_to(Path(os.path.realpath(root)))
@@ -185,7 +183,7 @@ def _file_cases(path: Path, class_dir: Path, root: Path, min_size: int) -> tuple
 
 def _entry_cases(path: Path, root: Path, min_size: int) -> tuple[list[str], bool]:
     """(the cases of one file a folder holds or a table lists, whether training uses it)."""
-    if path.is_symlink() and not _inside(path, root):
+    if leaves_root(path, root):
         return ["symlink_outside_root"], False  # never read: it may point anywhere
     problem = link_problem(path) if path.is_symlink() else None
     if problem is not None:
@@ -213,9 +211,11 @@ def diagnose(root: str | Path, *, min_size: int = DEFAULT_MIN_SIZE) -> dict:
     counts: dict[str, dict[str, int]] = {}
     readable: dict[str, list[str]] = defaultdict(list)  # split -> readable images (for the duplicate check)
     for split, split_dir in splits.items():
-        classes = _class_dirs(split_dir)
         counts[split] = {}
-        for class_dir in classes:
+        for class_dir in class_dirs(split_dir):  # the folders training reads (tlkit.data.scan), by its link rule
+            if leaves_root(class_dir, root):
+                found["symlink_outside_root"].append(str(class_dir))
+                continue
             good = 0
             for path in _walk(class_dir):
                 cases, usable = _file_cases(path, class_dir, root, min_size)

@@ -110,7 +110,9 @@ def read_header(path: Path) -> tuple[tuple[int, int] | None, str | None]:
     return (width, height), None
 
 
-def _class_dirs(folder: Path) -> list[Path]:
+def class_dirs(folder: Path) -> list[Path]:
+    """The class folders of a split folder (sorted; hidden ones ignored). A folder linked outside the data root is
+    listed here too: the caller refuses or reports it (leaves_root), training and the doctor alike."""
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
@@ -182,7 +184,7 @@ def _existing_root(root: str | Path) -> Path:
 
 
 def _check_extra_classes(folder: Path, train_dir: Path, classes: list[str]) -> None:
-    extra = sorted({p.name for p in _class_dirs(folder)} - set(classes))
+    extra = sorted({p.name for p in class_dirs(folder)} - set(classes))
     if extra:
         raise DataError(
             f"{folder} has classes missing from {train_dir}: {', '.join(extra)}. "
@@ -206,7 +208,7 @@ def scan_folder(root: str | Path, *, val_fraction: float = DEFAULT_VAL_FRACTION,
             "or point data.root at a folder of class subfolders."
         )
     source = train_dir or root
-    classes = [p.name for p in _class_dirs(source)]
+    classes = [p.name for p in class_dirs(source)]
     _check_classes(classes, source)
     for clash in case_clashes(classes):
         log.warning("class folders %s differ only in case: they are trained as different classes; merge them", clash)
