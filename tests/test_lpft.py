@@ -68,10 +68,14 @@ def test_closed_form_probe_fits_the_head_before_the_first_epoch_on_a_plain_train
 
     probe = next(c for c in module.trainer.callbacks if isinstance(c, ClosedFormProbe))
     views, labels = dm.feature_splits().train.usable()
-    weight, bias, _ = fit_logistic_head(views, labels, num_classes=3, seed=dm.seed)
+    smoothing = module.optim_config.label_smoothing
+    weight, bias, _ = fit_logistic_head(views, labels, num_classes=3, seed=dm.seed,
+                                        fine_tune_loss=lambda z, y: module.task.loss(z, y, smoothing=smoothing))
     torch.testing.assert_close(watch.head["0.weight"], weight)
     torch.testing.assert_close(watch.head["0.bias"], bias)
     assert probe.info["val_acc"] == pytest.approx(1.0)  # colours are linearly separable
+    losses = probe.info["holdout_fine_tune_loss"]  # C is the one whose head starts the fine-tune at the lowest loss
+    assert probe.info["C"] == min(losses, key=losses.get)
     assert {len(s) for s in watch.train_shapes} == {3}  # images, not features: no epoch is spent probing
     assert any(n.startswith("backbone.") for n in watch.trainable)
     assert dm.cache_info["used"] and dm.cache_info["served_epochs"] == 0

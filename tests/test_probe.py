@@ -69,6 +69,26 @@ def test_regularisation_is_chosen_on_held_out_training_data():
     assert info["C"] in info["holdout_acc"] and info["holdout_acc"][info["C"]] == max(info["holdout_acc"].values())
 
 
+def test_a_fine_tune_loss_chooses_c_by_its_lowest_held_out_value():
+    """LP-FT's probe: C is the one whose head gives the lowest held-out fine-tune loss, whatever the accuracy."""
+    features, labels = _blobs(200, 12, 3, seed=2)
+
+    def flattest(logits, targets):  # lowest for the most regularised head
+        return logits.abs().mean()
+
+    def sharpest(logits, targets):  # lowest for the least regularised head
+        return -logits.abs().mean()
+
+    _, _, flat = fit_logistic_head(features, labels, num_classes=3, seed=0, fine_tune_loss=flattest)
+    _, _, sharp = fit_logistic_head(features, labels, num_classes=3, seed=0, fine_tune_loss=sharpest)
+    assert flat["C"] == min(C_GRID) and sharp["C"] == max(C_GRID)
+    assert flat["holdout_acc"] == sharp["holdout_acc"]  # the same solves, scored the same; only the choice differs
+
+    smoothed = fit_logistic_head(features, labels, num_classes=3, seed=0,
+                                 fine_tune_loss=lambda z, y: torch.nn.functional.cross_entropy(z, y, label_smoothing=0.1))[2]
+    assert smoothed["C"] == min(smoothed["holdout_fine_tune_loss"], key=smoothed["holdout_fine_tune_loss"].get)
+
+
 def test_binary_two_class_problem():
     x, y = _blobs(200, 16, 2, seed=5, shift=1.0)
     weight, bias, _ = fit_logistic_head(torch.stack([x, x + 0.01]), y, num_classes=2, seed=0)  # two views

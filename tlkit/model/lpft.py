@@ -74,4 +74,10 @@ def _solve(features: Any, module: Any, *, seed: int, multi_label: bool) -> tuple
     if head_config is not None and (problem := module.strategy.unmet_needs(head_hidden=head_config.hidden)):
         raise ProbeError(f"{problem} (got head.hidden {list(head_config.hidden)}).")
     views, labels = features.train.usable()
-    return fit_logistic_head(views, labels, num_classes=len(module.classes), seed=seed, multi_label=multi_label)
+    smoothing = module.optim_config.label_smoothing
+
+    def fine_tune_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return module.task.loss(logits, targets, smoothing=smoothing)
+
+    return fit_logistic_head(views, labels, num_classes=len(module.classes), seed=seed, multi_label=multi_label,
+                             fine_tune_loss=fine_tune_loss)
