@@ -40,8 +40,8 @@ def test_only_files_with_colliding_sizes_are_hashed(tmp_path, monkeypatch):
         path.write_bytes(bytes([i]) * size)
         paths.append(str(path))
     hashed = []
-    real = preflight_module._sha256
-    monkeypatch.setattr(preflight_module, "_sha256", lambda p: hashed.append(p) or real(p))
+    real = preflight_module.file_sha256
+    monkeypatch.setattr(preflight_module, "file_sha256", lambda p: hashed.append(p) or real(p))
     assert exact_duplicates({"train": paths[:2], "val": paths[2:]}) == []  # same size, different bytes
     assert sorted(hashed) == sorted(paths[1:3])
     (tmp_path / "f2.bin").write_bytes((tmp_path / "f1.bin").read_bytes())

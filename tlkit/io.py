@@ -1,4 +1,4 @@
-"""Writing files safely: one atomic-write helper and one figure saver for the whole package.
+"""Files: one atomic-write helper, one figure saver and one file hash for the whole package.
 
 Every file tlkit writes goes through `atomic_path`: the content lands in a fresh temp file created exclusively
 (`tempfile.mkstemp`, O_EXCL, unpredictable name) in the destination's folder, is flushed to disk, then renamed over
@@ -9,6 +9,7 @@ redirect the write.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -120,3 +121,15 @@ def cache_dir() -> Path:
         return Path(os.environ["TLKIT_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "tlkit"
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes, read in blocks: a local path or an fsspec URL (s3://...). The one content hash
+    behind duplicate detection (doctor, training's preflight) and a run's data fingerprint, so both agree."""
+    if "://" in path:
+        import fsspec
+
+        with fsspec.open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -4,25 +4,17 @@ large folders. `tlkit doctor DIR` is the full, slower inspection (decodes every 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from tlkit.data.scan import FolderScan
+from tlkit.io import file_sha256
 
 IMBALANCE_WARNING = 3.0  # largest / smallest class at which training suggests data.balance
 # A scan of a LitData stream (tlkit.data.stream) holds item ids, not files: only the label checks run on it at
 # training start; the file checks ran on the original images when the stream was written (its `file_checks`).
 STREAM_LAYOUT = "stream"
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def exact_duplicates(groups: dict[str, Sequence[str]]) -> list[list[tuple[str, str]]]:
@@ -36,7 +28,7 @@ def exact_duplicates(groups: dict[str, Sequence[str]]) -> list[list[tuple[str, s
     for candidates in by_size.values():
         if len(candidates) > 1:
             for group, path in candidates:
-                copies[_sha256(path)].append((group, path))
+                copies[file_sha256(path)].append((group, path))
     return [found for found in copies.values() if len(found) > 1]
 
 

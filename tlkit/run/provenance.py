@@ -17,8 +17,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tlkit.data.preflight import STREAM_LAYOUT
-from tlkit.data.scan import FolderScan
+from tlkit.data.scan import FolderScan, relative_name
 from tlkit.errors import TlkitError
+from tlkit.io import file_sha256
 from tlkit.redact import redact_credentials
 
 
@@ -91,16 +92,6 @@ def _stat(path: str) -> tuple[int, int]:
     return stat.st_size, int(stat.st_mtime)
 
 
-def _sha256_of(path: str) -> str:
-    if "://" in path:
-        import fsspec
-
-        with fsspec.open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def data_fingerprint(root: str | Path, paths: Iterable[str], labels: dict[str, object] | None = None) -> dict:
     """What identifies the images wherever the folder is: the file count, a hash of every image's path relative to
     `root` and size (`paths_sizes_sha256`), and the same with each file's SHA-256 (`content_sha256`) when the data is
@@ -111,7 +102,7 @@ def data_fingerprint(root: str | Path, paths: Iterable[str], labels: dict[str, o
     while every image file stays the same."""
     paths = sorted(paths)
     relative = [os.path.relpath(path, root) for path in paths]
-    names = [rel.replace(os.sep, "/") for rel in relative]  # the same on every operating system
+    names = [relative_name(path, root) for path in paths]  # the names views are seeded by, on every OS
     stats = [_stat(path) for path in paths]
     total = sum(size for size, _ in stats)
     legacy, sizes = hashlib.sha256(), hashlib.sha256()
@@ -123,7 +114,7 @@ def data_fingerprint(root: str | Path, paths: Iterable[str], labels: dict[str, o
     if len(paths) <= CONTENT_HASH_MAX_FILES and total <= CONTENT_HASH_MAX_BYTES:
         content = hashlib.sha256()
         for path, name, (size, _) in zip(paths, names, stats):
-            content.update(f"{name}\t{size}\t{_sha256_of(path)}\n".encode())
+            content.update(f"{name}\t{size}\t{file_sha256(path)}\n".encode())
         fingerprint["content_sha256"] = content.hexdigest()
     if labels is not None:
         label_digest = hashlib.sha256()
