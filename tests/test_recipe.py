@@ -216,6 +216,18 @@ def test_absolute_root_is_kept(tmp_path):
     assert Path(load_recipe(path).data.root) == absolute
 
 
+def test_a_stream_in_object_storage_keeps_its_url(tmp_path):
+    path = write_recipe(tmp_path / "recipes" / "r.yaml", "data:\n  root: s3://bucket/streams/pets\n  source: litdata\n")
+    assert load_recipe(path).data.root == "s3://bucket/streams/pets"
+    assert load_recipe(path, ["data.root=s3://other/pets"]).data.root == "s3://other/pets"
+
+
+def test_a_url_root_for_a_folder_or_table_is_refused_in_one_line(tmp_path):
+    path = write_recipe(tmp_path / "recipes" / "r.yaml", "data:\n  root: s3://bucket/images\n")
+    with pytest.raises(RecipeError, match="is a URL, which only source: litdata reads .* copy the images to a local"):
+        load_recipe(path)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # render_recipe
 

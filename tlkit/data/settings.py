@@ -103,6 +103,14 @@ class DataConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _only_streams_from_object_storage(self) -> DataConfig:
+        if "://" in self.root and self.source != "litdata":
+            raise ValueError(f"root {self.root!r} is a URL, which only source: litdata reads (a stream written by "
+                             "tlkit data optimize); copy the images to a local folder, or write a stream to that "
+                             "prefix and add source: litdata")
+        return self
+
+    @model_validator(mode="after")
     def _stream_is_written_already(self) -> DataConfig:
         if self.source != "litdata":
             return self

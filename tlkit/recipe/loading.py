@@ -124,7 +124,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         from_cli = any(o.split("=", 1)[0].strip() == key for o in overrides)
         return Path.cwd() if from_cli else recipe_dir
 
-    recipe.data.root = str(resolve_path(recipe.data.root, base_for("data.root")))
+    recipe.data.root = resolve_location(recipe.data.root, base_for("data.root"))
     for key in ("exclude", "relabel"):  # files the recipe names are found like data.root (a list holds image paths)
         if isinstance(getattr(recipe.data, key), str):
             setattr(recipe.data, key, str(resolve_path(getattr(recipe.data, key), base_for(f"data.{key}"))))
@@ -141,6 +141,12 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
 def resolve_path(value: str, base: Path) -> Path:
     p = Path(os.path.expandvars(value)).expanduser()
     return p if p.is_absolute() else (base / p).resolve()
+
+
+def resolve_location(value: str, base: Path) -> str:
+    """A local path resolved as resolve_path does; a URL (s3://bucket/prefix, a stream in object storage) as it is."""
+    value = os.path.expandvars(value)
+    return value if "://" in value else str(resolve_path(value, base))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
