@@ -372,3 +372,14 @@ def test_a_shard_still_being_written_is_not_read(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="tlkit.data.cache"):
         served = FeatureCache(tmp_path / "cache").features({"k": 1}, ["row-0"], compute, identity=str)
     assert served[:, 0].tolist() == [1] and seen == ["row-0"] and not caplog.records
+
+
+def test_rows_held_in_memory_may_be_empty():
+    """A split with no images (a val folder of empty class folders) still gives Rows: zero of them, of the right shape."""
+    import torch
+
+    from tlkit.data.shards import FeatureViews, Rows
+
+    assert len(Rows.of_tensor(torch.zeros(0, 5))) == 0
+    views = FeatureViews.of(torch.zeros(2, 0, 3, 4), row_ndim=2)
+    assert len(views) == 2 and all(len(v) == 0 for v in views.views)

@@ -287,5 +287,5 @@ class CacheConfig(Section):
     dir: str | None = None
     """Cache folder; null = $TLKIT_CACHE/features, else ~/.cache/tlkit/features."""
     max_gb: float = Field(default=4.0, gt=0)
-    """strategy finetune_top: refuse to cache the frozen prefix's activations (float16, held in memory while
-    training and on disk) when they would exceed this many GB; the size is logged before anything is computed."""
+    """strategy finetune_top: refuse to cache the frozen prefix's activations (float16 on disk; training reads them
+    a batch at a time) when they would exceed this many GB; the size is logged before anything is computed."""

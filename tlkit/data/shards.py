@@ -257,7 +257,7 @@ class Rows:
     def of_tensor(cls, rows: torch.Tensor) -> Rows:
         """Rows held in memory (a tensor given directly); non-finite rows count as missing."""
         rows = rows.detach().cpu().contiguous()
-        finite = rows.reshape(len(rows), -1).isfinite().all(dim=1).numpy()
+        finite = rows.reshape(len(rows), math.prod(rows.shape[1:])).isfinite().all(dim=1).numpy()  # 0 rows too
         array = rows.numpy() if rows.dtype != torch.bfloat16 else rows.float().numpy()
         source = np.where(finite, 0, NAN_SOURCE).astype(np.int32)
         return cls([MemoryBlock(array)], source, np.arange(len(rows), dtype=np.int64), tuple(rows.shape[1:]),
