@@ -271,3 +271,21 @@ def test_two_process_ddp_fit_from_a_stream_trains_in_sync(tmp_path, kind):
     assert any(not torch.equal(v, rank0["initial"][k]) for k, v in rank0["final"].items() if k.startswith(trained))
     if kind == "linear_probe":  # rank 0's share of the 36 rows, the rest read from what rank 1 wrote
         assert metrics["feature_cache"]["used"] and metrics["feature_cache"]["extracted"] == 18
+
+
+def test_folder_commands_given_a_stream_say_what_it_is_in_one_line(tmp_path, capsys):
+    """doctor, audit, and evaluate/training with a folder source (both scan the folder) name the stream."""
+    from tlkit.cli.main import main
+    from tlkit.data.scan import scan_folder
+    from tlkit.errors import DataError
+
+    root = write_colour_classes(tmp_path / "colours", per_class=3)
+    stream = tmp_path / "stream"
+    optimize_data(root, stream, num_workers=1, progress=False, short_side=16)
+    said = "is a stream written by tlkit data optimize, not an image folder"
+    for args in (["doctor", str(stream)], ["audit", str(stream), "--out", str(tmp_path / "audit")]):
+        assert main(args) != 0
+        err = capsys.readouterr().err.strip()
+        assert said in err and "\n" not in err and "Traceback" not in err
+    with pytest.raises(DataError, match=said):
+        scan_folder(stream)

@@ -27,6 +27,7 @@ from tlkit.data.scan import (
     class_dirs,
     leaves_root,
     link_problem,
+    refuse_stream,
 )
 from tlkit.data.settings import DEFAULT_LABEL_DELIMITER
 from tlkit.errors import DataError, DataNotFoundError, did_you_mean
@@ -205,6 +206,7 @@ def diagnose(root: str | Path, *, min_size: int = DEFAULT_MIN_SIZE) -> dict:
         parent = root.parent
         hint = did_you_mean(root.name, [p.name for p in parent.iterdir()]) if parent.is_dir() else ""
         raise DataNotFoundError(f"Data folder {str(root)!r} does not exist.{hint} Pass a folder of class subfolders.")
+    refuse_stream(root)  # its images were checked when it was written (file_checks in its tlkit_stream.json)
     splits, outside = _split_dirs(root)
     found: dict[str, list[str]] = defaultdict(list)
     found["symlink_outside_root"] += outside

@@ -36,6 +36,7 @@ TRAIN_SPLIT_NAME = "train"
 VAL_SPLIT_NAMES = ("val", "valid", "validation")
 TEST_SPLIT_NAME = "test"
 LINK_OUTSIDE = "symlink leaving the data folder (not followed)"
+STREAM_MANIFEST = "tlkit_stream.json"  # what `tlkit data optimize` writes last into a stream folder
 
 Sample = tuple[str, int]  # multi-label data: (path, tuple of sorted class indices, possibly empty)
 
@@ -180,7 +181,17 @@ def _existing_root(root: str | Path) -> Path:
             f"Data folder {str(root)!r} does not exist.{hint} Point data.root at a folder of class subfolders "
             "(e.g. --set data.root=/path/to/images)."
         )
+    refuse_stream(root)
     return root
+
+
+def refuse_stream(root: Path) -> None:
+    """A LitData stream (tlkit data optimize's output) read as an image folder would report 'no class folders'; say
+    what it is instead, and where it can be read."""
+    if (root / STREAM_MANIFEST).is_file():
+        raise DataError(f"{root} is a stream written by tlkit data optimize, not an image folder: train on it with "
+                        "data.source: litdata, predict with tlkit predict; point this command at the folder or table "
+                        "the stream was written from")
 
 
 def _check_extra_classes(folder: Path, train_dir: Path, classes: list[str]) -> None:

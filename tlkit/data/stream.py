@@ -40,7 +40,7 @@ from tlkit.data.encode import encode
 from tlkit.data.features import Extraction, FeatureSplits
 from tlkit.data.preflight import STREAM_LAYOUT, file_checks
 from tlkit.data.protocol import CachePlan
-from tlkit.data.scan import FolderScan
+from tlkit.data.scan import STREAM_MANIFEST, FolderScan
 from tlkit.data.settings import DEFAULT_SEED, CacheConfig, DataConfig, TrainAugment
 from tlkit.data.workers import cpus_available, local_devices, resolve_workers
 from tlkit.errors import DataError
@@ -49,7 +49,7 @@ from tlkit.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "tlkit_stream.json"  # written last: a folder without it is not a finished tlkit stream
+MANIFEST = STREAM_MANIFEST  # written last: a folder without it is not a finished tlkit stream
 STREAM_FORMAT = "tlkit-litdata"
 SPLITS = ("train", "val", "test")
 DEFAULT_SHORT_SIDE = 256  # a 224 px model's eval resize (crop_pct 0.875: the shorter side to 256)
