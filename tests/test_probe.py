@@ -9,6 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
 from tlkit.model.probe import C_GRID, _solve, _standardised_rows, fit_logistic_head
+from tlkit.model.tasks import SingleLabel
 
 
 def _blobs(n: int, d: int, k: int, seed: int, shift: float = 0.35) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +46,7 @@ def test_accuracy_matches_the_sklearn_probe_within_a_point():
 def test_each_solve_reaches_sklearns_optimum_on_standardised_features(c):
     x, y = _blobs(300, 24, 4, seed=3)
     xs, ys, _ = _standardised_rows(x[None], y, torch.arange(len(y)))
-    weight, bias = _solve(xs, ys, c, 4, False, None)
+    weight, bias = _solve(xs, ys, c, 4, SingleLabel(), None)
     reference = LogisticRegression(C=c, max_iter=5000, tol=1e-8).fit(xs.double().numpy(), ys.numpy())
     ours = torch.softmax(xs @ weight.T + bias, dim=-1).numpy()
     np.testing.assert_allclose(ours, reference.predict_proba(xs.double().numpy()), atol=2e-3)
@@ -102,7 +103,7 @@ def test_multi_label_recovers_planted_labels():
     planted = torch.from_numpy(rng.normal(size=(4, 20))).float()
     labels = ((x @ planted.T + torch.tensor([0.0, 1.0, -1.0, 0.5])) > 0).float()  # classes of different frequency
     labels[:, 3] = (x @ planted[3] > 2.0 * planted[3].norm()).float()  # a rare class: about 2% positives
-    weight, bias, info = fit_logistic_head(x[:600], labels[:600], num_classes=4, seed=0, multi_label=True)
+    weight, bias, info = fit_logistic_head(x[:600], labels[:600], num_classes=4, seed=0, task="multi_label")
     assert weight.shape == (4, 20) and info["C"] in info["holdout_map"]
     predicted = (x[600:] @ weight.T + bias > 0).float()
     agreement = (predicted == labels[600:]).float().mean(0)
@@ -114,7 +115,7 @@ def test_multi_label_images_with_no_class_are_allowed():
     x = torch.randn(50, 6)
     labels = torch.zeros(50, 3)
     labels[::2, 0] = 1.0
-    weight, bias, _ = fit_logistic_head(x, labels, num_classes=3, seed=0, multi_label=True)
+    weight, bias, _ = fit_logistic_head(x, labels, num_classes=3, seed=0, task="multi_label")
     assert torch.isfinite(weight).all() and (torch.sigmoid(x @ weight.T + bias)[:, 1:] < 0.5).all()
 
 

@@ -64,5 +64,5 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, *, num_classes: int, see
     import torch
 
     weight, bias, _ = fit_logistic_head(torch.from_numpy(features), torch.from_numpy(labels),
-                                        num_classes=num_classes, seed=seed, multi_label=multi_label)
+                                        num_classes=num_classes, seed=seed, task=multi_label)
     return weight.numpy(), bias.numpy()

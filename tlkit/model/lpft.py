@@ -42,8 +42,7 @@ class ClosedFormProbe(L.Callback):
         features = _cached_features(trainer.datamodule)
         datamodule = trainer.datamodule
         task = pl_module.task
-        weight, bias, info = _solve(features, pl_module, seed=int(getattr(datamodule, "seed", 0)),
-                                    multi_label=task.has_thresholds)
+        weight, bias, info = _solve(features, pl_module, seed=int(getattr(datamodule, "seed", 0)))
         # Every DDP rank solved the same problem; rank 0's answer is the one all replicas keep.
         weight, bias = trainer.strategy.broadcast((weight, bias), src=0)
         final = pl_module.head[-1]
@@ -67,7 +66,7 @@ def _cached_features(datamodule: Any) -> Any:
     return features
 
 
-def _solve(features: Any, module: Any, *, seed: int, multi_label: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def _solve(features: Any, module: Any, *, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
     from tlkit.model.probe import fit_logistic_head
 
     head_config = getattr(module, "head_config", None)
@@ -79,5 +78,5 @@ def _solve(features: Any, module: Any, *, seed: int, multi_label: bool) -> tuple
     def fine_tune_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return module.task.loss(logits, targets, smoothing=smoothing)
 
-    return fit_logistic_head(views, labels, num_classes=len(module.classes), seed=seed, multi_label=multi_label,
+    return fit_logistic_head(views, labels, num_classes=len(module.classes), seed=seed, task=module.task,
                              fine_tune_loss=fine_tune_loss)

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tlkit.model.tasks import Task, task_from
+
 log = logging.getLogger(__name__)
 
 C_GRID = tuple(10.0**k for k in range(-4, 3))  # inverse L2 strength, 1e-4 .. 1e2 (sklearn's meaning of C)
@@ -38,16 +40,17 @@ BATCH_VALUES = 2**20  # feature values per batch read when it does not (4 MB as 
 
 
 def fit_logistic_head(views: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int,
-                      holdout: float = 0.2, multi_label: bool = False,
+                      holdout: float = 0.2, task: Task | str | bool = "single_label",
                       fine_tune_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                       ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(weight (C, D), bias (C,), info) of an L-BFGS logistic regression; C chosen on a held-out split.
 
     Args:
         views: (K, N, D) cached features, K augmented views of N images (or (N, D)).
-        labels: (N,) class indices, or (N, num_classes) multi-hot 0/1 when multi_label.
-        multi_label: one sigmoid per class (BCE); C is then chosen by the held-out mean average precision
-            instead of accuracy.
+        labels: (N,) class indices, or (N, num_classes) multi-hot 0/1 for a multi-label task.
+        task: single_label (softmax cross-entropy, C chosen by held-out accuracy) or multi_label (a sigmoid per
+            class, one-vs-rest; C chosen by held-out mean average precision): a Task, its name, or a multi-label
+            flag. The task states the loss, the score and how the held-out split is stratified.
         fine_tune_loss: (logits, targets) -> the loss fine-tuning will minimise from this head (LP-FT). C is then
             the one with the lowest held-out value of it, not the best held-out score: the probe is a starting
             point, and a head that already minimises the fine-tune's loss (label smoothing included) sends the
@@ -55,49 +58,49 @@ def fit_logistic_head(views: torch.Tensor, labels: torch.Tensor, *, num_classes:
             does the opposite (cifar10_small: C=0.01 and C=0.001 tied on held-out accuracy, 405/600; the sharper
             one started the fine-tune with a larger loss).
     """
-    views, labels = _as_problem(views, labels, multi_label)
-    split = _holdout_split(labels, num_classes, holdout, seed, multi_label)
-    best_c, scores, init, losses = _choose_c(views, labels, num_classes, multi_label, split, fine_tune_loss)
+    task = task_from(task)
+    views, labels = _as_problem(views, labels, task)
+    split = _holdout_split(labels, num_classes, holdout, seed, task)
+    best_c, scores, init, losses = _choose_c(views, labels, num_classes, task, split, fine_tune_loss)
     if not scores:
-        log.warning("lbfgs probe: too few images %s to hold out %.0f%% for choosing C; using C=1",
-                    "" if multi_label else "per class", 100 * holdout)
+        log.warning("lbfgs probe: too few images%s to hold out %.0f%% for choosing C; using C=1",
+                    "" if task.strata(labels) is None else " per class", 100 * holdout)
     x, y, scale = _standardised_rows(views, labels, torch.arange(len(labels)))
-    weight, bias = _solve(x, y, best_c, num_classes, multi_label, init)
+    weight, bias = _solve(x, y, best_c, num_classes, task, init)
     weight, bias = _unstandardise(weight, bias, *scale)
-    metric = "holdout_map" if multi_label else "holdout_acc"
-    info = {"solver": "lbfgs", "C": best_c, metric: scores}
+    info = {"solver": "lbfgs", "C": best_c, task.probe_scores_key: scores}
     if losses:
         info["holdout_fine_tune_loss"] = losses
     if scores:
         chosen_by = f", fine-tune loss {losses[best_c]:.4f}: the lowest" if losses else ""
-        log.info("lbfgs probe: C=%g (held-out %s %.3f%s)", best_c, "mAP" if multi_label else "accuracy",
-                 scores[best_c], chosen_by)
+        log.info("lbfgs probe: C=%g (held-out %s %.3f%s)", best_c, task.metric_label, scores[best_c], chosen_by)
     return weight, bias, info
 
 
 def holdout_scores(views: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int, holdout: float = 0.2,
-                   multi_label: bool = False) -> dict:
+                   task: Task | str | bool = "single_label") -> dict:
     """The probe's held-out measurement without the final refit: fit on (1 - holdout) of the images, score on the
-    rest (accuracy; mean average precision when multi_label) for each C of the grid.
+    rest (the task's: accuracy, or mean average precision for multi-label) for each C of the grid.
 
     Returns {"C": the best C, "score": its held-out score, "scores": {C: score}, "metric": "accuracy" | "mAP",
     "fit_images": n, "held_out_images": n}; score is None when too few images (per class) to hold out."""
-    views, labels = _as_problem(views, labels, multi_label)
-    split = _holdout_split(labels, num_classes, holdout, seed, multi_label)
-    best_c, scores, _, _ = _choose_c(views, labels, num_classes, multi_label, split)
+    task = task_from(task)
+    views, labels = _as_problem(views, labels, task)
+    split = _holdout_split(labels, num_classes, holdout, seed, task)
+    best_c, scores, _, _ = _choose_c(views, labels, num_classes, task, split)
     return {"C": best_c if scores else None, "score": scores[best_c] if scores else None, "scores": scores,
-            "metric": "mAP" if multi_label else "accuracy",
+            "metric": task.metric_label,
             "fit_images": len(split[0]) if split is not None else len(labels),
             "held_out_images": len(split[1]) if split is not None else 0}
 
 
-def _as_problem(views: Any, labels: torch.Tensor, multi_label: bool) -> tuple[Any, torch.Tensor]:
+def _as_problem(views: Any, labels: torch.Tensor, task: Task) -> tuple[Any, torch.Tensor]:
     """(K, N, D) float views (a tensor, or cached rows too big to hold, read in batches) and the labels in the
     loss's dtype."""
     views = _in_memory_if_small(views)
     if isinstance(views, torch.Tensor):
         views = (views[None] if views.ndim == 2 else views).float()
-    return views, labels.float() if multi_label else labels.long()
+    return views, task.probe_targets(labels)
 
 
 def _in_memory_if_small(views: Any) -> Any:
@@ -148,7 +151,7 @@ def _raw_stats(views: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, (squares / max(n - 1, 1)).sqrt()
 
 
-def _choose_c(views: torch.Tensor, labels: torch.Tensor, num_classes: int, multi_label: bool,
+def _choose_c(views: torch.Tensor, labels: torch.Tensor, num_classes: int, task: Task,
               split: tuple[torch.Tensor, torch.Tensor] | None, fine_tune_loss: Callable | None = None,
               ) -> tuple[float, dict[float, float], tuple[torch.Tensor, torch.Tensor] | None, dict[float, float]]:
     """(best C, held-out score per C, the best C's solution on the fit part to warm-start from, held-out
@@ -165,10 +168,10 @@ def _choose_c(views: torch.Tensor, labels: torch.Tensor, num_classes: int, multi
     solutions = {}
     init = None
     for c in C_GRID:  # strong -> weak regularisation, each solve warm-started from the last
-        init = _solve(x, y, c, num_classes, multi_label, init)
+        init = _solve(x, y, c, num_classes, task, init)
         solutions[c] = init
         logits = _logits(held_x, *init)
-        scores[c] = _score(logits, held_y, multi_label)
+        scores[c] = task.probe_score(logits, held_y)
         if fine_tune_loss is not None:
             losses[c] = float(fine_tune_loss(logits, held_y))
     closest_to_default = {c: -abs(np.log10(c)) for c in C_GRID}  # ties: closest to sklearn's default 1
@@ -180,20 +183,22 @@ def _choose_c(views: torch.Tensor, labels: torch.Tensor, num_classes: int, multi
 
 
 def _holdout_split(labels: torch.Tensor, num_classes: int, holdout: float, seed: int,
-                   multi_label: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(fit, held-out) image indices, stratified by class for single-label; None when too few images to split.
+                   task: Task) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(fit, held-out) image indices, stratified as the task says (by class for single-label); None when too few
+    images to split.
 
     Images, not rows, are split: the K views of one image stay on the same side, so C is scored on unseen images."""
     from sklearn.model_selection import train_test_split
 
     n = len(labels)
     n_held = round(n * holdout)
-    if multi_label:
-        ok, stratify = 2 <= n_held <= n - 2, None  # multi-hot rows have no class to stratify on
+    stratify = task.strata(labels)
+    if stratify is None:
+        ok = 2 <= n_held <= n - 2
     else:
-        counts = np.bincount(labels.numpy(), minlength=num_classes)
+        counts = np.bincount(stratify, minlength=num_classes)
         present = int((counts > 0).sum())
-        ok, stratify = counts[counts > 0].min() >= 2 and present <= n_held <= n - present, labels.numpy()
+        ok = counts[counts > 0].min() >= 2 and present <= n_held <= n - present
     if not ok:
         return None
     fit_idx, held_idx = train_test_split(np.arange(n), test_size=n_held, stratify=stratify, random_state=seed)
@@ -230,14 +235,7 @@ def _logits(x: Any, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return torch.cat([rows @ weight.T + bias for rows in x.batches()])
 
 
-def _loss(logits: torch.Tensor, y: torch.Tensor, multi_label: bool) -> torch.Tensor:
-    fn = torch.nn.functional
-    if multi_label:  # one-vs-rest: the sum over classes of each binary problem's loss
-        return fn.binary_cross_entropy_with_logits(logits, y, reduction="sum") / len(y)
-    return fn.cross_entropy(logits, y)
-
-
-def _solve(x: torch.Tensor, y: torch.Tensor, c: float, num_classes: int, multi_label: bool,
+def _solve(x: torch.Tensor, y: torch.Tensor, c: float, num_classes: int, task: Task,
            init: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimise mean loss + ||W||^2 / (2 C N): sklearn's C * sum(loss) + ||W||^2 / 2 divided by C N (same minimum;
     the intercept is not penalised, as in sklearn)."""
@@ -252,14 +250,14 @@ def _solve(x: torch.Tensor, y: torch.Tensor, c: float, num_classes: int, multi_l
     def closure():
         opt.zero_grad()
         if isinstance(x, torch.Tensor):
-            loss = _loss(x @ w.T + b, y, multi_label) + penalty * w.pow(2).sum()
+            loss = task.probe_loss(x @ w.T + b, y) + penalty * w.pow(2).sum()
             loss.backward()
             return loss
         loss = penalty * w.pow(2).sum()  # rows read in batches: the mean loss as a sum of per-batch parts
         loss.backward()
         total, start = loss.detach(), 0
         for rows in x.batches():
-            part = _loss(rows @ w.T + b, y[start: start + len(rows)], multi_label) * (len(rows) / len(x))
+            part = task.probe_loss(rows @ w.T + b, y[start: start + len(rows)]) * (len(rows) / len(x))
             part.backward()
             total, start = total + part.detach(), start + len(rows)
         return total
@@ -282,18 +280,6 @@ def _threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def _score(logits: torch.Tensor, y: torch.Tensor, multi_label: bool) -> float:
-    """Held-out accuracy (single-label) or macro average precision over the classes that have a positive."""
-    if not multi_label:
-        return float((logits.argmax(1) == y).float().mean())
-    from sklearn.metrics import average_precision_score
-
-    has_pos = y.sum(0) > 0
-    if not bool(has_pos.any()):
-        return 0.0
-    return float(average_precision_score(y[:, has_pos].numpy(), logits[:, has_pos].numpy(), average="macro"))
-
-
 def _unstandardise(weight, bias, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
     """The same logits on raw features: W ((x - m) / s) + b = (W / s) x + (b - (W / s) m)."""
     raw_w = weight / std
@@ -301,7 +287,7 @@ def _unstandardise(weight, bias, mean, std) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def fit_selected_head(views: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int, keep: float,
-                      multi_label: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                      task: Task | str | bool = "single_label") -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Like fit_logistic_head, on the `keep` fraction of the features that matter most; the rest get weight 0.
 
     A feature's relevance is the norm of its weights across classes in a first fit on all features, times its spread
@@ -311,12 +297,12 @@ def fit_selected_head(views: torch.Tensor, labels: torch.Tensor, *, num_classes:
     if views.ndim == 2:
         views = views[None]
     width = views.shape[-1]
-    first, _, first_info = fit_logistic_head(views, labels, num_classes=num_classes, seed=seed, multi_label=multi_label)
+    first, _, first_info = fit_logistic_head(views, labels, num_classes=num_classes, seed=seed, task=task)
     in_memory = isinstance(views, torch.Tensor)
     spread = views.reshape(-1, width).float().std(0) if in_memory else _raw_stats(views)[1].float()
     kept = torch.argsort(first.norm(dim=0) * spread, descending=True)[: max(1, round(keep * width))].sort().values
     weight, bias, info = fit_logistic_head(views[..., kept] if in_memory else views.select_columns(kept), labels,
-                                           num_classes=num_classes, seed=seed, multi_label=multi_label)
+                                           num_classes=num_classes, seed=seed, task=task)
     full = torch.zeros(num_classes, width)
     full[:, kept] = weight
     info = {**info, "kept_features": len(kept), "of_features": width, "C_all_features": first_info["C"]}

@@ -106,6 +106,25 @@ class Task(ABC):
     def log_epoch_end(self, module: L.LightningModule, split: str) -> None:
         """Log the <split> metrics that are computed over the whole epoch."""
 
+    # The closed-form probe's problem (tlkit.model.probe): a logistic regression in the task's own terms.
+    probe_scores_key: ClassVar[str]  # where the held-out score of each C is recorded (a run's metrics.json)
+
+    @abstractmethod
+    def probe_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """Labels in the probe loss's dtype: class indices (long) or multi-hot rows (float)."""
+
+    @abstractmethod
+    def probe_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The probe's data term, averaged over images (the solver adds the L2 penalty)."""
+
+    @abstractmethod
+    def probe_score(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
+        """The held-out score the probe's L2 strength C is chosen by."""
+
+    @abstractmethod
+    def strata(self, labels: torch.Tensor) -> np.ndarray | None:
+        """What a held-out split is stratified by: each image's class, or None when images have no single class."""
+
 
 class SingleLabel(Task):
     """One class per image: softmax cross-entropy, accuracy (micro), balanced accuracy and macro F1."""
@@ -155,6 +174,20 @@ class SingleLabel(Task):
         metric = module.metrics["train_acc"]
         metric(logits, targets)
         module.log("train_acc", metric, on_step=False, on_epoch=True, batch_size=len(targets))
+
+    probe_scores_key = "holdout_acc"
+
+    def probe_targets(self, labels):
+        return labels.long()
+
+    def probe_loss(self, logits, targets):
+        return F.cross_entropy(logits, targets)
+
+    def probe_score(self, logits, targets):
+        return self.score(logits, targets)
+
+    def strata(self, labels):
+        return labels.numpy()
 
     def log_eval(self, module, split, logits, targets):
         for name in self.EVAL_METRICS:
@@ -227,6 +260,27 @@ class MultiLabel(Task):
             module.log(f"{split}_{name}", value.float(), prog_bar=split == "val" and name == "map")
         ap.reset()
         stats.reset()
+
+    probe_scores_key = "holdout_map"
+
+    def probe_targets(self, labels):
+        return labels.float()
+
+    def probe_loss(self, logits, targets):  # one-vs-rest: the sum over classes of each binary problem's loss
+        return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / len(targets)
+
+    def probe_score(self, logits, targets):
+        """Macro average precision over the classes with a held-out positive (scikit-learn's; 0 when none has)."""
+        from sklearn.metrics import average_precision_score
+
+        has_pos = targets.sum(0) > 0
+        if not bool(has_pos.any()):
+            return 0.0
+        return float(average_precision_score(targets[:, has_pos].numpy(), logits[:, has_pos].numpy(),
+                                             average="macro"))
+
+    def strata(self, labels):
+        return None  # a multi-hot row has no single class to stratify on
 
     @staticmethod
     def decide(probabilities: torch.Tensor, thresholds: torch.Tensor | Sequence[float]) -> torch.Tensor:

@@ -111,7 +111,7 @@ def _measure(recipe: Recipe, datamodule: ImageFolderDataModule, features: str) -
     started = time.perf_counter()
     views, labels = train.usable()
     held = holdout_scores(views, labels, num_classes=datamodule.num_classes, seed=recipe.seed, holdout=HOLDOUT,
-                          multi_label=datamodule.multi_label)
+                          task=datamodule.multi_label)
     result = {"score": held["score"], "C": held["C"], "metric": held["metric"], "width": views.shape[-1],
               "fit_images": held["fit_images"], "held_out_images": held["held_out_images"],
               "extract_s": extracted["seconds"], "from_disk": extracted["from_disk"],

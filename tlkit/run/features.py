@@ -39,8 +39,7 @@ def fit_head_closed_form(module: TransferModule, datamodule: ImageFolderDataModu
         raise ValueError("the closed-form probe needs cached features: strategy linear_probe, cache.features on, "
                          "mixing off (the recipe checks this).")
     views, labels = features.train.usable()
-    kwargs = {"num_classes": len(module.classes), "seed": seed,
-              "multi_label": module.multi_label}
+    kwargs = {"num_classes": len(module.classes), "seed": seed, "task": module.task}
     keep = module.strategy.kept_feature_fraction()
     weight, bias, info = (fit_selected_head(views, labels, keep=keep, **kwargs) if keep is not None
                           else fit_logistic_head(views, labels, **kwargs))
