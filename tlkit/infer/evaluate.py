@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from tlkit.infer.inference import InferenceResult, predict_files
 from tlkit.infer.settings import DEFAULT_TOP_LOSSES
 from tlkit.infer.tta import DEFAULT_MAX_VIEWS_PER_FORWARD, TTAPolicy
 from tlkit.io import atomic_open, atomic_write, write_csv_rows
+from tlkit.model.tasks import MultiLabel, SingleLabel, task_of
 from tlkit.plots import plot_confusion_matrix, plot_top_losses
 
 log = logging.getLogger(__name__)
@@ -121,10 +123,10 @@ def evaluate_policies(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [p for p, _ in samples]
-    multi_label = bool(getattr(model, "multi_label", False))
-    labels = multi_hot([label for _, label in samples], len(classes)) if multi_label else \
-        np.array([label for _, label in samples], dtype=np.int64)
-    report: dict = {**(context or {}), "classes": list(classes), "num_images": len(samples), "policies": {}}
+    kind = REPORT_KINDS[model.task.name]
+    labels = kind.targets([label for _, label in samples], len(classes))
+    report: dict = {**(context or {}), "classes": list(classes), "num_images": len(samples), "policies": {},
+                    **model.task.description(model.thresholds.tolist() if model.task.has_thresholds else None)}
     failed: dict[str, str] = dict(skipped)
     baseline: InferenceResult | None = None
     for policy in policies:
@@ -143,28 +145,8 @@ def evaluate_policies(
         targets = labels[idx]
         kept_paths = [paths[i] for i in idx]
         report["precision"] = result.precision
-        if multi_label:
-            report["multi_label"] = True
-            report["policies"][policy.label] = _multilabel_entry(
-                policy, result, targets, kept_paths, classes, model.thresholds.tolist(), out_dir / policy.label,
-                top_loss_count)
-            continue
-        metrics = classification_metrics(result.probs, targets, classes)
-        worst = top_losses(result.probs, targets, kept_paths, classes, top_loss_count)
-        files = _write_policy_files(out_dir / policy.label, policy, metrics, worst, result.probs, targets, kept_paths,
-                                    classes)
-        report["policies"][policy.label] = {
-            "policy": policy.name,
-            "aggregate": policy.aggregate,
-            "views": policy.num_views,
-            **{k: metrics[k] for k in ("images", "accuracy", "top5_accuracy", "balanced_accuracy", "nll")},
-            "ms_per_image": round(result.ms_per_image, 3),
-            "forward_ms_per_image": round(result.forward_ms_per_image, 3),
-            "per_class": metrics["per_class"],
-            "most_confused": metrics["most_confused"],
-            "confusion_matrix": metrics["confusion_matrix"],
-            "files": {k: str(v.relative_to(out_dir)) for k, v in files.items()},
-        }
+        report["policies"][policy.label] = kind.entry(policy, result, targets, kept_paths, classes, model,
+                                                      out_dir / policy.label, top_loss_count)
     if baseline is not None:
         base_ms = round(baseline.ms_per_image, 3)  # ratios of the reported (rounded) figures: none is exactly 1.0
         base_forward_ms = round(baseline.forward_ms_per_image, 3)
@@ -190,11 +172,37 @@ def multi_hot(label_sets: Sequence[Sequence[int]], num_classes: int) -> np.ndarr
     return targets
 
 
+def class_indices(labels: Sequence[int], num_classes: int) -> np.ndarray:
+    """(N,) class-index targets."""
+    return np.array(labels, dtype=np.int64)
+
+
+def _single_label_entry(policy: TTAPolicy, result: InferenceResult, targets: np.ndarray, paths: Sequence[str],
+                        classes: Sequence[str], model: torch.nn.Module, folder: Path, top_loss_count: int) -> dict:
+    """One policy's single-label scores (accuracy, top-5, balanced accuracy, NLL, confusions) and its files."""
+    metrics = classification_metrics(result.probs, targets, classes)
+    worst = top_losses(result.probs, targets, paths, classes, top_loss_count)
+    files = _write_policy_files(folder, policy, metrics, worst, result.probs, targets, paths, classes)
+    return {
+        "policy": policy.name,
+        "aggregate": policy.aggregate,
+        "views": policy.num_views,
+        **{k: metrics[k] for k in ("images", "accuracy", "top5_accuracy", "balanced_accuracy", "nll")},
+        "ms_per_image": round(result.ms_per_image, 3),
+        "forward_ms_per_image": round(result.forward_ms_per_image, 3),
+        "per_class": metrics["per_class"],
+        "most_confused": metrics["most_confused"],
+        "confusion_matrix": metrics["confusion_matrix"],
+        "files": {k: str(v.relative_to(folder.parent)) for k, v in files.items()},
+    }
+
+
 def _multilabel_entry(policy: TTAPolicy, result: InferenceResult, targets: np.ndarray, paths: Sequence[str],
-                      classes: Sequence[str], thresholds: Sequence[float], folder: Path, top_loss_count: int) -> dict:
+                      classes: Sequence[str], model: torch.nn.Module, folder: Path, top_loss_count: int) -> dict:
     """One policy's multi-label scores (tlkit.model.thresholds.multilabel_metrics) and its files."""
     from tlkit.model.thresholds import decide, multilabel_metrics
 
+    thresholds = model.thresholds.tolist()
     metrics = multilabel_metrics(result.probs, targets, thresholds, classes)
     probs = np.clip(result.probs.astype(np.float64), EPS, 1 - EPS)
     loss = -(targets * np.log(probs) + (1 - targets) * np.log(1 - probs)).sum(1)  # the training loss, per image
@@ -225,16 +233,37 @@ def _multilabel_entry(policy: TTAPolicy, result: InferenceResult, targets: np.nd
 
 def format_report_table(report: dict) -> str:
     """One row per policy: views, accuracy figures and cost, so what TTA buys and costs is side by side."""
-    if report.get("multi_label"):
-        return _format_table(report, ["policy", "views", "mAP", "F1 micro", "F1 macro", "exact match", "loss"],
-                             lambda label, e: [label, str(e["views"]), _pct(e["map"]), _pct(e["f1_micro"]),
-                                               _pct(e["f1_macro"]), _pct(e["exact_match"]), f"{e['loss']:.4f}"],
-                             "F1 at the model's per-class thresholds; ")
+    return REPORT_KINDS[task_of(report).name].table(report)
+
+
+def _single_label_table(report: dict) -> str:
     with_top5 = any(e.get("top5_accuracy") is not None for e in report["policies"].values())
     return _format_table(report, ["policy", "views", "top-1", *(["top-5"] if with_top5 else []), "bal. acc", "NLL"],
                          lambda label, e: [label, str(e["views"]), _pct(e["accuracy"]),
                                            *([_pct(e["top5_accuracy"])] if with_top5 else []),
                                            _pct(e["balanced_accuracy"]), f"{e['nll']:.4f}"])
+
+
+def _multilabel_table(report: dict) -> str:
+    return _format_table(report, ["policy", "views", "mAP", "F1 micro", "F1 macro", "exact match", "loss"],
+                         lambda label, e: [label, str(e["views"]), _pct(e["map"]), _pct(e["f1_micro"]),
+                                           _pct(e["f1_macro"]), _pct(e["exact_match"]), f"{e['loss']:.4f}"],
+                         "F1 at the model's per-class thresholds; ")
+
+
+@dataclass(frozen=True)
+class ReportKind:
+    """How one task's evaluation report is built: its targets, each policy's entry (scores and files), the table."""
+
+    targets: Callable[[Sequence, int], np.ndarray]
+    entry: Callable[..., dict]
+    table: Callable[[dict], str]
+
+
+REPORT_KINDS = {  # by task name (tlkit.model.tasks): the task says what the outputs mean, this what to report
+    SingleLabel.name: ReportKind(class_indices, _single_label_entry, _single_label_table),
+    MultiLabel.name: ReportKind(multi_hot, _multilabel_entry, _multilabel_table),
+}
 
 
 def _format_table(report: dict, headers: list[str], scores, note: str = "") -> str:
