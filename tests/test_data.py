@@ -354,3 +354,14 @@ def test_symlink_loops_and_broken_links_are_skipped_and_listed(split_root):
     assert skipped["loop_a.png"] == skipped["loop_b.png"] == "symlink loop (never reaches a file)"
     assert skipped["gone.png"] == "broken symlink (target missing)"
     assert labels_of(scan.train) == {0: 3, 1: 4}
+
+
+def test_a_class_of_one_image_in_a_folder_to_split_is_named_in_the_error(tmp_path):
+    from conftest import write_class_folders
+
+    from tlkit.data.scan import scan_folder
+    from tlkit.errors import DataError
+
+    write_class_folders(tmp_path / "data", {"ants": 4, "bees": 1})
+    with pytest.raises(DataError, match=r"fewer than 2 images into train and val \(bees\)"):
+        scan_folder(tmp_path / "data")

@@ -229,7 +229,7 @@ def scan_folder(root: str | Path, *, val_fraction: float = DEFAULT_VAL_FRACTION,
     samples = _collect(source, classes, skipped, root, sizes)
     train, val, test = stratified_split(
         samples, val_fraction=0.0 if val_dir else val_fraction, test_fraction=0.0 if test_dir else test_fraction,
-        seed=seed)
+        seed=seed, class_names=classes)
     if val_dir is not None:
         val = _collect(val_dir, classes, skipped, root, sizes)
     if test_dir is not None:
@@ -264,7 +264,7 @@ def _check_classes(classes: list[str], folder: Path) -> None:
 
 def stratified_split(
     samples: Sequence[Sample], *, val_fraction: float, seed: int, test_fraction: float = 0.0,
-    key: Callable[[Sample], int] | None = None,
+    key: Callable[[Sample], int] | None = None, class_names: Sequence[str] | None = None,
 ) -> tuple[list[Sample], list[Sample], list[Sample]]:
     """Seeded per-class split into (train, val, test). Each class is shuffled once; round(n * val_fraction) images
     go to val (at least 1, leaving at least 1 to train), then round(n * test_fraction) to test (at least 1 when the
@@ -272,6 +272,7 @@ def stratified_split(
     val split is re-created from (val_fraction, seed) alone. A fraction of 0 carves nothing.
 
     key: the stratum of a sample instead of its label (multi-label data); a stratum of one image stays in train.
+    class_names: what the labels are called, for the error a class of one image gets (else its index).
     Samples are shuffled from their sorted order: paths under one root sort as their relative paths do, so a copy of
     the folder anywhere else is split the same."""
     by_class: dict[int, list[Sample]] = {}
@@ -279,8 +280,9 @@ def stratified_split(
         by_class.setdefault(sample[1] if key is None else key(sample), []).append(sample)
     small = sorted(label for label, items in by_class.items() if len(items) < 2)
     if small and val_fraction > 0 and key is None:
+        named = ", ".join(class_names[i] for i in small) if class_names else f"class indices {small}"
         raise DataError(
-            f"Cannot split a class with fewer than 2 images into train and val (class indices {small}); "
+            f"Cannot split a class with fewer than 2 images into train and val ({named}); "
             "add images or provide train/ and val/ folders."
         )
     rng = random.Random(seed)
