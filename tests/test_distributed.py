@@ -32,7 +32,7 @@ def build_module_for(*args, **kwargs):
     return built[0]
 F.build_module_for = build_module_for
 metrics = F.fit(load_recipe(sys.argv[1]), run_dir=sys.argv[2] if len(sys.argv) > 2 else None)
-torch.save({"initial": initial, "final": built[0].state_dict(), "cache": metrics["feature_cache"]}, os.path.join(metrics["run_dir"], f"rank{os.environ.get('LOCAL_RANK', '0')}.pt"))
+torch.save({"initial": initial, "final": built[0].state_dict(), "cache": metrics["feature_cache"]}, os.path.join(metrics["run_dir"], f"rank{os.environ.get('LOCAL_RANK', os.environ.get('SLURM_LOCALID', '0'))}.pt"))
 """
 
 
@@ -50,19 +50,33 @@ def test_staged_strategies_get_find_unused_parameters_under_ddp():
 
 
 def run_two_ranks(tmp_path: Path, recipe: dict, launcher: str) -> Path:
-    """Train `recipe` in two CPU processes started by torchrun or by Lightning's own launcher; the run directory."""
+    """Train `recipe` in two CPU processes started by torchrun, by Lightning's own launcher, or as srun starts them;
+    the run directory."""
     recipe_path = tmp_path / "ddp.yaml"
     recipe_path.write_text(yaml.safe_dump(recipe))
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    command: list[str] = []
     if launcher == "torchrun":
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                    "--master_port", str(free_port()), str(script), str(recipe_path), str(run_dir)]
-    else:  # Lightning re-runs the script for rank 1; no --run-dir: rank 1 must find rank 0's run directory
+    elif launcher == "lightning":  # Lightning re-runs the script for rank 1; no --run-dir: rank 1 finds rank 0's run
         command = [sys.executable, str(script), str(recipe_path)]
         env["MASTER_PORT"] = str(free_port())
+    else:  # srun: what srun gives each of its tasks on one node (no SLURM here: the variables by hand)
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(name, None)
+        env.update(SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2", SLURM_NNODES="1", SLURM_NODEID="0",
+                   SLURM_JOB_NAME="tlkit-test", SLURM_JOB_ID="4242", SLURM_NODELIST="127.0.0.1",
+                   MASTER_PORT=str(free_port()))
+        tasks = [subprocess.Popen([sys.executable, str(script), str(recipe_path), str(run_dir)], cwd=tmp_path,
+                                  env={**env, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+        outputs = [task.communicate(timeout=300) for task in tasks]
+        assert all(task.returncode == 0 for task in tasks), "\n".join(err[-3000:] for _, err in outputs)
+        return run_dir
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
@@ -149,10 +163,12 @@ def stored_rows(cache: Path) -> dict[tuple[str, bytes], "np.ndarray"]:
 
 
 @pytest.mark.slow  # ~20 s each: two fresh Python processes, then one in-process run
-@pytest.mark.parametrize("strategy", [{"kind": "linear_probe"}, {"kind": "lp_ft", "probe_epochs": 1}])
-def test_two_processes_extract_each_image_once_and_get_the_features_of_one_process(tmp_path, strategy):
-    """torchrun: each process extracts its share of the images (LP-FT's closed-form probe reads the same shared
-    rows); together every image once, and the rows on disk are the ones a single process computes."""
+@pytest.mark.parametrize("strategy,launcher", [({"kind": "linear_probe"}, "torchrun"),
+                                               ({"kind": "lp_ft", "probe_epochs": 1}, "torchrun"),
+                                               ({"kind": "linear_probe"}, "srun")])
+def test_two_processes_extract_each_image_once_and_get_the_features_of_one_process(tmp_path, strategy, launcher):
+    """torchrun or srun: each process extracts its share of the images (LP-FT's closed-form probe reads the same
+    shared rows); together every image once, and the rows on disk are the ones a single process computes."""
     from tlkit.recipe import validate_recipe
     from tlkit.run import fit
 
@@ -160,7 +176,7 @@ def test_two_processes_extract_each_image_once_and_get_the_features_of_one_proce
     sections = {"backbone": {"name": "test_resnet"}, "strategy": strategy, "data": {"batch_size": 4}}
     recipe = tiny_recipe_dict(root, **sections, cache={"dir": str(tmp_path / "shared_cache")},
                               trainer={"epochs": 2, "devices": 2, "strategy": "ddp"})
-    run_dir = run_two_ranks(tmp_path, recipe, "torchrun")
+    run_dir = run_two_ranks(tmp_path, recipe, launcher)
     rank0, rank1 = (torch.load(run_dir / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     computed = rank0["cache"]["extracted"] + rank1["cache"]["extracted"]

@@ -36,25 +36,45 @@ def launch_world_size() -> int:
 
 def start_process_group(accelerator: str) -> bool:
     """Join the launch's process group now, before any feature is extracted, when the launcher started every process
-    itself and said where to meet (torchrun: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). The feature cache then
-    shares extraction among the processes (each computes its share of the uncached images once, see
-    tlkit.data.cache.FeatureCache) for the probe's features, strategy auto's measurement and LP-FT's closed-form
-    probe alike; Lightning's DDP strategy finds the group set up and uses it as it is. Returns whether it started one.
+    itself and said where to meet: torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) or SLURM's srun (read by
+    Lightning's SLURMEnvironment, as its DDP strategy reads it). The feature cache then shares extraction among the
+    processes (each computes its share of the uncached images once, see tlkit.data.cache.FeatureCache) for the
+    probe's features, strategy auto's measurement and LP-FT's closed-form probe alike; Lightning's DDP strategy
+    finds the group set up and uses it as it is. Returns whether it started one.
 
     Lightning's own launcher starts the other processes only inside trainer.fit: there rank 0 extracts before they
     exist and they read its rows from the cache, so every image is still extracted once."""
     import torch
     import torch.distributed as dist
 
-    needed = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    if (not dist.is_available() or dist.is_initialized() or launch_world_size() < 2
-            or not all(os.environ.get(v) for v in needed)):
+    if not dist.is_available() or dist.is_initialized() or launch_world_size() < 2:
         return False
+    meeting = _meeting_point()
+    if meeting is None:
+        return False
+    rank, world_size = meeting
     cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    # CPU tensors (the cache's small messages) go through gloo, CUDA tensors (DDP's gradients) through NCCL
-    dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo", rank=int(os.environ["RANK"]),
-                            world_size=int(os.environ["WORLD_SIZE"]))
+    # CPU tensors (the cache's small messages) go through gloo, CUDA tensors (DDP's gradients) through NCCL. env://
+    # (the default): under torchrun the workers join its agent's store at MASTER_ADDR:MASTER_PORT instead of starting
+    # another there.
+    dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo", rank=rank, world_size=world_size)
     return True
+
+
+def _meeting_point() -> tuple[int, int] | None:
+    """(this process's rank, world size) when a launcher started every process and MASTER_ADDR / MASTER_PORT say
+    where they meet: torchrun's variables, else SLURM's (srun; Lightning's SLURMEnvironment sets MASTER_ADDR and
+    MASTER_PORT from the node list and job id, as it does for its DDP strategy), else None (Lightning's own
+    launcher, or one process)."""
+    if all(os.environ.get(v) for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect():
+        return None
+    slurm = SLURMEnvironment()
+    slurm.main_address, slurm.main_port  # noqa: B018 (each sets its environment variable when absent)
+    return slurm.global_rank(), slurm.world_size()
 
 
 def inherited_run_dir() -> str | None:
