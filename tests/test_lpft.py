@@ -81,6 +81,31 @@ def test_closed_form_probe_fits_the_head_before_the_first_epoch_on_a_plain_train
     assert dm.cache_info["used"] and dm.cache_info["served_epochs"] == 0
 
 
+def test_the_probe_scores_each_c_with_the_loss_training_minimises(tmp_path, monkeypatch):
+    """Label smoothing and class weights (data.balance: loss_weights) included: the held-out loss that picks C is
+    the training step's loss."""
+    import tlkit.model.probe as probe
+
+    seen = {}
+    real = probe.fit_logistic_head
+
+    def spy(*args, **kwargs):
+        seen["loss"] = kwargs["fine_tune_loss"]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(probe, "fit_logistic_head", spy)
+    root = write_colour_classes(tmp_path / "c", per_class=9)
+    torch.manual_seed(0)
+    module = TransferModule({"name": "test_resnet", "weights": "none", "input_size": 32}, CLASSES,
+                            strategy={"kind": "lp_ft"}, optim={"lr": 0.05, "label_smoothing": 0.1},
+                            class_weights=[1.0, 2.0, 0.5])
+    trainer(1, [], tmp_path).fit(module, datamodule=datamodule(root, tmp_path))
+    logits, targets = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    expected = torch.nn.functional.cross_entropy(logits, targets, weight=torch.tensor([1.0, 2.0, 0.5]),
+                                                 label_smoothing=0.1)
+    torch.testing.assert_close(seen["loss"](logits, targets), expected)
+
+
 def test_closed_form_probe_is_skipped_when_resuming(tmp_path):
     root = write_colour_classes(tmp_path / "c", per_class=9)
     every_epoch = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1)

@@ -73,10 +73,10 @@ def _solve(features: Any, module: Any, *, seed: int) -> tuple[torch.Tensor, torc
     if head_config is not None and (problem := module.strategy.unmet_needs(head_hidden=head_config.hidden)):
         raise ProbeError(f"{problem} (got head.hidden {list(head_config.hidden)}).")
     views, labels = features.train.usable()
-    smoothing = module.optim_config.label_smoothing
+    smoothing, weight = module.optim_config.label_smoothing, module.class_weights
 
-    def fine_tune_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return module.task.loss(logits, targets, smoothing=smoothing)
+    def fine_tune_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # what training_step minimises
+        return module.task.loss(logits, targets, smoothing=smoothing, weight=weight)
 
     return fit_logistic_head(views, labels, num_classes=len(module.classes), seed=seed, task=module.task,
                              fine_tune_loss=fine_tune_loss)
