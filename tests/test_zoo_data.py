@@ -327,8 +327,20 @@ def _table(tmp_path: Path, header: str, rows: list[str], n_images: int = 8) -> P
 KAGGLE_HEADERS = {
     "image_name,tags": (("Is 'image_name' the image path and 'tags' the label? Set data.columns: {path: "
                          "image_name, label: tags}"), {"path": "image_name", "label": "tags"}),
-    "id,label": ("Is 'id' the image path? Set data.columns: {path: id} (or rename the header)", {"path": "id"}),
+    "id,label": ("Is 'id' the image path? Set data.columns: {path: id} (or rename the header; tlkit doctor: "
+                 "--columns path=id)", {"path": "id"}),
 }
+
+
+def test_the_doctor_gives_the_column_mapping_as_its_own_flag_and_the_flag_works(tmp_path, capsys):
+    from tlkit.cli.main import main
+
+    root = _table(tmp_path, "image_name,tags", [f"{i}.png,{'ab'[i % 2]}" for i in range(8)])
+    assert main(["doctor", str(root / "labels.csv"), "--json", str(tmp_path / "r.json")]) != 0
+    err = capsys.readouterr().err
+    assert "tlkit doctor: --columns path=image_name,label=tags)" in err
+    assert main(["doctor", str(root / "labels.csv"), "--json", str(tmp_path / "r.json"),
+                 "--columns", "path=image_name,label=tags"]) == 0
 
 
 @pytest.mark.parametrize("header", KAGGLE_HEADERS)

@@ -155,9 +155,10 @@ def _mapping_hint(columns: list[str]) -> str:
     label_column = next((c for c in columns if c.lower() in LABEL_LIKE), None)
     label = label_column if label_column and LABEL not in columns else None
     mapping = f"path: {path_column}" + (f", label: {label}" if label else "")
+    flag = f"path={path_column}" + (f",label={label}" if label else "")
     return (f" Is {path_column!r} the image path{f' and {label!r} the label' if label else ''}? Set data.columns: "
-            f"{{{mapping}}} (or rename the header); paths need their file extension (an id such as 0001 is written "
-            "0001.jpg).")
+            f"{{{mapping}}} (or rename the header; tlkit doctor: --columns {flag}); paths need their file extension "
+            "(an id such as 0001 is written 0001.jpg).")
 
 
 def _label_column(table: Table) -> list[str]:
@@ -170,7 +171,8 @@ def _label_column(table: Table) -> list[str]:
     if all(cells[j].lower() in ONE | ZERO for cells in table.rows):
         return table.columns
     log.warning("%s: took column %r as the label column (its cells are class names, not 0/1); set data.columns: "
-                "{label: %s} to say so, or write 0/1 cells for a class column", table.name, others[0], others[0])
+                "{label: %s} (tlkit doctor: --columns label=%s) to say so, or write 0/1 cells for a class column",
+                table.name, others[0], others[0], others[0])
     return [LABEL if c == others[0] else c for c in table.columns]
 
 
